@@ -1,0 +1,85 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "skein",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "skein", targets: ["skein"]),
+        .library(name: "Skein", targets: ["Skein"]),
+        .library(name: "SkeinRelay", targets: ["SkeinRelay"]),
+        .library(name: "SkeinWire", targets: ["SkeinWire"]),
+        .library(name: "SkeinCrypto", targets: ["SkeinCrypto"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // libsodium, from Debian's libsodium-dev: every cryptographic primitive Skein uses.
+        .systemLibrary(
+            name: "CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
+        // The relay protocol's codecs: pure, no I/O.
+        .target(
+            name: "SkeinWire",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // Keys and (later) the peer handshake and sealing: libsodium wrappers, no I/O.
+        .target(
+            name: "SkeinCrypto",
+            dependencies: ["CSodium"]
+        ),
+        // The relay daemon: the pure relay core plus its SwiftNIO shell.
+        .target(
+            name: "SkeinRelay",
+            dependencies: [
+                "SkeinWire",
+                "SkeinCrypto",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The async/await client binding.
+        .target(
+            name: "Skein",
+            dependencies: [
+                "SkeinWire",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // The command-line tool: thin glue over the libraries.
+        .executableTarget(
+            name: "skein",
+            dependencies: [
+                "Skein",
+                "SkeinRelay",
+                "SkeinCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(name: "SkeinWireTests", dependencies: ["SkeinWire"]),
+        .testTarget(name: "SkeinRelayTests", dependencies: ["SkeinRelay", "SkeinWire"]),
+        .testTarget(
+            name: "SkeinTests",
+            dependencies: ["Skein", "SkeinRelay", .product(name: "NIOPosix", package: "swift-nio")]
+        ),
+        .testTarget(name: "SkeinCLITests", dependencies: ["SkeinCrypto"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,444 @@
+import DequeModule
+import HeapModule
+import NIOCore
+import SkeinWire
+
+/// Identifies one client connection of a relay. Assigned by the shell, never reused.
+public struct ConnectionID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { "c\(rawValue)" }
+}
+
+/// What the relay core asks its shell to do. The core performs no I/O of its own.
+public enum RelayAction: Sendable, Equatable {
+    /// Queue a frame for a connection (written at the end of the current batch).
+    case send(ConnectionID, RelayFrame)
+    /// Write whatever is queued for the connection, then close its socket.
+    case disconnect(ConnectionID)
+    /// Stop reading from a connection (backpressure); `resumeReading` undoes it.
+    case pauseReading(ConnectionID)
+    case resumeReading(ConnectionID)
+    /// Something worth a log line and a metric.
+    case report(RelayEvent)
+}
+
+/// Notable events, for logs and metrics.
+public enum RelayEvent: Sendable, Equatable {
+    case handshakeCompleted(ConnectionID, cluster: String)
+    case handshakeRejected(ConnectionID, reason: String)
+    case protocolViolation(ConnectionID, reason: String)
+    case slowConsumer(ConnectionID)
+    case connectionClosed(ConnectionID, graceful: Bool)
+    case requestTimedOut(cluster: String, handedToMember: Bool)
+    case lateReplyDropped(ConnectionID)
+    case broadcastWithoutMembers(cluster: String)
+}
+
+/// The relay's protocol logic for its local connections: handshake, cluster membership, request
+/// routing and deadlines, broadcast, publish/subscribe, tunnels with allowance in both directions,
+/// and backpressure. A value type with no I/O and no clock: every event carries `now`, and every
+/// consequence is a `RelayAction` appended to `actions`.
+///
+/// Routing to other relays (the mesh) will plug in at `ClusterDirectory` and the topic table.
+public struct RelayCore {
+    public let settings: RelaySettings
+    var connections: [ConnectionID: Connection] = [:]
+    var clusters: [String: ClusterDirectory] = [:]
+    var topics: [String: [ConnectionID]] = [:]
+    var requests: [UInt64: PendingRequest] = [:]
+    var waitingRequests: [String: Deque<UInt64>] = [:]
+    var builds: [UInt64: PendingBuild] = [:]
+    var waitingBuilds: [String: Deque<UInt64>] = [:]
+    var tunnels: [UInt64: Tunnel] = [:]
+    var nextKey: UInt64 = 0
+    var timers = Heap<TimerEntry>()
+
+    public init(settings: RelaySettings) {
+        self.settings = settings
+    }
+
+    // MARK: - Introspection
+
+    public var connectionCount: Int { connections.count }
+    public var pendingRequestCount: Int { requests.count }
+    public var tunnelCount: Int { tunnels.count }
+    /// Names of clusters with at least one member, with member counts.
+    public var clusterMembership: [String: Int] { clusters.mapValues(\.members.count) }
+    public var topicSubscriptions: [String: Int] { topics.mapValues(\.count) }
+    /// The earliest time at which `expireTimers(now:)` has work; the shell wakes up then.
+    public var nextDeadline: NIODeadline? { timers.min?.deadline }
+
+    // MARK: - Connection lifecycle
+
+    public mutating func connectionOpened(_ id: ConnectionID, now: NIODeadline, actions: inout [RelayAction]) {
+        precondition(connections[id] == nil, "connection id reused")
+        connections[id] = Connection()
+        schedule(.handshake(id), at: now + settings.handshakeTimeout)
+    }
+
+    /// The socket is gone (EOF, reset, or after a `disconnect`). Cleans up everything it held.
+    public mutating func connectionClosed(_ id: ConnectionID, now: NIODeadline, actions: inout [RelayAction]) {
+        guard connections[id] != nil else { return }
+        detach(id, reason: "remote connection closed", actions: &actions)
+        connections[id] = nil
+        actions.append(.report(.connectionClosed(id, graceful: false)))
+    }
+
+    /// The shell could not decode the connection's byte stream.
+    public mutating func malformedInput(_ id: ConnectionID, error: WireError, actions: inout [RelayAction]) {
+        violation(id, "protocol violation: \(error)", actions: &actions)
+    }
+
+    /// The socket reached EOF in the middle of a frame.
+    public mutating func truncatedInput(_ id: ConnectionID, bufferedBytes: Int, actions: inout [RelayAction]) {
+        guard connections[id] != nil else { return }
+        actions.append(.report(.protocolViolation(id, reason: "EOF in the middle of a frame (\(bufferedBytes) bytes buffered)")))
+    }
+
+    /// The connection's output crossed its high (false) or low (true) water mark.
+    public mutating func writabilityChanged(_ id: ConnectionID, writable: Bool, now: NIODeadline, actions: inout [RelayAction]) {
+        guard var conn = connections[id], conn.writable != writable else { return }
+        conn.writable = writable
+        if writable {
+            let waiters = conn.blockedSources
+            conn.blockedSources = []
+            connections[id] = conn
+            for source in waiters { unblock(source, from: id, actions: &actions) }
+        } else {
+            conn.blockedSince = now
+            connections[id] = conn
+            schedule(.slowConsumer(id, since: now), at: now + settings.slowConsumerTimeout)
+        }
+    }
+
+    /// Ends every connection with `reason` (relay shutdown).
+    public mutating func closeAll(reason: String, actions: inout [RelayAction]) {
+        for id in connections.keys.sorted() {
+            closeWithReason(id, reason, actions: &actions)
+        }
+    }
+
+    // MARK: - Frames
+
+    public mutating func received(_ frame: ClientFrame, from id: ConnectionID, now: NIODeadline, actions: inout [RelayAction]) {
+        guard let conn = connections[id], conn.phase != .closed else { return }
+        if conn.phase == .awaitingInit {
+            guard case .initialize(let magic, let version, let cluster) = frame else {
+                reject(id, "first frame was \(frame.opcode), not INIT", actions: &actions)
+                return
+            }
+            handshake(id, magic: magic, version: version, cluster: cluster, now: now, actions: &actions)
+            return
+        }
+        switch frame {
+        case .initialize:
+            violation(id, "protocol violation: INIT sent twice", actions: &actions)
+        case .close:
+            detach(id, reason: "remote connection closed", actions: &actions)
+            connections[id]?.phase = .closed
+            actions.append(.send(id, .close(reason: "")))
+            actions.append(.disconnect(id))
+            actions.append(.report(.connectionClosed(id, graceful: true)))
+        case .broadcast(let cluster, let message):
+            broadcast(from: id, cluster: cluster, message: message, actions: &actions)
+        case .request(let requestID, let cluster, let body, let timeout):
+            request(from: id, id: requestID, cluster: cluster, body: body, timeoutMillis: timeout, now: now, actions: &actions)
+        case .reply(let requestID, let outcome):
+            reply(from: id, id: requestID, outcome: outcome, actions: &actions)
+        case .subscribe(let topic):
+            subscribe(id, topic: topic, actions: &actions)
+        case .unsubscribe(let topic):
+            unsubscribe(id, topic: topic, actions: &actions)
+        case .publish(let topic, let event):
+            publish(from: id, topic: topic, event: event, actions: &actions)
+        case .tunnelInit(let tunnelID, let cluster, let timeout):
+            tunnelInit(from: id, tunnelID: tunnelID, cluster: cluster, timeoutMillis: timeout, now: now, actions: &actions)
+        case .tunnelConfirm(let buildID, let tunnelID):
+            tunnelConfirm(from: id, buildID: buildID, tunnelID: tunnelID, actions: &actions)
+        case .tunnelAllow(let tunnelID, let bytes):
+            tunnelAllow(from: id, tunnelID: tunnelID, bytes: bytes, actions: &actions)
+        case .tunnelTransfer(let tunnelID, let size, let chunk):
+            tunnelTransfer(from: id, tunnelID: tunnelID, sizeOrContinuation: size, chunk: chunk, actions: &actions)
+        case .tunnelClose(let tunnelID):
+            tunnelClose(from: id, tunnelID: tunnelID, actions: &actions)
+        }
+    }
+
+    // MARK: - Time
+
+    /// Fires every timer due at `now`: handshake timeouts, request deadlines, tunnel builds,
+    /// slow consumers. Entries whose subject is gone are discarded lazily.
+    public mutating func expireTimers(now: NIODeadline, actions: inout [RelayAction]) {
+        while let first = timers.min, first.deadline <= now {
+            timers.removeMin()
+            switch first.timer {
+            case .handshake(let id):
+                if connections[id]?.phase == .awaitingInit {
+                    reject(id, "no INIT within \(settings.handshakeTimeout.nanoseconds / 1_000_000) ms", actions: &actions)
+                }
+            case .request(let key):
+                expireRequest(key, now: now, actions: &actions)
+            case .build(let key):
+                expireBuild(key, actions: &actions)
+            case .slowConsumer(let id, let since):
+                if let conn = connections[id], !conn.writable, conn.blockedSince == since {
+                    actions.append(.report(.slowConsumer(id)))
+                    closeWithReason(
+                        id,
+                        "slow consumer: output blocked for more than \(settings.slowConsumerTimeout.nanoseconds / 1_000_000) ms",
+                        actions: &actions
+                    )
+                }
+            }
+        }
+    }
+
+    // MARK: - Handshake
+
+    private mutating func handshake(
+        _ id: ConnectionID, magic: String, version: String, cluster: String, now: NIODeadline, actions: inout [RelayAction]
+    ) {
+        guard magic == RelayProtocol.clientMagic else {
+            reject(id, "wrong magic \(magic.debugDescription)", actions: &actions)
+            return
+        }
+        guard version == RelayProtocol.irisVersion else {
+            let reason = "Unsupported protocol. Client: \(version). Relay: \(RelayProtocol.irisVersion)."
+            actions.append(.send(id, .deny(magic: RelayProtocol.relayMagic, reason: reason)))
+            actions.append(.disconnect(id))
+            connections[id]?.phase = .closed
+            actions.append(.report(.handshakeRejected(id, reason: reason)))
+            return
+        }
+        connections[id]!.phase = .open
+        actions.append(.send(id, .initialize(magic: RelayProtocol.relayMagic, version: RelayProtocol.irisVersion)))
+        actions.append(.report(.handshakeCompleted(id, cluster: cluster)))
+        if !cluster.isEmpty {
+            connections[id]!.cluster = cluster
+            clusters[cluster, default: ClusterDirectory()].add(id)
+            dispatchWaiting(cluster: cluster, now: now, actions: &actions)
+        }
+    }
+
+    /// Closes a connection that never became a protocol peer: no CLOSE frame, just the socket.
+    private mutating func reject(_ id: ConnectionID, _ reason: String, actions: inout [RelayAction]) {
+        connections[id]?.phase = .closed
+        actions.append(.report(.handshakeRejected(id, reason: reason)))
+        actions.append(.disconnect(id))
+    }
+
+    mutating func violation(_ id: ConnectionID, _ reason: String, actions: inout [RelayAction]) {
+        guard let conn = connections[id], conn.phase != .closed else { return }
+        if conn.phase == .awaitingInit {
+            reject(id, reason, actions: &actions)
+            return
+        }
+        actions.append(.report(.protocolViolation(id, reason: reason)))
+        closeWithReason(id, reason, actions: &actions)
+    }
+
+    /// Ends an open connection from the relay's side: CLOSE with a reason, then the socket.
+    mutating func closeWithReason(_ id: ConnectionID, _ reason: String, actions: inout [RelayAction]) {
+        guard let conn = connections[id], conn.phase != .closed else { return }
+        detach(id, reason: reason == "" ? "remote connection closed" : "remote connection closed: \(reason)", actions: &actions)
+        if conn.phase == .open {
+            actions.append(.send(id, .close(reason: reason)))
+        }
+        connections[id]?.phase = .closed
+        actions.append(.disconnect(id))
+    }
+
+    /// Removes a connection from every table: cluster, topics, requests, builds, tunnels,
+    /// and backpressure links. Its record stays until the socket closes.
+    private mutating func detach(_ id: ConnectionID, reason: String, actions: inout [RelayAction]) {
+        guard var conn = connections[id], !conn.detached else { return }
+        conn.detached = true
+        connections[id] = conn
+        if let cluster = conn.cluster {
+            clusters[cluster]?.remove(id)
+            if clusters[cluster]?.members.isEmpty == true { clusters[cluster] = nil }
+        }
+        for topic in conn.topics {
+            topics[topic]?.removeAll { $0 == id }
+            if topics[topic]?.isEmpty == true { topics[topic] = nil }
+        }
+        // Requests this connection made: forget them; their members' late replies are dropped.
+        for key in conn.outgoing {
+            if let request = requests.removeValue(forKey: key), let (member, memberRequestID) = request.assignedTo {
+                connections[member]?.assigned[memberRequestID] = nil
+            }
+        }
+        // Requests handed to this member stay pending: at most once means they are never
+        // re-sent, so the caller gets its timeout at the deadline.
+        for (_, key) in conn.assigned {
+            requests[key]?.assignedTo = nil
+        }
+        for (_, key) in conn.memberBuilds {
+            // The member never confirmed: the initiator's build fails now, not at its deadline.
+            if let build = builds.removeValue(forKey: key) {
+                connections[build.initiator]?.tunnelIDs[build.initiatorTunnelID] = nil
+                connections[build.initiator]?.outgoing.remove(key)
+                resumeIfBelowLimit(build.initiator, actions: &actions)
+                actions.append(.send(build.initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .timedOut)))
+            }
+        }
+        for (_, slot) in conn.tunnelIDs {
+            switch slot {
+            case .building(let key):
+                if let build = builds.removeValue(forKey: key), let member = build.member {
+                    connections[member]?.memberBuilds[build.memberBuildID] = nil
+                }
+            case .open(let key):
+                dropTunnel(key, closedBy: id, reason: reason, actions: &actions)
+            }
+        }
+        for destination in conn.blockedBy {
+            connections[destination]?.blockedSources.remove(id)
+        }
+        for source in conn.blockedSources {
+            unblock(source, from: id, actions: &actions)
+        }
+    }
+
+    // MARK: - Timers
+
+    enum TimerKind: Equatable {
+        case handshake(ConnectionID)
+        case request(UInt64)
+        case build(UInt64)
+        case slowConsumer(ConnectionID, since: NIODeadline)
+    }
+
+    struct TimerEntry: Comparable {
+        var deadline: NIODeadline
+        var sequence: UInt64
+        var timer: TimerKind
+        static func < (a: Self, b: Self) -> Bool {
+            (a.deadline, a.sequence) < (b.deadline, b.sequence)
+        }
+        static func == (a: Self, b: Self) -> Bool { a.sequence == b.sequence }
+    }
+
+    mutating func schedule(_ timer: TimerKind, at deadline: NIODeadline) {
+        nextKey &+= 1
+        timers.insert(TimerEntry(deadline: deadline, sequence: nextKey, timer: timer))
+    }
+
+    mutating func makeKey() -> UInt64 {
+        nextKey &+= 1
+        return nextKey
+    }
+
+    /// A client-supplied millisecond timeout as a deadline, clamped to `maxTimeout`.
+    func deadline(now: NIODeadline, millis: UInt64) -> NIODeadline {
+        let maxMillis = UInt64(settings.maxTimeout.nanoseconds / 1_000_000)
+        return now + .milliseconds(Int64(min(millis, maxMillis)))
+    }
+
+    // MARK: - Backpressure
+
+    /// Records that `source` just sent to `destination`; if the destination's output is above
+    /// its high-water mark, stop reading from the source until it drains.
+    mutating func noteDelivery(from source: ConnectionID, to destination: ConnectionID, actions: inout [RelayAction]) {
+        guard source != destination, connections[destination]?.writable == false else { return }
+        guard connections[destination]!.blockedSources.insert(source).inserted else { return }
+        guard var src = connections[source] else { return }
+        let wasReading = src.isReading
+        src.blockedBy.insert(destination)
+        connections[source] = src
+        if wasReading { actions.append(.pauseReading(source)) }
+    }
+
+    private mutating func unblock(_ source: ConnectionID, from destination: ConnectionID, actions: inout [RelayAction]) {
+        guard var src = connections[source], src.blockedBy.remove(destination) != nil else { return }
+        connections[source] = src
+        if src.isReading && src.phase != .closed { actions.append(.resumeReading(source)) }
+    }
+
+    /// Stops reading from a connection that has reached `maxPendingRequests`.
+    mutating func pauseIfAtLimit(_ id: ConnectionID, actions: inout [RelayAction]) {
+        guard var conn = connections[id], !conn.atRequestLimit,
+            conn.outgoing.count >= settings.maxPendingRequests
+        else { return }
+        let wasReading = conn.isReading
+        conn.atRequestLimit = true
+        connections[id] = conn
+        if wasReading { actions.append(.pauseReading(id)) }
+    }
+
+    mutating func resumeIfBelowLimit(_ id: ConnectionID, actions: inout [RelayAction]) {
+        guard var conn = connections[id], conn.atRequestLimit,
+            conn.outgoing.count < settings.maxPendingRequests
+        else { return }
+        conn.atRequestLimit = false
+        connections[id] = conn
+        if conn.isReading && conn.phase != .closed { actions.append(.resumeReading(id)) }
+    }
+}
+
+// MARK: - State records
+
+extension RelayCore {
+    enum Phase: Equatable {
+        case awaitingInit
+        case open
+        case closed
+    }
+
+    enum TunnelSlot: Equatable {
+        case building(UInt64)
+        case open(UInt64)
+    }
+
+    struct Connection {
+        var phase: Phase = .awaitingInit
+        var detached = false
+        /// The cluster this connection is a member of, if any.
+        var cluster: String?
+        var topics: Set<String> = []
+        /// Keys of requests and tunnel builds this connection started and that are unanswered.
+        var outgoing: Set<UInt64> = []
+        /// Requests handed to this member: the relay's request id on this connection → key.
+        var assigned: [UInt64: UInt64] = [:]
+        var nextAssignedID: UInt64 = 0
+        /// Tunnel builds offered to this member: build id → key.
+        var memberBuilds: [UInt64: UInt64] = [:]
+        var nextBuildID: UInt64 = 0
+        /// The binding's tunnel ids on this connection.
+        var tunnelIDs: [UInt64: TunnelSlot] = [:]
+        var tunnelCount: Int { tunnelIDs.count }
+        /// Backpressure: whether this connection's output is below its high-water mark.
+        var writable = true
+        var blockedSince: NIODeadline?
+        /// Connections paused because they sent to this one while it was not writable.
+        var blockedSources: Set<ConnectionID> = []
+        /// Destinations whose full output keeps this connection paused.
+        var blockedBy: Set<ConnectionID> = []
+        var atRequestLimit = false
+        var isReading: Bool { blockedBy.isEmpty && !atRequestLimit }
+    }
+
+    struct PendingRequest {
+        var caller: ConnectionID
+        var callerRequestID: UInt64
+        var cluster: String
+        var deadline: NIODeadline
+        /// Kept only while the request waits for a member.
+        var body: ByteBuffer?
+        /// The member and the id it knows the request by, once handed over.
+        var assignedTo: (ConnectionID, UInt64)?
+        var wasHandedOver = false
+    }
+
+    struct PendingBuild {
+        var initiator: ConnectionID
+        var initiatorTunnelID: UInt64
+        var cluster: String
+        var deadline: NIODeadline
+        /// The member offered the tunnel and its build id, once one is chosen.
+        var member: ConnectionID?
+        var memberBuildID: UInt64 = 0
+    }
+}

@@ -1,0 +1,32 @@
+import NIOCore
+import SkeinWire
+
+/// Every limit the relay enforces on client connections. Each one is a documented `skein relay`
+/// flag (Docs/relay-settings.md).
+public struct RelaySettings: Sendable, Equatable {
+    /// Limits on decoded fields: message size and string size.
+    public var wire = WireLimits()
+    /// A connection that has not completed INIT within this time is closed.
+    public var handshakeTimeout: TimeAmount = .seconds(5)
+    /// Largest tunnel chunk a binding may send; announced in TUNNEL INIT / CONFIRM.
+    public var tunnelChunkLimit: UInt64 = 64 << 10
+    /// Allowance the relay grants each side of a tunnel: the most it buffers per direction.
+    public var tunnelBuffer: UInt64 = 4 << 20
+    /// Requests (and tunnel builds) a connection may have outstanding before the relay stops
+    /// reading from it until some are answered.
+    public var maxPendingRequests: Int = 65_536
+    /// Tunnels (open or building) one connection may hold; more is a protocol violation.
+    public var maxTunnelsPerConnection: Int = 4_096
+    /// Longest deadline honoured; larger timeouts are clamped to it.
+    public var maxTimeout: TimeAmount = .hours(24)
+    /// A connection whose output has been blocked (above the send buffer high-water mark) for
+    /// this long is closed as a slow consumer.
+    public var slowConsumerTimeout: TimeAmount = .seconds(10)
+
+    public init() {}
+
+    /// The chunk limit must not exceed what the decoder accepts in one frame.
+    public var effectiveChunkLimit: UInt64 {
+        min(tunnelChunkLimit, UInt64(wire.maxMessageSize))
+    }
+}

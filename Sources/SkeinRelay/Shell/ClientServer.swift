@@ -1,0 +1,356 @@
+import Logging
+import Metrics
+import NIOCore
+import NIOPosix
+import SkeinWire
+
+/// The SwiftNIO shell around `RelayCore`: accepts local connections, decodes their frames,
+/// feeds them to the core, and carries out the core's actions.
+///
+/// Everything runs on one event loop, the core's, so the core needs no locks and frames
+/// from one connection reach every destination in order. Output for each connection is
+/// encoded into one buffer per read batch and flushed once, at the end of the batch.
+public final class ClientServer: @unchecked Sendable {
+    // @unchecked: all mutable state is confined to `eventLoop` (asserted in debug builds).
+    public let eventLoop: any EventLoop
+    let configuration: RelayConfiguration
+    let logger: Logger
+    private var core: RelayCore
+    private var clients: [ConnectionID: ClientChannel] = [:]
+    private var dirty: [ClientChannel] = []
+    private var actions: [RelayAction] = []
+    private var nextConnection: UInt64 = 0
+    private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
+    private var listeners: [any Channel] = []
+    private let metrics = RelayMetrics()
+
+    public init(configuration: RelayConfiguration, eventLoop: any EventLoop, logger: Logger) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.core = RelayCore(settings: configuration.settings)
+        actions.reserveCapacity(64)
+    }
+
+    // MARK: - Listening
+
+    /// Binds every configured listener. Fails only if none could be bound.
+    public func start() async throws {
+        var bound: [any Channel] = []
+        var failures: [String] = []
+        for host in configuration.clientHosts {
+            do {
+                let channel = try await bootstrap().bind(host: host, port: configuration.clientPort).get()
+                bound.append(channel)
+                logger.info("listening for clients", metadata: ["address": "\(host):\(channel.localAddress?.port ?? configuration.clientPort)"])
+            } catch {
+                failures.append("\(host):\(configuration.clientPort): \(error)")
+                logger.warning("cannot listen for clients", metadata: ["address": "\(host):\(configuration.clientPort)", "error": "\(error)"])
+            }
+        }
+        if let path = configuration.clientSocket {
+            do {
+                let channel = try await bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+                bound.append(channel)
+                logger.info("listening for clients", metadata: ["socket": "\(path)"])
+            } catch {
+                for channel in bound { try? await channel.close() }
+                throw RelayStartupError.cannotListen(["\(path): \(error)"])
+            }
+        }
+        guard !bound.isEmpty else { throw RelayStartupError.cannotListen(failures) }
+        let listeners = bound
+        try await eventLoop.submit { self.listeners = listeners }.get()
+    }
+
+    /// The TCP port actually bound (useful with `clientPort: 0`).
+    public var boundPort: Int? {
+        get async {
+            try? await eventLoop.submit { self.listeners.lazy.compactMap { $0.localAddress?.port }.first }.get()
+        }
+    }
+
+    private func bootstrap() -> ServerBootstrap {
+        let highWater = configuration.sendBufferHighWater
+        return ServerBootstrap(group: eventLoop, childGroup: eventLoop)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: highWater / 2, high: highWater))
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 1 << 20))
+            .childChannelOption(.maxMessagesPerRead, value: 8)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(server: self))
+                }
+            }
+    }
+
+    /// Stops accepting new connections.
+    public func stopListening() async {
+        let listeners = try? await eventLoop.submit { () -> [any Channel] in
+            defer { self.listeners = [] }
+            return self.listeners
+        }.get()
+        for listener in listeners ?? [] { try? await listener.close() }
+        if let path = configuration.clientSocket {
+            _ = path.withCString { unlink($0) }
+        }
+    }
+
+    /// Requests still waiting for an answer, for draining.
+    public var pendingRequests: Int {
+        get async { (try? await eventLoop.submit { self.core.pendingRequestCount }.get()) ?? 0 }
+    }
+
+    public var connectionCount: Int {
+        get async { (try? await eventLoop.submit { self.core.connectionCount }.get()) ?? 0 }
+    }
+
+    /// Ends every connection with a CLOSE carrying `reason`.
+    public func closeAll(reason: String) async {
+        try? await eventLoop.submit {
+            self.core.closeAll(reason: reason, actions: &self.actions)
+            self.perform()
+            self.flush()
+        }.get()
+    }
+
+    // MARK: - Events from connections (on the event loop)
+
+    func opened(_ channel: any Channel) -> ClientChannel {
+        eventLoop.preconditionInEventLoop()
+        nextConnection += 1
+        let client = ClientChannel(id: ConnectionID(nextConnection), channel: channel)
+        clients[client.id] = client
+        metrics.connectionsOpened.increment()
+        core.connectionOpened(client.id, now: .now(), actions: &actions)
+        perform()
+        return client
+    }
+
+    func received(_ frame: ClientFrame, from client: ClientChannel) {
+        core.received(frame, from: client.id, now: .now(), actions: &actions)
+        perform()
+    }
+
+    func malformed(_ client: ClientChannel, error: WireError) {
+        core.malformedInput(client.id, error: error, actions: &actions)
+        perform()
+    }
+
+    func closed(_ client: ClientChannel, unparsedBytes: Int) {
+        if unparsedBytes > 0 {
+            core.truncatedInput(client.id, bufferedBytes: unparsedBytes, actions: &actions)
+        }
+        clients[client.id] = nil
+        client.isClosed = true
+        core.connectionClosed(client.id, now: .now(), actions: &actions)
+        perform()
+        flush()
+    }
+
+    func writabilityChanged(_ client: ClientChannel, writable: Bool) {
+        core.writabilityChanged(client.id, writable: writable, now: .now(), actions: &actions)
+        perform()
+        flush()
+    }
+
+    /// Writes every buffer filled during this batch.
+    func flush() {
+        for client in dirty {
+            client.flush()
+        }
+        dirty.removeAll(keepingCapacity: true)
+        rescheduleWakeup()
+    }
+
+    // MARK: - Carrying out actions
+
+    private func perform() {
+        for action in actions {
+            switch action {
+            case .send(let id, let frame):
+                guard let client = clients[id], !client.isClosed else { continue }
+                if !client.isDirty {
+                    client.isDirty = true
+                    dirty.append(client)
+                }
+                frame.encode(into: &client.outbox)
+            case .disconnect(let id):
+                guard let client = clients[id], !client.isClosed else { continue }
+                client.isClosing = true
+                client.flush()
+                client.channel.close(promise: nil)
+            case .pauseReading(let id):
+                clients[id]?.setReading(false)
+            case .resumeReading(let id):
+                clients[id]?.setReading(true)
+            case .report(let event):
+                report(event)
+            }
+        }
+        actions.removeAll(keepingCapacity: true)
+    }
+
+    private func report(_ event: RelayEvent) {
+        switch event {
+        case .handshakeCompleted(let id, let cluster):
+            logger.debug("client connected", metadata: ["connection": "\(id)", "cluster": "\(cluster)"])
+        case .handshakeRejected(let id, let reason):
+            metrics.handshakesRejected.increment()
+            logger.info("handshake rejected", metadata: ["connection": "\(id)", "reason": "\(reason)"])
+        case .protocolViolation(let id, let reason):
+            metrics.protocolViolations.increment()
+            logger.notice("closing connection", metadata: ["connection": "\(id)", "reason": "\(reason)"])
+        case .slowConsumer(let id):
+            metrics.slowConsumers.increment()
+            logger.notice("closing slow consumer", metadata: ["connection": "\(id)"])
+        case .connectionClosed(let id, let graceful):
+            logger.debug("client disconnected", metadata: ["connection": "\(id)", "graceful": "\(graceful)"])
+        case .requestTimedOut:
+            metrics.requestTimeouts.increment()
+        case .lateReplyDropped:
+            metrics.lateReplies.increment()
+        case .broadcastWithoutMembers:
+            metrics.unroutable.increment()
+        }
+    }
+
+    // MARK: - Timers
+
+    private func rescheduleWakeup() {
+        guard let next = core.nextDeadline else { return }
+        if let wakeup, wakeup.at <= next { return }
+        wakeup?.task.cancel()
+        let task = eventLoop.scheduleTask(deadline: next) { [self] in
+            self.wakeup = nil
+            self.core.expireTimers(now: .now(), actions: &self.actions)
+            self.perform()
+            self.flush()
+        }
+        wakeup = (next, task)
+    }
+}
+
+/// Why the relay could not start.
+public enum RelayStartupError: Error, CustomStringConvertible {
+    case cannotListen([String])
+
+    public var description: String {
+        switch self {
+        case .cannotListen(let failures):
+            "cannot listen for clients: " + failures.joined(separator: "; ")
+        }
+    }
+}
+
+/// The shell's view of one connection: its channel and the output gathered in this batch.
+final class ClientChannel {
+    let id: ConnectionID
+    let channel: any Channel
+    var outbox: ByteBuffer
+    var isDirty = false
+    var isClosing = false
+    var isClosed = false
+    private var reading = true
+
+    init(id: ConnectionID, channel: any Channel) {
+        self.id = id
+        self.channel = channel
+        self.outbox = channel.allocator.buffer(capacity: 0)
+    }
+
+    func flush() {
+        isDirty = false
+        guard outbox.readableBytes > 0, !isClosed else { return }
+        let buffer = outbox
+        outbox = channel.allocator.buffer(capacity: min(max(buffer.readableBytes, 1024), 1 << 16))
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    func setReading(_ on: Bool) {
+        guard on != reading, !isClosed else { return }
+        reading = on
+        let options = channel.syncOptions
+        try? options?.setOption(.autoRead, value: on)
+        if on { channel.read() }
+    }
+}
+
+/// Decodes one connection's byte stream into frames for the server.
+final class ClientConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let server: ClientServer
+    private var client: ClientChannel?
+    private var cumulation: ByteBuffer?
+
+    init(server: ClientServer) {
+        self.server = server
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        client = server.opened(context.channel)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let client, !client.isClosing else { return }
+        var incoming = unwrapInboundIn(data)
+        if cumulation == nil || cumulation!.readableBytes == 0 {
+            cumulation = incoming
+        } else {
+            cumulation!.writeBuffer(&incoming)
+        }
+        let limits = server.configuration.settings.wire
+        do {
+            while !client.isClosing, let frame = try ClientFrame.decode(from: &cumulation!, limits: limits) {
+                server.received(frame, from: client)
+            }
+        } catch {
+            server.malformed(client, error: error)
+        }
+        if cumulation!.readableBytes == 0 {
+            cumulation = nil
+        } else if cumulation!.readerIndex > 1 << 16 {
+            cumulation!.discardReadBytes()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        server.flush()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let client {
+            server.closed(client, unparsedBytes: client.isClosing ? 0 : (cumulation?.readableBytes ?? 0))
+        }
+        client = nil
+        cumulation = nil
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if let client {
+            server.writabilityChanged(client, writable: context.channel.isWritable)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Socket errors (resets) end this connection only.
+        context.close(promise: nil)
+    }
+}
+
+/// Counters for the relay's client side, reported through swift-metrics.
+struct RelayMetrics {
+    let connectionsOpened = Counter(label: "skein_client_connections_total")
+    let handshakesRejected = Counter(label: "skein_client_handshakes_rejected_total")
+    let protocolViolations = Counter(label: "skein_client_protocol_violations_total")
+    let slowConsumers = Counter(label: "skein_client_slow_consumers_total")
+    let requestTimeouts = Counter(label: "skein_requests_timed_out_total")
+    let lateReplies = Counter(label: "skein_late_replies_dropped_total")
+    let unroutable = Counter(label: "skein_broadcasts_without_members_total")
+}

@@ -1,0 +1,71 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Everything `skein relay` can be told. Docs/relay-settings.md documents each field and flag.
+public struct RelayConfiguration: Sendable {
+    /// Protocol limits enforced per connection.
+    public var settings = RelaySettings()
+    /// Loopback addresses to listen on for clients.
+    public var clientHosts = ["127.0.0.1", "::1"]
+    /// TCP port for clients (0 picks a free one).
+    public var clientPort = 55555
+    /// Optional Unix domain socket path for clients.
+    public var clientSocket: String?
+    /// High-water mark of a connection's unsent output, in bytes. Above it the connection
+    /// counts as blocked: publishers and broadcasters sending to it are paused (backpressure),
+    /// and if it stays blocked for `settings.slowConsumerTimeout` it is closed.
+    public var sendBufferHighWater = 8 << 20
+    /// On shutdown, how long in-flight requests may take to finish before connections close.
+    public var drainTimeout: TimeAmount = .seconds(5)
+
+    public init() {}
+}
+
+/// The relay as a swift-service-lifecycle `Service`: listens until graceful shutdown
+/// (SIGTERM/SIGINT), then stops accepting, lets in-flight requests finish up to the drain
+/// timeout, and closes every connection with a reason.
+public final class RelayService: Service, Sendable {
+    public let server: ClientServer
+    private let group: MultiThreadedEventLoopGroup
+    private let logger: Logger
+    private let ready: AsyncStream<Int>.Continuation
+    /// Yields the bound client TCP port once the relay listens, then finishes.
+    public let listening: AsyncStream<Int>
+
+    public init(configuration: RelayConfiguration, logger: Logger) {
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.logger = logger
+        self.server = ClientServer(configuration: configuration, eventLoop: group.next(), logger: logger)
+        (self.listening, self.ready) = AsyncStream.makeStream(of: Int.self)
+    }
+
+    public func run() async throws {
+        do {
+            try await server.start()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        ready.yield(await server.boundPort ?? -1)
+        ready.finish()
+        logger.info("relay ready", metadata: ["protocol": "v1.0-draft2"])
+
+        try? await gracefulShutdown()
+
+        logger.info("relay shutting down: draining")
+        await server.stopListening()
+        let drainDeadline = ContinuousClock.now + .nanoseconds(server.configuration.drainTimeout.nanoseconds)
+        while await server.pendingRequests > 0, ContinuousClock.now < drainDeadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        await server.closeAll(reason: "relay shutting down")
+        let closeDeadline = ContinuousClock.now + .seconds(2)
+        while await server.connectionCount > 0, ContinuousClock.now < closeDeadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        try await group.shutdownGracefully()
+        logger.info("relay stopped")
+    }
+}

@@ -1,0 +1,116 @@
+import NIOCore
+
+/// The relay protocol versions this module speaks.
+public enum RelayProtocol {
+    /// The Iris relay protocol, as spoken by iris-go/java/erl/scala v1 bindings.
+    public static let irisVersion = "v1.0-draft2"
+    /// The magic string a binding sends in its INIT.
+    public static let clientMagic = "iris-client-magic"
+    /// The magic string a relay sends in its INIT and DENY.
+    public static let relayMagic = "iris-relay-magic"
+}
+
+/// One-byte opcodes of the relay protocol (RELAY-PROTOCOL.md, "Opcodes").
+public enum Opcode: UInt8, Sendable, CaseIterable {
+    case initialize = 0x00
+    case deny = 0x01
+    case close = 0x02
+    case broadcast = 0x03
+    case request = 0x04
+    case reply = 0x05
+    case subscribe = 0x06
+    case unsubscribe = 0x07
+    case publish = 0x08
+    case tunnelInit = 0x09
+    case tunnelConfirm = 0x0a
+    case tunnelAllow = 0x0b
+    case tunnelTransfer = 0x0c
+    case tunnelClose = 0x0d
+}
+
+/// How a member answered a request (binding → relay).
+public enum ReplyOutcome: Sendable, Equatable {
+    case success(ByteBuffer)
+    case fault(String)
+}
+
+/// How a request ended, as the relay reports it to the caller (relay → binding).
+public enum RequestOutcome: Sendable, Equatable {
+    case timedOut
+    case success(ByteBuffer)
+    case fault(String)
+}
+
+/// How a tunnel build ended, as the relay reports it to the initiator.
+public enum TunnelBuildOutcome: Sendable, Equatable {
+    case timedOut
+    case built(chunkLimit: UInt64)
+}
+
+/// A frame sent by a binding to its relay.
+public enum ClientFrame: Sendable, Equatable {
+    case initialize(magic: String, version: String, cluster: String)
+    case close
+    case broadcast(cluster: String, message: ByteBuffer)
+    case request(id: UInt64, cluster: String, body: ByteBuffer, timeoutMillis: UInt64)
+    case reply(id: UInt64, outcome: ReplyOutcome)
+    case subscribe(topic: String)
+    case unsubscribe(topic: String)
+    case publish(topic: String, event: ByteBuffer)
+    case tunnelInit(tunnelID: UInt64, cluster: String, timeoutMillis: UInt64)
+    case tunnelConfirm(buildID: UInt64, tunnelID: UInt64)
+    case tunnelAllow(tunnelID: UInt64, bytes: UInt64)
+    case tunnelTransfer(tunnelID: UInt64, sizeOrContinuation: UInt64, chunk: ByteBuffer)
+    case tunnelClose(tunnelID: UInt64)
+
+    public var opcode: Opcode {
+        switch self {
+        case .initialize: .initialize
+        case .close: .close
+        case .broadcast: .broadcast
+        case .request: .request
+        case .reply: .reply
+        case .subscribe: .subscribe
+        case .unsubscribe: .unsubscribe
+        case .publish: .publish
+        case .tunnelInit: .tunnelInit
+        case .tunnelConfirm: .tunnelConfirm
+        case .tunnelAllow: .tunnelAllow
+        case .tunnelTransfer: .tunnelTransfer
+        case .tunnelClose: .tunnelClose
+        }
+    }
+}
+
+/// A frame sent by a relay to a binding.
+public enum RelayFrame: Sendable, Equatable {
+    case initialize(magic: String, version: String)
+    case deny(magic: String, reason: String)
+    case close(reason: String)
+    case broadcast(message: ByteBuffer)
+    case request(id: UInt64, body: ByteBuffer, timeoutMillis: UInt64)
+    case reply(id: UInt64, outcome: RequestOutcome)
+    case publish(topic: String, event: ByteBuffer)
+    case tunnelInit(buildID: UInt64, chunkLimit: UInt64)
+    case tunnelConfirm(tunnelID: UInt64, outcome: TunnelBuildOutcome)
+    case tunnelAllow(tunnelID: UInt64, bytes: UInt64)
+    case tunnelTransfer(tunnelID: UInt64, sizeOrContinuation: UInt64, chunk: ByteBuffer)
+    case tunnelClose(tunnelID: UInt64, reason: String)
+
+    public var opcode: Opcode {
+        switch self {
+        case .initialize: .initialize
+        case .deny: .deny
+        case .close: .close
+        case .broadcast: .broadcast
+        case .request: .request
+        case .reply: .reply
+        case .publish: .publish
+        case .tunnelInit: .tunnelInit
+        case .tunnelConfirm: .tunnelConfirm
+        case .tunnelAllow: .tunnelAllow
+        case .tunnelTransfer: .tunnelTransfer
+        case .tunnelClose: .tunnelClose
+        }
+    }
+}
