@@ -1,0 +1,265 @@
+import DequeModule
+import NIOCore
+import SkeinWire
+
+/// Decodes the relay's frames and dispatches them: replies to waiting callers, events to
+/// subscriptions, requests and broadcasts to the member's handler, chunks to tunnels.
+/// Lives on the connection's event loop.
+final class InboundHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let connection: SkeinConnection
+    private let handler: (any ClusterHandler)?
+    private var handshake: EventLoopPromise<SkeinConnection>?
+    private var handshakeDone = false
+    private var cumulation: ByteBuffer?
+    private let limits: WireLimits
+    private var closeReason: String?
+    private var failed: SkeinError?
+
+    // Member side: bounded handler concurrency and a bounded queue behind it.
+    private var runningHandlers = 0
+    private var queuedRequests: Deque<(id: UInt64, body: ByteBuffer, timeoutMillis: UInt64)> = []
+    private var broadcastFeed: EventFeed?
+    private var pausedFeeds: Set<ObjectIdentifier> = []
+    private var reading = true
+    private var channel: (any Channel)?
+
+    init(connection: SkeinConnection, handler: (any ClusterHandler)?, handshake: EventLoopPromise<SkeinConnection>) {
+        self.connection = connection
+        self.handler = handler
+        self.handshake = handshake
+        self.limits = WireLimits(maxMessageSize: connection.options.maxMessageSize)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        channel = context.channel
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard failed == nil else { return }
+        var incoming = unwrapInboundIn(data)
+        if cumulation == nil || cumulation!.readableBytes == 0 {
+            cumulation = incoming
+        } else {
+            cumulation!.writeBuffer(&incoming)
+        }
+        do {
+            while failed == nil, let frame = try RelayFrame.decode(from: &cumulation!, limits: limits) {
+                handle(frame, context: context)
+            }
+        } catch {
+            violation("\(error)", context: context)
+        }
+        if cumulation?.readableBytes == 0 {
+            cumulation = nil
+        } else if let index = cumulation?.readerIndex, index > 1 << 16 {
+            cumulation!.discardReadBytes()
+        }
+    }
+
+    private func handle(_ frame: RelayFrame, context: ChannelHandlerContext) {
+        guard handshakeDone else {
+            switch frame {
+            case .initialize(let magic, let version):
+                guard magic == RelayProtocol.relayMagic else {
+                    return violation("relay sent magic \(magic.debugDescription)", context: context)
+                }
+                handshakeDone = true
+                _ = version
+                if let handler {
+                    startBroadcastConsumer(handler)
+                }
+                handshake?.succeed(connection)
+                handshake = nil
+            case .deny(_, let reason):
+                failed = .denied(reason)
+                handshake?.fail(SkeinError.denied(reason))
+                handshake = nil
+                context.close(promise: nil)
+            default:
+                violation("relay sent \(frame.opcode) before INIT", context: context)
+            }
+            return
+        }
+        switch frame {
+        case .initialize, .deny:
+            violation("relay sent \(frame.opcode) after the handshake", context: context)
+        case .close(let reason):
+            closeReason = reason
+        case .reply(let id, let outcome):
+            let waiter = connection.shared.withLockedValue { $0.requests.removeValue(forKey: id) }
+            switch outcome {
+            case .success(let body): waiter?.resume(returning: body)
+            case .fault(let fault): waiter?.resume(throwing: SkeinError.remoteFault(fault))
+            case .timedOut: waiter?.resume(throwing: SkeinError.timedOut)
+            }
+        case .publish(let topic, let event):
+            if let feed = connection.shared.withLockedValue({ $0.subscriptions[topic] }) {
+                deliver(event, to: feed)
+            }
+        case .broadcast(let message):
+            if let broadcastFeed { deliver(message, to: broadcastFeed) }
+        case .request(let id, let body, let timeout):
+            guard handler != nil else {
+                connection.sendNow(.reply(id: id, outcome: .fault("this connection is not a member of any cluster")))
+                return
+            }
+            if runningHandlers < connection.options.maxConcurrentHandlers {
+                startRequest(id: id, body: body, timeoutMillis: timeout)
+            } else {
+                queuedRequests.append((id, body, timeout))
+                updateReading()
+            }
+        case .tunnelInit(let buildID, let chunkLimit):
+            // A plain client never confirms; the relay times the build out.
+            guard let handler, let tunnel = connection.acceptTunnel(buildID: buildID, chunkLimit: chunkLimit) else { return }
+            Task {
+                await handler.handleTunnel(tunnel)
+                try? await tunnel.close()
+            }
+        case .tunnelConfirm(let id, let outcome):
+            guard let tunnel = connection.shared.withLockedValue({ $0.tunnels[id] }) else { return }
+            switch outcome {
+            case .built(let chunkLimit):
+                connection.sendNow(.tunnelAllow(tunnelID: id, bytes: connection.options.tunnelWindow))
+                tunnel.built(chunkLimit: chunkLimit)
+            case .timedOut:
+                tunnel.fail(.timedOut)
+            }
+        case .tunnelAllow(let id, let bytes):
+            connection.shared.withLockedValue({ $0.tunnels[id] })?.allowed(bytes)
+        case .tunnelTransfer(let id, let size, let chunk):
+            guard let tunnel = connection.shared.withLockedValue({ $0.tunnels[id] }) else { return }
+            if let problem = tunnel.received(sizeOrContinuation: size, chunk: chunk, maxMessageSize: limits.maxMessageSize) {
+                violation(problem, context: context)
+            }
+        case .tunnelClose(let id, let reason):
+            connection.shared.withLockedValue({ $0.tunnels[id] })?.closedByRelay(reason: reason)
+        }
+    }
+
+    // MARK: - Inbound queues and backpressure
+
+    private func deliver(_ event: ByteBuffer, to feed: EventFeed) {
+        if feed.source.yield(event) == .stopProducing, !feed.isPaused {
+            feed.isPaused = true
+            pausedFeeds.insert(ObjectIdentifier(feed))
+            updateReading()
+        }
+    }
+
+    /// The consumer of `feed` caught up (or went away): read again if nothing else is full.
+    func feedResumed(_ feed: EventFeed?) {
+        guard let feed, feed.isPaused else { return }
+        feed.isPaused = false
+        pausedFeeds.remove(ObjectIdentifier(feed))
+        updateReading()
+    }
+
+    private func updateReading() {
+        let want = pausedFeeds.isEmpty && queuedRequests.count < connection.options.maxConcurrentHandlers
+        guard want != reading, let channel else { return }
+        reading = want
+        try? channel.syncOptions?.setOption(.autoRead, value: want)
+        if want { channel.read() }
+    }
+
+    private func startBroadcastConsumer(_ handler: any ClusterHandler) {
+        let box = ObjectIdentifierBox()
+        let feed = EventFeed(
+            buffer: connection.options.receiveBuffer,
+            delegate: FeedDelegate(kind: .broadcasts, connection: connection, feedID: box))
+        box.feed = feed
+        broadcastFeed = feed
+        Task {
+            do {
+                for try await message in feed.sequence {
+                    await handler.handleBroadcast(message)
+                }
+            } catch {}
+        }
+    }
+
+    private func startRequest(id: UInt64, body: ByteBuffer, timeoutMillis: UInt64) {
+        guard let handler else { return }
+        runningHandlers += 1
+        let timeout = Duration.milliseconds(Int64(clamping: timeoutMillis))
+        let request = ServiceRequest(body: body, timeout: timeout, deadline: .now + timeout)
+        let connection = self.connection
+        let loop = connection.channel.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        Task {
+            let outcome: ReplyOutcome
+            do {
+                outcome = .success(try await handler.handleRequest(request))
+            } catch let fault as SkeinFault {
+                outcome = .fault(fault.message)
+            } catch {
+                outcome = .fault(String(describing: error))
+            }
+            connection.sendNow(.reply(id: id, outcome: outcome))
+            loop.execute { bound.value.requestFinished() }
+        }
+    }
+
+    private func requestFinished() {
+        runningHandlers -= 1
+        if let next = queuedRequests.popFirst() {
+            startRequest(id: next.id, body: next.body, timeoutMillis: next.timeoutMillis)
+        }
+        updateReading()
+    }
+
+    // MARK: - Failure and end
+
+    private func violation(_ what: String, context: ChannelHandlerContext) {
+        guard failed == nil else { return }
+        failed = .protocolViolation(what)
+        handshake?.fail(SkeinError.protocolViolation(what))
+        handshake = nil
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        let highWater = connection.options.sendBufferHighWater
+        let waiters = connection.shared.withLockedValue { state in
+            state.channelWritable = writable
+            return state.takeRoomWaiters(highWater)
+        }
+        for waiter in waiters { waiter.resume() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let error: SkeinError = failed ?? .connectionClosed(reason: closeReason ?? "connection to the relay lost")
+        let graceful = failed == nil && closeReason == ""
+        handshake?.fail(error)
+        handshake = nil
+        let (requests, tunnels, feeds, waiters) = connection.shared.withLockedValue { state in
+            if state.failure == nil { state.failure = error }
+            defer {
+                state.requests = [:]
+                state.tunnels = [:]
+                state.subscriptions = [:]
+                state.roomWaiters = []
+            }
+            return (state.requests, state.tunnels, state.subscriptions, state.roomWaiters)
+        }
+        for (_, waiter) in requests { waiter.resume(throwing: error) }
+        for (_, tunnel) in tunnels { tunnel.fail(error) }
+        for feed in feeds.values + (broadcastFeed.map { [$0] } ?? []) {
+            if graceful { feed.source.finish() } else { feed.source.finish(error) }
+        }
+        for waiter in waiters { waiter.resume(throwing: error) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if failed == nil, closeReason == nil {
+            closeReason = "connection to the relay lost: \(error)"
+        }
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,189 @@
+import NIOCore
+import NIOPosix
+import SkeinWire
+
+/// Entry point of the Skein client binding.
+///
+/// ```swift
+/// let skein = try await Skein.connect()
+/// let reply = try await skein.request(cluster: "echo", "hello", timeout: .seconds(1))
+/// ```
+///
+/// The binding speaks the Iris relay protocol `v1.0-draft2`, so it works against a Skein relay
+/// and against an Iris node alike.
+public enum Skein {
+    /// Connects as a plain client: it can call clusters, publish, subscribe and open tunnels,
+    /// but serves nothing.
+    public static func connect(
+        to relay: RelayEndpoint = .default, options: ConnectionOptions = .init()
+    ) async throws -> SkeinConnection {
+        try await SkeinConnection.open(relay: relay, cluster: "", handler: nil, options: options)
+    }
+
+    /// Connects as a member of `cluster`: the relay balances the cluster's requests and tunnels
+    /// onto this connection and delivers the cluster's broadcasts to it. Handlers run on
+    /// their own tasks, at most `options.maxConcurrentHandlers` requests at a time.
+    public static func serve(
+        cluster: String, to relay: RelayEndpoint = .default, options: ConnectionOptions = .init(),
+        handler: some ClusterHandler
+    ) async throws -> SkeinConnection {
+        precondition(!cluster.isEmpty, "a member needs a cluster name")
+        return try await SkeinConnection.open(relay: relay, cluster: cluster, handler: handler, options: options)
+    }
+
+    /// Connects as a member of `cluster` with closures for handlers.
+    public static func serve(
+        cluster: String, to relay: RelayEndpoint = .default, options: ConnectionOptions = .init(),
+        request: @escaping @Sendable (ServiceRequest) async throws -> ByteBuffer,
+        broadcast: @escaping @Sendable (ByteBuffer) async -> Void = { _ in },
+        tunnel: @escaping @Sendable (Tunnel) async -> Void = { try? await $0.close() }
+    ) async throws -> SkeinConnection {
+        try await serve(
+            cluster: cluster, to: relay, options: options,
+            handler: ClosureClusterHandler(onRequest: request, onBroadcast: broadcast, onTunnel: tunnel))
+    }
+}
+
+/// Where the local relay listens.
+public enum RelayEndpoint: Sendable, Hashable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unixSocket(path: String)
+
+    /// `127.0.0.1:55555`, the relay's default.
+    public static let `default` = RelayEndpoint.tcp(host: "127.0.0.1", port: 55555)
+
+    /// Parses `HOST:PORT`, `[V6]:PORT` or `PORT`.
+    public init?(_ text: String) {
+        if let port = Int(text), (0...65535).contains(port) {
+            self = .tcp(host: "127.0.0.1", port: port)
+            return
+        }
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (0...65535).contains(port)
+        else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self = .tcp(host: host, port: port)
+    }
+
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .unixSocket(let path): path
+        }
+    }
+}
+
+/// Settings of one connection.
+public struct ConnectionOptions: Sendable {
+    /// Requests a member handles at once; more wait in a queue of the same size, and beyond
+    /// that the binding stops reading from the relay (which then holds them, bounded).
+    public var maxConcurrentHandlers = 64
+    /// Receive window granted to the relay for each tunnel: the most a tunnel buffers here.
+    public var tunnelWindow: UInt64 = 16 << 20
+    /// Events a subscription (or broadcasts a member) buffers before the binding stops reading.
+    public var receiveBuffer = 4096
+    /// Output the binding buffers before `publish`, `broadcast` and tunnel sends wait.
+    public var sendBufferHighWater = 4 << 20
+    /// Largest message accepted from the relay.
+    public var maxMessageSize = 32 << 20
+    /// How long `connect` waits for the relay's answer.
+    public var handshakeTimeout: Duration = .seconds(5)
+    /// Event loop group to use; nil uses the shared singleton.
+    public var eventLoopGroup: (any EventLoopGroup)?
+
+    public init() {}
+}
+
+/// A request as a member sees it.
+public struct ServiceRequest: Sendable {
+    /// The request body.
+    public var body: ByteBuffer
+    /// Time left until the caller's deadline when the relay handed the request over.
+    public var timeout: Duration
+    /// The instant after which an answer is useless: the relay has already timed it out.
+    public var deadline: ContinuousClock.Instant
+}
+
+/// Serves a cluster. Every method has a default, so a handler implements what it needs.
+public protocol ClusterHandler: Sendable {
+    /// Answers one request. Throwing sends a fault carrying the error's description
+    /// (`SkeinFault` sends exactly its message).
+    func handleRequest(_ request: ServiceRequest) async throws -> ByteBuffer
+    /// Receives one broadcast; broadcasts are delivered one at a time, in order.
+    func handleBroadcast(_ message: ByteBuffer) async
+    /// Receives a tunnel some client opened to this cluster; the tunnel is closed when this returns.
+    func handleTunnel(_ tunnel: Tunnel) async
+}
+
+extension ClusterHandler {
+    public func handleRequest(_ request: ServiceRequest) async throws -> ByteBuffer {
+        throw SkeinFault("this member does not serve requests")
+    }
+    public func handleBroadcast(_ message: ByteBuffer) async {}
+    public func handleTunnel(_ tunnel: Tunnel) async {}
+}
+
+/// An error whose message is sent to the caller verbatim as the request's fault.
+public struct SkeinFault: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+struct ClosureClusterHandler: ClusterHandler {
+    let onRequest: @Sendable (ServiceRequest) async throws -> ByteBuffer
+    let onBroadcast: @Sendable (ByteBuffer) async -> Void
+    let onTunnel: @Sendable (Tunnel) async -> Void
+
+    func handleRequest(_ request: ServiceRequest) async throws -> ByteBuffer { try await onRequest(request) }
+    func handleBroadcast(_ message: ByteBuffer) async { await onBroadcast(message) }
+    func handleTunnel(_ tunnel: Tunnel) async { await onTunnel(tunnel) }
+}
+
+/// Every way a binding call can fail.
+public enum SkeinError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The relay answered timedOut: no member answered before the deadline.
+    case timedOut
+    /// The member answered with a fault; the text is the member's.
+    case remoteFault(String)
+    /// The connection is closed; `reason` is the relay's (empty when the close was graceful).
+    case connectionClosed(reason: String)
+    /// The relay refused the handshake (DENY) with this reason.
+    case denied(String)
+    /// The relay sent bytes that are not the relay protocol.
+    case protocolViolation(String)
+    /// The tunnel is closed; `reason` is empty when the other side closed it gracefully.
+    case tunnelClosed(reason: String)
+    /// This connection already subscribes to the topic.
+    case alreadySubscribed(topic: String)
+    /// The connection could not be established.
+    case cannotConnect(String)
+    /// A message larger than the connection's `maxMessageSize`.
+    case messageTooLarge(size: Int, limit: Int)
+
+    public var description: String {
+        switch self {
+        case .timedOut: "request timed out"
+        case .remoteFault(let fault): "remote fault: \(fault)"
+        case .connectionClosed(let reason): reason.isEmpty ? "connection closed" : "connection closed: \(reason)"
+        case .denied(let reason): "relay refused the connection: \(reason)"
+        case .protocolViolation(let what): "protocol violation: \(what)"
+        case .tunnelClosed(let reason): reason.isEmpty ? "tunnel closed" : "tunnel closed: \(reason)"
+        case .alreadySubscribed(let topic): "already subscribed to topic \(topic.debugDescription)"
+        case .cannotConnect(let why): "cannot connect to the relay: \(why)"
+        case .messageTooLarge(let size, let limit): "message of \(size) bytes exceeds the limit of \(limit) bytes"
+        }
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded up, never negative.
+    var wholeMilliseconds: UInt64 {
+        let (seconds, attoseconds) = self.components
+        if seconds < 0 { return 0 }
+        let millis = UInt64(seconds) * 1000 + UInt64((attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+        return millis
+    }
+}

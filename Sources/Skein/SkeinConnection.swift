@@ -1,0 +1,307 @@
+import DequeModule
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SkeinWire
+
+/// One connection to a relay. Safe to use from any number of tasks at once.
+///
+/// Output is encoded into one buffer under a lock and written by the event loop once per
+/// tick, so many small publishes cost one system call. When the relay reads more slowly than
+/// the application writes, `publish`, `broadcast` and tunnel sends wait: memory stays bounded.
+public final class SkeinConnection: Sendable {
+    let channel: any Channel
+    let shared: NIOLockedValueBox<SharedState>
+    let options: ConnectionOptions
+    /// The cluster this connection is a member of; empty for a plain client.
+    public let cluster: String
+
+    init(channel: any Channel, cluster: String, options: ConnectionOptions) {
+        self.channel = channel
+        self.cluster = cluster
+        self.options = options
+        self.shared = NIOLockedValueBox(SharedState(outbox: channel.allocator.buffer(capacity: 4096)))
+    }
+
+    static func open(
+        relay: RelayEndpoint, cluster: String, handler: (any ClusterHandler)?, options: ConnectionOptions
+    ) async throws -> SkeinConnection {
+        let group = options.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        let promise = group.next().makePromise(of: SkeinConnection.self)
+        let bootstrap = ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.writeBufferWaterMark, value: .init(low: options.sendBufferHighWater / 2, high: options.sendBufferHighWater))
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 1 << 20))
+            .connectTimeout(.seconds(5))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let connection = SkeinConnection(channel: channel, cluster: cluster, options: options)
+                    let inbound = InboundHandler(connection: connection, handler: handler, handshake: promise)
+                    try channel.pipeline.syncOperations.addHandler(inbound)
+                }
+            }
+        let channel: any Channel
+        do {
+            switch relay {
+            case .tcp(let host, let port):
+                channel = try await bootstrap.connect(host: host, port: port).get()
+            case .unixSocket(let path):
+                channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+            }
+        } catch {
+            promise.fail(error)
+            throw SkeinError.cannotConnect("\(relay): \(error)")
+        }
+        // INIT goes out first; the handler completes `promise` on the relay's INIT or DENY.
+        var init_ = channel.allocator.buffer(capacity: 64)
+        ClientFrame.initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: cluster)
+            .encode(into: &init_)
+        channel.writeAndFlush(init_, promise: nil)
+        let timeout = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(options.handshakeTimeout.wholeMilliseconds) * 1_000_000)) {
+            promise.fail(SkeinError.cannotConnect("\(relay): no answer to INIT within \(options.handshakeTimeout)"))
+            channel.close(promise: nil)
+        }
+        defer { timeout.cancel() }
+        return try await promise.futureResult.get()
+    }
+
+    // MARK: - Requests
+
+    /// Sends a request to one member of `cluster` and waits for its answer. The relay owns the
+    /// deadline: the answer is the reply, or `SkeinError.remoteFault`, or `SkeinError.timedOut`.
+    public func request(cluster: String, _ body: ByteBuffer, timeout: Duration) async throws -> ByteBuffer {
+        let millis = timeout.wholeMilliseconds
+        let id = try shared.withLockedValue { state throws(SkeinError) -> UInt64 in
+            try state.checkOpen()
+            let id = state.nextRequestID
+            state.nextRequestID += 1
+            return id
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ByteBuffer, any Error>) in
+                let failure = shared.withLockedValue { state -> SkeinError? in
+                    if let failure = state.failure { return failure }
+                    state.requests[id] = continuation
+                    enqueueLocked(&state, .request(id: id, cluster: cluster, body: body, timeoutMillis: millis))
+                    return nil
+                }
+                if let failure { continuation.resume(throwing: failure) }
+            }
+        } onCancel: {
+            // The relay will still answer; the answer is dropped here.
+            shared.withLockedValue { $0.requests.removeValue(forKey: id) }?.resume(throwing: CancellationError())
+        }
+    }
+
+    public func request(cluster: String, _ body: String, timeout: Duration) async throws -> ByteBuffer {
+        try await request(cluster: cluster, ByteBuffer(string: body), timeout: timeout)
+    }
+
+    public func request(cluster: String, _ body: some Sequence<UInt8>, timeout: Duration) async throws -> ByteBuffer {
+        try await request(cluster: cluster, ByteBuffer(bytes: body), timeout: timeout)
+    }
+
+    // MARK: - Broadcast and publish
+
+    /// Delivers `message` to every member of `cluster` (at most once each, FIFO per sender).
+    public func broadcast(cluster: String, _ message: ByteBuffer) async throws {
+        try await send(.broadcast(cluster: cluster, message: message))
+    }
+
+    public func broadcast(cluster: String, _ message: String) async throws {
+        try await broadcast(cluster: cluster, ByteBuffer(string: message))
+    }
+
+    /// Delivers `event` to every subscription of `topic` (at most once each, FIFO per publisher).
+    public func publish(topic: String, _ event: ByteBuffer) async throws {
+        try await send(.publish(topic: topic, event: event))
+    }
+
+    public func publish(topic: String, _ event: String) async throws {
+        try await publish(topic: topic, ByteBuffer(string: event))
+    }
+
+    /// Subscribes this connection to `topic`. Iterate the result to receive events; ending the
+    /// iteration (or calling `unsubscribe()`) unsubscribes.
+    public func subscribe(topic: String) async throws -> Subscription {
+        let subscription = try shared.withLockedValue { state throws(SkeinError) -> Subscription in
+            try state.checkOpen()
+            guard state.subscriptions[topic] == nil else { throw SkeinError.alreadySubscribed(topic: topic) }
+            let subscription = Subscription(topic: topic, connection: self, buffer: options.receiveBuffer)
+            state.subscriptions[topic] = subscription.feed
+            enqueueLocked(&state, .subscribe(topic: topic))
+            return subscription
+        }
+        try await waitForRoom()
+        return subscription
+    }
+
+    func unsubscribe(topic: String, feed: EventFeed) {
+        shared.withLockedValue { state in
+            guard state.subscriptions[topic] === feed else { return }
+            state.subscriptions[topic] = nil
+            if state.failure == nil {
+                enqueueLocked(&state, .unsubscribe(topic: topic))
+            }
+        }
+        channel.eventLoop.execute { self.inbound?.feedResumed(feed) }
+    }
+
+    // MARK: - Tunnels
+
+    /// Opens a tunnel to one member of `cluster`. Throws `SkeinError.timedOut` if no member
+    /// accepted it within `timeout`.
+    public func tunnel(cluster: String, timeout: Duration) async throws -> Tunnel {
+        let tunnel = try shared.withLockedValue { state throws(SkeinError) -> Tunnel in
+            try state.checkOpen()
+            let id = state.nextTunnelID
+            state.nextTunnelID += 1
+            let tunnel = Tunnel(id: id, connection: self)
+            state.tunnels[id] = tunnel
+            enqueueLocked(&state, .tunnelInit(tunnelID: id, cluster: cluster, timeoutMillis: timeout.wholeMilliseconds))
+            return tunnel
+        }
+        try await tunnel.waitUntilBuilt()
+        return tunnel
+    }
+
+    /// Allocates a tunnel id for a tunnel a member accepts.
+    func acceptTunnel(buildID: UInt64, chunkLimit: UInt64) -> Tunnel? {
+        shared.withLockedValue { state -> Tunnel? in
+            guard state.failure == nil else { return nil }
+            let id = state.nextTunnelID
+            state.nextTunnelID += 1
+            let tunnel = Tunnel(id: id, connection: self)
+            tunnel.built(chunkLimit: chunkLimit)
+            state.tunnels[id] = tunnel
+            enqueueLocked(&state, .tunnelConfirm(buildID: buildID, tunnelID: id))
+            enqueueLocked(&state, .tunnelAllow(tunnelID: id, bytes: options.tunnelWindow))
+            return tunnel
+        }
+    }
+
+    func forgetTunnel(_ id: UInt64) {
+        shared.withLockedValue { _ = $0.tunnels.removeValue(forKey: id) }
+    }
+
+    // MARK: - Close
+
+    /// Closes the connection gracefully: the relay unregisters it, delivers what it already
+    /// accepted, and acknowledges. Pending requests fail with `connectionClosed`.
+    public func close() async throws {
+        let sent = shared.withLockedValue { state -> Bool in
+            guard state.failure == nil, !state.closeSent else { return false }
+            state.closeSent = true
+            enqueueLocked(&state, .close)
+            return true
+        }
+        if sent {
+            // The relay answers `02 00` and closes; if it does not, stop waiting after a while.
+            let channel = self.channel
+            let giveUp = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+            try? await channel.closeFuture.get()
+            giveUp.cancel()
+        } else {
+            try? await channel.closeFuture.get()
+        }
+    }
+
+    /// Completes when the connection has ended, with the relay's reason (empty if graceful).
+    public func waitUntilClosed() async -> String {
+        try? await channel.closeFuture.get()
+        return shared.withLockedValue { state in
+            if case .connectionClosed(let reason)? = state.failure { return reason }
+            return state.failure.map { "\($0)" } ?? ""
+        }
+    }
+
+    // MARK: - Output
+
+    /// Queues a frame and waits while the output is above its high-water mark.
+    func send(_ frame: ClientFrame) async throws {
+        let mustWait = try shared.withLockedValue { state throws(SkeinError) -> Bool in
+            try state.checkOpen()
+            enqueueLocked(&state, frame)
+            return !state.hasRoom(options.sendBufferHighWater)
+        }
+        if mustWait { try await waitForRoom() }
+    }
+
+    /// Queues a frame without waiting (control frames, replies).
+    func sendNow(_ frame: ClientFrame) {
+        shared.withLockedValue { state in
+            guard state.failure == nil else { return }
+            enqueueLocked(&state, frame)
+        }
+    }
+
+    func waitForRoom() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let result = shared.withLockedValue { state -> Result<Void, SkeinError>? in
+                if let failure = state.failure { return .failure(failure) }
+                if state.hasRoom(options.sendBufferHighWater) { return .success(()) }
+                state.roomWaiters.append(continuation)
+                return nil
+            }
+            if let result { continuation.resume(with: result) }
+        }
+    }
+
+    /// Must be called with the lock held.
+    func enqueueLocked(_ state: inout SharedState, _ frame: ClientFrame) {
+        frame.encode(into: &state.outbox)
+        if !state.flushScheduled {
+            state.flushScheduled = true
+            channel.eventLoop.execute { self.flush() }
+        }
+    }
+
+    /// On the event loop: writes everything queued since the last flush.
+    func flush() {
+        let (buffer, waiters) = shared.withLockedValue { state -> (ByteBuffer, [CheckedContinuation<Void, any Error>]) in
+            state.flushScheduled = false
+            let buffer = state.outbox
+            state.outbox = channel.allocator.buffer(capacity: min(max(buffer.readableBytes, 4096), 1 << 16))
+            state.channelWritable = channel.isWritable
+            return (buffer, state.takeRoomWaiters(options.sendBufferHighWater))
+        }
+        if buffer.readableBytes > 0 {
+            channel.writeAndFlush(buffer, promise: nil)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    var inbound: InboundHandler? {
+        try? channel.pipeline.syncOperations.handler(type: InboundHandler.self)
+    }
+}
+
+/// State shared between the application's tasks and the event loop, under one lock.
+struct SharedState {
+    var outbox: ByteBuffer
+    var flushScheduled = false
+    var channelWritable = true
+    var roomWaiters: [CheckedContinuation<Void, any Error>] = []
+    var failure: SkeinError?
+    var closeSent = false
+    var nextRequestID: UInt64 = 0
+    var requests: [UInt64: CheckedContinuation<ByteBuffer, any Error>] = [:]
+    var nextTunnelID: UInt64 = 0
+    var tunnels: [UInt64: Tunnel] = [:]
+    var subscriptions: [String: EventFeed] = [:]
+
+    func checkOpen() throws(SkeinError) {
+        if let failure { throw failure }
+        if closeSent { throw SkeinError.connectionClosed(reason: "closed by this client") }
+    }
+
+    func hasRoom(_ highWater: Int) -> Bool {
+        channelWritable && outbox.readableBytes < highWater
+    }
+
+    mutating func takeRoomWaiters(_ highWater: Int) -> [CheckedContinuation<Void, any Error>] {
+        guard hasRoom(highWater), !roomWaiters.isEmpty else { return [] }
+        defer { roomWaiters = [] }
+        return roomWaiters
+    }
+}

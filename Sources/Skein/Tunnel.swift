@@ -1,0 +1,310 @@
+import DequeModule
+import NIOConcurrencyHelpers
+import NIOCore
+import SkeinWire
+
+/// An ordered, flow-controlled, bidirectional message stream to one member of a cluster.
+///
+/// `send` splits a message into chunks and waits for the relay's allowance, so a fast sender
+/// never outruns the receiver by more than the windows. `receive` returns whole messages in
+/// order and returns allowance as the application consumes them. One task may send while
+/// another receives; concurrent sends on one tunnel are serialized.
+public final class Tunnel: AsyncSequence, Sendable {
+    public typealias Element = ByteBuffer
+    public typealias Failure = any Error
+
+    let id: UInt64
+    let connection: SkeinConnection
+    private let state = NIOLockedValueBox(State())
+    private let sendLock = AsyncLock()
+
+    struct State {
+        enum Phase { case building, open, closing, closed }
+        var phase = Phase.building
+        var buildWaiter: CheckedContinuation<Void, any Error>?
+        var chunkLimit: UInt64 = 0
+        var allowance: UInt64 = 0
+        var allowanceWaiter: (needed: UInt64, continuation: CheckedContinuation<Void, any Error>)?
+        var partial: ByteBuffer?
+        var partialExpected = 0
+        var partialBytes: UInt64 = 0
+        var messages: Deque<(message: ByteBuffer, wireBytes: UInt64)> = []
+        var receiveWaiter: CheckedContinuation<ByteBuffer?, any Error>?
+        var closeWaiter: CheckedContinuation<Void, Never>?
+        /// The other side closed gracefully: buffered messages, then end of stream.
+        var remoteClosed = false
+        /// The tunnel failed (or the connection ended): buffered messages, then this error.
+        var failure: SkeinError?
+
+        var sendError: SkeinError? {
+            if let failure { return failure }
+            switch phase {
+            case .open, .building: return remoteClosed ? .tunnelClosed(reason: "") : nil
+            case .closing, .closed: return .tunnelClosed(reason: "closed by this side")
+            }
+        }
+    }
+
+    init(id: UInt64, connection: SkeinConnection) {
+        self.id = id
+        self.connection = connection
+    }
+
+    // MARK: - Application side
+
+    /// Sends one message (any size up to the connection's `maxMessageSize`).
+    public func send(_ message: ByteBuffer) async throws {
+        let limit = connection.options.maxMessageSize
+        guard message.readableBytes <= limit else {
+            throw SkeinError.messageTooLarge(size: message.readableBytes, limit: limit)
+        }
+        try await sendLock.withLock {
+            var remaining = message
+            let total = UInt64(message.readableBytes)
+            var first = true
+            repeat {
+                let chunkLimit = state.withLockedValue { Swift.max(1, $0.chunkLimit) }
+                let size = Swift.min(Int(chunkLimit), remaining.readableBytes)
+                try await reserveAllowance(UInt64(size))
+                let chunk = remaining.readSlice(length: size)!
+                try await connection.send(.tunnelTransfer(tunnelID: id, sizeOrContinuation: first ? total : 0, chunk: chunk))
+                first = false
+            } while remaining.readableBytes > 0
+        }
+    }
+
+    public func send(_ message: String) async throws {
+        try await send(ByteBuffer(string: message))
+    }
+
+    /// The next whole message; nil once the tunnel is closed gracefully (by either side).
+    public func receive() async throws -> ByteBuffer? {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ByteBuffer?, any Error>) in
+            let (result, grant) = state.withLockedValue { state -> (Result<ByteBuffer?, any Error>?, UInt64) in
+                if let next = state.messages.popFirst() {
+                    return (.success(next.message), state.phase == .open && !state.remoteClosed ? next.wireBytes : 0)
+                }
+                if let failure = state.failure { return (.failure(failure), 0) }
+                if state.remoteClosed || state.phase == .closed || state.phase == .closing { return (.success(nil), 0) }
+                precondition(state.receiveWaiter == nil, "Tunnel.receive() called concurrently")
+                state.receiveWaiter = continuation
+                return (nil, 0)
+            }
+            if grant > 0 { connection.sendNow(.tunnelAllow(tunnelID: id, bytes: grant)) }
+            if let result { continuation.resume(with: result) }
+        }
+    }
+
+    /// Closes the tunnel gracefully and waits for the relay's acknowledgement.
+    public func close() async throws {
+        let send = state.withLockedValue { state -> Bool in
+            guard state.phase == .open, state.failure == nil, !state.remoteClosed else { return false }
+            state.phase = .closing
+            return true
+        }
+        guard send else { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLockedValue { state -> Bool in
+                if state.phase == .closed { return true }
+                state.closeWaiter = continuation
+                return false
+            }
+            if done {
+                continuation.resume()
+            } else {
+                connection.sendNow(.tunnelClose(tunnelID: id))
+            }
+        }
+    }
+
+    public func makeAsyncIterator() -> Iterator { Iterator(tunnel: self) }
+
+    public struct Iterator: AsyncIteratorProtocol {
+        let tunnel: Tunnel
+        public mutating func next() async throws -> ByteBuffer? { try await tunnel.receive() }
+    }
+
+    private func reserveAllowance(_ bytes: UInt64) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let result = state.withLockedValue { state -> Result<Void, SkeinError>? in
+                if let error = state.sendError { return .failure(error) }
+                if state.allowance >= bytes {
+                    state.allowance -= bytes
+                    return .success(())
+                }
+                state.allowanceWaiter = (bytes, continuation)
+                return nil
+            }
+            if let result { continuation.resume(with: result) }
+        }
+    }
+
+    func waitUntilBuilt() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let result = state.withLockedValue { state -> Result<Void, SkeinError>? in
+                if let failure = state.failure { return .failure(failure) }
+                if state.phase != .building { return .success(()) }
+                state.buildWaiter = continuation
+                return nil
+            }
+            if let result { continuation.resume(with: result) }
+        }
+    }
+
+    // MARK: - Relay side (event loop)
+
+    func built(chunkLimit: UInt64) {
+        let waiter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+            state.phase = .open
+            state.chunkLimit = chunkLimit
+            defer { state.buildWaiter = nil }
+            return state.buildWaiter
+        }
+        waiter?.resume()
+    }
+
+    func allowed(_ bytes: UInt64) {
+        let waiter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+            let (sum, overflow) = state.allowance.addingReportingOverflow(bytes)
+            state.allowance = overflow ? .max : sum
+            guard let waiter = state.allowanceWaiter, state.allowance >= waiter.needed else { return nil }
+            state.allowance -= waiter.needed
+            state.allowanceWaiter = nil
+            return waiter.continuation
+        }
+        waiter?.resume()
+    }
+
+    /// A chunk arrived. Returns an error text if the relay broke the chunking rules.
+    func received(sizeOrContinuation: UInt64, chunk: ByteBuffer, maxMessageSize: Int) -> String? {
+        var violation: String?
+        let delivery = state.withLockedValue { state -> (CheckedContinuation<ByteBuffer?, any Error>, ByteBuffer, UInt64)? in
+            guard state.phase == .open || state.phase == .closing else { return nil }
+            let wire = UInt64(chunk.readableBytes)
+            var chunk = chunk
+            if state.partial == nil || sizeOrContinuation != 0 {
+                // A first chunk (a new first chunk discards an incomplete message).
+                guard sizeOrContinuation <= UInt64(maxMessageSize) else {
+                    violation = "tunnel message of \(sizeOrContinuation) bytes exceeds the limit of \(maxMessageSize)"
+                    return nil
+                }
+                guard UInt64(chunk.readableBytes) <= sizeOrContinuation || (sizeOrContinuation == 0 && chunk.readableBytes == 0) else {
+                    violation = "tunnel chunk of \(chunk.readableBytes) bytes for a message of \(sizeOrContinuation)"
+                    return nil
+                }
+                if UInt64(chunk.readableBytes) == sizeOrContinuation {
+                    state.partial = nil
+                    state.messages.append((chunk, wire))
+                } else {
+                    var partial = ByteBufferAllocator().buffer(capacity: Int(sizeOrContinuation))
+                    partial.writeBuffer(&chunk)
+                    state.partial = partial
+                    state.partialExpected = Int(sizeOrContinuation)
+                    state.partialBytes = wire
+                }
+            } else {
+                guard state.partial!.readableBytes + chunk.readableBytes <= state.partialExpected else {
+                    violation = "tunnel chunks overrun their message's size"
+                    return nil
+                }
+                state.partial!.writeBuffer(&chunk)
+                state.partialBytes += wire
+                if state.partial!.readableBytes == state.partialExpected {
+                    state.messages.append((state.partial!, state.partialBytes))
+                    state.partial = nil
+                }
+            }
+            guard let waiter = state.receiveWaiter, let next = state.messages.popFirst() else { return nil }
+            state.receiveWaiter = nil
+            return (waiter, next.message, next.wireBytes)
+        }
+        if let (waiter, message, wireBytes) = delivery {
+            connection.sendNow(.tunnelAllow(tunnelID: id, bytes: wireBytes))
+            waiter.resume(returning: message)
+        }
+        return violation
+    }
+
+    /// The relay closed the tunnel: the acknowledgement of our close, or the other side's close.
+    func closedByRelay(reason: String) {
+        finish(reason.isEmpty ? nil : .tunnelClosed(reason: reason))
+    }
+
+    /// The build timed out, or the tunnel failed, or the connection ended.
+    func fail(_ error: SkeinError) {
+        finish(error)
+    }
+
+    private func finish(_ error: SkeinError?) {
+        let waiters = state.withLockedValue { state -> Waiters in
+            var waiters = Waiters()
+            switch state.phase {
+            case .closing:
+                state.phase = .closed
+            case .closed:
+                return waiters
+            case .building, .open:
+                if let error { state.failure = error } else { state.remoteClosed = true }
+                if state.phase == .building {
+                    state.failure = error ?? .tunnelClosed(reason: "")
+                }
+                state.phase = .closed
+            }
+            waiters.build = state.buildWaiter
+            waiters.allowance = state.allowanceWaiter?.continuation
+            waiters.close = state.closeWaiter
+            state.buildWaiter = nil
+            state.allowanceWaiter = nil
+            state.closeWaiter = nil
+            if let waiter = state.receiveWaiter {
+                state.receiveWaiter = nil
+                waiters.receive = waiter
+                waiters.receiveResult = state.failure.map { .failure($0) } ?? .success(nil)
+            }
+            waiters.error = state.failure ?? .tunnelClosed(reason: "")
+            return waiters
+        }
+        connection.forgetTunnel(id)
+        waiters.build?.resume(throwing: waiters.error)
+        waiters.allowance?.resume(throwing: waiters.error)
+        waiters.close?.resume()
+        waiters.receive?.resume(with: waiters.receiveResult)
+    }
+
+    private struct Waiters {
+        var build: CheckedContinuation<Void, any Error>?
+        var allowance: CheckedContinuation<Void, any Error>?
+        var close: CheckedContinuation<Void, Never>?
+        var receive: CheckedContinuation<ByteBuffer?, any Error>?
+        var receiveResult: Result<ByteBuffer?, any Error> = .success(nil)
+        var error: SkeinError = .tunnelClosed(reason: "")
+    }
+}
+
+/// A minimal FIFO async mutex, so concurrent sends do not interleave their chunks.
+final class AsyncLock: Sendable {
+    private let state = NIOLockedValueBox<(locked: Bool, waiters: Deque<CheckedContinuation<Void, Never>>)>((false, []))
+
+    func withLock<T>(_ body: () async throws -> T) async throws -> T {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let acquired = state.withLockedValue { state -> Bool in
+                if !state.locked {
+                    state.locked = true
+                    return true
+                }
+                state.waiters.append(continuation)
+                return false
+            }
+            if acquired { continuation.resume() }
+        }
+        defer {
+            let next = state.withLockedValue { state -> CheckedContinuation<Void, Never>? in
+                if let next = state.waiters.popFirst() { return next }
+                state.locked = false
+                return nil
+            }
+            next?.resume()
+        }
+        return try await body()
+    }
+}
