@@ -5,7 +5,7 @@ let package = Package(
     name: "skein",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "skein", targets: ["skein"]),
+        .executable(name: "skein", targets: ["SkeinCLI"]),
         .library(name: "Skein", targets: ["Skein"]),
         .library(name: "SkeinRelay", targets: ["SkeinRelay"]),
         .library(name: "SkeinWire", targets: ["SkeinWire"]),
@@ -63,7 +63,7 @@ let package = Package(
         ),
         // The command-line tool: thin glue over the libraries.
         .executableTarget(
-            name: "skein",
+            name: "SkeinCLI",
             dependencies: [
                 "Skein",
                 "SkeinRelay",

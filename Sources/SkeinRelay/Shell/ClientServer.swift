@@ -305,15 +305,18 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         }
         let limits = server.configuration.settings.wire
         do {
-            while !client.isClosing, let frame = try ClientFrame.decode(from: &cumulation!, limits: limits) {
+            while !client.isClosing, !client.isClosed, cumulation != nil,
+                let frame = try ClientFrame.decode(from: &cumulation!, limits: limits)
+            {
                 server.received(frame, from: client)
             }
         } catch {
             server.malformed(client, error: error)
         }
-        if cumulation!.readableBytes == 0 {
+        // A frame may have closed the connection, and channelInactive cleared `cumulation`.
+        if cumulation?.readableBytes == 0 {
             cumulation = nil
-        } else if cumulation!.readerIndex > 1 << 16 {
+        } else if let readerIndex = cumulation?.readerIndex, readerIndex > 1 << 16 {
             cumulation!.discardReadBytes()
         }
     }

@@ -1,0 +1,108 @@
+import ArgumentParser
+import NIOCore
+import Skein
+
+struct RequestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "request",
+        abstract: "Send a request to one member of a cluster and print its reply.",
+        discussion: "The reply body goes to stdout as is. A fault goes to stderr (exit 1); a timeout exits 3.")
+
+    @OptionGroup var client: ClientOptions
+    @Argument(help: "The cluster to ask.") var cluster: String
+    @Argument(help: "The request body; read from stdin when absent or '-'.") var data: String?
+    @Option(name: .long, help: ArgumentHelp("How long the relay waits for an answer, in milliseconds.", valueName: "ms"))
+    var timeout = 5000
+
+    func run() async throws {
+        let timeout = try milliseconds(self.timeout, "--timeout")
+        let body = messageBody(data)
+        do {
+            let connection = try await client.connect()
+            let reply: ByteBuffer
+            do {
+                reply = try await connection.request(cluster: cluster, body, timeout: timeout)
+            } catch {
+                try? await connection.close()
+                throw error
+            }
+            try? await connection.close()
+            writeStdout(reply)
+        } catch {
+            throw ExitStatus.fail(error)
+        }
+    }
+}
+
+struct BroadcastCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "broadcast", abstract: "Send a message to every member of a cluster.")
+
+    @OptionGroup var client: ClientOptions
+    @Argument(help: "The cluster.") var cluster: String
+    @Argument(help: "The message; read from stdin when absent or '-'.") var data: String?
+
+    func run() async throws {
+        let body = messageBody(data)
+        do {
+            let connection = try await client.connect()
+            try await connection.broadcast(cluster: cluster, body)
+            try await connection.close()
+        } catch {
+            throw ExitStatus.fail(error)
+        }
+    }
+}
+
+struct PublishCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "publish", abstract: "Publish an event to every subscriber of a topic.")
+
+    @OptionGroup var client: ClientOptions
+    @Argument(help: "The topic.") var topic: String
+    @Argument(help: "The event; read from stdin when absent or '-'.") var data: String?
+
+    func run() async throws {
+        let body = messageBody(data)
+        do {
+            let connection = try await client.connect()
+            try await connection.publish(topic: topic, body)
+            try await connection.close()
+        } catch {
+            throw ExitStatus.fail(error)
+        }
+    }
+}
+
+struct SubscribeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "subscribe",
+        abstract: "Print a topic's events, one per line, until interrupted.",
+        discussion: "Prints `ready` to stderr once subscribed, so scripts can wait for it.")
+
+    @OptionGroup var client: ClientOptions
+    @Argument(help: "The topic.") var topic: String
+    @Option(name: .long, help: "Exit after this many events.") var count: Int?
+    @Flag(name: .long, help: "Do not add a newline after each event.") var raw = false
+
+    func run() async throws {
+        do {
+            let connection = try await client.connect()
+            let subscription = try await connection.subscribe(topic: topic)
+            printError("ready")
+            let stop = SignalTrap.onInterrupt { Task { try? await connection.close() } }
+            defer { stop.cancel() }
+            var received = 0
+            for try await event in subscription {
+                writeStdout(event)
+                if !raw { writeStdout(ByteBuffer(string: "\n")) }
+                received += 1
+                if let count, received >= count { break }
+            }
+            try? await connection.close()
+        } catch let error as SkeinError {
+            if case .connectionClosed(let reason) = error, reason.isEmpty { return }
+            throw ExitStatus.fail(error)
+        }
+    }
+}

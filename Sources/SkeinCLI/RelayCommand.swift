@@ -1,0 +1,164 @@
+import ArgumentParser
+import Logging
+import NIOCore
+import ServiceLifecycle
+import SkeinCrypto
+import SkeinRelay
+
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Run the relay daemon (one per host).",
+        discussion: """
+            Serves the Iris relay protocol v1.0-draft2 to local applications on 127.0.0.1 and ::1.
+            SIGTERM or SIGINT drain in-flight requests (up to --drain-timeout), close every
+            connection with a reason, and exit 0. Every flag is described in Docs/relay-settings.md.
+
+            This build is a single-relay network: relay-to-relay links, membership and
+            federation are not built yet, so --bind, --seed, --name and --zone are refused.
+            """)
+
+    @Flag(name: .long, help: "Development mode: a single-relay network with a throwaway random key.")
+    var dev = false
+
+    @Option(name: .long, help: ArgumentHelp("Network name.", valueName: "name"))
+    var network: String?
+
+    @Option(name: .long, help: ArgumentHelp("The network key file (see `skein keygen`).", valueName: "path"))
+    var keyFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("TCP port for local clients (0 picks one).", valueName: "port"))
+    var clientPort = 55555
+
+    @Option(name: .long, help: ArgumentHelp("Also listen on this Unix socket.", valueName: "path"))
+    var clientSocket: String?
+
+    @Option(name: .long, help: ArgumentHelp("Loopback address to listen on; repeatable.", valueName: "address"))
+    var clientHost: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Largest message (request, reply, event, tunnel message), in bytes.", valueName: "bytes"))
+    var maxMessageSize = RelaySettings().wire.maxMessageSize
+
+    @Option(name: .long, help: ArgumentHelp("Close connections that send no INIT within this time.", valueName: "ms"))
+    var handshakeTimeout = 5000
+
+    @Option(name: .long, help: ArgumentHelp("Largest tunnel chunk, in bytes.", valueName: "bytes"))
+    var tunnelChunkLimit = Int(RelaySettings().tunnelChunkLimit)
+
+    @Option(name: .long, help: ArgumentHelp("Bytes the relay buffers per tunnel direction.", valueName: "bytes"))
+    var tunnelBuffer = Int(RelaySettings().tunnelBuffer)
+
+    @Option(name: .long, help: ArgumentHelp("Unanswered requests per connection before the relay stops reading it.", valueName: "count"))
+    var maxPendingRequests = RelaySettings().maxPendingRequests
+
+    @Option(name: .long, help: ArgumentHelp("Tunnels per connection.", valueName: "count"))
+    var maxTunnels = RelaySettings().maxTunnelsPerConnection
+
+    @Option(name: .long, help: ArgumentHelp("Unsent output per connection above which senders to it are paused.", valueName: "bytes"))
+    var sendBuffer = RelayConfiguration().sendBufferHighWater
+
+    @Option(name: .long, help: ArgumentHelp("Close a connection whose output stays blocked this long.", valueName: "ms"))
+    var slowConsumerTimeout = 10_000
+
+    @Option(name: .long, help: ArgumentHelp("On shutdown, time allowed for in-flight requests.", valueName: "ms"))
+    var drainTimeout = 5000
+
+    @Option(name: .long, help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
+    var logLevel = "info"
+
+    // Flags of the mesh, accepted so scripts can be written now, refused until it exists.
+    @Option(name: .long, help: ArgumentHelp("(Not yet supported) Address for relay-to-relay traffic.", valueName: "host:port"))
+    var bind: String?
+    @Option(name: .long, help: ArgumentHelp("(Not yet supported) A relay to join through; repeatable.", valueName: "host:port"))
+    var seed: [String] = []
+    @Option(name: .long, help: ArgumentHelp("(Not yet supported) This relay's name in the mesh.", valueName: "name"))
+    var name: String?
+    @Option(name: .long, help: ArgumentHelp("(Not yet supported) This relay's zone tag.", valueName: "zone"))
+    var zone: String?
+
+    func validate() throws {
+        if bind != nil || !seed.isEmpty || name != nil || zone != nil {
+            throw ValidationError(
+                "--bind, --seed, --name and --zone need relay-to-relay membership, which this build does not have yet; run a single relay without them")
+        }
+        if dev && (keyFile != nil) {
+            throw ValidationError("--dev generates its own key; do not combine it with --key-file")
+        }
+        if !dev && keyFile == nil {
+            throw ValidationError("give --key-file PATH (create one with `skein keygen`) or --dev")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        guard (0...65535).contains(clientPort) else { throw ValidationError("--client-port must be 0…65535") }
+        for (value, flag) in [
+            (maxMessageSize, "--max-message-size"), (tunnelChunkLimit, "--tunnel-chunk-limit"), (tunnelBuffer, "--tunnel-buffer"),
+            (maxPendingRequests, "--max-pending-requests"), (maxTunnels, "--max-tunnels"), (sendBuffer, "--send-buffer"),
+            (handshakeTimeout, "--handshake-timeout"), (slowConsumerTimeout, "--slow-consumer-timeout"),
+        ] where value <= 0 {
+            throw ValidationError("\(flag) must be positive")
+        }
+        guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
+        guard tunnelBuffer >= tunnelChunkLimit else {
+            throw ValidationError("--tunnel-buffer must be at least --tunnel-chunk-limit, or no chunk could ever be sent")
+        }
+        for host in clientHost where !isLoopback(host) {
+            throw ValidationError("--client-host \(host) is not a loopback address; clients connect to their local relay only")
+        }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "skein.relay")
+
+        let key: NetworkKey
+        if let keyFile {
+            do {
+                key = try NetworkKey.load(fromFile: keyFile)
+            } catch {
+                printError("cannot use the key file: \(error)")
+                throw ExitCode(78)  // EX_CONFIG
+            }
+        } else {
+            key = NetworkKey.generate()
+        }
+        let networkName = network ?? (dev ? "dev" : "default")
+        logger.info("network", metadata: ["network": "\(networkName)", "key-id": "\(key.id)", "dev": "\(dev)"])
+
+        var configuration = RelayConfiguration()
+        configuration.clientPort = clientPort
+        configuration.clientSocket = clientSocket
+        if !clientHost.isEmpty { configuration.clientHosts = clientHost }
+        configuration.sendBufferHighWater = sendBuffer
+        configuration.drainTimeout = .milliseconds(Int64(drainTimeout))
+        configuration.settings.wire.maxMessageSize = maxMessageSize
+        configuration.settings.handshakeTimeout = .milliseconds(Int64(handshakeTimeout))
+        configuration.settings.tunnelChunkLimit = UInt64(tunnelChunkLimit)
+        configuration.settings.tunnelBuffer = UInt64(tunnelBuffer)
+        configuration.settings.maxPendingRequests = maxPendingRequests
+        configuration.settings.maxTunnelsPerConnection = maxTunnels
+        configuration.settings.slowConsumerTimeout = .milliseconds(Int64(slowConsumerTimeout))
+
+        let relay = RelayService(configuration: configuration, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: relay)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            printError("\(error)")
+            throw ExitCode(ExitStatus.unavailable)
+        }
+    }
+}
+
+private func isLoopback(_ host: String) -> Bool {
+    host == "localhost" || host == "::1" || host.hasPrefix("127.")
+}
