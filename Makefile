@@ -1,0 +1,31 @@
+# The two commands of the README:
+#   make demo   installs what is missing, builds, starts a dev relay and shows every pattern
+#   make test   installs what is missing, builds, and runs the whole test suite
+SHELL := /bin/bash
+SWIFT ?= swift
+
+.PHONY: deps build demo test release clean
+
+# libsodium (through pkg-config) is the only system library Skein needs.
+deps:
+	@if ! pkg-config --exists libsodium 2>/dev/null; then \
+		echo "installing libsodium-dev and pkg-config"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libsodium-dev pkg-config >/dev/null; \
+	fi
+
+build: deps
+	$(SWIFT) build --product skein
+
+release: deps
+	$(SWIFT) build -c release --product skein
+
+demo: build
+	Examples/demo.sh .build/debug/skein
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+clean:
+	rm -rf .build .build-release
