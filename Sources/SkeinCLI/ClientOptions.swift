@@ -38,6 +38,8 @@ enum ExitStatus {
     static let unavailable: Int32 = 4
     static let protocolViolation: Int32 = 5
     static let internalError: Int32 = 70
+    /// Standard output was closed under us (what a shell reports for death by SIGPIPE).
+    static let stdoutClosed: Int32 = 141
 
     /// Prints `error` to stderr as `skein: …` and maps it to an exit code.
     static func fail(_ error: any Error) -> ExitCode {
@@ -72,9 +74,13 @@ func messageBody(_ argument: String?) -> ByteBuffer {
     return ByteBuffer(bytes: data)
 }
 
-/// Writes bytes to standard output unbuffered.
+/// Writes bytes to standard output unbuffered. When standard output is gone (the reader of
+/// the pipe exited), exits at once with 141, as death by SIGPIPE would: SwiftNIO ignores
+/// SIGPIPE process-wide, so without this `skein subscribe TOPIC | head -1` would never end.
 func writeStdout(_ buffer: ByteBuffer) {
-    writeAll(1, buffer)
+    if !writeAll(1, buffer) {
+        _exit(ExitStatus.stdoutClosed)
+    }
 }
 
 /// Parses a millisecond duration option.

@@ -112,6 +112,11 @@ struct CommandHandler: ClusterHandler {
                 for await chunk in output {
                     do { try await tunnel.send(chunk) } catch { break }
                 }
+                // The command closed its stdout (it exited, typically): nothing more can come
+                // back, so close the tunnel, which also ends the loop above. Without this a
+                // command that exits early (`head -c 5`, `echo bye`) left the tunnel open
+                // until the client closed it.
+                try? await tunnel.close()
             }
             await group.waitForAll()
         }
@@ -152,12 +157,15 @@ func runProcess(_ command: [String], input: ByteBuffer, timeout: Duration) async
             }
             let killer = DispatchWorkItem { process.terminate() }
             DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(timeout.wholeMillis)), execute: killer)
-            // stderr is drained on another thread so a chatty command cannot deadlock on a full pipe.
-            let errReader = ErrorCollector(stderr.fileHandleForReading)
+            // stdout and stderr are drained on threads of their own while the body is written:
+            // a command that answers as it reads (`cat`) fills its stdout pipe long before a large
+            // body is written, and would otherwise block forever, and this thread with it.
+            let outReader = PipeCollector(stdout.fileHandleForReading)
+            let errReader = PipeCollector(stderr.fileHandleForReading)
             signal(SIGPIPE, SIG_IGN)
             _ = writeAll(stdin.fileHandleForWriting.fileDescriptor, input)
             try? stdin.fileHandleForWriting.close()
-            let out = stdout.fileHandleForReading.readDataToEndOfFile()
+            let out = outReader.wait()
             let err = errReader.wait()
             process.waitUntilExit()
             killer.cancel()
@@ -175,7 +183,7 @@ extension Duration {
 }
 
 /// Reads a pipe to its end on a thread of its own.
-final class ErrorCollector: @unchecked Sendable {
+final class PipeCollector: @unchecked Sendable {
     // @unchecked: `data` is written by the reader thread before `done` is signalled, read after.
     private var data = Data()
     private let done = DispatchSemaphore(value: 0)

@@ -9,7 +9,8 @@ struct TunnelCommand: AsyncParsableCommand {
         discussion: """
             Each read from stdin (up to 64 KiB) is sent as one message; every message received is
             written to stdout. At end of stdin the tunnel stays open until the member closes it or
-            nothing has arrived for --linger milliseconds, then closes.
+            nothing has arrived for --linger milliseconds, then closes. When the member closes the
+            tunnel first, the command exits 0 without waiting for the end of stdin.
             """)
 
     @OptionGroup var client: ClientOptions
@@ -24,29 +25,43 @@ struct TunnelCommand: AsyncParsableCommand {
         let linger = try milliseconds(self.linger, "--linger")
         do {
             let connection = try await client.connect()
-            let tunnel = try await connection.tunnel(cluster: cluster, timeout: timeout)
+            let tunnel: Tunnel
+            do {
+                tunnel = try await connection.tunnel(cluster: cluster, timeout: timeout)
+            } catch SkeinError.timedOut {
+                printError("no member of \(cluster.debugDescription) accepted the tunnel within \(self.timeout) ms")
+                throw ExitCode(ExitStatus.timedOut)
+            }
             let activity = Activity()
             try await withThrowingTaskGroup(of: Void.self) { group in
+                // stdin → tunnel. Its errors are not reported here: a send fails only when the
+                // tunnel has ended, and the receiving loop below learns how it ended.
                 group.addTask {
-                    while let message = try await tunnel.receive() {
-                        writeStdout(message)
-                        await activity.touch()
-                    }
+                    do {
+                        for await chunk in DescriptorReader(fd: 0) {
+                            try await tunnel.send(chunk)
+                            await activity.touch()
+                        }
+                        // End of stdin: wait for the far side to finish, then close.
+                        while await activity.idle(for: linger) == false {
+                            try await Task.sleep(for: .milliseconds(50))
+                        }
+                        try await tunnel.close()
+                    } catch {}
                 }
-                group.addTask {
-                    for await chunk in DescriptorReader(fd: 0) {
-                        try await tunnel.send(chunk)
-                        await activity.touch()
-                    }
-                    // End of stdin: wait for the far side to finish, then close.
-                    while await activity.idle(for: linger) == false {
-                        try await Task.sleep(for: .milliseconds(50))
-                    }
-                    try await tunnel.close()
+                // tunnel → stdout, until the tunnel ends: nil when it was closed gracefully (by
+                // us after end of stdin, or by the member), an error when it failed.
+                while let message = try await tunnel.receive() {
+                    writeStdout(message)
+                    await activity.touch()
                 }
-                try await group.waitForAll()
+                // The member may have closed first: stop reading stdin (a blocked read stays on
+                // its own thread, which exits with the process).
+                group.cancelAll()
             }
             try? await connection.close()
+        } catch let exit as ExitCode {
+            throw exit
         } catch {
             throw ExitStatus.fail(error)
         }
