@@ -28,7 +28,8 @@ extension RelayCore {
 
     /// Sends a pending request to a member of its cluster; false when the cluster has none.
     private mutating func handOver(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
-        guard var request = requests[key], let body = request.body else { return false }
+        // Past its deadline (its timer has not run yet): the timer answers it, no member gets it.
+        guard var request = requests[key], let body = request.body, request.deadline > now else { return false }
         guard let member = pickMember(of: request.cluster) else { return false }
         var conn = connections[member]!
         let memberRequestID = conn.nextAssignedID
@@ -63,9 +64,18 @@ extension RelayCore {
         if var queue = waitingBuilds.removeValue(forKey: cluster) {
             while let key = queue.popFirst() {
                 guard builds[key] != nil else { continue }
-                _ = offerBuild(key, actions: &actions)
+                _ = offerBuild(key, now: now, actions: &actions)
             }
         }
+    }
+
+    /// Drops requests that no longer wait (timed out, or their caller left) from the front of a
+    /// cluster's waiting queue, and the queue once empty: requests to clusters that never get a
+    /// member must not pile up. An entry behind a live one goes when it reaches the front.
+    mutating func pruneWaitingRequests(cluster: String) {
+        guard var queue = waitingRequests.removeValue(forKey: cluster) else { return }
+        while let first = queue.first, requests[first] == nil { queue.removeFirst() }
+        if !queue.isEmpty { waitingRequests[cluster] = queue }
     }
 
     mutating func reply(from member: ConnectionID, id: UInt64, outcome: ReplyOutcome, actions: inout [RelayAction]) {
@@ -91,6 +101,7 @@ extension RelayCore {
         if let (member, memberRequestID) = request.assignedTo {
             connections[member]?.assigned[memberRequestID] = nil
         }
+        pruneWaitingRequests(cluster: request.cluster)
         connections[request.caller]?.outgoing.remove(key)
         actions.append(.send(request.caller, .reply(id: request.callerRequestID, outcome: .timedOut)))
         actions.append(.report(.requestTimedOut(cluster: request.cluster, handedToMember: request.wasHandedOver)))

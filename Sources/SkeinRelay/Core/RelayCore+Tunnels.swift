@@ -53,15 +53,16 @@ extension RelayCore {
         connections[initiator]!.tunnelIDs[tunnelID] = .building(key)
         connections[initiator]!.outgoing.insert(key)
         schedule(.build(key), at: deadline)
-        if !offerBuild(key, actions: &actions) {
+        if !offerBuild(key, now: now, actions: &actions) {
             waitingBuilds[cluster, default: []].append(key)
         }
         pauseIfAtLimit(initiator, actions: &actions)
     }
 
     /// Offers a pending build to a member of its cluster; false when the cluster has none.
-    mutating func offerBuild(_ key: UInt64, actions: inout [RelayAction]) -> Bool {
-        guard var build = builds[key], let member = pickMember(of: build.cluster) else { return false }
+    mutating func offerBuild(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
+        // Past its deadline (its timer has not run yet): the timer fails it, no member is asked.
+        guard var build = builds[key], build.deadline > now, let member = pickMember(of: build.cluster) else { return false }
         let buildID = connections[member]!.nextBuildID
         connections[member]!.nextBuildID += 1
         connections[member]!.memberBuilds[buildID] = key
@@ -107,8 +108,16 @@ extension RelayCore {
         }
         connections[build.initiator]?.tunnelIDs[build.initiatorTunnelID] = nil
         connections[build.initiator]?.outgoing.remove(key)
+        pruneWaitingBuilds(cluster: build.cluster)
         actions.append(.send(build.initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .timedOut)))
         resumeIfBelowLimit(build.initiator, actions: &actions)
+    }
+
+    /// Like `pruneWaitingRequests`, for tunnel builds waiting for a member.
+    mutating func pruneWaitingBuilds(cluster: String) {
+        guard var queue = waitingBuilds.removeValue(forKey: cluster) else { return }
+        while let first = queue.first, builds[first] == nil { queue.removeFirst() }
+        if !queue.isEmpty { waitingBuilds[cluster] = queue }
     }
 
     mutating func tunnelAllow(from id: ConnectionID, tunnelID: UInt64, bytes: UInt64, actions: inout [RelayAction]) {
@@ -202,6 +211,7 @@ extension RelayCore {
         case .building(let key):
             if let build = builds.removeValue(forKey: key) {
                 if let member = build.member { connections[member]?.memberBuilds[build.memberBuildID] = nil }
+                pruneWaitingBuilds(cluster: build.cluster)
                 connections[id]!.outgoing.remove(key)
                 resumeIfBelowLimit(id, actions: &actions)
             }

@@ -266,8 +266,11 @@ public struct RelayCore {
         }
         // Requests this connection made: forget them; their members' late replies are dropped.
         for key in conn.outgoing {
-            if let request = requests.removeValue(forKey: key), let (member, memberRequestID) = request.assignedTo {
+            guard let request = requests.removeValue(forKey: key) else { continue }
+            if let (member, memberRequestID) = request.assignedTo {
                 connections[member]?.assigned[memberRequestID] = nil
+            } else {
+                pruneWaitingRequests(cluster: request.cluster)
             }
         }
         // Requests handed to this member stay pending: at most once means they are never
@@ -287,8 +290,12 @@ public struct RelayCore {
         for (_, slot) in conn.tunnelIDs {
             switch slot {
             case .building(let key):
-                if let build = builds.removeValue(forKey: key), let member = build.member {
-                    connections[member]?.memberBuilds[build.memberBuildID] = nil
+                if let build = builds.removeValue(forKey: key) {
+                    if let member = build.member {
+                        connections[member]?.memberBuilds[build.memberBuildID] = nil
+                    } else {
+                        pruneWaitingBuilds(cluster: build.cluster)
+                    }
                 }
             case .open(let key):
                 dropTunnel(key, closedBy: id, reason: reason, actions: &actions)

@@ -1,0 +1,85 @@
+import NIOCore
+import SkeinWire
+import Testing
+
+@testable import SkeinRelay
+
+/// Defects found in RelayCore, each with the test that showed it.
+@Suite("Core: regressions")
+struct CoreRegressionTests {
+    @Test("requests that time out while waiting for a member leave no queue behind")
+    func expiredWaitingRequests() {
+        var d = CoreDriver()
+        let client = d.connect()
+        // A cluster name per request, none of which ever gets a member.
+        for i in UInt64(0)..<100 {
+            _ = d.send(.request(id: i, cluster: "nobody-\(i)", body: buffer("q"), timeoutMillis: 10 + i), from: client)
+        }
+        #expect(d.core.waitingRequests.count == 100)
+        let expiry = d.advance(.seconds(1))
+        #expect(expiry.frames(to: client).count == 100)
+        #expect(d.core.waitingRequests.isEmpty)
+    }
+
+    @Test("requests whose caller left while they waited leave no queue behind")
+    func abandonedWaitingRequests() {
+        var d = CoreDriver()
+        let client = d.connect()
+        _ = d.send(.request(id: 0, cluster: "nobody", body: buffer("q"), timeoutMillis: 1000), from: client)
+        _ = d.lose(client)
+        #expect(d.core.waitingRequests.isEmpty)
+    }
+
+    @Test("a waiting request behind an expired one is still handed over, in order")
+    func pruneKeepsLiveRequests() {
+        var d = CoreDriver()
+        let client = d.connect()
+        _ = d.send(.request(id: 0, cluster: "echo", body: buffer("short"), timeoutMillis: 10), from: client)
+        _ = d.send(.request(id: 1, cluster: "echo", body: buffer("long"), timeoutMillis: 1000), from: client)
+        _ = d.send(.request(id: 2, cluster: "echo", body: buffer("short too"), timeoutMillis: 20), from: client)
+        #expect(d.advance(.milliseconds(20)).frames(to: client) == [.reply(id: 0, outcome: .timedOut), .reply(id: 2, outcome: .timedOut)])
+        let member = d.connect(cluster: "echo")
+        _ = member
+        #expect(d.core.connections[member]!.assigned.count == 1)
+        #expect(d.core.waitingRequests.isEmpty)
+    }
+
+    @Test("tunnel builds that time out or are abandoned while waiting leave no queue behind")
+    func waitingBuilds() {
+        var d = CoreDriver()
+        let initiator = d.connect()
+        _ = d.send(.tunnelInit(tunnelID: 1, cluster: "a", timeoutMillis: 10), from: initiator)
+        _ = d.send(.tunnelInit(tunnelID: 2, cluster: "b", timeoutMillis: 1000), from: initiator)
+        _ = d.send(.tunnelInit(tunnelID: 3, cluster: "c", timeoutMillis: 1000), from: initiator)
+        #expect(d.advance(.milliseconds(10)).frames(to: initiator) == [.tunnelConfirm(tunnelID: 1, outcome: .timedOut)])
+        #expect(d.send(.tunnelClose(tunnelID: 2), from: initiator).frames(to: initiator) == [.tunnelClose(tunnelID: 2, reason: "")])
+        #expect(d.core.waitingBuilds.keys.sorted() == ["c"])
+        _ = d.lose(initiator)
+        #expect(d.core.waitingBuilds.isEmpty)
+    }
+
+    @Test("a member joining after a waiting request's deadline does not get it with 0 ms left")
+    func noHandOverAfterDeadline() {
+        var d = CoreDriver()
+        let client = d.connect()
+        _ = d.send(.request(id: 4, cluster: "echo", body: buffer("q"), timeoutMillis: 1000), from: client)
+        // The deadline passes; the shell's wakeup has not run yet when the member's INIT arrives.
+        d.now = d.now + .milliseconds(1000)
+        let member = d.open()
+        let join = d.send(.initialize(magic: "iris-client-magic", version: "v1.0-draft2", cluster: "echo"), from: member)
+        #expect(join.frames(to: member) == [.initialize(magic: "iris-relay-magic", version: "v1.0-draft2")])
+        #expect(d.advance(.zero).effects == [.send(client, .reply(id: 4, outcome: .timedOut))])
+    }
+
+    @Test("a member joining after a waiting build's deadline is not offered it")
+    func noOfferAfterDeadline() {
+        var d = CoreDriver()
+        let initiator = d.connect()
+        _ = d.send(.tunnelInit(tunnelID: 7, cluster: "echo", timeoutMillis: 1000), from: initiator)
+        d.now = d.now + .milliseconds(1000)
+        let member = d.open()
+        let join = d.send(.initialize(magic: "iris-client-magic", version: "v1.0-draft2", cluster: "echo"), from: member)
+        #expect(join.frames(to: member) == [.initialize(magic: "iris-relay-magic", version: "v1.0-draft2")])
+        #expect(d.advance(.zero).effects == [.send(initiator, .tunnelConfirm(tunnelID: 7, outcome: .timedOut))])
+    }
+}
