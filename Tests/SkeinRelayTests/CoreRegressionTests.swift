@@ -71,6 +71,17 @@ struct CoreRegressionTests {
         #expect(d.advance(.zero).effects == [.send(client, .reply(id: 4, outcome: .timedOut))])
     }
 
+    @Test("the remaining timeout handed to a member is rounded up, never to 0 while time is left")
+    func remainingRoundsUp() {
+        var d = CoreDriver()
+        let client = d.connect()
+        _ = d.send(.request(id: 4, cluster: "echo", body: buffer("q"), timeoutMillis: 1000), from: client)
+        #expect(d.advance(.microseconds(999_500)).isEmpty)
+        let member = d.open()
+        let join = d.send(.initialize(magic: "iris-client-magic", version: "v1.0-draft2", cluster: "echo"), from: member)
+        #expect(join.frames(to: member).last == .request(id: 0, body: buffer("q"), timeoutMillis: 1))
+    }
+
     @Test("a member joining after a waiting build's deadline is not offered it")
     func noOfferAfterDeadline() {
         var d = CoreDriver()

@@ -40,7 +40,8 @@ extension RelayCore {
         request.assignedTo = (member, memberRequestID)
         request.wasHandedOver = true
         requests[key] = request
-        let remaining = max(0, (request.deadline - now).nanoseconds / 1_000_000)
+        // Rounded up: a member must never be told 0 ms ("timed out at once") while time is left.
+        let remaining = ((request.deadline - now).nanoseconds + 999_999) / 1_000_000
         actions.append(.send(member, .request(id: memberRequestID, body: body, timeoutMillis: UInt64(remaining))))
         return true
     }
