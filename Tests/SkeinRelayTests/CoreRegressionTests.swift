@@ -94,3 +94,42 @@ struct CoreRegressionTests {
         #expect(d.advance(.zero).effects == [.send(initiator, .tunnelConfirm(tunnelID: 7, outcome: .timedOut))])
     }
 }
+
+@Suite("Core: timer bookkeeping")
+struct CoreTimerTests {
+    @Test("answered requests do not keep their timers until the deadline; live timers survive")
+    func answeredRequestTimers() {
+        var d = CoreDriver()
+        let member = d.connect(cluster: "echo")
+        let client = d.connect()
+        // One request nobody answers, then many answered at once, all with a one-hour timeout.
+        _ = d.send(.request(id: 999_999, cluster: "echo", body: buffer("slow"), timeoutMillis: 3_600_000), from: client)
+        for i in UInt64(0)..<10_000 {
+            _ = d.send(.request(id: i, cluster: "echo", body: buffer("q"), timeoutMillis: 3_600_000), from: client)
+            _ = d.send(.reply(id: i + 1, outcome: .success(ByteBuffer())), from: member)
+        }
+        #expect(d.core.pendingRequestCount == 1)
+        #expect(d.core.timers.count < 1_000, "timers of answered requests piled up: \(d.core.timers.count)")
+        #expect(d.advance(.seconds(3600)).effects == [.send(client, .reply(id: 999_999, outcome: .timedOut))])
+    }
+
+    @Test("compaction keeps every kind of live timer")
+    func compactionKeepsLiveTimers() {
+        var d = CoreDriver { $0.handshakeTimeout = .seconds(5); $0.slowConsumerTimeout = .seconds(5) }
+        let silent = d.open()
+        let member = d.connect(cluster: "echo")
+        let client = d.connect()
+        _ = d.writability(member, false)
+        _ = d.send(.tunnelInit(tunnelID: 1, cluster: "nobody", timeoutMillis: 5000), from: client)
+        _ = d.send(.request(id: 7, cluster: "nobody", body: buffer("q"), timeoutMillis: 5000), from: client)
+        for i in UInt64(0)..<5_000 {
+            _ = d.send(.request(id: i, cluster: "echo", body: buffer("q"), timeoutMillis: 60_000), from: client)
+            _ = d.send(.reply(id: i, outcome: .success(ByteBuffer())), from: member)
+        }
+        let fired = d.advance(.seconds(5))
+        #expect(fired.disconnected.contains(silent))
+        #expect(fired.closeReason(of: member) != nil)
+        #expect(fired.frames(to: client).contains(.tunnelConfirm(tunnelID: 1, outcome: .timedOut)))
+        #expect(fired.frames(to: client).contains(.reply(id: 7, outcome: .timedOut)))
+    }
+}

@@ -331,6 +331,27 @@ public struct RelayCore {
     mutating func schedule(_ timer: TimerKind, at deadline: NIODeadline) {
         nextKey &+= 1
         timers.insert(TimerEntry(deadline: deadline, sequence: nextKey, timer: timer))
+        // Timers are discarded lazily, so an answered request's entry stays until its deadline:
+        // with long timeouts and a high request rate those pile up (rate × timeout entries).
+        // Once stale entries clearly outnumber live ones, drop them all (amortised O(1)).
+        let liveBound = requests.count + builds.count + 2 * connections.count
+        if timers.count > 2 * liveBound + 1024 {
+            timers = Heap(timers.unordered.filter { isLive($0.timer) })
+        }
+    }
+
+    /// Whether a timer would still do something when it fires.
+    private func isLive(_ timer: TimerKind) -> Bool {
+        switch timer {
+        case .handshake(let id):
+            connections[id]?.phase == .awaitingInit
+        case .request(let key):
+            requests[key] != nil
+        case .build(let key):
+            builds[key] != nil
+        case .slowConsumer(let id, let since):
+            connections[id].map { !$0.writable && $0.blockedSince == since } ?? false
+        }
     }
 
     mutating func makeKey() -> UInt64 {
