@@ -206,11 +206,11 @@ struct RelayBadInputTests {
             let start = ContinuousClock.now
             let member = try await relay.connect("member")
             try await member.write(Spec.memberINIT)
-            #expect(try await member.read(hexLike: Spec.relayINIT, within: .seconds(2)) == Spec.relayINIT)
+            #expect(try await member.read(hexLike: Spec.relayINIT, within: .seconds(3)) == Spec.relayINIT)
             let client = try await relay.connect("client")
             try await client.write(Spec.clientINIT)
-            #expect(try await client.read(hexLike: Spec.relayINIT, within: .seconds(2)) == Spec.relayINIT)
-            #expect(ContinuousClock.now - start < .seconds(2))
+            #expect(try await client.read(hexLike: Spec.relayINIT, within: .seconds(3)) == Spec.relayINIT)
+            #expect(ContinuousClock.now - start < .seconds(3))
             for c in idle { #expect(await !c.isClosed) }
         }
     }
