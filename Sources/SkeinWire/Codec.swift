@@ -6,10 +6,14 @@ public struct WireLimits: Sendable, Equatable {
     public var maxMessageSize: Int
     /// Largest string field (cluster, topic, fault, reason, magic, version) accepted, in bytes.
     public var maxStringSize: Int
+    /// Largest tunnel chunk accepted (a relay sets its chunk limit here, so an oversized chunk
+    /// is refused before it is buffered). Never more than `maxMessageSize` in effect.
+    public var maxChunkSize: Int
 
-    public init(maxMessageSize: Int = 32 << 20, maxStringSize: Int = 64 << 10) {
+    public init(maxMessageSize: Int = 32 << 20, maxStringSize: Int = 64 << 10, maxChunkSize: Int = .max) {
         self.maxMessageSize = maxMessageSize
         self.maxStringSize = maxStringSize
+        self.maxChunkSize = maxChunkSize
     }
 }
 
@@ -128,10 +132,11 @@ struct FieldReader {
     }
 
     @inlinable
-    mutating func binary(_ field: String) throws(WireError) -> ByteBuffer? {
+    mutating func binary(_ field: String, limit: Int? = nil) throws(WireError) -> ByteBuffer? {
         guard let length = try varint() else { return nil }
-        guard length <= UInt64(limits.maxMessageSize) else {
-            throw .fieldTooLarge(field: field, length: length, limit: limits.maxMessageSize)
+        let limit = Swift.min(limit ?? limits.maxMessageSize, limits.maxMessageSize)
+        guard length <= UInt64(limit) else {
+            throw .fieldTooLarge(field: field, length: length, limit: limit)
         }
         return buffer.readSlice(length: Int(length))
     }
@@ -208,7 +213,7 @@ extension ClientFrame {
             guard let id = try r.varint(), let bytes = try r.varint() else { return nil }
             frame = .tunnelAllow(tunnelID: id, bytes: bytes)
         case .tunnelTransfer:
-            guard let id = try r.varint(), let size = try r.varint(), let chunk = try r.binary("tunnel chunk")
+            guard let id = try r.varint(), let size = try r.varint(), let chunk = try r.binary("tunnel chunk", limit: limits.maxChunkSize)
             else { return nil }
             frame = .tunnelTransfer(tunnelID: id, sizeOrContinuation: size, chunk: chunk)
         case .tunnelClose:
@@ -333,7 +338,7 @@ extension RelayFrame {
             guard let id = try r.varint(), let bytes = try r.varint() else { return nil }
             frame = .tunnelAllow(tunnelID: id, bytes: bytes)
         case .tunnelTransfer:
-            guard let id = try r.varint(), let size = try r.varint(), let chunk = try r.binary("tunnel chunk")
+            guard let id = try r.varint(), let size = try r.varint(), let chunk = try r.binary("tunnel chunk", limit: limits.maxChunkSize)
             else { return nil }
             frame = .tunnelTransfer(tunnelID: id, sizeOrContinuation: size, chunk: chunk)
         case .tunnelClose:

@@ -60,7 +60,7 @@ struct RelayBadInputTests {
             try await offender.write(chunk)
             #expect(
                 try await offender.readToEnd()
-                    == closeFrame("protocol violation: tunnel chunk of 65537 bytes exceeds the chunk limit of 65536"))
+                    == closeFrame("protocol violation: tunnel chunk of 65537 bytes exceeds the limit of 65536 bytes"))
             guard case .tunnelClose(42, let reason) = try await member.readFrame() else {
                 Issue.record("the member's end of the tunnel was not closed")
                 return

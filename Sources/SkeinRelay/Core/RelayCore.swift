@@ -80,10 +80,13 @@ public struct RelayCore {
 
     /// The socket is gone (EOF, reset, or after a `disconnect`). Cleans up everything it held.
     public mutating func connectionClosed(_ id: ConnectionID, now: NIODeadline, actions: inout [RelayAction]) {
-        guard connections[id] != nil else { return }
+        guard let conn = connections[id] else { return }
         detach(id, reason: "remote connection closed", actions: &actions)
         connections[id] = nil
-        actions.append(.report(.connectionClosed(id, graceful: false)))
+        // A close the relay already decided (graceful CLOSE, violation, shutdown) was reported then.
+        if conn.phase != .closed {
+            actions.append(.report(.connectionClosed(id, graceful: false)))
+        }
     }
 
     /// The shell could not decode the connection's byte stream.

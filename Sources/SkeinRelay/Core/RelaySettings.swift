@@ -25,6 +25,14 @@ public struct RelaySettings: Sendable, Equatable {
 
     public init() {}
 
+    /// The decoder's limits: the wire limits with the tunnel chunk limit applied, so an
+    /// oversized chunk ends the connection as soon as its length is read.
+    public var decoderLimits: WireLimits {
+        var limits = wire
+        limits.maxChunkSize = Int(effectiveChunkLimit)
+        return limits
+    }
+
     /// The chunk limit must not exceed what the decoder accepts in one frame.
     public var effectiveChunkLimit: UInt64 {
         min(tunnelChunkLimit, UInt64(wire.maxMessageSize))

@@ -23,12 +23,14 @@ public final class ClientServer: @unchecked Sendable {
     private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
     private var listeners: [any Channel] = []
     private let metrics = RelayMetrics()
+    let limits: WireLimits
 
     public init(configuration: RelayConfiguration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
         self.core = RelayCore(settings: configuration.settings)
+        self.limits = configuration.settings.decoderLimits
         actions.reserveCapacity(64)
     }
 
@@ -126,11 +128,14 @@ public final class ClientServer: @unchecked Sendable {
         metrics.connectionsOpened.increment()
         core.connectionOpened(client.id, now: .now(), actions: &actions)
         perform()
+        rescheduleWakeup()  // arms the handshake timeout even if nothing else happens
         return client
     }
 
-    func received(_ frame: ClientFrame, from client: ClientChannel) {
-        core.received(frame, from: client.id, now: .now(), actions: &actions)
+    /// `now` is read once per read batch: deadlines need millisecond precision, not a clock
+    /// call per frame.
+    func received(_ frame: ClientFrame, from client: ClientChannel, now: NIODeadline) {
+        core.received(frame, from: client.id, now: now, actions: &actions)
         perform()
     }
 
@@ -158,17 +163,38 @@ public final class ClientServer: @unchecked Sendable {
 
     /// Writes every buffer filled during this batch.
     func flush() {
-        for client in dirty {
-            client.flush()
+        // Writing can re-enter the server (a write that crosses a water mark reports
+        // writability at once), so take the list before walking it.
+        while !dirty.isEmpty {
+            var batch: [ClientChannel] = []
+            swap(&batch, &dirty)
+            for client in batch { client.flush() }
+            if dirty.isEmpty {
+                batch.removeAll(keepingCapacity: true)
+                dirty = batch
+            }
         }
-        dirty.removeAll(keepingCapacity: true)
         rescheduleWakeup()
     }
 
     // MARK: - Carrying out actions
 
     private func perform() {
-        for action in actions {
+        // Closing a socket re-enters the server at once (channelInactive → `closed`), which
+        // performs its own actions: take this batch first so nothing is performed twice.
+        while !actions.isEmpty {
+            var batch: [RelayAction] = []
+            swap(&batch, &actions)
+            perform(batch)
+            if actions.isEmpty {
+                batch.removeAll(keepingCapacity: true)
+                actions = batch
+            }
+        }
+    }
+
+    private func perform(_ batch: [RelayAction]) {
+        for action in batch {
             switch action {
             case .send(let id, let frame):
                 guard let client = clients[id], !client.isClosed else { continue }
@@ -190,7 +216,6 @@ public final class ClientServer: @unchecked Sendable {
                 report(event)
             }
         }
-        actions.removeAll(keepingCapacity: true)
     }
 
     private func report(_ event: RelayEvent) {
@@ -249,11 +274,13 @@ public enum RelayStartupError: Error, CustomStringConvertible {
 final class ClientChannel {
     let id: ConnectionID
     let channel: any Channel
+    /// Set by the handler, so a resumed connection can decode what it had already read.
+    weak var handler: ClientConnectionHandler?
     var outbox: ByteBuffer
     var isDirty = false
     var isClosing = false
     var isClosed = false
-    private var reading = true
+    private(set) var reading = true
 
     init(id: ConnectionID, channel: any Channel) {
         self.id = id
@@ -274,7 +301,16 @@ final class ClientChannel {
         reading = on
         let options = channel.syncOptions
         try? options?.setOption(.autoRead, value: on)
-        if on { channel.read() }
+        if on {
+            // Frames already read but not decoded wait in the handler; decode them on the
+            // next tick (not inside the action that resumed us), then read more.
+            let this = NIOLoopBound(self, eventLoop: channel.eventLoop)
+            channel.eventLoop.execute {
+                guard this.value.reading, !this.value.isClosed else { return }
+                this.value.handler?.resumeDecoding()
+                this.value.channel.read()
+            }
+        }
     }
 }
 
@@ -292,6 +328,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         client = server.opened(context.channel)
+        client?.handler = self
         context.fireChannelActive()
     }
 
@@ -303,12 +340,20 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         } else {
             cumulation!.writeBuffer(&incoming)
         }
-        let limits = server.configuration.settings.wire
+        decodeBuffered()
+    }
+
+    /// Decodes and routes every complete frame buffered, until the connection is paused
+    /// (backpressure: the rest waits here, so limits hold to the frame) or closing.
+    func decodeBuffered() {
+        guard let client else { return }
+        let limits = server.limits
+        let now = NIODeadline.now()
         do {
-            while !client.isClosing, !client.isClosed, cumulation != nil,
+            while client.reading, !client.isClosing, !client.isClosed, cumulation != nil,
                 let frame = try ClientFrame.decode(from: &cumulation!, limits: limits)
             {
-                server.received(frame, from: client)
+                server.received(frame, from: client, now: now)
             }
         } catch {
             server.malformed(client, error: error)
@@ -319,6 +364,12 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         } else if let readerIndex = cumulation?.readerIndex, readerIndex > 1 << 16 {
             cumulation!.discardReadBytes()
         }
+    }
+
+    /// The connection was resumed after backpressure.
+    func resumeDecoding() {
+        decodeBuffered()
+        server.flush()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

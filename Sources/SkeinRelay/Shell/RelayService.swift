@@ -45,6 +45,7 @@ public final class RelayService: Service, Sendable {
         do {
             try await server.start()
         } catch {
+            ready.finish()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -57,12 +58,13 @@ public final class RelayService: Service, Sendable {
         logger.info("relay shutting down: draining")
         await server.stopListening()
         let drainDeadline = ContinuousClock.now + .nanoseconds(server.configuration.drainTimeout.nanoseconds)
-        while await server.pendingRequests > 0, ContinuousClock.now < drainDeadline {
+        // Cancellation (rather than a signal) means hurry: skip the waiting, keep the order.
+        while await server.pendingRequests > 0, ContinuousClock.now < drainDeadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(20))
         }
         await server.closeAll(reason: "relay shutting down")
         let closeDeadline = ContinuousClock.now + .seconds(2)
-        while await server.connectionCount > 0, ContinuousClock.now < closeDeadline {
+        while await server.connectionCount > 0, ContinuousClock.now < closeDeadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(10))
         }
         try await group.shutdownGracefully()
