@@ -19,21 +19,46 @@ final class InboundHandler: ChannelInboundHandler {
 
     // Member side: bounded handler concurrency and a bounded queue behind it.
     private var runningHandlers = 0
-    private var queuedRequests: Deque<(id: UInt64, body: ByteBuffer, timeoutMillis: UInt64)> = []
+    /// Requests waiting for a free handler, with the deadline they arrived with: time spent
+    /// here counts against it.
+    private var queuedRequests: Deque<(id: UInt64, body: ByteBuffer, deadline: ContinuousClock.Instant)> = []
     private var broadcastFeed: EventFeed?
     private var pausedFeeds: Set<ObjectIdentifier> = []
     private var reading = true
     private var channel: (any Channel)?
+    private let relay: RelayEndpoint
+    private var handshakeTimer: Scheduled<Void>?
 
-    init(connection: SkeinConnection, handler: (any ClusterHandler)?, handshake: EventLoopPromise<SkeinConnection>) {
+    init(
+        connection: SkeinConnection, handler: (any ClusterHandler)?, handshake: EventLoopPromise<SkeinConnection>,
+        relay: RelayEndpoint
+    ) {
         self.connection = connection
         self.handler = handler
         self.handshake = handshake
+        self.relay = relay
         self.limits = WireLimits(maxMessageSize: connection.options.maxMessageSize)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         channel = context.channel
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        // Started here, on the loop that completes the handshake, so the timer and the relay's
+        // answer cannot race: whichever runs first wins, and the timer never closes a
+        // connection whose handshake succeeded.
+        let timeout = connection.options.handshakeTimeout
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout.timeAmount) { [self] in
+            guard let handshake, !handshakeDone, failed == nil else { return }
+            let error = SkeinError.cannotConnect("\(relay): no answer to INIT within \(timeout)")
+            failed = error
+            handshake.fail(error)
+            self.handshake = nil
+            loopBound.value.close(promise: nil)
+        }
+        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -66,6 +91,7 @@ final class InboundHandler: ChannelInboundHandler {
                     return violation("relay sent magic \(magic.debugDescription)", context: context)
                 }
                 handshakeDone = true
+                handshakeTimer?.cancel()
                 _ = version
                 if let handler {
                     startBroadcastConsumer(handler)
@@ -74,6 +100,7 @@ final class InboundHandler: ChannelInboundHandler {
                 handshake = nil
             case .deny(_, let reason):
                 failed = .denied(reason)
+                handshakeTimer?.cancel()
                 handshake?.fail(SkeinError.denied(reason))
                 handshake = nil
                 context.close(promise: nil)
@@ -105,10 +132,11 @@ final class InboundHandler: ChannelInboundHandler {
                 connection.sendNow(.reply(id: id, outcome: .fault("this connection is not a member of any cluster")))
                 return
             }
+            let deadline = ContinuousClock.now + .milliseconds(Int64(clamping: timeout))
             if runningHandlers < connection.options.maxConcurrentHandlers {
-                startRequest(id: id, body: body, timeoutMillis: timeout)
+                startRequest(id: id, body: body, deadline: deadline)
             } else {
-                queuedRequests.append((id, body, timeout))
+                queuedRequests.append((id, body, deadline))
                 updateReading()
             }
         case .tunnelInit(let buildID, let chunkLimit):
@@ -167,32 +195,37 @@ final class InboundHandler: ChannelInboundHandler {
 
     private func startBroadcastConsumer(_ handler: any ClusterHandler) {
         let box = ObjectIdentifierBox()
-        let feed = EventFeed(
+        let (feed, sequence) = EventFeed.make(
             buffer: connection.options.receiveBuffer,
             delegate: FeedDelegate(kind: .broadcasts, connection: connection, feedID: box))
         box.feed = feed
         broadcastFeed = feed
         Task {
             do {
-                for try await message in feed.sequence {
+                for try await message in sequence {
                     await handler.handleBroadcast(message)
                 }
             } catch {}
         }
     }
 
-    private func startRequest(id: UInt64, body: ByteBuffer, timeoutMillis: UInt64) {
+    private func startRequest(id: UInt64, body: ByteBuffer, deadline: ContinuousClock.Instant) {
         guard let handler else { return }
         runningHandlers += 1
-        let timeout = Duration.milliseconds(Int64(clamping: timeoutMillis))
-        let request = ServiceRequest(body: body, timeout: timeout, deadline: .now + timeout)
+        let request = ServiceRequest(body: body, timeout: max(.zero, deadline - .now), deadline: deadline)
+        let limit = connection.options.maxMessageSize
         let connection = self.connection
         let loop = connection.channel.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         Task {
             let outcome: ReplyOutcome
             do {
-                outcome = .success(try await handler.handleRequest(request))
+                let reply = try await handler.handleRequest(request)
+                // Too big for the wire: the relay would end this whole connection over it.
+                outcome =
+                    reply.readableBytes <= limit
+                    ? .success(reply)
+                    : .fault("\(SkeinError.messageTooLarge(size: reply.readableBytes, limit: limit))")
             } catch let fault as SkeinFault {
                 outcome = .fault(fault.message)
             } catch {
@@ -206,7 +239,7 @@ final class InboundHandler: ChannelInboundHandler {
     private func requestFinished() {
         runningHandlers -= 1
         if let next = queuedRequests.popFirst() {
-            startRequest(id: next.id, body: next.body, timeoutMillis: next.timeoutMillis)
+            startRequest(id: next.id, body: next.body, deadline: next.deadline)
         }
         updateReading()
     }
@@ -216,6 +249,7 @@ final class InboundHandler: ChannelInboundHandler {
     private func violation(_ what: String, context: ChannelHandlerContext) {
         guard failed == nil else { return }
         failed = .protocolViolation(what)
+        handshakeTimer?.cancel()
         handshake?.fail(SkeinError.protocolViolation(what))
         handshake = nil
         context.close(promise: nil)
@@ -235,6 +269,7 @@ final class InboundHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         let error: SkeinError = failed ?? .connectionClosed(reason: closeReason ?? "connection to the relay lost")
         let graceful = failed == nil && closeReason == ""
+        handshakeTimer?.cancel()
         handshake?.fail(error)
         handshake = nil
         let (requests, tunnels, feeds, waiters) = connection.shared.withLockedValue { state in
@@ -253,6 +288,8 @@ final class InboundHandler: ChannelInboundHandler {
             if graceful { feed.source.finish() } else { feed.source.finish(error) }
         }
         for waiter in waiters { waiter.resume(throwing: error) }
+        // Nobody can receive their answers any more.
+        queuedRequests.removeAll()
         context.fireChannelInactive()
     }
 

@@ -86,7 +86,9 @@ public struct ConnectionOptions: Sendable {
     public var receiveBuffer = 4096
     /// Output the binding buffers before `publish`, `broadcast` and tunnel sends wait.
     public var sendBufferHighWater = 4 << 20
-    /// Largest message accepted from the relay.
+    /// Largest message accepted from the relay, and sent to it: a larger request, reply,
+    /// broadcast, event or tunnel message fails alone with `messageTooLarge` (the relay's own
+    /// limit, 32 MiB by default, would end the whole connection).
     public var maxMessageSize = 32 << 20
     /// How long `connect` waits for the relay's answer.
     public var handshakeTimeout: Duration = .seconds(5)
@@ -179,11 +181,24 @@ public enum SkeinError: Error, Sendable, Equatable, CustomStringConvertible {
 }
 
 extension Duration {
-    /// Whole milliseconds, rounded up, never negative.
+    /// Whole milliseconds, rounded up, never negative, saturating at `UInt64.max`.
     var wholeMilliseconds: UInt64 {
+        // Both components carry the duration's sign (-5 ms is 0 s and -5e15 as): a negative
+        // duration is zero, whichever component shows it.
         let (seconds, attoseconds) = self.components
-        if seconds < 0 { return 0 }
-        let millis = UInt64(seconds) * 1000 + UInt64((attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
-        return millis
+        if seconds < 0 || attoseconds < 0 { return 0 }
+        let fraction = UInt64((attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+        let (whole, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1000)
+        let (millis, carry) = whole.addingReportingOverflow(fraction)
+        return overflow || carry ? .max : millis
+    }
+
+    /// The same span for NIO's timers: never negative, saturating instead of overflowing.
+    var timeAmount: TimeAmount {
+        let (seconds, attoseconds) = self.components
+        if seconds < 0 || attoseconds < 0 { return .zero }
+        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let (nanos, carry) = whole.addingReportingOverflow(attoseconds / 1_000_000_000)
+        return .nanoseconds(overflow || carry ? .max : nanos)
     }
 }

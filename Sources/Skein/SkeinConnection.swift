@@ -36,7 +36,7 @@ public final class SkeinConnection: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let connection = SkeinConnection(channel: channel, cluster: cluster, options: options)
-                    let inbound = InboundHandler(connection: connection, handler: handler, handshake: promise)
+                    let inbound = InboundHandler(connection: connection, handler: handler, handshake: promise, relay: relay)
                     try channel.pipeline.syncOperations.addHandler(inbound)
                 }
             }
@@ -57,11 +57,8 @@ public final class SkeinConnection: Sendable {
         ClientFrame.initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: cluster)
             .encode(into: &init_)
         channel.writeAndFlush(init_, promise: nil)
-        let timeout = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(options.handshakeTimeout.wholeMilliseconds) * 1_000_000)) {
-            promise.fail(SkeinError.cannotConnect("\(relay): no answer to INIT within \(options.handshakeTimeout)"))
-            channel.close(promise: nil)
-        }
-        defer { timeout.cancel() }
+        // The handler enforces `handshakeTimeout` on the channel's event loop, where it also sees
+        // the answer: a timer here could fire after a successful handshake and close it.
         return try await promise.futureResult.get()
     }
 
@@ -70,6 +67,7 @@ public final class SkeinConnection: Sendable {
     /// Sends a request to one member of `cluster` and waits for its answer. The relay owns the
     /// deadline: the answer is the reply, or `SkeinError.remoteFault`, or `SkeinError.timedOut`.
     public func request(cluster: String, _ body: ByteBuffer, timeout: Duration) async throws -> ByteBuffer {
+        try checkSize(body)
         let millis = timeout.wholeMilliseconds
         let id = try shared.withLockedValue { state throws(SkeinError) -> UInt64 in
             try state.checkOpen()
@@ -79,8 +77,11 @@ public final class SkeinConnection: Sendable {
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ByteBuffer, any Error>) in
-                let failure = shared.withLockedValue { state -> SkeinError? in
+                let failure = shared.withLockedValue { state -> (any Error)? in
                     if let failure = state.failure { return failure }
+                    // Cancelled before the continuation was registered: `onCancel` found
+                    // nothing to resume, so the request must not go out and wait its full timeout.
+                    if Task.isCancelled { return CancellationError() }
                     state.requests[id] = continuation
                     enqueueLocked(&state, .request(id: id, cluster: cluster, body: body, timeoutMillis: millis))
                     return nil
@@ -105,6 +106,7 @@ public final class SkeinConnection: Sendable {
 
     /// Delivers `message` to every member of `cluster` (at most once each, FIFO per sender).
     public func broadcast(cluster: String, _ message: ByteBuffer) async throws {
+        try checkSize(message)
         try await send(.broadcast(cluster: cluster, message: message))
     }
 
@@ -114,6 +116,7 @@ public final class SkeinConnection: Sendable {
 
     /// Delivers `event` to every subscription of `topic` (at most once each, FIFO per publisher).
     public func publish(topic: String, _ event: ByteBuffer) async throws {
+        try checkSize(event)
         try await send(.publish(topic: topic, event: event))
     }
 
@@ -216,6 +219,14 @@ public final class SkeinConnection: Sendable {
     }
 
     // MARK: - Output
+
+    /// A message the relay would refuse (it ends the whole connection over an oversized field)
+    /// fails alone, here.
+    func checkSize(_ message: ByteBuffer) throws(SkeinError) {
+        guard message.readableBytes <= options.maxMessageSize else {
+            throw SkeinError.messageTooLarge(size: message.readableBytes, limit: options.maxMessageSize)
+        }
+    }
 
     /// Queues a frame and waits while the output is above its high-water mark.
     func send(_ frame: ClientFrame) async throws {

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 
 typealias FeedProducer = NIOThrowingAsyncSequenceProducer<
@@ -7,21 +8,39 @@ typealias FeedProducer = NIOThrowingAsyncSequenceProducer<
 /// A bounded, backpressured queue of inbound events (one topic's events, or a member's
 /// broadcasts). When it is full the connection stops reading from the relay until the
 /// consumer catches up; the relay then holds (and bounds) what follows.
+///
+/// The feed is the producing end, kept by the connection. The consuming end (the sequence) is
+/// returned by `make` and kept only by its consumer, so a consumer that goes away without
+/// iterating (a dropped `Subscription`) ends the feed instead of filling it forever and
+/// stalling the whole connection.
 final class EventFeed: @unchecked Sendable {
-    // @unchecked: `source` is Sendable; `isPaused` is only touched on the event loop.
+    // @unchecked: `source` is Sendable; `isPaused` is only touched on the event loop;
+    // `iterated` is behind its lock.
     let source: FeedProducer.Source
-    let sequence: FeedProducer
     var isPaused = false
+    /// The sequence allows one iterator; later iterations end at once instead of trapping.
+    private let iterated = NIOLockedValueBox(false)
 
-    init(buffer: Int, delegate: FeedDelegate) {
+    private init(source: FeedProducer.Source) {
+        self.source = source
+    }
+
+    static func make(buffer: Int, delegate: FeedDelegate) -> (feed: EventFeed, sequence: FeedProducer) {
         let made = FeedProducer.makeSequence(
             elementType: ByteBuffer.self,
             failureType: (any Error).self,
             backPressureStrategy: .init(lowWatermark: max(1, buffer / 2), highWatermark: max(2, buffer)),
             finishOnDeinit: true,
             delegate: delegate)
-        self.source = made.source
-        self.sequence = made.sequence
+        return (EventFeed(source: made.source), made.sequence)
+    }
+
+    /// True the first time only.
+    func claimIteration() -> Bool {
+        iterated.withLockedValue { iterated in
+            defer { iterated = true }
+            return !iterated
+        }
     }
 }
 
@@ -56,7 +75,9 @@ final class ObjectIdentifierBox: @unchecked Sendable {
 }
 
 /// The events of one topic, in publish order per publisher. Iterate it to receive events;
-/// ending the iteration or calling `unsubscribe()` unsubscribes the connection.
+/// ending the iteration, calling `unsubscribe()`, or dropping every copy of an un-iterated
+/// subscription unsubscribes the connection. A subscription is iterated once: iterating it
+/// again ends at once.
 public struct Subscription: AsyncSequence, Sendable {
     public typealias Element = ByteBuffer
     public typealias Failure = any Error
@@ -64,13 +85,15 @@ public struct Subscription: AsyncSequence, Sendable {
     /// The subscribed topic.
     public let topic: String
     let feed: EventFeed
+    private let sequence: FeedProducer
     let connection: SkeinConnection
 
     init(topic: String, connection: SkeinConnection, buffer: Int) {
         self.topic = topic
         self.connection = connection
         let box = ObjectIdentifierBox()
-        self.feed = EventFeed(buffer: buffer, delegate: FeedDelegate(kind: .topic(topic), connection: connection, feedID: box))
+        (self.feed, self.sequence) = EventFeed.make(
+            buffer: buffer, delegate: FeedDelegate(kind: .topic(topic), connection: connection, feedID: box))
         box.feed = feed
     }
 
@@ -81,15 +104,18 @@ public struct Subscription: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> Iterator {
-        Iterator(base: feed.sequence.makeAsyncIterator())
+        // NIO's sequence traps on a second iterator; a second iteration simply finds the
+        // subscription over.
+        Iterator(base: feed.claimIteration() ? sequence.makeAsyncIterator() : nil)
     }
 
     public struct Iterator: AsyncIteratorProtocol {
-        var base: FeedProducer.AsyncIterator
+        var base: FeedProducer.AsyncIterator?
 
         /// The next event; nil after `unsubscribe()`; throws when the connection ends.
         public mutating func next() async throws -> ByteBuffer? {
-            try await base.next()
+            guard base != nil else { return nil }
+            return try await base!.next()
         }
     }
 }

@@ -27,9 +27,15 @@ public final class Tunnel: AsyncSequence, Sendable {
         var allowanceWaiter: (needed: UInt64, continuation: CheckedContinuation<Void, any Error>)?
         var partial: ByteBuffer?
         var partialExpected = 0
+        /// Wire bytes of `partial` not yet granted back to the relay.
         var partialBytes: UInt64 = 0
+        /// The caller of `tunnel(cluster:)` was cancelled while the tunnel was being built: if
+        /// the build succeeds after all, the tunnel is closed at once.
+        var abandoned = false
         var messages: Deque<(message: ByteBuffer, wireBytes: UInt64)> = []
-        var receiveWaiter: CheckedContinuation<ByteBuffer?, any Error>?
+        /// Tasks waiting in `receive()`, served in order; the key lets a cancelled one leave.
+        var receiveWaiters: Deque<(key: UInt64, continuation: CheckedContinuation<ByteBuffer?, any Error>)> = []
+        var nextReceiveKey: UInt64 = 0
         var closeWaiter: CheckedContinuation<Void, Never>?
         /// The other side closed gracefully: buffered messages, then end of stream.
         var remoteClosed = false
@@ -38,10 +44,23 @@ public final class Tunnel: AsyncSequence, Sendable {
 
         var sendError: SkeinError? {
             if let failure { return failure }
+            // Checked before the phase: a graceful close by the other side also moves the phase
+            // to `.closed`, and must read as the other side's close, not as ours.
+            if remoteClosed { return .tunnelClosed(reason: "") }
             switch phase {
-            case .open, .building: return remoteClosed ? .tunnelClosed(reason: "") : nil
+            case .open, .building: return nil
             case .closing, .closed: return .tunnelClosed(reason: "closed by this side")
             }
+        }
+
+        /// Allowance to return for the message being assembled. A message larger than the
+        /// window could never complete if its chunks were only granted back on consumption, so
+        /// they are granted back at once while nothing complete waits for the application.
+        /// Memory stays bounded: at most one such message (≤ maxMessageSize) beyond the window.
+        mutating func takePartialGrant() -> UInt64 {
+            guard partial != nil, messages.isEmpty, phase == .open else { return 0 }
+            defer { partialBytes = 0 }
+            return partialBytes
         }
     }
 
@@ -78,20 +97,35 @@ public final class Tunnel: AsyncSequence, Sendable {
     }
 
     /// The next whole message; nil once the tunnel is closed gracefully (by either side).
+    /// Several tasks may wait at once; each message goes to one of them, in the order they came.
+    /// Cancelling a waiting task makes its `receive` throw `CancellationError`; no message is lost.
     public func receive() async throws -> ByteBuffer? {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ByteBuffer?, any Error>) in
-            let (result, grant) = state.withLockedValue { state -> (Result<ByteBuffer?, any Error>?, UInt64) in
-                if let next = state.messages.popFirst() {
-                    return (.success(next.message), state.phase == .open && !state.remoteClosed ? next.wireBytes : 0)
+        let key = state.withLockedValue { state in
+            defer { state.nextReceiveKey += 1 }
+            return state.nextReceiveKey
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ByteBuffer?, any Error>) in
+                let (result, grant) = state.withLockedValue { state -> (Result<ByteBuffer?, any Error>?, UInt64) in
+                    if state.receiveWaiters.isEmpty, let next = state.messages.popFirst() {
+                        let grant = state.phase == .open && !state.remoteClosed ? next.wireBytes + state.takePartialGrant() : 0
+                        return (.success(next.message), grant)
+                    }
+                    if let failure = state.failure { return (.failure(failure), 0) }
+                    if state.remoteClosed || state.phase == .closed || state.phase == .closing { return (.success(nil), 0) }
+                    if Task.isCancelled { return (.failure(CancellationError()), 0) }
+                    state.receiveWaiters.append((key, continuation))
+                    return (nil, 0)
                 }
-                if let failure = state.failure { return (.failure(failure), 0) }
-                if state.remoteClosed || state.phase == .closed || state.phase == .closing { return (.success(nil), 0) }
-                precondition(state.receiveWaiter == nil, "Tunnel.receive() called concurrently")
-                state.receiveWaiter = continuation
-                return (nil, 0)
+                if grant > 0 { connection.sendNow(.tunnelAllow(tunnelID: id, bytes: grant)) }
+                if let result { continuation.resume(with: result) }
             }
-            if grant > 0 { connection.sendNow(.tunnelAllow(tunnelID: id, bytes: grant)) }
-            if let result { continuation.resume(with: result) }
+        } onCancel: {
+            let waiter = state.withLockedValue { state -> CheckedContinuation<ByteBuffer?, any Error>? in
+                guard let index = state.receiveWaiters.firstIndex(where: { $0.key == key }) else { return nil }
+                return state.receiveWaiters.remove(at: index).continuation
+            }
+            waiter?.resume(throwing: CancellationError())
         }
     }
 
@@ -124,41 +158,75 @@ public final class Tunnel: AsyncSequence, Sendable {
         public mutating func next() async throws -> ByteBuffer? { try await tunnel.receive() }
     }
 
+    /// Waits until the relay allows `bytes` more. Cancellable: a sender stuck behind a receiver
+    /// that does not read can give up (the receiver discards the unfinished message when the
+    /// next one starts, as the protocol says).
     private func reserveAllowance(_ bytes: UInt64) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let result = state.withLockedValue { state -> Result<Void, SkeinError>? in
-                if let error = state.sendError { return .failure(error) }
-                if state.allowance >= bytes {
-                    state.allowance -= bytes
-                    return .success(())
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let result = state.withLockedValue { state -> Result<Void, any Error>? in
+                    if let error = state.sendError { return .failure(error) }
+                    if state.allowance >= bytes {
+                        state.allowance -= bytes
+                        return .success(())
+                    }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.allowanceWaiter = (bytes, continuation)
+                    return nil
                 }
-                state.allowanceWaiter = (bytes, continuation)
-                return nil
+                if let result { continuation.resume(with: result) }
             }
-            if let result { continuation.resume(with: result) }
+        } onCancel: {
+            let waiter = state.withLockedValue { state in
+                defer { state.allowanceWaiter = nil }
+                return state.allowanceWaiter?.continuation
+            }
+            waiter?.resume(throwing: CancellationError())
         }
     }
 
     func waitUntilBuilt() async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let result = state.withLockedValue { state -> Result<Void, SkeinError>? in
-                if let failure = state.failure { return .failure(failure) }
-                if state.phase != .building { return .success(()) }
-                state.buildWaiter = continuation
-                return nil
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let result = state.withLockedValue { state -> Result<Void, any Error>? in
+                    if let failure = state.failure { return .failure(failure) }
+                    if state.phase != .building { return .success(()) }
+                    if Task.isCancelled {
+                        state.abandoned = true
+                        return .failure(CancellationError())
+                    }
+                    state.buildWaiter = continuation
+                    return nil
+                }
+                if let result { continuation.resume(with: result) }
             }
-            if let result { continuation.resume(with: result) }
+        } onCancel: {
+            let waiter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+                guard state.phase == .building else { return nil }
+                state.abandoned = true
+                defer { state.buildWaiter = nil }
+                return state.buildWaiter
+            }
+            waiter?.resume(throwing: CancellationError())
         }
     }
 
     // MARK: - Relay side (event loop)
 
     func built(chunkLimit: UInt64) {
-        let waiter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
-            state.phase = .open
+        let (waiter, abandoned) = state.withLockedValue { state -> (CheckedContinuation<Void, any Error>?, Bool) in
             state.chunkLimit = chunkLimit
+            if state.abandoned {
+                state.phase = .closing
+                return (nil, true)
+            }
+            state.phase = .open
             defer { state.buildWaiter = nil }
-            return state.buildWaiter
+            return (state.buildWaiter, false)
+        }
+        if abandoned {
+            // Nobody will ever use it: close it so the relay and the member let go of it.
+            connection.sendNow(.tunnelClose(tunnelID: id))
         }
         waiter?.resume()
     }
@@ -178,12 +246,19 @@ public final class Tunnel: AsyncSequence, Sendable {
     /// A chunk arrived. Returns an error text if the relay broke the chunking rules.
     func received(sizeOrContinuation: UInt64, chunk: ByteBuffer, maxMessageSize: Int) -> String? {
         var violation: String?
-        let delivery = state.withLockedValue { state -> (CheckedContinuation<ByteBuffer?, any Error>, ByteBuffer, UInt64)? in
+        var grant: UInt64 = 0
+        let delivery = state.withLockedValue { state -> (CheckedContinuation<ByteBuffer?, any Error>, ByteBuffer)? in
             guard state.phase == .open || state.phase == .closing else { return nil }
             let wire = UInt64(chunk.readableBytes)
             var chunk = chunk
             if state.partial == nil || sizeOrContinuation != 0 {
-                // A first chunk (a new first chunk discards an incomplete message).
+                // A first chunk (a new first chunk discards an incomplete message, whose
+                // allowance goes back to the relay: it will never be consumed).
+                if state.partial != nil {
+                    grant += state.partialBytes
+                    state.partial = nil
+                    state.partialBytes = 0
+                }
                 guard sizeOrContinuation <= UInt64(maxMessageSize) else {
                     violation = "tunnel message of \(sizeOrContinuation) bytes exceeds the limit of \(maxMessageSize)"
                     return nil
@@ -214,12 +289,19 @@ public final class Tunnel: AsyncSequence, Sendable {
                     state.partial = nil
                 }
             }
-            guard let waiter = state.receiveWaiter, let next = state.messages.popFirst() else { return nil }
-            state.receiveWaiter = nil
-            return (waiter, next.message, next.wireBytes)
+            var delivery: (CheckedContinuation<ByteBuffer?, any Error>, ByteBuffer)?
+            if !state.messages.isEmpty, let waiter = state.receiveWaiters.popFirst()?.continuation {
+                let next = state.messages.removeFirst()
+                grant += next.wireBytes
+                delivery = (waiter, next.message)
+            }
+            grant += state.takePartialGrant()
+            return delivery
         }
-        if let (waiter, message, wireBytes) = delivery {
-            connection.sendNow(.tunnelAllow(tunnelID: id, bytes: wireBytes))
+        if grant > 0, violation == nil {
+            connection.sendNow(.tunnelAllow(tunnelID: id, bytes: grant))
+        }
+        if let (waiter, message) = delivery {
             waiter.resume(returning: message)
         }
         return violation
@@ -256,11 +338,10 @@ public final class Tunnel: AsyncSequence, Sendable {
             state.buildWaiter = nil
             state.allowanceWaiter = nil
             state.closeWaiter = nil
-            if let waiter = state.receiveWaiter {
-                state.receiveWaiter = nil
-                waiters.receive = waiter
-                waiters.receiveResult = state.failure.map { .failure($0) } ?? .success(nil)
-            }
+            // Waiters exist only while no message is buffered: they all get the end.
+            waiters.receive = state.receiveWaiters.map(\.continuation)
+            state.receiveWaiters = []
+            waiters.receiveResult = state.failure.map { .failure($0) } ?? .success(nil)
             waiters.error = state.failure ?? .tunnelClosed(reason: "")
             return waiters
         }
@@ -268,14 +349,14 @@ public final class Tunnel: AsyncSequence, Sendable {
         waiters.build?.resume(throwing: waiters.error)
         waiters.allowance?.resume(throwing: waiters.error)
         waiters.close?.resume()
-        waiters.receive?.resume(with: waiters.receiveResult)
+        for waiter in waiters.receive { waiter.resume(with: waiters.receiveResult) }
     }
 
     private struct Waiters {
         var build: CheckedContinuation<Void, any Error>?
         var allowance: CheckedContinuation<Void, any Error>?
         var close: CheckedContinuation<Void, Never>?
-        var receive: CheckedContinuation<ByteBuffer?, any Error>?
+        var receive: [CheckedContinuation<ByteBuffer?, any Error>] = []
         var receiveResult: Result<ByteBuffer?, any Error> = .success(nil)
         var error: SkeinError = .tunnelClosed(reason: "")
     }
