@@ -1,0 +1,182 @@
+import NIOCore
+import NIOPosix
+import Skein
+import SkeinWire
+import Testing
+
+/// A TCP server on 127.0.0.1 that plays a script instead of the relay protocol: after it has
+/// received `after` bytes in total, it writes `send` and, if told to, closes.
+struct FakeRelay {
+    struct Step: Sendable {
+        var after: Int
+        var send: [UInt8]
+        var close = false
+    }
+
+    /// Bytes of the client's INIT for a plain client (the spec's example).
+    static let clientInitSize = 32
+
+    static func run(_ steps: [Step], _ body: (RelayEndpoint) async throws -> Void) async throws {
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Script(steps: steps))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { server.close(promise: nil) }
+        try await body(.tcp(host: "127.0.0.1", port: server.localAddress!.port!))
+    }
+
+    static func relayFrame(_ frame: RelayFrame) -> [UInt8] {
+        var buffer = ByteBuffer()
+        frame.encode(into: &buffer)
+        return Array(buffer.readableBytesView)
+    }
+
+    static let relayInit = relayFrame(.initialize(magic: "iris-relay-magic", version: "v1.0-draft2"))
+
+    private final class Script: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        var steps: [Step]
+        var received = 0
+
+        init(steps: [Step]) { self.steps = steps }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            received += unwrapInboundIn(data).readableBytes
+            while let step = steps.first, received >= step.after {
+                steps.removeFirst()
+                if !step.send.isEmpty {
+                    context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: step.send)), promise: nil)
+                }
+                if step.close {
+                    context.close(promise: nil)
+                    return
+                }
+            }
+        }
+
+        typealias OutboundOut = ByteBuffer
+    }
+}
+
+@Suite("Binding against bad relays", .timeLimit(.minutes(1)))
+struct BadRelayTests {
+    @Test func denyBecomesDenied() async throws {
+        let reason = "Unsupported protocol. Client: v1.0-draft2. Relay: v0.9."
+        try await FakeRelay.run([
+            .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: reason)), close: true)
+        ]) { endpoint in
+            let outcome = await error { try await Skein.connect(to: endpoint) }
+            #expect(outcome as? SkeinError == .denied(reason))
+            // A member is refused the same way.
+            let member = await error { try await Skein.serve(cluster: "x", to: endpoint, request: { $0.body }) }
+            #expect(member as? SkeinError == .denied(reason))
+        }
+    }
+
+    @Test func denyWithoutClosingStillFailsTheHandshake() async throws {
+        try await FakeRelay.run([
+            .init(after: 1, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: "go away")))
+        ]) { endpoint in
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            #expect(outcome as? SkeinError == .denied("go away"))
+        }
+    }
+
+    @Test(arguments: [
+        ("HTTP/1.1 400 Bad Request\r\n\r\n", "text instead of frames"),
+        ("\u{7f}\u{7f}\u{7f}", "unknown opcode"),
+    ])
+    func garbageInsteadOfInitIsAProtocolViolation(garbage: String, what: String) async throws {
+        try await FakeRelay.run([.init(after: 1, send: Array(garbage.utf8))]) { endpoint in
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            guard case .protocolViolation? = outcome as? SkeinError else {
+                Issue.record("\(what): expected protocolViolation, got \(String(describing: outcome))")
+                return
+            }
+        }
+    }
+
+    @Test func wrongMagicIsAProtocolViolation() async throws {
+        try await FakeRelay.run([
+            .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayFrame(.initialize(magic: "not-iris-magic", version: "v1.0-draft2")))
+        ]) { endpoint in
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            guard case .protocolViolation? = outcome as? SkeinError else {
+                Issue.record("expected protocolViolation, got \(String(describing: outcome))")
+                return
+            }
+        }
+    }
+
+    @Test func frameBeforeInitIsAProtocolViolation() async throws {
+        try await FakeRelay.run([
+            .init(after: 1, send: FakeRelay.relayFrame(.reply(id: 0, outcome: .timedOut)))
+        ]) { endpoint in
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            guard case .protocolViolation? = outcome as? SkeinError else {
+                Issue.record("expected protocolViolation, got \(String(describing: outcome))")
+                return
+            }
+        }
+    }
+
+    @Test func garbageAfterTheHandshakeFailsPendingCalls() async throws {
+        try await FakeRelay.run([
+            .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayInit),
+            // The first request: answer with an invalid bool in a REPLY.
+            .init(after: FakeRelay.clientInitSize + 1, send: [0x05, 0x00, 0x07]),
+        ]) { endpoint in
+            let connection = try await Skein.connect(to: endpoint)
+            let outcome = try await within(.seconds(10), "the request") {
+                await error { try await connection.request(cluster: "echo", "hi", timeout: .seconds(30)) }
+            }
+            guard case .protocolViolation? = outcome as? SkeinError else {
+                Issue.record("expected protocolViolation, got \(String(describing: outcome))")
+                return
+            }
+            // The connection is gone; later calls fail the same way, at once.
+            let later = await error { try await connection.request(cluster: "echo", "again", timeout: .seconds(30)) }
+            #expect(later as? SkeinError == outcome as? SkeinError)
+            #expect(!(await connection.waitUntilClosed()).isEmpty)
+        }
+    }
+
+    @Test func silentServerTimesOutTheHandshake() async throws {
+        try await FakeRelay.run([]) { endpoint in
+            var impatient = ConnectionOptions()
+            impatient.handshakeTimeout = .milliseconds(300)
+            let options = impatient
+            let start = ContinuousClock.now
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: options) } }
+            guard case .cannotConnect? = outcome as? SkeinError else {
+                Issue.record("expected cannotConnect, got \(String(describing: outcome))")
+                return
+            }
+            #expect(ContinuousClock.now - start >= .milliseconds(290))
+        }
+    }
+
+    @Test func serverClosingDuringTheHandshakeFailsConnect() async throws {
+        try await FakeRelay.run([.init(after: 1, send: [], close: true)]) { endpoint in
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            #expect(outcome is SkeinError, "got \(String(describing: outcome))")
+        }
+    }
+
+    @Test func nothingListening() async throws {
+        // Bind a port, then close it, so nothing listens there.
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = server.localAddress!.port!
+        try await server.close()
+        let outcome = await error { try await Skein.connect(to: .tcp(host: "127.0.0.1", port: port)) }
+        guard case .cannotConnect? = outcome as? SkeinError else {
+            Issue.record("expected cannotConnect, got \(String(describing: outcome))")
+            return
+        }
+    }
+}

@@ -1,0 +1,125 @@
+import NIOCore
+import Skein
+import Testing
+
+@Suite("Failures", .timeLimit(.minutes(1)))
+struct FailureTests {
+    @Test func memberLeavingMidRequestGivesExactlyOneAnswerAtTheDeadline() async throws {
+        try await TestRelay.run { relay in
+            let started = Gate()
+            let leaving = try await relay.serve("flaky") { _ in
+                started.open()
+                try await Task.sleep(for: .seconds(60))
+                return ByteBuffer(string: "never")
+            }
+            let client = try await relay.connect()
+            let begin = ContinuousClock.now
+            let call = Task { try await client.request(cluster: "flaky", "work", timeout: .milliseconds(800)) }
+            try await within(.seconds(5), "the member to start") { await started.wait() }
+
+            // A second member joins, then the first leaves. The request was handed over already,
+            // so it is not re-sent to the newcomer (at most once): the caller times out.
+            let secondGot = Shared(0)
+            _ = try await relay.serve("flaky") { request in
+                secondGot.update { $0 += 1 }
+                return request.body
+            }
+            try await leaving.close()
+            let outcome = try await within(.seconds(5), "the caller's answer") { await error { try await call.value } }
+            #expect(outcome as? SkeinError == .timedOut)
+            #expect(ContinuousClock.now - begin >= .milliseconds(790), "the answer comes at the deadline")
+            #expect(secondGot.value == 0, "the request was not handed to a second member")
+            // The caller's connection carries on: the remaining member serves the next request.
+            #expect(try await client.request(cluster: "flaky", "next", timeout: .seconds(5)).text == "next")
+            #expect(secondGot.value == 1)
+        }
+    }
+
+    @Test func relayShuttingDownFailsPendingCallsWithItsReason() async throws {
+        try await TestRelay.run { relay in
+            _ = try await relay.serve("stuck") { _ in
+                try await Task.sleep(for: .seconds(60))
+                return ByteBuffer()
+            }
+            let client = try await relay.connect()
+            let subscription = try await client.subscribe(topic: "news")
+            let handedOver = Task { try await client.request(cluster: "stuck", "a", timeout: .seconds(30)) }
+            let waiting = Task { try await client.request(cluster: "nobody", "b", timeout: .seconds(30)) }
+            let events = Task {
+                var count = 0
+                for try await _ in subscription { count += 1 }
+                return count
+            }
+            try await client.barrier()
+            #expect(await relay.pendingRequests == 2)
+
+            await relay.shutDown()
+
+            for call in [handedOver, waiting] {
+                let outcome = try await within(.seconds(10), "a pending call to fail") { await error { try await call.value } }
+                #expect(outcome as? SkeinError == .connectionClosed(reason: "relay shutting down"))
+            }
+            let ended = try await within(.seconds(5), "the subscription to end") { await error { try await events.value } }
+            #expect(ended as? SkeinError == .connectionClosed(reason: "relay shutting down"))
+            #expect(await client.waitUntilClosed() == "relay shutting down")
+            // Later calls fail at once with the same error.
+            let later = await error { try await client.request(cluster: "stuck", "c", timeout: .seconds(5)) }
+            #expect(later as? SkeinError == .connectionClosed(reason: "relay shutting down"))
+            let publish = await error { try await client.publish(topic: "news", "x") }
+            #expect(publish as? SkeinError == .connectionClosed(reason: "relay shutting down"))
+        }
+    }
+
+    @Test func gracefulCloseFailsPendingCallsAndLaterCalls() async throws {
+        try await TestRelay.run { relay in
+            let client = try await relay.connect()
+            let waiting = Task { try await client.request(cluster: "nobody", "b", timeout: .seconds(30)) }
+            try await client.barrier()
+            try await within(.seconds(5), "close") { try await client.close() }
+            let outcome = try await within(.seconds(5), "the pending call") { await error { try await waiting.value } }
+            guard case .connectionClosed? = outcome as? SkeinError else {
+                Issue.record("expected connectionClosed, got \(String(describing: outcome))")
+                return
+            }
+            let later = await error { try await client.request(cluster: "nobody", "c", timeout: .seconds(5)) }
+            guard case .connectionClosed? = later as? SkeinError else {
+                Issue.record("expected connectionClosed, got \(String(describing: later))")
+                return
+            }
+            #expect(await client.waitUntilClosed() == "")
+            try await client.close()  // a second close is a no-op
+            await eventually("the relay to forget the connection") { await relay.connectionCount == 0 }
+        }
+    }
+
+    @Test func memberLeavingWhileRequestsQueueUpDoesNotLoseOtherMembersWork() async throws {
+        // Members come and go while callers keep asking: every call gets exactly one answer.
+        try await TestRelay.run { relay in
+            _ = try await relay.serve("churn") { $0.body }
+            let client = try await relay.connect()
+            let answers = Task {
+                try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for i in 0..<400 {
+                        group.addTask {
+                            do {
+                                return try await client.request(cluster: "churn", "\(i)", timeout: .seconds(2)).text == "\(i)"
+                            } catch SkeinError.timedOut {
+                                return true  // handed to a member that left: a timeout is the one answer
+                            }
+                        }
+                    }
+                    return try await group.allSatisfy { $0 }
+                }
+            }
+            for _ in 0..<5 {
+                let member = try await relay.serve("churn") { request in
+                    try? await Task.sleep(for: .milliseconds(2))
+                    return request.body
+                }
+                try await Task.sleep(for: .milliseconds(20))
+                try await member.close()
+            }
+            #expect(try await within(.seconds(20), "every answer") { try await answers.value })
+        }
+    }
+}
