@@ -215,6 +215,77 @@ struct BroadcastPublishTests {
         }
     }
 
+    @Test func publisherWaitsForASubscriberThatDoesNotRead() async throws {
+        // Memory stays bounded end to end: the subscriber's binding stops reading, the relay's
+        // output to it fills and pauses the publisher, and `publish` then waits.
+        try await TestRelay.run { relay in
+            var options = ConnectionOptions()
+            options.receiveBuffer = 4
+            let subscriber = try await relay.connect(options: options)
+            let publisher = try await relay.connect()
+            let subscription = try await subscriber.subscribe(topic: "flood")
+            try await subscriber.barrier()
+            let eventSize = 64 << 10
+            let events = 2_048  // 128 MiB if nothing held the publisher back
+            let published = Shared(0)
+            let flood = Task {
+                for i in 0..<events {
+                    var event = ByteBuffer(repeating: 0, count: eventSize)
+                    event.setInteger(UInt32(i), at: 0)
+                    try await publisher.publish(topic: "flood", event)
+                    published.update { $0 += 1 }
+                }
+            }
+            // Wait until the publisher stops making progress, then check how far it got.
+            var last = -1
+            await eventually("the publisher to be held back") {
+                let now = published.value
+                defer { last = now }
+                if now == events { return true }
+                if now == last, now > 0 {
+                    try? await Task.sleep(for: .milliseconds(200))
+                    return published.value == now
+                }
+                try? await Task.sleep(for: .milliseconds(50))
+                return false
+            }
+            let heldAt = published.value
+            #expect(heldAt < events, "publish waited instead of buffering everything")
+            #expect(heldAt * eventSize < 80 << 20, "held back after \(heldAt * eventSize) bytes")
+
+            // The subscriber catches up: everything arrives, in order, and the publisher finishes.
+            var next = 0
+            for try await event in subscription {
+                #expect(event.getInteger(at: 0, as: UInt32.self) == UInt32(next))
+                next += 1
+                if next == events { break }
+            }
+            try await within(.seconds(10), "the publisher") { try await flood.value }
+            #expect(next == events)
+        }
+    }
+
+    @Test func slowBroadcastHandlerGetsEverythingInOrder() async throws {
+        try await TestRelay.run { relay in
+            var options = ConnectionOptions()
+            options.receiveBuffer = 4
+            let got = Shared<[Int]>([])
+            _ = try await relay.serve(
+                "slow", options: options, request: { $0.body },
+                broadcast: { message in
+                    let n = Int(message.text)!
+                    if n % 50 == 0 { try? await Task.sleep(for: .milliseconds(10)) }
+                    got.update { $0.append(n) }
+                })
+            let client = try await relay.connect()
+            for i in 0..<1_000 { try await client.broadcast(cluster: "slow", "\(i)") }
+            await eventually("every broadcast") { got.value.count == 1_000 }
+            #expect(got.value == Array(0..<1_000))
+            // The member still answers requests afterwards.
+            #expect(try await client.request(cluster: "slow", "ok", timeout: .seconds(5)).text == "ok")
+        }
+    }
+
     @Test func iteratingASubscriptionAgainEndsAtOnceInsteadOfCrashing() async throws {
         try await TestRelay.run { relay in
             let connection = try await relay.connect()

@@ -50,8 +50,7 @@ struct FailureTests {
                 for try await _ in subscription { count += 1 }
                 return count
             }
-            try await client.barrier()
-            #expect(await relay.pendingRequests == 2)
+            await eventually("the relay to hold both requests") { await relay.pendingRequests == 2 }
 
             await relay.shutDown()
 
@@ -74,7 +73,7 @@ struct FailureTests {
         try await TestRelay.run { relay in
             let client = try await relay.connect()
             let waiting = Task { try await client.request(cluster: "nobody", "b", timeout: .seconds(30)) }
-            try await client.barrier()
+            await eventually("the relay to hold the request") { await relay.pendingRequests == 1 }
             try await within(.seconds(5), "close") { try await client.close() }
             let outcome = try await within(.seconds(5), "the pending call") { await error { try await waiting.value } }
             guard case .connectionClosed? = outcome as? SkeinError else {

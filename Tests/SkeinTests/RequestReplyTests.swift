@@ -104,9 +104,8 @@ struct RequestReplyTests {
         try await TestRelay.run { relay in
             let client = try await relay.connect()
             let call = Task { try await client.request(cluster: "late", "are you there?", timeout: .seconds(10)) }
-            // Once the barrier returns, the relay holds the request with no member to take it.
-            try await client.barrier()
-            #expect(await relay.pendingRequests == 1)
+            // The relay holds the request with no member to take it.
+            await eventually("the relay to hold the request") { await relay.pendingRequests == 1 }
             _ = try await relay.serve("late") { request in ByteBuffer(string: "yes: " + request.body.text) }
             let reply = try await within(.seconds(10), "the waiting request") { try await call.value }
             #expect(reply.text == "yes: are you there?")
@@ -208,7 +207,8 @@ struct RequestReplyTests {
             let first = Task { try await client.request(cluster: "single", "first", timeout: .seconds(10)) }
             await eventually("the first request to run") { seen.value["first"] != nil }
             let second = Task { try await client.request(cluster: "single", "second", timeout: .seconds(4)) }
-            try await client.barrier()  // the relay has handed "second" over; the member queues it
+            // The relay has "second" (and hands it straight over); the member queues it.
+            await eventually("the relay to hold both requests") { await relay.pendingRequests == 2 }
             try await Task.sleep(for: .milliseconds(1500))
             release.open()
             #expect(try await first.value.text == "first")

@@ -16,6 +16,9 @@ struct TunnelTests {
             await done.wait()
         }
 
+        /// Forgets the tunnels accepted so far.
+        func reset() { tunnels.update { $0 = [] } }
+
         func first(sourceLocation: SourceLocation = #_sourceLocation) async throws -> Tunnel {
             await eventually("the member to accept the tunnel", sourceLocation: sourceLocation) { !tunnels.value.isEmpty }
             return try #require(tunnels.value.first, sourceLocation: sourceLocation)
@@ -230,6 +233,7 @@ struct TunnelTests {
         try await TestRelay.run { relay in
             let client = try await relay.connect()
             let opening = Task { try await client.tunnel(cluster: "later", timeout: .seconds(10)) }
+            await eventually("the binding to start the build") { client.tunnelsInProgress == 1 }
             try await client.barrier()
             opening.cancel()
             let outcome = try await within(.seconds(5), "the cancelled build") { await error { try await opening.value } }
@@ -257,6 +261,30 @@ struct TunnelTests {
             try await member.send("y")
             let got = try await within(.seconds(5), "both receivers") { [try await a.value, try await b.value] }
             #expect(Set(got.compactMap { $0 }) == ["x", "y"])
+            accepted.done.open()
+        }
+    }
+
+    @Test func bothSidesClosingAtOnce() async throws {
+        try await TestRelay.run { relay in
+            let accepted = Accepted()
+            _ = try await relay.serve("pair", tunnel: accepted.handle)
+            let client = try await relay.connect()
+            for _ in 0..<20 {
+                let tunnel = try await client.tunnel(cluster: "pair", timeout: .seconds(5))
+                try await tunnel.send("x")
+                let member = try await accepted.first()
+                #expect(try await member.receive()?.text == "x")
+                let a = Task { try await tunnel.close() }
+                let b = Task { try await member.close() }
+                try await within(.seconds(5), "both closes") {
+                    try await a.value
+                    try await b.value
+                }
+                #expect(try await tunnel.receive() == nil)
+                #expect(try await member.receive() == nil)
+                accepted.reset()
+            }
             accepted.done.open()
         }
     }
@@ -334,6 +362,8 @@ struct TunnelTests {
             #expect(ContinuousClock.now - start >= .milliseconds(190))
             // A member that joins before the deadline gets it.
             let late = Task { try await client.tunnel(cluster: "late", timeout: .seconds(10)) }
+            // Once the binding has queued TUNNEL INIT, a barrier behind it means the relay holds it.
+            await eventually("the binding to start the build") { client.tunnelsInProgress == 1 }
             try await client.barrier()
             let accepted = Accepted()
             _ = try await relay.serve("late", tunnel: accepted.handle)

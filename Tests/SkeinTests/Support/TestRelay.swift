@@ -2,7 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import ServiceLifecycle
-import Skein
+@testable import Skein
 import SkeinRelay
 import Testing
 
@@ -185,6 +185,9 @@ func error<T>(from operation: () async throws -> T) async -> (any Error)? {
 }
 
 extension SkeinConnection {
+    /// Tunnels this binding is building or has open (internal state, for ordering tests).
+    var tunnelsInProgress: Int { shared.withLockedValue { $0.tunnels.count } }
+
     /// Returns once the relay has processed every frame this connection sent before, and this
     /// binding has read every frame the relay sent it before: a request with timeout 0 is
     /// answered by the relay at once, in order with everything else.
