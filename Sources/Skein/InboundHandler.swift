@@ -25,6 +25,9 @@ final class InboundHandler: ChannelInboundHandler {
     private var broadcastFeed: EventFeed?
     private var pausedFeeds: Set<ObjectIdentifier> = []
     private var reading = true
+    /// This side sent CLOSE: read everything from now on, full feeds or not, so the relay's
+    /// answer and end of stream get through (a paused connection would never see them).
+    private var closing = false
     private var channel: (any Channel)?
     private let relay: RelayEndpoint
     private var handshakeTimer: Scheduled<Void>?
@@ -185,8 +188,14 @@ final class InboundHandler: ChannelInboundHandler {
         updateReading()
     }
 
+    /// The application called `close()`.
+    func closeRequested() {
+        closing = true
+        updateReading()
+    }
+
     private func updateReading() {
-        let want = pausedFeeds.isEmpty && queuedRequests.count < connection.options.maxConcurrentHandlers
+        let want = closing || (pausedFeeds.isEmpty && queuedRequests.count < connection.options.maxConcurrentHandlers)
         guard want != reading, let channel else { return }
         reading = want
         try? channel.syncOptions?.setOption(.autoRead, value: want)

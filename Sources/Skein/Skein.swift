@@ -62,7 +62,12 @@ public enum RelayEndpoint: Sendable, Hashable, CustomStringConvertible {
             (0...65535).contains(port)
         else { return nil }
         var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            host = String(host.dropFirst().dropLast())
+        } else if host.contains(":") {
+            // A bare IPv6 address ("::1", "fe80::1:80") is ambiguous: its last group is not a port.
+            return nil
+        }
         guard !host.isEmpty else { return nil }
         self = .tcp(host: host, port: port)
     }

@@ -200,6 +200,8 @@ public final class SkeinConnection: Sendable {
         }
         if sent {
             // The relay answers `02 00` and closes; if it does not, stop waiting after a while.
+            // The answer queues behind whatever the relay already sent us, so stop holding back.
+            channel.eventLoop.execute { self.inbound?.closeRequested() }
             let channel = self.channel
             let giveUp = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
             try? await channel.closeFuture.get()

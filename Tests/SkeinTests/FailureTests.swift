@@ -69,6 +69,97 @@ struct FailureTests {
         }
     }
 
+    @Test func relayShuttingDownFailsOpenTunnels() async throws {
+        try await TestRelay.run { relay in
+            let memberSide = Shared<Tunnel?>(nil)
+            let done = Gate()
+            _ = try await relay.serve("t", tunnel: { tunnel in
+                memberSide.update { $0 = tunnel }
+                await done.wait()
+            })
+            let client = try await relay.connect()
+            let tunnel = try await client.tunnel(cluster: "t", timeout: .seconds(5))
+            await eventually("the member's side") { memberSide.value != nil }
+            let pending = Task { try await tunnel.receive() }
+            await relay.shutDown()
+            let outcome = try await within(.seconds(10), "the tunnel to fail") { await error { try await pending.value } }
+            switch outcome as? SkeinError {
+            case .tunnelClosed(let reason)?, .connectionClosed(let reason)?:
+                #expect(reason.contains("relay shutting down"), "reason: \(reason)")
+            default:
+                Issue.record("expected the tunnel to fail with the relay's reason, got \(String(describing: outcome))")
+            }
+            let memberOutcome = await error { try await memberSide.value!.receive() }
+            #expect(memberOutcome is SkeinError)
+            done.open()
+        }
+    }
+
+    @Test func relayClosesASubscriberThatNeverReadsAndThePublisherCarriesOn() async throws {
+        try await TestRelay.run({ $0.settings.slowConsumerTimeout = .milliseconds(500) }) { relay in
+            var options = ConnectionOptions()
+            options.receiveBuffer = 2
+            let stuck = try await relay.connect(options: options)
+            let publisher = try await relay.connect()
+            let subscription = try await stuck.subscribe(topic: "firehose")
+            try await stuck.barrier()
+            let flood = Task {
+                for i in 0..<1_024 {
+                    var event = ByteBuffer(repeating: 0, count: 64 << 10)
+                    event.setInteger(UInt32(i), at: 0)
+                    try await publisher.publish(topic: "firehose", event)
+                }
+            }
+            // The relay ends the subscriber's connection; the publisher is released and finishes.
+            try await within(.seconds(20), "the publisher") { try await flood.value }
+            await eventually("the relay to drop the subscriber") { await relay.connectionCount == 1 }
+            try await publisher.barrier()
+            // The stalled binding is not reading, so it learns of the end only when its consumer
+            // catches up: the events that made it through, then the failure.
+            let ended = try await within(.seconds(10), "the subscription to end") {
+                await error { for try await _ in subscription {} }
+            }
+            guard case .connectionClosed? = ended as? SkeinError else {
+                Issue.record("expected connectionClosed, got \(String(describing: ended))")
+                return
+            }
+            #expect(!(await stuck.waitUntilClosed()).isEmpty)
+        }
+    }
+
+    @Test func closeIsPromptEvenWhileASubscriptionIsStalled() async throws {
+        try await TestRelay.run { relay in
+            var options = ConnectionOptions()
+            options.receiveBuffer = 2
+            let stalled = try await relay.connect(options: options)
+            let publisher = try await relay.connect()
+            let subscription = try await stalled.subscribe(topic: "pile")
+            try await stalled.barrier()
+            // More than one read's worth (the binding reads at most 1 MiB at a time), less than
+            // the relay holds for a connection before it pauses the publisher.
+            for _ in 0..<128 { try await publisher.publish(topic: "pile", ByteBuffer(repeating: 1, count: 64 << 10)) }
+            try await publisher.barrier()
+            // The binding stopped reading: its feed is full and nobody iterates.
+            await eventually("the binding to stop reading") { await !stalled.isReading }
+            let start = ContinuousClock.now
+            try await within(.seconds(10), "close") { try await stalled.close() }
+            #expect(ContinuousClock.now - start < .seconds(2), "close waited for the relay's answer it was not reading")
+            // What was delivered can still be read, then the subscription ends.
+            var count = 0
+            let end = await error { for try await _ in subscription { count += 1 } }
+            if let end {
+                #expect(end as? SkeinError == .connectionClosed(reason: "connection to the relay lost"))
+            }
+            // The spec: on CLOSE the relay "finishes delivering what it already accepted for that
+            // connection, answers 02 00, and closes". The relay closes its socket with output
+            // still pending, which drops the tail of the events and its answer.
+            withKnownIssue("relay: graceful close discards pending output (events and 02 00)", isIntermittent: true) {
+                #expect(end == nil, "the close was graceful")
+                #expect(count == 128, "everything the relay accepted before the close is delivered")
+            }
+        }
+    }
+
     @Test func gracefulCloseFailsPendingCallsAndLaterCalls() async throws {
         try await TestRelay.run { relay in
             let client = try await relay.connect()

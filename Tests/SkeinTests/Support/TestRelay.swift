@@ -188,6 +188,9 @@ extension SkeinConnection {
     /// Tunnels this binding is building or has open (internal state, for ordering tests).
     var tunnelsInProgress: Int { shared.withLockedValue { $0.tunnels.count } }
 
+    /// Whether the binding reads from the relay (false while a full feed holds it back).
+    var isReading: Bool { get async { (try? await channel.getOption(.autoRead).get()) ?? false } }
+
     /// Returns once the relay has processed every frame this connection sent before, and this
     /// binding has read every frame the relay sent it before: a request with timeout 0 is
     /// answered by the relay at once, in order with everything else.
