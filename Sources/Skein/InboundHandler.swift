@@ -287,9 +287,9 @@ final class InboundHandler: ChannelInboundHandler {
                 state.requests = [:]
                 state.tunnels = [:]
                 state.subscriptions = [:]
-                state.roomWaiters = []
+                state.roomWaiters = [:]
             }
-            return (state.requests, state.tunnels, state.subscriptions, state.roomWaiters)
+            return (state.requests, state.tunnels, state.subscriptions, Array(state.roomWaiters.values))
         }
         for (_, waiter) in requests { waiter.resume(throwing: error) }
         for (_, tunnel) in tunnels { tunnel.fail(error) }

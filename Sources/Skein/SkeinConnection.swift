@@ -248,15 +248,26 @@ public final class SkeinConnection: Sendable {
         }
     }
 
+    /// Waits while the output is above its high-water mark. Cancellable: the frame is queued
+    /// already, only the waiting ends (a publisher held back by a stalled subscriber can stop).
     func waitForRoom() async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let result = shared.withLockedValue { state -> Result<Void, SkeinError>? in
-                if let failure = state.failure { return .failure(failure) }
-                if state.hasRoom(options.sendBufferHighWater) { return .success(()) }
-                state.roomWaiters.append(continuation)
-                return nil
+        let key = shared.withLockedValue { state in
+            defer { state.nextRoomWaiterKey += 1 }
+            return state.nextRoomWaiterKey
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let result = shared.withLockedValue { state -> Result<Void, any Error>? in
+                    if let failure = state.failure { return .failure(failure) }
+                    if state.hasRoom(options.sendBufferHighWater) { return .success(()) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.roomWaiters[key] = continuation
+                    return nil
+                }
+                if let result { continuation.resume(with: result) }
             }
-            if let result { continuation.resume(with: result) }
+        } onCancel: {
+            shared.withLockedValue { $0.roomWaiters.removeValue(forKey: key) }?.resume(throwing: CancellationError())
         }
     }
 
@@ -294,7 +305,8 @@ struct SharedState {
     var outbox: ByteBuffer
     var flushScheduled = false
     var channelWritable = true
-    var roomWaiters: [CheckedContinuation<Void, any Error>] = []
+    var roomWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+    var nextRoomWaiterKey: UInt64 = 0
     var failure: SkeinError?
     var closeSent = false
     var nextRequestID: UInt64 = 0
@@ -314,7 +326,7 @@ struct SharedState {
 
     mutating func takeRoomWaiters(_ highWater: Int) -> [CheckedContinuation<Void, any Error>] {
         guard hasRoom(highWater), !roomWaiters.isEmpty else { return [] }
-        defer { roomWaiters = [] }
-        return roomWaiters
+        defer { roomWaiters = [:] }
+        return Array(roomWaiters.values)
     }
 }

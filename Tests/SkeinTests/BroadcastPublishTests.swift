@@ -265,6 +265,40 @@ struct BroadcastPublishTests {
         }
     }
 
+    @Test func publisherHeldBackCanBeCancelled() async throws {
+        try await TestRelay.run { relay in
+            var options = ConnectionOptions()
+            options.receiveBuffer = 2
+            let subscriber = try await relay.connect(options: options)
+            let publisher = try await relay.connect()
+            let subscription = try await subscriber.subscribe(topic: "jam")
+            try await subscriber.barrier()
+            let published = Shared(0)
+            let flood = Task {
+                while true {
+                    try await publisher.publish(topic: "jam", ByteBuffer(repeating: 9, count: 64 << 10))
+                    published.update { $0 += 1 }
+                }
+            }
+            // Held back: no progress for a while.
+            var last = -1
+            await eventually("the publisher to be held back") {
+                let now = published.value
+                defer { last = now }
+                guard now == last, now > 0 else {
+                    try? await Task.sleep(for: .milliseconds(50))
+                    return false
+                }
+                try? await Task.sleep(for: .milliseconds(200))
+                return published.value == now
+            }
+            flood.cancel()
+            let outcome = try await within(.seconds(2), "the cancelled publisher") { await error { try await flood.value } }
+            #expect(outcome is CancellationError)
+            _ = subscription
+        }
+    }
+
     @Test func slowBroadcastHandlerGetsEverythingInOrder() async throws {
         try await TestRelay.run { relay in
             var options = ConnectionOptions()
