@@ -35,6 +35,44 @@ struct FailureTests {
         }
     }
 
+    @Test func memberSocketDyingMidRequestAndMidTunnel() async throws {
+        // No CLOSE frame: the member's socket just goes away.
+        try await TestRelay.run { relay in
+            let started = Gate()
+            let tunnelOpen = Gate()
+            let member = try await relay.serve(
+                "doomed",
+                request: { _ in
+                    started.open()
+                    try await Task.sleep(for: .seconds(60))
+                    return ByteBuffer()
+                },
+                tunnel: { _ in
+                    tunnelOpen.open()
+                    try? await Task.sleep(for: .seconds(60))
+                })
+            let client = try await relay.connect()
+            let tunnel = try await client.tunnel(cluster: "doomed", timeout: .seconds(5))
+            try await within(.seconds(5), "the member's tunnel") { await tunnelOpen.wait() }
+            let begin = ContinuousClock.now
+            let call = Task { try await client.request(cluster: "doomed", "x", timeout: .milliseconds(600)) }
+            try await within(.seconds(5), "the member to start") { await started.wait() }
+
+            member.abort()
+
+            let receive = try await within(.seconds(5), "the tunnel to fail") { await error { try await tunnel.receive() } }
+            guard case .tunnelClosed(let reason)? = receive as? SkeinError, !reason.isEmpty else {
+                Issue.record("expected tunnelClosed with a reason, got \(String(describing: receive))")
+                return
+            }
+            let outcome = try await within(.seconds(5), "the caller's answer") { await error { try await call.value } }
+            #expect(outcome as? SkeinError == .timedOut)
+            #expect(ContinuousClock.now - begin >= .milliseconds(590))
+            let reason2 = await member.waitUntilClosed()
+            #expect(!reason2.isEmpty, "the member's own side reports the loss")
+        }
+    }
+
     @Test func relayShuttingDownFailsPendingCallsWithItsReason() async throws {
         try await TestRelay.run { relay in
             _ = try await relay.serve("stuck") { _ in

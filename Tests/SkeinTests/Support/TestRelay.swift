@@ -188,6 +188,9 @@ extension SkeinConnection {
     /// Tunnels this binding is building or has open (internal state, for ordering tests).
     var tunnelsInProgress: Int { shared.withLockedValue { $0.tunnels.count } }
 
+    /// Drops the socket without a CLOSE frame, as a crashed process would.
+    func abort() { channel.close(promise: nil) }
+
     /// Whether the binding reads from the relay (false while a full feed holds it back).
     var isReading: Bool { get async { (try? await channel.getOption(.autoRead).get()) ?? false } }
 
