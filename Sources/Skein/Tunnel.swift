@@ -7,8 +7,10 @@ import SkeinWire
 ///
 /// `send` splits a message into chunks and waits for the relay's allowance, so a fast sender
 /// never outruns the receiver by more than the windows. `receive` returns whole messages in
-/// order and returns allowance as the application consumes them. One task may send while
-/// another receives; concurrent sends on one tunnel are serialized.
+/// order and returns allowance as the application consumes them (and, for a message larger
+/// than the window, as its chunks arrive). Tasks may send and receive concurrently: sends on one
+/// tunnel are serialized, receivers are served in turn. Waiting sends and receives are
+/// cancellable; a send cancelled mid-message leaves a partial message the receiver discards.
 public final class Tunnel: AsyncSequence, Sendable {
     public typealias Element = ByteBuffer
     public typealias Failure = any Error
