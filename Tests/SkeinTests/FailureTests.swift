@@ -189,12 +189,9 @@ struct FailureTests {
                 #expect(end as? SkeinError == .connectionClosed(reason: "connection to the relay lost"))
             }
             // The spec: on CLOSE the relay "finishes delivering what it already accepted for that
-            // connection, answers 02 00, and closes". The relay closes its socket with output
-            // still pending, which drops the tail of the events and its answer.
-            withKnownIssue("relay: graceful close discards pending output (events and 02 00)", isIntermittent: true) {
-                #expect(end == nil, "the close was graceful")
-                #expect(count == 128, "everything the relay accepted before the close is delivered")
-            }
+            // connection, answers 02 00, and closes".
+            #expect(end == nil, "the close was graceful")
+            #expect(count == 128, "everything the relay accepted before the close is delivered")
         }
     }
 

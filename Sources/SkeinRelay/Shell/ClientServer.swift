@@ -204,10 +204,8 @@ public final class ClientServer: @unchecked Sendable {
                 }
                 frame.encode(into: &client.outbox)
             case .disconnect(let id):
-                guard let client = clients[id], !client.isClosed else { continue }
-                client.isClosing = true
-                client.flush()
-                client.channel.close(promise: nil)
+                guard let client = clients[id], !client.isClosed, !client.isClosing else { continue }
+                client.closeAfterWrites(within: configuration.settings.slowConsumerTimeout)
             case .pauseReading(let id):
                 clients[id]?.setReading(false)
             case .resumeReading(let id):
@@ -294,6 +292,22 @@ final class ClientChannel {
         let buffer = outbox
         outbox = channel.allocator.buffer(capacity: min(max(buffer.readableBytes, 1024), 1 << 16))
         channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    /// Closes once everything queued has been written (the spec's graceful close: deliver what
+    /// was accepted, then `02`), or after `limit` if the peer does not read it.
+    func closeAfterWrites(within limit: TimeAmount) {
+        isClosing = true
+        setReading(false)
+        isDirty = false
+        let channel = self.channel
+        let giveUp = channel.eventLoop.scheduleTask(in: limit) { channel.close(promise: nil) }
+        // An empty write completes after every earlier write, so this also waits for them.
+        channel.writeAndFlush(outbox).whenComplete { _ in
+            giveUp.cancel()
+            channel.close(promise: nil)
+        }
+        outbox = channel.allocator.buffer(capacity: 0)
     }
 
     func setReading(_ on: Bool) {
