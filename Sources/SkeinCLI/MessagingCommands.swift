@@ -85,13 +85,18 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Exit after this many events.") var count: Int?
     @Flag(name: .long, help: "Do not add a newline after each event.") var raw = false
 
+    func validate() throws {
+        if let count, count <= 0 { throw ValidationError("--count must be positive") }
+    }
+
     func run() async throws {
         do {
             let connection = try await client.connect()
             let subscription = try await connection.subscribe(topic: topic)
-            printError("ready")
+            // The trap first: `ready` promises that SIGINT/SIGTERM now end the command gracefully.
             let stop = SignalTrap.onInterrupt { Task { try? await connection.close() } }
             defer { stop.cancel() }
+            printError("ready")
             var received = 0
             for try await event in subscription {
                 writeStdout(event)

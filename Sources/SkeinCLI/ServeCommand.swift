@@ -38,9 +38,10 @@ struct ServeCommand: AsyncParsableCommand {
             : CommandHandler(command: command, printBroadcasts: printBroadcasts)
         do {
             let connection = try await Skein.serve(cluster: cluster, to: client.endpoint, options: options, handler: handler)
-            printError("ready")
+            // The trap first: `ready` promises that SIGINT/SIGTERM now leave the cluster gracefully.
             let stop = SignalTrap.onInterrupt { Task { try? await connection.close() } }
             defer { stop.cancel() }
+            printError("ready")
             let reason = await connection.waitUntilClosed()
             if !reason.isEmpty {
                 throw SkeinError.connectionClosed(reason: reason)

@@ -2,29 +2,70 @@ import Dispatch
 import Foundation
 import NIOCore
 
-/// Runs `action` on SIGINT or SIGTERM instead of dying, until cancelled.
-final class SignalTrap: @unchecked Sendable {
-    // @unchecked: the sources are only touched at creation and in `cancel`.
-    private let sources: [any DispatchSourceSignal]
+/// The pipe's writing end for `SignalTrap`'s handler; set before the handler is installed.
+nonisolated(unsafe) private var signalTrapPipe: Int32 = -1
 
-    private init(sources: [any DispatchSourceSignal]) { self.sources = sources }
+/// Runs `action` on SIGINT or SIGTERM instead of dying, until cancelled. One at a time.
+///
+/// A plain signal handler writes the signal's number to a pipe, and a thread of its own reads
+/// it and runs `action`. The handler is in place when `onInterrupt` returns, so a command may
+/// print `ready` right after and a signal sent then is never lost. (A DispatchSource is not:
+/// it needs the signal ignored first and registers later, on libdispatch's manager thread, and
+/// a signal that came in between was discarded; `skein subscribe` then never exited.)
+final class SignalTrap: @unchecked Sendable {
+    // @unchecked: the descriptors are constants; the reader thread owns `readEnd` after init.
+    private let writeEnd: Int32
+
+    private init(writeEnd: Int32) { self.writeEnd = writeEnd }
 
     static func onInterrupt(_ action: @escaping @Sendable () -> Void) -> SignalTrap {
-        let sources = [SIGINT, SIGTERM].map { signo -> any DispatchSourceSignal in
-            signal(signo, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
-            source.setEventHandler(handler: action)
-            source.resume()
-            return source
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { fatalError("pipe: \(String(cString: strerror(errno)))") }
+        let (readEnd, writeEnd) = (fds[0], fds[1])
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // A full pipe already holds a pending interrupt: the handler must never block.
+        _ = fcntl(writeEnd, F_SETFL, fcntl(writeEnd, F_GETFL) | O_NONBLOCK)
+        signalTrapPipe = writeEnd
+
+        Thread {
+            var byte: UInt8 = 0
+            while true {
+                let n = read(readEnd, &byte, 1)
+                if n == 1 { action(); continue }
+                if n < 0 && errno == EINTR { continue }
+                break  // cancelled: the writing end was closed
+            }
+            close(readEnd)
+        }.start()
+
+        var handler = sigaction()
+        #if canImport(Glibc)
+        handler.__sigaction_handler.sa_handler = signalTrapHandler
+        #else
+        handler.__sigaction_u.__sa_handler = signalTrapHandler
+        #endif
+        handler.sa_flags = SA_RESTART
+        sigemptyset(&handler.sa_mask)
+        for signo in [SIGINT, SIGTERM] {
+            sigaction(signo, &handler, nil)
         }
-        return SignalTrap(sources: sources)
+        return SignalTrap(writeEnd: writeEnd)
     }
 
     func cancel() {
-        for source in sources { source.cancel() }
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)
+        signalTrapPipe = -1
+        close(writeEnd)
     }
+}
+
+/// Async-signal-safe: one write(2), errno preserved.
+private func signalTrapHandler(_ signo: Int32) {
+    let saved = errno
+    var byte = UInt8(truncatingIfNeeded: signo)
+    _ = write(signalTrapPipe, &byte, 1)
+    errno = saved
 }
 
 /// Reads a file descriptor on a thread of its own (regular files and pipes alike) and hands
