@@ -116,8 +116,8 @@ final class Child: @unchecked Sendable {
     }
 
     /// Waits until the child's stderr contains `text`; fails early if the child exits first.
-    func waitForStderr(_ text: String, within limit: Duration = .seconds(10)) async throws {
-        try await waitUntil(within: limit, "\(text.debugDescription) on the stderr of \(name)") {
+    func waitForStderr(_ text: String, within limit: Duration = .seconds(10), polling: Duration = .milliseconds(10)) async throws {
+        try await waitUntil(within: limit, polling: polling, "\(text.debugDescription) on the stderr of \(name)") {
             if self.stderr.contains(text) { return true }
             if !self.process.isRunning, !self.stderr.contains(text) {
                 throw HarnessError("\(self.name) exited (status \(self.process.terminationStatus)) before printing \(text.debugDescription)\n\(self.report)")
@@ -144,14 +144,15 @@ final class Child: @unchecked Sendable {
     }
 
     private func waitUntil(
-        within limit: Duration, _ what: String, _ condition: @escaping @Sendable () throws -> Bool
+        within limit: Duration, polling: Duration = .milliseconds(10), _ what: String,
+        _ condition: @escaping @Sendable () throws -> Bool
     ) async throws {
         let deadline = ContinuousClock.now + limit
         while try !condition() {
             guard ContinuousClock.now < deadline else {
                 throw HarnessError("timed out after \(limit) waiting for \(what)\n\(report)")
             }
-            try await Task.sleep(for: .milliseconds(10))
+            try await Task.sleep(for: polling)
         }
     }
 }

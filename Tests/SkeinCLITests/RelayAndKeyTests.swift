@@ -138,6 +138,26 @@ struct RelayTests {
     }
 }
 
+@Suite("signals right after ready", .timeLimit(.minutes(1)))
+struct ReadySignalTests {
+    /// `ready` promises the signal handling is in place: a signal sent the moment it appears
+    /// must end the command gracefully (exit 0), never kill it (143) nor be lost (a hang).
+    @Test("subscribe and serve exit 0 on SIGTERM sent as soon as they print ready")
+    func signalRightAfterReady() async throws {
+        try await withScope { scope in
+            let relay = try await scope.startRelay()
+            for round in 0..<10 {
+                let command = round % 2 == 0 ? ["subscribe", "t"] : ["serve", "c", "--echo"]
+                let child = try scope.spawn(command + relay.flag)
+                try await child.waitForStderr("ready", polling: .milliseconds(1))
+                child.send(SIGTERM)
+                let status = try await child.waitForExit(within: .seconds(5))
+                #expect(status == 0, "round \(round): \(command[0]) exited \(status)")
+            }
+        }
+    }
+}
+
 private func mode(of path: String) throws -> mode_t {
     var info = stat()
     guard stat(path, &info) == 0 else { throw HarnessError("stat \(path): \(String(cString: strerror(errno)))") }
