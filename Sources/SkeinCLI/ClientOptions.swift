@@ -83,6 +83,11 @@ func writeStdout(_ buffer: ByteBuffer) {
     }
 }
 
+/// Refuses an empty cluster or topic name (the binding traps on an empty cluster to serve).
+func requireName(_ name: String, _ what: String) throws {
+    if name.isEmpty { throw ValidationError("the \(what) name must not be empty") }
+}
+
 /// Parses a millisecond duration option.
 func milliseconds(_ value: Int, _ name: String) throws -> Duration {
     guard value >= 0 else { throw ValidationError("\(name) must not be negative") }

@@ -14,6 +14,8 @@ struct RequestCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("How long the relay waits for an answer, in milliseconds.", valueName: "ms"))
     var timeout = 5000
 
+    func validate() throws { try requireName(cluster, "cluster") }
+
     func run() async throws {
         let timeout = try milliseconds(self.timeout, "--timeout")
         let body = messageBody(data)
@@ -42,6 +44,8 @@ struct BroadcastCommand: AsyncParsableCommand {
     @Argument(help: "The cluster.") var cluster: String
     @Argument(help: "The message; read from stdin when absent or '-'.") var data: String?
 
+    func validate() throws { try requireName(cluster, "cluster") }
+
     func run() async throws {
         let body = messageBody(data)
         do {
@@ -61,6 +65,8 @@ struct PublishCommand: AsyncParsableCommand {
     @OptionGroup var client: ClientOptions
     @Argument(help: "The topic.") var topic: String
     @Argument(help: "The event; read from stdin when absent or '-'.") var data: String?
+
+    func validate() throws { try requireName(topic, "topic") }
 
     func run() async throws {
         let body = messageBody(data)
@@ -86,6 +92,7 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Do not add a newline after each event.") var raw = false
 
     func validate() throws {
+        try requireName(topic, "topic")
         if let count, count <= 0 { throw ValidationError("--count must be positive") }
     }
 

@@ -23,6 +23,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Argument(parsing: .postTerminator, help: "The command to run for each request.") var command: [String] = []
 
     func validate() throws {
+        try requireName(cluster, "cluster")
         guard echo != !command.isEmpty else {
             throw ValidationError("give exactly one of --echo or -- CMD ARGS…")
         }

@@ -20,6 +20,8 @@ struct TunnelCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Idle time after end of stdin before closing, in milliseconds.", valueName: "ms"))
     var linger = 1000
 
+    func validate() throws { try requireName(cluster, "cluster") }
+
     func run() async throws {
         let timeout = try milliseconds(self.timeout, "--timeout")
         let linger = try milliseconds(self.linger, "--linger")

@@ -184,6 +184,20 @@ struct MessagingTests {
     }
 
     @Test(
+        "an empty cluster or topic name is a usage error (64), not a crash",
+        arguments: [
+            ["request", "", "x"], ["broadcast", "", "x"], ["publish", "", "x"], ["subscribe", ""],
+            ["serve", "", "--echo"], ["tunnel", ""],
+        ])
+    func emptyName(_ command: [String]) async throws {
+        try await withScope { scope in
+            let result = try await scope.run(command + ["--relay", "127.0.0.1:1"])
+            #expect(result.status == 64, "stderr: \(result.stderr)")
+            #expect(result.stderr.contains("must not be empty"), "stderr: \(result.stderr)")
+        }
+    }
+
+    @Test(
         "a client command against a port where nothing listens exits 4",
         arguments: [
             ["request", "c", "x"], ["broadcast", "c", "x"], ["publish", "t", "x"], ["subscribe", "t"],
