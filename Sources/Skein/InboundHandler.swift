@@ -24,6 +24,12 @@ final class InboundHandler: ChannelInboundHandler {
     private var queuedRequests: Deque<(id: UInt64, body: ByteBuffer, deadline: ContinuousClock.Instant)> = []
     private var broadcastFeed: EventFeed?
     private var pausedFeeds: Set<ObjectIdentifier> = []
+    /// Where handlers run: nil for the global executor, or this connection's event loop.
+    private var handlerExecutor: (any TaskExecutor)? {
+        connection.options.handlerExecution == .eventLoop ? connection.executor : nil
+    }
+    private var batchFeed: EventFeed?
+    private var batch: [ByteBuffer] = []
     private var reading = true
     /// This side sent CLOSE: read everything from now on, full feeds or not, so the relay's
     /// answer and end of stream get through (a paused connection would never see them).
@@ -79,6 +85,7 @@ final class InboundHandler: ChannelInboundHandler {
         } catch {
             violation("\(error)", context: context)
         }
+        flushBatch()
         if cumulation?.readableBytes == 0 {
             cumulation = nil
         } else if let index = cumulation?.readerIndex, index > 1 << 16 {
@@ -145,7 +152,7 @@ final class InboundHandler: ChannelInboundHandler {
         case .tunnelInit(let buildID, let chunkLimit):
             // A plain client never confirms; the relay times the build out.
             guard let handler, let tunnel = connection.acceptTunnel(buildID: buildID, chunkLimit: chunkLimit) else { return }
-            Task {
+            Task(executorPreference: handlerExecutor) {
                 await handler.handleTunnel(tunnel)
                 try? await tunnel.close()
             }
@@ -172,8 +179,20 @@ final class InboundHandler: ChannelInboundHandler {
 
     // MARK: - Inbound queues and backpressure
 
+    /// Events are handed to their feed in batches (consecutive events of one feed within one
+    /// read): one lock and at most one consumer wake-up per batch instead of per event.
     private func deliver(_ event: ByteBuffer, to feed: EventFeed) {
-        if feed.source.yield(event) == .stopProducing, !feed.isPaused {
+        if let batchFeed, batchFeed !== feed { flushBatch() }
+        batchFeed = feed
+        batch.append(event)
+    }
+
+    private func flushBatch() {
+        guard let feed = batchFeed else { return }
+        batchFeed = nil
+        let events = batch
+        batch.removeAll(keepingCapacity: true)
+        if feed.source.yield(contentsOf: events) == .stopProducing, !feed.isPaused {
             feed.isPaused = true
             pausedFeeds.insert(ObjectIdentifier(feed))
             updateReading()
@@ -209,7 +228,7 @@ final class InboundHandler: ChannelInboundHandler {
             delegate: FeedDelegate(kind: .broadcasts, connection: connection, feedID: box))
         box.feed = feed
         broadcastFeed = feed
-        Task {
+        Task(executorPreference: handlerExecutor) {
             do {
                 for try await message in sequence {
                     await handler.handleBroadcast(message)
@@ -226,7 +245,7 @@ final class InboundHandler: ChannelInboundHandler {
         let connection = self.connection
         let loop = connection.channel.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
-        Task {
+        Task(executorPreference: handlerExecutor) {
             let outcome: ReplyOutcome
             do {
                 let reply = try await handler.handleRequest(request)

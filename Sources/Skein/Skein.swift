@@ -85,6 +85,8 @@ public struct ConnectionOptions: Sendable {
     /// Requests a member handles at once; more wait in a queue of the same size, and beyond
     /// that the binding stops reading from the relay (which then holds them, bounded).
     public var maxConcurrentHandlers = 64
+    /// Where request, broadcast and tunnel handlers run.
+    public var handlerExecution = HandlerExecution.globalExecutor
     /// Receive window granted to the relay for each tunnel: the most a tunnel buffers here.
     public var tunnelWindow: UInt64 = 16 << 20
     /// Events a subscription (or broadcasts a member) buffers before the binding stops reading.

@@ -15,11 +15,18 @@ public final class SkeinConnection: Sendable {
     let options: ConnectionOptions
     /// The cluster this connection is a member of; empty for a plain client.
     public let cluster: String
+    /// Runs tasks on this connection's event loop. A task that calls this connection from it
+    /// (`Task(executorPreference: connection.taskExecutor) { … }`) sends without waking another
+    /// thread and is resumed by the reply on the same thread: the lowest latency, as long as
+    /// the task does not block.
+    public var taskExecutor: any TaskExecutor { executor }
+    let executor: EventLoopExecutor
 
     init(channel: any Channel, cluster: String, options: ConnectionOptions) {
         self.channel = channel
         self.cluster = cluster
         self.options = options
+        self.executor = EventLoopExecutor(channel.eventLoop)
         self.shared = NIOLockedValueBox(SharedState(outbox: channel.allocator.buffer(capacity: 4096)))
     }
 

@@ -12,9 +12,13 @@ func runResponders(_ f: Flags) async throws {
     let ns = try f.int("ns", 3)
     let subj = f.string("subj", "svc")
     let life = try f.seconds("life", 1800)
+    var options = ConnectionOptions()
+    // Handlers on the connection's event loop (ConnectionOptions.handlerExecution), the
+    // binding's low-latency setting for handlers that do not block; -exec global for the default.
+    options.handlerExecution = f.string("exec", "loop") == "loop" ? .eventLoop : .globalExecutor
     var members: [SkeinConnection] = []
     for i in 0..<ns {
-        members.append(try await Skein.serve(cluster: subj, to: urls[i % urls.count], request: { $0.body }))
+        members.append(try await Skein.serve(cluster: subj, to: urls[i % urls.count], options: options, request: { $0.body }))
     }
     say("READY")
     await sleepTask(seconds: life)
@@ -82,7 +86,7 @@ func runOpenLoop(_ f: Flags) async throws {
                 let seq = next
                 let connection = senders[seq % conc]
                 sent[seq] = monoNs() - t0
-                Task {
+                Task(executorPreference: connection.taskExecutor) {
                     do {
                         _ = try await connection.request(cluster: subj, payload, timeout: requestTimeout)
                         received[seq] = monoNs() - t0
@@ -179,7 +183,7 @@ func runClosedLoop(_ f: Flags) async throws {
     let (merged, measured) = await withTaskGroup(of: LatencyHistogram.self) { group in
         for g in 0..<conc {
             let connection = requesters[g % nconns]
-            group.addTask {
+            group.addTask(executorPreference: connection.taskExecutor) {
                 var histogram = newHistogram()
                 while !state.stop.load(ordering: .relaxed) {
                     let start = monoNs()
