@@ -20,6 +20,13 @@ enum SkeinBinary {
     /// The `skein` executable under test, or an error saying where it was looked for.
     static func url() throws -> URL {
         let fileManager = FileManager.default
+        // An explicit choice is used as is, never silently replaced by another build.
+        if let path = ProcessInfo.processInfo.environment["SKEIN_BINARY"], !path.isEmpty {
+            guard fileManager.isExecutableFile(atPath: path) else {
+                throw HarnessError("SKEIN_BINARY=\(path) is not an executable file")
+            }
+            return URL(fileURLWithPath: path)
+        }
         if let found = candidates.first(where: { fileManager.isExecutableFile(atPath: $0.path) }) {
             return found
         }
@@ -34,9 +41,6 @@ enum SkeinBinary {
 
     static let candidates: [URL] = {
         var list: [URL] = []
-        if let path = ProcessInfo.processInfo.environment["SKEIN_BINARY"], !path.isEmpty {
-            list.append(URL(fileURLWithPath: path))
-        }
         // `swift build`/`swift test` put the test bundle and `skein` in one directory.
         if let runner = Bundle.main.executableURL {
             list.append(runner.deletingLastPathComponent().appendingPathComponent("skein"))
