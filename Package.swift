@@ -73,12 +73,36 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        .testTarget(name: "SkeinWireTests", dependencies: ["SkeinWire"]),
-        .testTarget(name: "SkeinRelayTests", dependencies: ["SkeinRelay", "SkeinWire"]),
+        .testTarget(
+            name: "SkeinWireTests",
+            dependencies: ["SkeinWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "SkeinRelayTests",
+            dependencies: [
+                "SkeinRelay",
+                "SkeinWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "SkeinTests",
-            dependencies: ["Skein", "SkeinRelay", .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: [
+                "Skein",
+                "SkeinRelay",
+                "SkeinWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
+        // Spawns the built `skein` binary; depends on it being built (`swift build --build-tests`).
         .testTarget(name: "SkeinCLITests", dependencies: ["SkeinCrypto"]),
     ],
     swiftLanguageModes: [.v6]

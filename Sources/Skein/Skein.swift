@@ -1,4 +1,6 @@
 import NIOCore
+// Every payload in the API is a ByteBuffer: users need not depend on swift-nio to name it.
+@_exported import struct NIOCore.ByteBuffer
 import NIOPosix
 import SkeinWire
 
@@ -27,7 +29,7 @@ public enum Skein {
         cluster: String, to relay: RelayEndpoint = .default, options: ConnectionOptions = .init(),
         handler: some ClusterHandler
     ) async throws -> SkeinConnection {
-        precondition(!cluster.isEmpty, "a member needs a cluster name")
+        guard !cluster.isEmpty else { throw SkeinError.invalidName("a member needs a non-empty cluster name") }
         return try await SkeinConnection.open(relay: relay, cluster: cluster, handler: handler, options: options)
     }
 
@@ -169,12 +171,14 @@ public enum SkeinError: Error, Sendable, Equatable, CustomStringConvertible {
     case alreadySubscribed(topic: String)
     /// The connection could not be established.
     case cannotConnect(String)
+    /// A name the protocol cannot carry (e.g. an empty cluster name for a member).
+    case invalidName(String)
     /// A message larger than the connection's `maxMessageSize`.
     case messageTooLarge(size: Int, limit: Int)
 
     public var description: String {
         switch self {
-        case .timedOut: "request timed out"
+        case .timedOut: "timed out"
         case .remoteFault(let fault): "remote fault: \(fault)"
         case .connectionClosed(let reason): reason.isEmpty ? "connection closed" : "connection closed: \(reason)"
         case .denied(let reason): "relay refused the connection: \(reason)"
@@ -182,6 +186,7 @@ public enum SkeinError: Error, Sendable, Equatable, CustomStringConvertible {
         case .tunnelClosed(let reason): reason.isEmpty ? "tunnel closed" : "tunnel closed: \(reason)"
         case .alreadySubscribed(let topic): "already subscribed to topic \(topic.debugDescription)"
         case .cannotConnect(let why): "cannot connect to the relay: \(why)"
+        case .invalidName(let why): why
         case .messageTooLarge(let size, let limit): "message of \(size) bytes exceeds the limit of \(limit) bytes"
         }
     }

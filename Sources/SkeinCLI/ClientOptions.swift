@@ -51,7 +51,7 @@ enum ExitStatus {
             case .timedOut: code = timedOut
             case .connectionClosed, .cannotConnect, .denied, .tunnelClosed: code = unavailable
             case .protocolViolation: code = protocolViolation
-            case .alreadySubscribed, .messageTooLarge: code = internalError
+            case .alreadySubscribed, .messageTooLarge, .invalidName: code = internalError
             }
         default:
             code = internalError

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import SkeinWire
 import Testing
@@ -87,5 +88,21 @@ extension ByteBuffer {
         var sum = a
         sum.writeImmutableBuffer(b)
         return sum
+    }
+}
+
+@Suite("Relay listeners")
+struct RelayListenerTests {
+    @Test("with --client-port 0 every loopback address gets the same port")
+    func samePortOnEveryAddress() async throws {
+        var configuration = RelayConfiguration()
+        configuration.clientPort = 0
+        configuration.clientHosts = ["127.0.0.1", "127.0.0.2"]
+        let server = ClientServer(configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        try await server.start()
+        let ports = try await server.eventLoop.submit { server.listenerPorts }.get()
+        await server.stopListening()
+        #expect(ports.count == 2)
+        #expect(Set(ports).count == 1)
     }
 }

@@ -245,3 +245,14 @@ struct RequestReplyTests {
         }
     }
 }
+
+@Suite("Connection arguments")
+struct ConnectionArgumentTests {
+    @Test func aMemberNeedsAClusterName() async throws {
+        try await TestRelay.run { relay in
+            await #expect(throws: SkeinError.invalidName("a member needs a non-empty cluster name")) {
+                _ = try await Skein.serve(cluster: "", to: relay.endpoint, request: { $0.body })
+            }
+        }
+    }
+}

@@ -40,9 +40,12 @@ public final class ClientServer: @unchecked Sendable {
     public func start() async throws {
         var bound: [any Channel] = []
         var failures: [String] = []
+        var port = configuration.clientPort
         for host in configuration.clientHosts {
             do {
-                let channel = try await bootstrap().bind(host: host, port: configuration.clientPort).get()
+                // With port 0 the first bound address picks the port; the others use the same.
+                let channel = try await bootstrap().bind(host: host, port: port).get()
+                if port == 0, let chosen = channel.localAddress?.port { port = chosen }
                 bound.append(channel)
                 logger.info("listening for clients", metadata: ["address": "\(host):\(channel.localAddress?.port ?? configuration.clientPort)"])
             } catch {
@@ -70,6 +73,11 @@ public final class ClientServer: @unchecked Sendable {
         get async {
             try? await eventLoop.submit { self.listeners.lazy.compactMap { $0.localAddress?.port }.first }.get()
         }
+    }
+
+    /// The TCP ports of every listener (on the event loop).
+    var listenerPorts: [Int] {
+        listeners.compactMap { $0.localAddress?.port }
     }
 
     private func bootstrap() -> ServerBootstrap {
