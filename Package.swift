@@ -29,7 +29,10 @@ let package = Package(
         // The relay protocol's codecs: pure, no I/O.
         .target(
             name: "SkeinWire",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         // Keys and (later) the peer handshake and sealing: libsodium wrappers, no I/O.
         .target(

@@ -1,0 +1,294 @@
+import NIOCore
+
+/// The peer protocol's version of the frame layer (Docs/peer-protocol.md §5). The handshake
+/// carries the peer protocol version; this layout belongs to version 1.
+public enum PeerProtocol {
+    public static let version: UInt8 = 1
+}
+
+/// Which queue a frame travels in. Each record is filled control first, then interactive, then
+/// bulk, so bulk data never delays a control frame or a request by more than one record.
+public enum PeerTrafficClass: Int, Sendable, CaseIterable {
+    case control = 0
+    case interactive = 1
+    case bulk = 2
+}
+
+/// How a request ended, as one relay tells another (the mesh, issue 5, uses these).
+public enum PeerReplyOutcome: Sendable, Equatable {
+    case success(ByteBuffer)
+    case fault(String)
+    case timedOut
+    /// The cluster has no members on the destination relay (any more).
+    case noMembers
+    /// The member holding the request went away before answering.
+    case memberLost
+}
+
+/// How a tunnel build ended at the far relay.
+public enum PeerTunnelOutcome: Sendable, Equatable {
+    case built(farID: UInt64, chunkLimit: UInt64)
+    case failed(String)
+}
+
+/// One frame of the relay-to-relay link, carried inside sealed records.
+///
+/// Layout: `[type u8][varint payload length][payload]`, where bit 7 of the type byte marks a
+/// fragment that continues in a later frame of the same traffic class (Docs/peer-protocol.md §5).
+public enum PeerFrame: Sendable, Equatable {
+    // Control class.
+    case ping(token: UInt64)
+    case pong(token: UInt64)
+    case goodbye(reason: String)
+    case membership(ByteBuffer)
+    // Interactive class.
+    case request(id: UInt64, cluster: String, remainingMillis: UInt64, body: ByteBuffer)
+    case reply(id: UInt64, outcome: PeerReplyOutcome)
+    case broadcast(cluster: String, body: ByteBuffer)
+    case publish(topic: String, body: ByteBuffer)
+    case tunnelOpen(id: UInt64, cluster: String, remainingMillis: UInt64)
+    case tunnelConfirm(id: UInt64, outcome: PeerTunnelOutcome)
+    case tunnelAllowance(id: UInt64, bytes: UInt64)
+    case tunnelClose(id: UInt64, reason: String)
+    // Bulk class.
+    case tunnelData(id: UInt64, sizeOrContinuation: UInt64, chunk: ByteBuffer)
+
+    public enum Kind: UInt8, Sendable, CaseIterable {
+        case ping = 0x01
+        case pong = 0x02
+        case goodbye = 0x03
+        case membership = 0x04
+        case request = 0x10
+        case reply = 0x11
+        case broadcast = 0x12
+        case publish = 0x13
+        case tunnelOpen = 0x20
+        case tunnelConfirm = 0x21
+        case tunnelAllowance = 0x22
+        case tunnelClose = 0x23
+        case tunnelData = 0x30
+
+        public var trafficClass: PeerTrafficClass {
+            switch self {
+            case .ping, .pong, .goodbye, .membership: .control
+            case .request, .reply, .broadcast, .publish, .tunnelOpen, .tunnelConfirm, .tunnelAllowance, .tunnelClose:
+                .interactive
+            case .tunnelData: .bulk
+            }
+        }
+    }
+
+    public var kind: Kind {
+        switch self {
+        case .ping: .ping
+        case .pong: .pong
+        case .goodbye: .goodbye
+        case .membership: .membership
+        case .request: .request
+        case .reply: .reply
+        case .broadcast: .broadcast
+        case .publish: .publish
+        case .tunnelOpen: .tunnelOpen
+        case .tunnelConfirm: .tunnelConfirm
+        case .tunnelAllowance: .tunnelAllowance
+        case .tunnelClose: .tunnelClose
+        case .tunnelData: .tunnelData
+        }
+    }
+
+    public var trafficClass: PeerTrafficClass { kind.trafficClass }
+
+    /// Appends the frame's payload (without the type byte and length) to `buffer`.
+    public func encodePayload(into buffer: inout ByteBuffer) {
+        switch self {
+        case .ping(let token), .pong(let token):
+            buffer.writeInteger(token)
+        case .goodbye(let reason):
+            buffer.writeField(reason)
+        case .membership(let bytes):
+            buffer.writeImmutableBuffer(bytes)
+        case .request(let id, let cluster, let remaining, let body):
+            buffer.writeVarint(id)
+            buffer.writeField(cluster)
+            buffer.writeVarint(remaining)
+            buffer.writeImmutableBuffer(body)
+        case .reply(let id, let outcome):
+            buffer.writeVarint(id)
+            switch outcome {
+            case .success(let body):
+                buffer.writeInteger(UInt8(0))
+                buffer.writeImmutableBuffer(body)
+            case .fault(let fault):
+                buffer.writeInteger(UInt8(1))
+                buffer.writeField(fault)
+            case .timedOut:
+                buffer.writeInteger(UInt8(2))
+            case .noMembers:
+                buffer.writeInteger(UInt8(3))
+            case .memberLost:
+                buffer.writeInteger(UInt8(4))
+            }
+        case .broadcast(let name, let body), .publish(let name, let body):
+            buffer.writeField(name)
+            buffer.writeImmutableBuffer(body)
+        case .tunnelOpen(let id, let cluster, let remaining):
+            buffer.writeVarint(id)
+            buffer.writeField(cluster)
+            buffer.writeVarint(remaining)
+        case .tunnelConfirm(let id, let outcome):
+            buffer.writeVarint(id)
+            switch outcome {
+            case .built(let farID, let chunkLimit):
+                buffer.writeInteger(UInt8(0))
+                buffer.writeVarint(farID)
+                buffer.writeVarint(chunkLimit)
+            case .failed(let reason):
+                buffer.writeInteger(UInt8(1))
+                buffer.writeField(reason)
+            }
+        case .tunnelAllowance(let id, let bytes):
+            buffer.writeVarint(id)
+            buffer.writeVarint(bytes)
+        case .tunnelClose(let id, let reason):
+            buffer.writeVarint(id)
+            buffer.writeField(reason)
+        case .tunnelData(let id, let size, let chunk):
+            buffer.writeVarint(id)
+            buffer.writeVarint(size)
+            buffer.writeImmutableBuffer(chunk)
+        }
+    }
+
+    /// Appends the whole frame (type, length, payload) to `buffer`, unfragmented.
+    public func encode(into buffer: inout ByteBuffer) {
+        var payload = ByteBuffer()
+        encodePayload(into: &payload)
+        buffer.writeInteger(kind.rawValue)
+        buffer.writeVarint(UInt64(payload.readableBytes))
+        buffer.writeImmutableBuffer(payload)
+    }
+
+    /// Decodes a whole (reassembled) payload of the given kind. Trailing bytes are an error:
+    /// every field is accounted for.
+    public static func decode(kind: Kind, payload: ByteBuffer, limits: WireLimits) throws(PeerFrameError) -> PeerFrame {
+        var r = FieldReader(buffer: payload, limits: limits)
+        do {
+            let frame: PeerFrame?
+            switch kind {
+            case .ping:
+                frame = r.buffer.readInteger(as: UInt64.self).map { .ping(token: $0) }
+            case .pong:
+                frame = r.buffer.readInteger(as: UInt64.self).map { .pong(token: $0) }
+            case .goodbye:
+                frame = try r.string("reason").map { .goodbye(reason: $0) }
+            case .membership:
+                frame = .membership(r.buffer.readSlice(length: r.buffer.readableBytes)!)
+            case .request:
+                if let id = try r.varint(), let cluster = try r.string("cluster"), let remaining = try r.varint() {
+                    frame = .request(id: id, cluster: cluster, remainingMillis: remaining, body: r.rest())
+                } else {
+                    frame = nil
+                }
+            case .reply:
+                if let id = try r.varint(), let tag = r.buffer.readInteger(as: UInt8.self) {
+                    switch tag {
+                    case 0: frame = .reply(id: id, outcome: .success(r.rest()))
+                    case 1: frame = try r.string("fault").map { .reply(id: id, outcome: .fault($0)) }
+                    case 2: frame = .reply(id: id, outcome: .timedOut)
+                    case 3: frame = .reply(id: id, outcome: .noMembers)
+                    case 4: frame = .reply(id: id, outcome: .memberLost)
+                    default: throw PeerFrameError.malformed(kind, "unknown reply outcome \(tag)")
+                    }
+                } else {
+                    frame = nil
+                }
+            case .broadcast:
+                frame = try r.string("cluster").map { .broadcast(cluster: $0, body: r.rest()) }
+            case .publish:
+                frame = try r.string("topic").map { .publish(topic: $0, body: r.rest()) }
+            case .tunnelOpen:
+                if let id = try r.varint(), let cluster = try r.string("cluster"), let remaining = try r.varint() {
+                    frame = .tunnelOpen(id: id, cluster: cluster, remainingMillis: remaining)
+                } else {
+                    frame = nil
+                }
+            case .tunnelConfirm:
+                if let id = try r.varint(), let tag = r.buffer.readInteger(as: UInt8.self) {
+                    switch tag {
+                    case 0:
+                        if let farID = try r.varint(), let limit = try r.varint() {
+                            frame = .tunnelConfirm(id: id, outcome: .built(farID: farID, chunkLimit: limit))
+                        } else {
+                            frame = nil
+                        }
+                    case 1: frame = try r.string("reason").map { .tunnelConfirm(id: id, outcome: .failed($0)) }
+                    default: throw PeerFrameError.malformed(kind, "unknown tunnel outcome \(tag)")
+                    }
+                } else {
+                    frame = nil
+                }
+            case .tunnelAllowance:
+                if let id = try r.varint(), let bytes = try r.varint() {
+                    frame = .tunnelAllowance(id: id, bytes: bytes)
+                } else {
+                    frame = nil
+                }
+            case .tunnelClose:
+                if let id = try r.varint(), let reason = try r.string("reason") {
+                    frame = .tunnelClose(id: id, reason: reason)
+                } else {
+                    frame = nil
+                }
+            case .tunnelData:
+                if let id = try r.varint(), let size = try r.varint() {
+                    frame = .tunnelData(id: id, sizeOrContinuation: size, chunk: r.rest())
+                } else {
+                    frame = nil
+                }
+            }
+            guard let frame else { throw PeerFrameError.malformed(kind, "payload ends inside a field") }
+            guard r.buffer.readableBytes == 0 else {
+                throw PeerFrameError.malformed(kind, "\(r.buffer.readableBytes) trailing bytes")
+            }
+            return frame
+        } catch let error as WireError {
+            throw .malformed(kind, error.description)
+        } catch let error as PeerFrameError {
+            throw error
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+    }
+}
+
+/// Why a record's contents are not valid frames. Every case ends the link.
+public enum PeerFrameError: Error, Equatable, Sendable, CustomStringConvertible {
+    case unknownType(UInt8)
+    case malformed(PeerFrame.Kind, String)
+    case frameTooLarge(length: UInt64, limit: Int)
+    /// A frame header or payload runs past the end of its record.
+    case truncated
+    /// A frame length is not a valid varint.
+    case badLength
+    /// A fragment of one kind continued with a frame of another kind in the same class.
+    case fragmentMismatch(expected: PeerFrame.Kind, found: PeerFrame.Kind)
+
+    public var description: String {
+        switch self {
+        case .unknownType(let t): "unknown peer frame type 0x\(String(t, radix: 16))"
+        case .malformed(let kind, let why): "malformed \(kind) frame: \(why)"
+        case .frameTooLarge(let length, let limit): "peer frame of \(length) bytes exceeds the limit of \(limit) bytes"
+        case .truncated: "a peer frame runs past the end of its record"
+        case .badLength: "a peer frame length is longer than 64 bits"
+        case .fragmentMismatch(let expected, let found): "a \(expected) fragment was continued by a \(found) frame"
+        }
+    }
+}
+
+extension FieldReader {
+    /// The rest of the payload: the last field of a frame needs no length of its own.
+    @usableFromInline
+    mutating func rest() -> ByteBuffer {
+        buffer.readSlice(length: buffer.readableBytes)!
+    }
+}
