@@ -1,6 +1,8 @@
 import ArgumentParser
 import Logging
+import Metrics
 import NIOCore
+import Prometheus
 import ServiceLifecycle
 import SkeinCrypto
 import SkeinRelay
@@ -63,6 +65,15 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("On shutdown, time allowed for in-flight requests.", valueName: "ms"))
     var drainTimeout = 5000
 
+    @Option(name: .long, help: ArgumentHelp("Port of the operators' HTTP endpoint (/status, /members, /metrics) on --admin-host; 0 picks one.", valueName: "port"))
+    var adminPort = 55557
+
+    @Option(name: .long, help: ArgumentHelp("Loopback address of the admin endpoint.", valueName: "address"))
+    var adminHost = "127.0.0.1"
+
+    @Flag(name: .long, help: "Serve no admin endpoint.")
+    var noAdmin = false
+
     @Option(name: .long, help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
@@ -101,6 +112,10 @@ struct RelayCommand: AsyncParsableCommand {
         guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must not be negative") }
         guard tunnelBuffer >= tunnelChunkLimit else {
             throw ValidationError("--tunnel-buffer must be at least --tunnel-chunk-limit, or no chunk could ever be sent")
+        }
+        guard (0...65535).contains(adminPort) else { throw ValidationError("--admin-port must be 0…65535") }
+        guard isLoopback(adminHost) else {
+            throw ValidationError("--admin-host \(adminHost) is not a loopback address; the admin endpoint has no authentication")
         }
         for host in clientHost where !isLoopback(host) {
             throw ValidationError("--client-host \(host) is not a loopback address; clients connect to their local relay only")
@@ -144,7 +159,13 @@ struct RelayCommand: AsyncParsableCommand {
         configuration.settings.maxTunnelsPerConnection = maxTunnels
         configuration.settings.slowConsumerTimeout = .milliseconds(Int64(slowConsumerTimeout))
 
-        let relay = RelayService(configuration: configuration, logger: logger)
+        configuration.network = networkName
+        configuration.keyIDs = [key.id]
+        if !noAdmin { configuration.admin = (adminHost, adminPort) }
+
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let relay = RelayService(configuration: configuration, logger: logger, metricsText: { registry.emitToBuffer() })
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: relay)],

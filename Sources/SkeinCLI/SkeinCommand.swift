@@ -24,6 +24,7 @@ struct SkeinCommand: AsyncParsableCommand {
             SubscribeCommand.self,
             ServeCommand.self,
             TunnelCommand.self,
+            StatusCommand.self,
             KeygenCommand.self,
             VersionCommand.self,
         ]

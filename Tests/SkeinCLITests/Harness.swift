@@ -237,7 +237,7 @@ final class Scope: @unchecked Sendable {
 
     /// Starts `skein relay --dev` on a port of its own and waits until it is ready.
     func startRelay(_ extra: [String] = []) async throws -> Relay {
-        let child = try spawn(["relay", "--dev", "--client-port", "0"] + extra, name: "relay")
+        let child = try spawn(["relay", "--dev", "--client-port", "0", "--admin-port", "0"] + extra, name: "relay")
         try await child.waitForStderr("relay ready")
         // "… address=127.0.0.1:41031 [SkeinRelay] listening for clients"
         let marker = "address=127.0.0.1:"
@@ -246,7 +246,12 @@ final class Scope: @unchecked Sendable {
         else {
             throw HarnessError("cannot find the relay's port in its log\n\(child.report)")
         }
-        return Relay(child: child, port: port)
+        // "… address=http://127.0.0.1:41032/ [SkeinRelay] admin endpoint listening"
+        let adminMarker = "address=http://127.0.0.1:"
+        let adminPort = child.stderr.range(of: adminMarker).flatMap {
+            Int(child.stderr[$0.upperBound...].prefix(while: \.isNumber))
+        }
+        return Relay(child: child, port: port, adminPort: adminPort)
     }
 
     /// Starts `skein serve ARGS…` against `relay` and waits for its `ready`.
@@ -271,6 +276,8 @@ final class Scope: @unchecked Sendable {
 struct Relay {
     let child: Child
     let port: Int
+    /// The admin endpoint's port, if the relay serves one.
+    var adminPort: Int?
     var address: String { "127.0.0.1:\(port)" }
     var flag: [String] { ["--relay", address] }
 }

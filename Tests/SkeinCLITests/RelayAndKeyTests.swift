@@ -87,7 +87,7 @@ struct RelayTests {
         try await withScope { scope in
             let path = scope.path("net.key").path
             #expect(try await scope.run(["keygen", "-o", path]).status == 0)
-            let relay = try scope.spawn(["relay", "--key-file", path, "--client-port", "0"], name: "relay")
+            let relay = try scope.spawn(["relay", "--key-file", path, "--client-port", "0", "--admin-port", "0"], name: "relay")
             try await relay.waitForStderr("relay ready")
             let key = try NetworkKey.load(fromFile: path)
             #expect(relay.stderr.contains(key.id), "the relay should log the key id")

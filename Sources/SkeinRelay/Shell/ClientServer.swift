@@ -113,6 +113,21 @@ public final class ClientServer: @unchecked Sendable {
         get async { (try? await eventLoop.submit { self.core.pendingRequestCount }.get()) ?? 0 }
     }
 
+    /// Local clients as `/status` reports them.
+    public var clientStatus: JSON {
+        get async {
+            (try? await eventLoop.submit { () -> JSON in
+                .object([
+                    ("connections", .int(Int64(self.core.connectionCount))),
+                    ("pendingRequests", .int(Int64(self.core.pendingRequestCount))),
+                    ("tunnels", .int(Int64(self.core.tunnelCount))),
+                    ("clusters", .object(self.core.clusterMembership.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
+                    ("topics", .object(self.core.topicSubscriptions.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
+                ])
+            }.get()) ?? .null
+        }
+    }
+
     public var connectionCount: Int {
         get async { (try? await eventLoop.submit { self.core.connectionCount }.get()) ?? 0 }
     }
@@ -267,11 +282,14 @@ public final class ClientServer: @unchecked Sendable {
 /// Why the relay could not start.
 public enum RelayStartupError: Error, CustomStringConvertible {
     case cannotListen([String])
+    case cannotListenAdmin(String)
 
     public var description: String {
         switch self {
         case .cannotListen(let failures):
             "cannot listen for clients: " + failures.joined(separator: "; ")
+        case .cannotListenAdmin(let failure):
+            "cannot listen for the admin endpoint (--admin-port): " + failure
         }
     }
 }

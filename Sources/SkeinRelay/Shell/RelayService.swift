@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -19,6 +20,12 @@ public struct RelayConfiguration: Sendable {
     public var sendBufferHighWater = 8 << 20
     /// On shutdown, how long in-flight requests may take to finish before connections close.
     public var drainTimeout: TimeAmount = .seconds(5)
+    /// The operators' HTTP endpoint (`/status`, `/members`, `/metrics`) as (host, port), or nil
+    /// for none. Port 0 picks one. `skein relay` serves it on 127.0.0.1:55557 by default.
+    public var admin: (host: String, port: Int)?
+    /// Network name and key ids, reported by `/status`.
+    public var network = "dev"
+    public var keyIDs: [String] = []
 
     public init() {}
 }
@@ -33,19 +40,31 @@ public final class RelayService: Service, Sendable {
     private let ready: AsyncStream<Int>.Continuation
     /// Yields the bound client TCP port once the relay listens, then finishes.
     public let listening: AsyncStream<Int>
+    private let metricsText: (@Sendable () -> [UInt8])?
+    private let adminServer = NIOLockedValueBox<AdminServer?>(nil)
 
-    public init(configuration: RelayConfiguration, logger: Logger) {
+    /// `metricsText`, if given, renders every metric in the Prometheus text format for `/metrics`.
+    public init(configuration: RelayConfiguration, logger: Logger, metricsText: (@Sendable () -> [UInt8])? = nil) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.logger = logger
+        self.metricsText = metricsText
         self.server = ClientServer(configuration: configuration, eventLoop: group.next(), logger: logger)
         (self.listening, self.ready) = AsyncStream.makeStream(of: Int.self)
     }
 
+    /// The admin endpoint's bound port, once the relay listens.
+    public var adminPort: Int? { adminServer.withLockedValue { $0?.port } }
+
     public func run() async throws {
         do {
             try await server.start()
+            if let admin = server.configuration.admin {
+                let server = try await startAdmin(host: admin.host, port: admin.port)
+                adminServer.withLockedValue { $0 = server }
+            }
         } catch {
             ready.finish()
+            await server.stopListening()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -56,6 +75,7 @@ public final class RelayService: Service, Sendable {
         try? await gracefulShutdown()
 
         logger.info("relay shutting down: draining")
+        await adminServer.withLockedValue { $0 }?.close()
         await server.stopListening()
         let drainDeadline = ContinuousClock.now + .nanoseconds(server.configuration.drainTimeout.nanoseconds)
         // Cancellation (rather than a signal) means hurry: skip the waiting, keep the order.
@@ -69,5 +89,43 @@ public final class RelayService: Service, Sendable {
         }
         try await group.shutdownGracefully()
         logger.info("relay stopped")
+    }
+}
+
+extension RelayService {
+    private func startAdmin(host: String, port: Int) async throws -> AdminServer {
+        do {
+            return try await AdminServer.start(host: host, port: port, group: group, logger: logger) { [self] path in
+                await self.adminRoute(path)
+            }
+        } catch {
+            throw RelayStartupError.cannotListenAdmin("\(host):\(port): \(error)")
+        }
+    }
+
+    func adminRoute(_ path: String) async -> AdminResponse? {
+        switch path {
+        case "/status", "/":
+            return .json(await status())
+        case "/metrics":
+            guard let metricsText else { return .text("no metrics exporter is configured in this process\n", status: .notFound) }
+            return AdminResponse(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metricsText())
+        default:
+            return nil
+        }
+    }
+
+    /// The relay's state as `/status` reports it (the shape is in Docs/operations.md).
+    public func status() async -> JSON {
+        let configuration = server.configuration
+        let clients = await server.clientStatus
+        return .object([
+            ("relay", .object([
+                ("protocol", .string("v1.0-draft2")),
+                ("network", .string(configuration.network)),
+                ("keys", .array(configuration.keyIDs.map { .string($0) })),
+            ])),
+            ("clients", clients),
+        ])
     }
 }

@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Where the relay's admin endpoint is (`skein relay --admin-port`).
+struct AdminOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The relay's admin endpoint.", valueName: "host:port"))
+    var admin = "127.0.0.1:55557"
+
+    func get(_ path: String) async throws -> [UInt8] {
+        guard let colon = admin.lastIndex(of: ":"), let port = Int(admin[admin.index(after: colon)...]) else {
+            throw ValidationError("--admin must be host:port")
+        }
+        var host = String(admin[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        do {
+            return try await AdminClient.get(host: host, port: port, path: path)
+        } catch {
+            printError("cannot reach the relay's admin endpoint at \(admin): \(error) (is `skein relay` running, and with which --admin-port?)")
+            throw ExitCode(ExitStatus.unavailable)
+        }
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the local relay's state: network, keys, clients, peer links.",
+        discussion: "Reads GET /status from the relay's admin endpoint and prints it as JSON (Docs/operations.md).")
+
+    @OptionGroup var admin: AdminOptions
+
+    func run() async throws {
+        let body = try await admin.get("/status")
+        FileHandle.standardOutput.write(Data(body))
+    }
+}
+
+/// A minimal HTTP/1.1 GET over NIO: enough for the relay's own admin endpoint.
+enum AdminClient {
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    static func get(host: String, port: Int, path: String) async throws -> [UInt8] {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let promise = group.next().makePromise(of: [UInt8].self)
+        let channel = try await ClientBootstrap(group: group)
+            .connectTimeout(.seconds(5))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(Collector(promise: promise))
+                }
+            }
+            .connect(host: host, port: port).get()
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: "\(host):\(port)")
+        headers.add(name: "Connection", value: "close")
+        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)), promise: nil)
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        let timeout = channel.eventLoop.scheduleTask(in: .seconds(10)) {
+            promise.fail(Failure(description: "no answer within 10 s"))
+        }
+        defer {
+            timeout.cancel()
+            channel.close(promise: nil)
+        }
+        return try await promise.futureResult.get()
+    }
+
+    private final class Collector: ChannelInboundHandler, @unchecked Sendable {
+        // @unchecked: confined to its channel's event loop.
+        typealias InboundIn = HTTPClientResponsePart
+        let promise: EventLoopPromise<[UInt8]>
+        var status: HTTPResponseStatus = .ok
+        var body: [UInt8] = []
+
+        init(promise: EventLoopPromise<[UInt8]>) { self.promise = promise }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let head): status = head.status
+            case .body(let buffer): body += buffer.readableBytesView
+            case .end:
+                if status == .ok {
+                    promise.succeed(body)
+                } else {
+                    promise.fail(Failure(description: "HTTP \(status.code): \(String(decoding: body, as: UTF8.self))"))
+                }
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            promise.fail(Failure(description: "the connection closed before a whole answer"))
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            promise.fail(error)
+            context.close(promise: nil)
+        }
+    }
+}
