@@ -1,4 +1,4 @@
-/// The public name of a network key: 8 bytes, the first 8 of BLAKE2b keyed with the key over
+/// The public name of a network key: BLAKE2b with an 8-byte output, keyed with the key, over
 /// `skein key id v1`. Its description is the same 16 lowercase hex digits as `NetworkKey.id`.
 public struct KeyID: Hashable, Sendable, CustomStringConvertible {
     public static let size = 8
@@ -14,8 +14,8 @@ public struct KeyID: Hashable, Sendable, CustomStringConvertible {
     }
 
     init(key: NetworkKey) {
-        let digest = Blake2b.hash(Array("skein key id v1".utf8), key: key.bytes, outputLength: 16)
-        value = digest.prefix(Self.size).reduce(0) { $0 << 8 | UInt64($1) }
+        let digest = Blake2b.hash(Array("skein key id v1".utf8), key: key.bytes, outputLength: Self.size)
+        value = digest.reduce(0) { $0 << 8 | UInt64($1) }
     }
 
     /// The 8 wire bytes, big-endian.
@@ -65,9 +65,10 @@ public struct Keyring: Sendable {
     public init(fileContents: String) throws(KeyError) {
         var keys: [NetworkKey] = []
         var lineNumber = 0
-        for line in fileContents.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Split on the byte: as Characters, "\r\n" is one grapheme and would not split on "\n".
+        for line in fileContents.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNumber += 1
-            let text = String(line).trimmingWhitespace()
+            let text = String(decoding: line, as: UTF8.self).trimmingWhitespace()
             if text.isEmpty || text.hasPrefix("#") { continue }
             do {
                 keys.append(try NetworkKey(fileContents: text))

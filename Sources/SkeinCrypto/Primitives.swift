@@ -5,7 +5,7 @@ import CSodium
 /// and no caller is on a path where concatenating the input first would matter.
 enum Blake2b {
     /// BLAKE2b (libsodium `crypto_generichash`) of `message`, keyed when `key` is not empty.
-    /// `outputLength` is 16...64, `key` 0 or 16...64 bytes.
+    /// `outputLength` is 1...64 (16 or more where it must resist forgery), `key` 0 or 16...64 bytes.
     static func hash(_ message: [UInt8], key: [UInt8] = [], outputLength: Int = 32) -> [UInt8] {
         Sodium.initialize()
         var out = [UInt8](repeating: 0, count: outputLength)
