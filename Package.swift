@@ -35,10 +35,11 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        // Keys and (later) the peer handshake and sealing: libsodium wrappers, no I/O.
+        // Keys, keyrings, the peer handshake, sealed records and datagrams: libsodium, no I/O.
+        // NIOCore for ByteBuffer (records) and NIODeadline (handshake deadlines) only.
         .target(
             name: "SkeinCrypto",
-            dependencies: ["CSodium"]
+            dependencies: ["CSodium", .product(name: "NIOCore", package: "swift-nio")]
         ),
         // The relay daemon: the pure relay core plus its SwiftNIO shell.
         .target(
@@ -110,6 +111,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
+        ),
+        .testTarget(
+            name: "SkeinCryptoTests",
+            dependencies: ["SkeinCrypto", "CSodium", .product(name: "NIOCore", package: "swift-nio")]
         ),
         // Spawns the built `skein` binary; depends on it being built (`swift build --build-tests`).
         .testTarget(name: "SkeinCLITests", dependencies: ["SkeinCrypto"]),

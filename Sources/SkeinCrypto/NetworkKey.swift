@@ -41,6 +41,9 @@ public struct NetworkKey: Sendable, Equatable {
         return out.map { hex($0) }.joined()
     }
 
+    /// The key's id as a value (`id` is its hex text).
+    public var keyID: KeyID { KeyID(key: self) }
+
     /// The key file's text.
     public var fileContents: String {
         Self.filePrefix + bytes.map { hex($0) }.joined() + "\n"
@@ -80,21 +83,37 @@ public struct NetworkKey: Sendable, Equatable {
 
     /// Loads a key file, refusing one that others can read, that is empty, or malformed.
     public static func load(fromFile path: String) throws(KeyError) -> NetworkKey {
+        let text = try readKeyFile(path)
+        do {
+            return try NetworkKey(fileContents: text)
+        } catch {
+            throw error.located(at: path)
+        }
+    }
+
+    /// A key file's text, after checking that only its owner can read or write it. Key files
+    /// and keyrings are a few lines; anything past `limit` bytes is refused rather than read.
+    static func readKeyFile(_ path: String, limit: Int = 65_536) throws(KeyError) -> String {
         var info = stat()
         guard stat(path, &info) == 0 else { throw .io(path, String(cString: strerror(errno))) }
         guard info.st_mode & 0o077 == 0 else {
             throw .tooPermissive(path, mode: info.st_mode & 0o777)
         }
-        guard let fd = Optional(open(path, O_RDONLY)), fd >= 0 else { throw .io(path, String(cString: strerror(errno))) }
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw .io(path, String(cString: strerror(errno))) }
         defer { close(fd) }
-        var data = [UInt8](repeating: 0, count: 4096)
-        let count = read(fd, &data, data.count)
-        guard count >= 0 else { throw .io(path, String(cString: strerror(errno))) }
-        do {
-            return try NetworkKey(fileContents: String(decoding: data.prefix(count), as: UTF8.self))
-        } catch {
-            throw error.located(at: path)
+        var data = [UInt8](repeating: 0, count: limit + 1)
+        var count = 0
+        while count < data.count {
+            let n = data.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw .io(path, String(cString: strerror(errno))) }
+            if n == 0 { break }
+            count += n
         }
+        guard count <= limit else { throw .inFile(path, "larger than \(limit) bytes: not a key file") }
+        defer { wipe(&data) }
+        return String(decoding: data.prefix(count), as: UTF8.self)
     }
 
     public static func == (a: NetworkKey, b: NetworkKey) -> Bool {
@@ -153,7 +172,7 @@ private func hexValue(_ c: UInt8) -> UInt8? {
 }
 
 extension String {
-    fileprivate func trimmingWhitespace() -> String {
+    func trimmingWhitespace() -> String {
         let scalars = unicodeScalars
         guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
         let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!

@@ -1,0 +1,275 @@
+import CSodium
+import NIOCore
+
+/// The AEAD that protects a peer link's records, chosen during the handshake.
+public enum PeerCipher: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    case aes256gcm = 1
+    /// ChaCha20-Poly1305, IETF variant (96-bit nonce).
+    case chacha20poly1305 = 2
+
+    /// This machine's preference. AES-256-GCM comes first when libsodium can use it (it needs
+    /// AES-NI and CLMUL): measured faster here at every record size (Docs/peer-protocol.md §2.5).
+    public static var preferred: [PeerCipher] {
+        Sodium.initialize()
+        return crypto_aead_aes256gcm_is_available() == 1 ? [.aes256gcm, .chacha20poly1305] : [.chacha20poly1305]
+    }
+
+    /// Whether libsodium can use this cipher on this machine.
+    public var isAvailable: Bool {
+        Sodium.initialize()
+        return self == .chacha20poly1305 || crypto_aead_aes256gcm_is_available() == 1
+    }
+
+    public var description: String {
+        switch self {
+        case .aes256gcm: "AES-256-GCM"
+        case .chacha20poly1305: "ChaCha20-Poly1305"
+        }
+    }
+}
+
+/// Limits and rekey points of the record layer. Both ends must use the same rekey points: they
+/// are part of the protocol (Docs/peer-protocol.md §2.4); only tests change them.
+public struct RecordSettings: Sendable, Equatable {
+    /// The largest plaintext one record may carry; a longer length header ends the link.
+    public var maxPlaintext: Int
+    /// A direction derives its next key after this many records under the current one.
+    public var rekeyAfterRecords: UInt64
+    /// ... or after this many plaintext bytes under the current one, whichever comes first.
+    public var rekeyAfterBytes: UInt64
+
+    /// The defaults stay far inside both ciphers' safe limits: 2^24 records and 2^34 bytes per
+    /// key, against TLS 1.3's 2^24.5 full records for AES-GCM (ChaCha20-Poly1305's are higher).
+    public init(maxPlaintext: Int = 65_536, rekeyAfterRecords: UInt64 = 1 << 24, rekeyAfterBytes: UInt64 = 1 << 34) {
+        precondition(maxPlaintext >= 0 && maxPlaintext <= Int(UInt32.max) - RecordSealer.tagSize)
+        precondition(rekeyAfterRecords >= 1 && rekeyAfterBytes >= 1)
+        self.maxPlaintext = maxPlaintext
+        self.rekeyAfterRecords = rekeyAfterRecords
+        self.rekeyAfterBytes = rekeyAfterBytes
+    }
+}
+
+/// Why a record stream had to end. Every case is fatal to the link.
+public enum RecordError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The record was tampered with, replayed, reordered, or one before it was dropped.
+    case authenticationFailed
+    /// The length header announced this many plaintext bytes, more than `maxPlaintext`.
+    case oversized(Int)
+    /// The stream ended with this many bytes of an incomplete record.
+    case truncated(Int)
+
+    public var description: String {
+        switch self {
+        case .authenticationFailed: "a record failed authentication (tampered, replayed, reordered or dropped)"
+        case .oversized(let n): "a record announced \(n) plaintext bytes, more than allowed"
+        case .truncated(let n): "the stream ended inside a record (\(n) bytes left over)"
+        }
+    }
+}
+
+/// Seals the records of one direction of a link. Record: `[u32 big-endian ciphertext length]`
+/// `[ciphertext][16-byte tag]`, the length header as associated data, the nonce the record's
+/// index under the current key (never sent).
+public struct RecordSealer: Sendable {
+    static let tagSize = 16
+    /// Bytes a record adds to its plaintext: the length header and the tag.
+    public static let overhead = 4 + tagSize
+
+    var direction: RecordDirection
+
+    init(cipher: PeerCipher, key: inout [UInt8], settings: RecordSettings) {
+        direction = RecordDirection(key: RecordKey(cipher: cipher, consuming: &key), settings: settings)
+    }
+
+    public var cipher: PeerCipher { direction.key.cipher }
+    public var settings: RecordSettings { direction.settings }
+
+    /// Appends one whole record sealing `plaintext` to `out`, encrypting straight into `out`'s
+    /// writable bytes (no allocation when `out` has room). `plaintext.count` must not exceed
+    /// `settings.maxPlaintext`: splitting messages into records is the caller's job.
+    public mutating func seal(_ plaintext: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        precondition(plaintext.count <= direction.settings.maxPlaintext, "record plaintext over maxPlaintext")
+        let index = direction.advance(plaintextCount: plaintext.count)
+        let key = direction.key
+        let ciphertextCount = plaintext.count + Self.tagSize
+        let header = UInt32(ciphertextCount)
+        out.reserveCapacity(minimumWritableBytes: 4 + ciphertextCount)
+        out.writeInteger(header)
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: ciphertextCount) { destination in
+            withUnsafeBytes(of: header.bigEndian) { ad in
+                key.seal(into: destination.baseAddress!, plaintext: plaintext, ad: ad, index: index)
+            }
+            return ciphertextCount
+        }
+    }
+
+    public mutating func seal(_ plaintext: ByteBuffer, into out: inout ByteBuffer) {
+        plaintext.withUnsafeReadableBytes { seal($0, into: &out) }
+    }
+
+    public mutating func seal(_ plaintext: [UInt8], into out: inout ByteBuffer) {
+        plaintext.withUnsafeBytes { seal($0, into: &out) }
+    }
+}
+
+/// Opens the records of one direction of a link, in order. The first failure poisons it: every
+/// later call fails the same way, since the stream can no longer be trusted.
+public struct RecordOpener: Sendable {
+    var direction: RecordDirection
+    var failure: RecordError?
+
+    init(cipher: PeerCipher, key: inout [UInt8], settings: RecordSettings) {
+        direction = RecordDirection(key: RecordKey(cipher: cipher, consuming: &key), settings: settings)
+    }
+
+    public var cipher: PeerCipher { direction.key.cipher }
+    public var settings: RecordSettings { direction.settings }
+
+    /// The plaintext of the next whole record in `buffer`, or nil (consuming nothing) when the
+    /// record is not complete yet. The length is checked against `maxPlaintext` as soon as its 4
+    /// bytes are there, before waiting for or allocating anything. Decrypts in place: the result
+    /// is a slice of `buffer`'s storage.
+    public mutating func next(from buffer: inout ByteBuffer) throws(RecordError) -> ByteBuffer? {
+        if let failure { throw failure }
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        guard length >= RecordSealer.tagSize else { return try fail(.authenticationFailed) }
+        let plaintextCount = Int(length) - RecordSealer.tagSize
+        guard plaintextCount <= direction.settings.maxPlaintext else { return try fail(.oversized(plaintextCount)) }
+        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+
+        let index = direction.advance(plaintextCount: plaintextCount)
+        let key = direction.key
+        let authentic = buffer.withUnsafeMutableReadableBytes { bytes in
+            key.open(inPlace: bytes.baseAddress! + 4, count: plaintextCount,
+                     ad: UnsafeRawBufferPointer(rebasing: bytes[0..<4]), index: index)
+        }
+        guard authentic else { return try fail(.authenticationFailed) }
+        let plaintext = buffer.getSlice(at: buffer.readerIndex + 4, length: plaintextCount)!
+        buffer.moveReaderIndex(forwardBy: 4 + Int(length))
+        return plaintext
+    }
+
+    private mutating func fail(_ error: RecordError) throws(RecordError) -> ByteBuffer? {
+        failure = error
+        throw error
+    }
+
+    /// At the end of the stream: bytes left in `remaining` are a record cut short.
+    public func finish(remaining: ByteBuffer) throws(RecordError) {
+        if let failure { throw failure }
+        guard remaining.readableBytes == 0 else { throw .truncated(remaining.readableBytes) }
+    }
+}
+
+/// One direction's key and counters, advanced identically by its sealer and its opener.
+struct RecordDirection: Sendable {
+    static let rekeyLabel = "skein record rekey v1"
+    private(set) var key: RecordKey
+    let settings: RecordSettings
+    private var records: UInt64 = 0
+    private var bytes: UInt64 = 0
+
+    init(key: RecordKey, settings: RecordSettings) {
+        self.key = key
+        self.settings = settings
+    }
+
+    /// The index (nonce) of the next record under the current key, rekeying first when the
+    /// current key has reached either limit. The old key is wiped when its last holder drops it.
+    mutating func advance(plaintextCount: Int) -> UInt64 {
+        if records >= settings.rekeyAfterRecords || bytes >= settings.rekeyAfterBytes {
+            key = key.next()
+            records = 0
+            bytes = 0
+        }
+        let index = records
+        records += 1
+        bytes += UInt64(plaintextCount)
+        return index
+    }
+}
+
+/// A record key, ready to use: for AES-256-GCM its expanded state in 16-byte-aligned memory
+/// (libsodium requires it; Swift would not align an imported struct so), for ChaCha20-Poly1305
+/// the raw key. Wiped on deinit.
+final class RecordKey: @unchecked Sendable {
+    // @unchecked: both buffers are written once in init and only read afterwards.
+    let cipher: PeerCipher
+    private let key: SecretKey
+    private let aesState: UnsafeMutableRawPointer?
+    private static let aesStateSize = MemoryLayout<crypto_aead_aes256gcm_state>.size
+
+    convenience init(cipher: PeerCipher, consuming bytes: inout [UInt8]) {
+        self.init(cipher: cipher, key: SecretKey(consuming: &bytes))
+    }
+
+    private init(cipher: PeerCipher, key: SecretKey) {
+        Sodium.initialize()
+        self.cipher = cipher
+        self.key = key
+        switch cipher {
+        case .aes256gcm:
+            precondition(crypto_aead_aes256gcm_is_available() == 1, "AES-256-GCM is not available on this CPU")
+            let state = UnsafeMutableRawPointer.allocate(byteCount: Self.aesStateSize, alignment: 16)
+            crypto_aead_aes256gcm_beforenm(state.bindMemory(to: crypto_aead_aes256gcm_state.self, capacity: 1), key.pointer)
+            aesState = state
+        case .chacha20poly1305:
+            aesState = nil
+        }
+    }
+
+    func next() -> RecordKey {
+        RecordKey(cipher: cipher, key: key.next(label: RecordDirection.rekeyLabel))
+    }
+
+    /// Writes ciphertext then tag (plaintext.count + 16 bytes) at `destination`.
+    func seal(into destination: UnsafeMutableRawPointer, plaintext: UnsafeRawBufferPointer, ad: UnsafeRawBufferPointer, index: UInt64) {
+        let c = destination.assumingMemoryBound(to: UInt8.self)
+        let m = plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        let mac = c + plaintext.count
+        let a = ad.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let rc = withNonce(index) { nonce in
+            switch cipher {
+            case .aes256gcm:
+                crypto_aead_aes256gcm_encrypt_detached_afternm(
+                    c, mac, nil, m, UInt64(plaintext.count), a, UInt64(ad.count), nil, nonce,
+                    aesState!.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
+            case .chacha20poly1305:
+                crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+                    c, mac, nil, m, UInt64(plaintext.count), a, UInt64(ad.count), nil, nonce, key.pointer)
+            }
+        }
+        precondition(rc == 0, "AEAD encryption failed")
+    }
+
+    /// Verifies and decrypts `count` bytes of ciphertext followed by the tag, in place.
+    func open(inPlace text: UnsafeMutableRawPointer, count: Int, ad: UnsafeRawBufferPointer, index: UInt64) -> Bool {
+        let c = text.assumingMemoryBound(to: UInt8.self)
+        let mac = c + count
+        let a = ad.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let rc = withNonce(index) { nonce in
+            switch cipher {
+            case .aes256gcm:
+                crypto_aead_aes256gcm_decrypt_detached_afternm(
+                    c, nil, c, UInt64(count), mac, a, UInt64(ad.count), nonce,
+                    aesState!.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
+            case .chacha20poly1305:
+                crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+                    c, nil, c, UInt64(count), mac, a, UInt64(ad.count), nonce, key.pointer)
+            }
+        }
+        return rc == 0
+    }
+
+    /// The 96-bit nonce: four zero bytes, then the record index big-endian.
+    private func withNonce<R>(_ index: UInt64, _ body: (UnsafePointer<UInt8>) -> R) -> R {
+        withUnsafeBytes(of: (UInt64(0), index.bigEndian)) { body($0.baseAddress!.assumingMemoryBound(to: UInt8.self) + 4) }
+    }
+
+    deinit {
+        if let aesState {
+            sodium_memzero(aesState, Self.aesStateSize)
+            aesState.deallocate()
+        }
+    }
+}
