@@ -91,6 +91,7 @@ let package = Package(
             name: "SkeinRelayTests",
             dependencies: [
                 "SkeinRelay",
+                "SkeinCrypto",
                 "SkeinWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -5,6 +5,7 @@ import Testing
 @Suite("Peer frames")
 struct PeerFramingTests {
     static let everyKind: [PeerFrame] = [
+        .hello(address: "127.0.0.1:55556", name: "relay-a"),
         .ping(token: 0x0102_0304_0506_0708),
         .pong(token: .max),
         .goodbye(reason: "relay stopping"),

@@ -37,6 +37,9 @@ public enum PeerTunnelOutcome: Sendable, Equatable {
 /// fragment that continues in a later frame of the same traffic class (Docs/peer-protocol.md §5).
 public enum PeerFrame: Sendable, Equatable {
     // Control class.
+    /// The first frame each side sends: the address it listens on for peer links and gossip
+    /// (`host:port`) and its relay name.
+    case hello(address: String, name: String)
     case ping(token: UInt64)
     case pong(token: UInt64)
     case goodbye(reason: String)
@@ -54,6 +57,7 @@ public enum PeerFrame: Sendable, Equatable {
     case tunnelData(id: UInt64, sizeOrContinuation: UInt64, chunk: ByteBuffer)
 
     public enum Kind: UInt8, Sendable, CaseIterable {
+        case hello = 0x05
         case ping = 0x01
         case pong = 0x02
         case goodbye = 0x03
@@ -70,7 +74,7 @@ public enum PeerFrame: Sendable, Equatable {
 
         public var trafficClass: PeerTrafficClass {
             switch self {
-            case .ping, .pong, .goodbye, .membership: .control
+            case .hello, .ping, .pong, .goodbye, .membership: .control
             case .request, .reply, .broadcast, .publish, .tunnelOpen, .tunnelConfirm, .tunnelAllowance, .tunnelClose:
                 .interactive
             case .tunnelData: .bulk
@@ -80,6 +84,7 @@ public enum PeerFrame: Sendable, Equatable {
 
     public var kind: Kind {
         switch self {
+        case .hello: .hello
         case .ping: .ping
         case .pong: .pong
         case .goodbye: .goodbye
@@ -101,6 +106,9 @@ public enum PeerFrame: Sendable, Equatable {
     /// Appends the frame's payload (without the type byte and length) to `buffer`.
     public func encodePayload(into buffer: inout ByteBuffer) {
         switch self {
+        case .hello(let address, let name):
+            buffer.writeField(address)
+            buffer.writeField(name)
         case .ping(let token), .pong(let token):
             buffer.writeInteger(token)
         case .goodbye(let reason):
@@ -175,6 +183,12 @@ public enum PeerFrame: Sendable, Equatable {
         do {
             let frame: PeerFrame?
             switch kind {
+            case .hello:
+                if let address = try r.string("address"), let name = try r.string("name") {
+                    frame = .hello(address: address, name: name)
+                } else {
+                    frame = nil
+                }
             case .ping:
                 frame = r.buffer.readInteger(as: UInt64.self).map { .ping(token: $0) }
             case .pong:

@@ -1,0 +1,663 @@
+import Logging
+import Metrics
+import NIOCore
+import NIOPosix
+import SkeinCrypto
+import SkeinWire
+
+/// Settings of the relay-to-relay links (Docs/peer-protocol.md, Docs/relay-settings.md).
+public struct PeerLinkSettings: Sendable {
+    public var handshake = HandshakeSettings()
+    /// A link that has sent nothing for this long sends a ping.
+    public var keepaliveInterval: TimeAmount = .seconds(1)
+    /// A link that has received nothing for this long is closed as lost (a paused or
+    /// partitioned peer; a crashed one is usually seen at once as a closed socket).
+    public var idleTimeout: TimeAmount = .seconds(5)
+    /// Dialing gives up after this long.
+    public var connectTimeout: TimeAmount = .seconds(3)
+    /// Field limits of frames on the links.
+    public var limits = WireLimits()
+
+    public init() {}
+}
+
+/// Who this relay is on the links.
+public struct PeerIdentity: Sendable {
+    public var network: String
+    public var nodeID: [UInt8]
+    public var name: String
+    /// The `host:port` the relay listens on for links (and gossip), told to peers in HELLO.
+    public var address: String
+
+    public init(network: String, nodeID: [UInt8], name: String, address: String) {
+        self.network = network
+        self.nodeID = nodeID
+        self.name = name
+        self.address = address
+    }
+}
+
+/// The SwiftNIO shell of the peer links: listens, dials, runs the handshake, seals and opens
+/// records, and packs frames with `PeerOutbox`/`PeerInbox`. It keeps at most one established
+/// link per peer relay. All state lives on `eventLoop`.
+public final class PeerLinks: @unchecked Sendable {
+    // @unchecked: all mutable state is confined to `eventLoop`.
+    public let eventLoop: any EventLoop
+    public let identity: PeerIdentity
+    public let settings: PeerLinkSettings
+    let logger: Logger
+    private(set) var keyring: Keyring
+    private var replayCache = HandshakeReplayCache()
+    private var listener: (any Channel)?
+    private var nextLinkID: UInt64 = 0
+    /// Every link, handshaking or established.
+    private var links: [UInt64: PeerLink] = [:]
+    /// Established links by the peer's node id, and by the address it listens on.
+    private var byNode: [[UInt8]: PeerLink] = [:]
+    private var byAddress: [String: PeerLink] = [:]
+    private var closing = false
+    let metrics = PeerMetrics()
+
+    /// Called on the event loop for every frame a peer sends (HELLO, PING and PONG are
+    /// handled here and not passed on).
+    public var onFrame: ((PeerFrame, PeerLink) -> Void)?
+    /// A link finished its handshake and its HELLO: it is addressable.
+    public var onLinkUp: ((PeerLink) -> Void)?
+    /// A link closed; `link.closeReason` says why.
+    public var onLinkDown: ((PeerLink) -> Void)?
+
+    public init(identity: PeerIdentity, keyring: Keyring, settings: PeerLinkSettings, eventLoop: any EventLoop, logger: Logger) {
+        self.identity = identity
+        self.keyring = keyring
+        self.settings = settings
+        self.eventLoop = eventLoop
+        self.logger = logger
+    }
+
+    // MARK: - Listening and dialing
+
+    /// Listens for peer links on `host:port`; returns the bound port.
+    public func listen(host: String, port: Int) async throws -> Int {
+        let channel = try await ServerBootstrap(group: eventLoop)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let link = self.makeLink(channel: channel, initiator: false, dialedAddress: nil)
+                    try channel.pipeline.syncOperations.addHandler(PeerLinkHandler(link: link))
+                }
+            }
+            .bind(host: host, port: port).get()
+        try await eventLoop.submit { self.listener = channel }.get()
+        let bound = channel.localAddress?.port ?? port
+        logger.info("listening for peer links", metadata: ["address": "\(host):\(bound)"])
+        return bound
+    }
+
+    /// The established link to the relay listening on `address`, or one being opened to it.
+    /// Frames sent on a link that is still handshaking wait in its outbox.
+    public func link(to address: String) -> PeerLink {
+        eventLoop.preconditionInEventLoop()
+        if let link = byAddress[address] { return link }
+        if let link = links.values.first(where: { $0.dialedAddress == address && !$0.isClosed }) { return link }
+        return dial(address)
+    }
+
+    /// The established link to a peer, if any.
+    public func link(toNode nodeID: [UInt8]) -> PeerLink? {
+        byNode[nodeID]
+    }
+
+    public var establishedLinks: [PeerLink] { Array(byNode.values) }
+
+    private func dial(_ address: String) -> PeerLink {
+        let placeholder = makeLink(channel: nil, initiator: true, dialedAddress: address)
+        guard let (host, port) = splitHostPort(address) else {
+            placeholder.fail("cannot dial \(address): not host:port")
+            return placeholder
+        }
+        ClientBootstrap(group: eventLoop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(settings.connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    placeholder.attach(channel)
+                    try channel.pipeline.syncOperations.addHandler(PeerLinkHandler(link: placeholder))
+                }
+            }
+            .connect(host: host, port: port)
+            .whenFailure { error in
+                placeholder.fail("cannot connect to \(address): \(error)")
+            }
+        return placeholder
+    }
+
+    private func makeLink(channel: (any Channel)?, initiator: Bool, dialedAddress: String?) -> PeerLink {
+        eventLoop.preconditionInEventLoop()
+        nextLinkID += 1
+        let link = PeerLink(id: nextLinkID, owner: self, channel: channel, initiator: initiator, dialedAddress: dialedAddress)
+        links[link.id] = link
+        return link
+    }
+
+    // MARK: - Keys
+
+    /// Takes a new keyring (SIGHUP): new handshakes use it at once, and links authenticated
+    /// with a key that is no longer in it are closed (they reconnect with a current key).
+    public func update(keyring: Keyring) {
+        eventLoop.preconditionInEventLoop()
+        self.keyring = keyring
+        for link in links.values {
+            if let keyID = link.keyID, keyring.key(for: keyID) == nil {
+                link.close(reason: "key \(keyID) was retired", goodbye: true)
+            }
+        }
+    }
+
+    // MARK: - Shutdown
+
+    /// Says goodbye on every link and stops listening.
+    public func closeAll(reason: String) async {
+        let listener = try? await eventLoop.submit { () -> (any Channel)? in
+            self.closing = true
+            for link in self.links.values { link.close(reason: reason, goodbye: true) }
+            defer { self.listener = nil }
+            return self.listener
+        }.get()
+        if let listener = listener ?? nil { try? await listener.close() }
+    }
+
+    // MARK: - From links (on the event loop)
+
+    func handshakeContext() -> (network: String, nodeID: [UInt8], keyring: Keyring, settings: HandshakeSettings) {
+        (identity.network, identity.nodeID, keyring, settings.handshake)
+    }
+
+    func withReplayCache<T>(_ body: (inout HandshakeReplayCache) -> T) -> T {
+        body(&replayCache)
+    }
+
+    func established(_ link: PeerLink) {
+        metrics.handshakesSucceeded.increment()
+        logger.info("peer link established", metadata: link.logMetadata)
+        if closing {
+            link.close(reason: "relay shutting down", goodbye: true)
+            return
+        }
+        link.sendFirst(.hello(address: identity.address, name: identity.name))
+    }
+
+    func helloReceived(_ link: PeerLink, address: String, name: String) {
+        guard let node = link.peerNodeID else { return }
+        // Two relays that dial each other at once end up with two links: both sides keep the
+        // one whose initiator has the lower node id, so they agree without talking.
+        if let existing = byNode[node], existing !== link {
+            let keepNew = initiatorID(of: link).lexicographicallyPrecedes(initiatorID(of: existing))
+            let (winner, loser) = keepNew ? (link, existing) : (existing, link)
+            loser.adoptQueuedFrames(into: winner)
+            loser.close(reason: "duplicate link", goodbye: true)
+            guard keepNew else { return }
+        }
+        byNode[node] = link
+        if let previous = byAddress[address], previous !== link { previous.adoptQueuedFrames(into: link) }
+        byAddress[address] = link
+        // Frames queued on a dial to this address now travel on this link.
+        for other in links.values where other !== link && other.dialedAddress == address && !other.isEstablished {
+            other.adoptQueuedFrames(into: link)
+            other.close(reason: "superseded by an established link", goodbye: false)
+        }
+        link.advertisedAddress = address
+        link.peerName = name
+        metrics.linksUp.record(byNode.count)
+        onLinkUp?(link)
+    }
+
+    private func initiatorID(of link: PeerLink) -> [UInt8] {
+        link.isInitiator ? identity.nodeID : (link.peerNodeID ?? [])
+    }
+
+    func rejected(_ link: PeerLink, _ rejection: HandshakeRejection) {
+        metrics.handshakeRejections(rejection).increment()
+        logger.warning(
+            "peer handshake rejected",
+            metadata: link.logMetadata.merging(["reason": "\(rejection)"]) { $1 })
+    }
+
+    func closed(_ link: PeerLink) {
+        links[link.id] = nil
+        if let node = link.peerNodeID, byNode[node] === link { byNode[node] = nil }
+        if let address = link.advertisedAddress, byAddress[address] === link { byAddress[address] = nil }
+        metrics.linksUp.record(byNode.count)
+        if link.isEstablished {
+            logger.info("peer link closed", metadata: link.logMetadata.merging(["reason": "\(link.closeReason ?? "closed")"]) { $1 })
+        } else if !link.rejectedHandshake, let reason = link.closeReason {
+            logger.debug("peer link failed before establishment", metadata: link.logMetadata.merging(["reason": "\(reason)"]) { $1 })
+        }
+        onLinkDown?(link)
+    }
+}
+
+/// One relay-to-relay link: a TCP connection, its handshake, then sealed records.
+public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
+    // @unchecked: confined to the owner's event loop.
+    public let id: UInt64
+    public let isInitiator: Bool
+    /// The address this side dialed (initiators only).
+    public let dialedAddress: String?
+    /// The address the peer listens on, from its HELLO.
+    public internal(set) var advertisedAddress: String?
+    public internal(set) var peerName: String?
+    public private(set) var peerNodeID: [UInt8]?
+    public private(set) var keyID: KeyID?
+    public private(set) var cipher: PeerCipher?
+    public private(set) var closeReason: String?
+    public private(set) var isClosed = false
+    var rejectedHandshake = false
+
+    unowned let owner: PeerLinks
+    private(set) var channel: (any Channel)?
+    private var handshake: Handshake?
+    private var session: PeerSession?
+    private var outbox: PeerOutbox
+    private var inbox: PeerInbox
+    private var inbound = ByteBuffer()
+    private var plaintext = ByteBuffer()
+    private var flushScheduled = false
+    private var lastReceived = NIODeadline.now()
+    private var lastSent = NIODeadline.now()
+    private var timer: Scheduled<Void>?
+    private var pingToken: UInt64 = 0
+    private var started = false
+    private var readFailed = false
+
+    private enum Handshake {
+        case initiator(HandshakeInitiator)
+        case responder(HandshakeResponder)
+    }
+
+    init(id: UInt64, owner: PeerLinks, channel: (any Channel)?, initiator: Bool, dialedAddress: String?) {
+        self.id = id
+        self.owner = owner
+        self.channel = channel
+        self.isInitiator = initiator
+        self.dialedAddress = dialedAddress
+        self.outbox = PeerOutbox(maxRecordPlaintext: owner.settings.handshake.records.maxPlaintext)
+        self.inbox = PeerInbox(limits: owner.settings.limits)
+    }
+
+    public var isEstablished: Bool { session != nil && !isClosed }
+
+    public var description: String {
+        "link \(id) \(isInitiator ? "to" : "from") \(advertisedAddress ?? dialedAddress ?? remoteAddress)"
+    }
+
+    var remoteAddress: String {
+        channel?.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+    }
+
+    var logMetadata: Logger.Metadata {
+        var m: Logger.Metadata = ["link": "\(id)", "remote": "\(remoteAddress)", "role": "\(isInitiator ? "initiator" : "responder")"]
+        if let peerNodeID { m["peer"] = "\(hex(peerNodeID))" }
+        if let peerName { m["peer-name"] = "\(peerName)" }
+        if let keyID { m["key-id"] = "\(keyID)" }
+        return m
+    }
+
+    /// Queues a frame; it is sealed and written at the end of this event-loop tick together
+    /// with every other frame queued in it (one record, one write, when traffic is light).
+    public func send(_ frame: PeerFrame) {
+        owner.eventLoop.preconditionInEventLoop()
+        guard !isClosed else { return }
+        outbox.enqueue(frame)
+        scheduleFlush()
+    }
+
+    /// Bytes of frames waiting to be sealed, per class.
+    public func queuedBytes(_ trafficClass: PeerTrafficClass) -> Int { outbox.queuedBytes(trafficClass) }
+
+    /// Ends the link. With `goodbye`, an established link first tells the peer why and then
+    /// closes gracefully: it stops sending at once, but keeps reading (and delivering) what the
+    /// peer had already sent until the peer closes too, for at most `lingerTime`. So frames in
+    /// flight on a link that closes (a duplicate, a retired key, a shutdown) are not lost.
+    public func close(reason: String, goodbye: Bool) {
+        guard !isClosed else { return }
+        guard goodbye && isEstablished, let channel else {
+            finish(reason)
+            channel?.close(promise: nil)
+            return
+        }
+        outbox.enqueue(.goodbye(reason: reason))
+        flush()
+        finish(reason)
+        channel.close(mode: .output, promise: nil)
+        let linger = owner.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in linger.cancel() }
+    }
+
+    /// How long a gracefully closing link waits for the peer to close its side.
+    static let lingerTime: TimeAmount = .seconds(2)
+
+    // MARK: - Driven by the handler and owner
+
+    func attach(_ channel: any Channel) {
+        self.channel = channel
+    }
+
+    func fail(_ reason: String) {
+        guard !isClosed else { return }
+        finish(reason)
+        channel?.close(promise: nil)
+    }
+
+    /// Moves every queued frame to `other` (which seals them with its own session).
+    func adoptQueuedFrames(into other: PeerLink) {
+        for frame in takeQueuedFrames() { other.send(frame) }
+    }
+
+    /// Queues `frame` ahead of everything already queued (HELLO must be the first frame).
+    func sendFirst(_ frame: PeerFrame) {
+        let queued = takeQueuedFrames()
+        send(frame)
+        for frame in queued { send(frame) }
+    }
+
+    private func takeQueuedFrames() -> [PeerFrame] {
+        guard !outbox.isEmpty else { return [] }
+        var record = ByteBuffer()
+        var frames: [PeerFrame] = []
+        var unpack = PeerInbox(limits: owner.settings.limits, maxFrameSize: .max)
+        while outbox.nextRecord(into: &record) {
+            try? unpack.receive(record: record, into: &frames)
+            record.clear()
+        }
+        // Classes were reordered by packing; order within each class is what matters.
+        return frames
+    }
+
+    func channelActive() {
+        guard !started else { return }
+        started = true
+        let now = NIODeadline.now()
+        let context = owner.handshakeContext()
+        let secret = SecureRandom.bytes(32)
+        if isInitiator {
+            var initiator = HandshakeInitiator(
+                network: context.network, nodeID: context.nodeID, keyring: context.keyring,
+                ephemeralSecret: secret, settings: context.settings, now: now)
+            let first = initiator.start()
+            handshake = .initiator(initiator)
+            write(first)
+        } else {
+            handshake = .responder(HandshakeResponder(
+                network: context.network, nodeID: context.nodeID, keyring: context.keyring,
+                ephemeralSecret: secret, settings: context.settings, now: now))
+        }
+        armTimer(at: now + context.settings.timeout)
+    }
+
+    func received(_ buffer: ByteBuffer) {
+        // A closing link keeps reading what the peer sent before it saw the goodbye.
+        guard !isClosed || session != nil else { return }
+        lastReceived = .now()
+        if session == nil {
+            handshakeBytes(Array(buffer.readableBytesView))
+        } else {
+            var buffer = buffer
+            inbound.writeBuffer(&buffer)
+            openRecords()
+        }
+    }
+
+    func channelInactive() {
+        if let session, inbound.readableBytes > 0 {
+            do {
+                try session.opener.finish(remaining: inbound)
+            } catch {
+                finish("the peer's stream ended inside a record: \(error)")
+            }
+        }
+        finish(session == nil ? "connection closed during the handshake" : "connection closed by the peer")
+    }
+
+    // MARK: - Handshake
+
+    private func handshakeBytes(_ bytes: [UInt8]) {
+        let step: HandshakeStep
+        switch handshake {
+        case .initiator(var initiator):
+            step = initiator.receive(bytes)
+            handshake = .initiator(initiator)
+        case .responder(var responder):
+            step = owner.withReplayCache { responder.receive(bytes, replayCache: &$0) }
+            handshake = .responder(responder)
+        case nil:
+            return
+        }
+        handle(step)
+    }
+
+    private func handle(_ step: HandshakeStep) {
+        switch step {
+        case .needMoreBytes:
+            break
+        case .send(let bytes):
+            write(bytes)
+        case .established(let session, let send, let leftover):
+            write(send)
+            handshake = nil
+            self.session = session
+            peerNodeID = session.peerNodeID
+            keyID = session.keyID
+            cipher = session.cipher
+            owner.established(self)
+            armTimer(at: .now() + owner.settings.keepaliveInterval)
+            if !leftover.isEmpty {
+                inbound.writeBytes(leftover)
+                openRecords()
+            }
+            scheduleFlush()
+        case .rejected(let rejection, let send):
+            write(send)
+            rejectedHandshake = true
+            owner.rejected(self, rejection)
+            finish("handshake rejected: \(rejection)")
+            channel?.close(promise: nil)
+        }
+    }
+
+    private func write(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty, let channel else { return }
+        channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil)
+    }
+
+    // MARK: - Records
+
+    private func openRecords() {
+        guard var session, !readFailed else { return }
+        var frames: [PeerFrame] = []
+        do {
+            while let record = try session.opener.next(from: &inbound) {
+                owner.metrics.recordsOpened.increment()
+                try inbox.receive(record: record, into: &frames)
+            }
+        } catch {
+            self.session = session
+            readFailed = true
+            owner.metrics.linkErrors.increment()
+            owner.logger.warning("peer link broken", metadata: logMetadata.merging(["reason": "\(error)"]) { $1 })
+            fail("\(error)")
+            channel?.close(promise: nil)
+            return
+        }
+        self.session = session
+        inbound.discardReadBytes()
+        // Every frame of an authenticated record is delivered, even on a link that is closing.
+        for frame in frames { deliver(frame) }
+    }
+
+    private func deliver(_ frame: PeerFrame) {
+        switch frame {
+        case .hello(let address, let name):
+            if !isClosed { owner.helloReceived(self, address: address, name: name) }
+        case .ping(let token):
+            send(.pong(token: token))
+        case .pong:
+            break
+        case .goodbye(let reason):
+            // Everything the peer sent came before its goodbye; answer in kind.
+            close(reason: "the peer said goodbye: \(reason)", goodbye: true)
+        default:
+            owner.onFrame?(frame, self)
+        }
+    }
+
+    private func scheduleFlush() {
+        guard !flushScheduled, session != nil else { return }
+        flushScheduled = true
+        owner.eventLoop.execute { self.flush() }
+    }
+
+    private func flush() {
+        flushScheduled = false
+        guard var session, let channel, !outbox.isEmpty else { return }
+        var out = channel.allocator.buffer(capacity: min(outbox.queuedFrames * 64 + 64, 1 << 20))
+        while outbox.nextRecord(into: &plaintext) {
+            session.sealer.seal(plaintext, into: &out)
+            plaintext.clear()
+            owner.metrics.recordsSealed.increment()
+        }
+        self.session = session
+        lastSent = .now()
+        channel.writeAndFlush(out, promise: nil)
+    }
+
+    // MARK: - Timers
+
+    private func armTimer(at deadline: NIODeadline) {
+        timer?.cancel()
+        timer = owner.eventLoop.scheduleTask(deadline: deadline) { [weak self] in self?.timerFired() }
+    }
+
+    private func timerFired() {
+        guard !isClosed else { return }
+        let now = NIODeadline.now()
+        if session == nil {
+            let step: HandshakeStep?
+            switch handshake {
+            case .initiator(var initiator):
+                step = initiator.expire(now: now)
+                handshake = .initiator(initiator)
+            case .responder(var responder):
+                step = responder.expire(now: now)
+                handshake = .responder(responder)
+            case nil:
+                step = nil
+            }
+            if let step { handle(step) }
+            return
+        }
+        let settings = owner.settings
+        if now - lastReceived >= settings.idleTimeout {
+            owner.logger.warning("peer link silent, closing", metadata: logMetadata.merging(["silent-ms": "\((now - lastReceived).nanoseconds / 1_000_000)"]) { $1 })
+            close(reason: "no traffic for \(settings.idleTimeout.nanoseconds / 1_000_000) ms", goodbye: true)
+            return
+        }
+        if now - lastSent >= settings.keepaliveInterval || now - lastReceived >= settings.keepaliveInterval {
+            pingToken &+= 1
+            send(.ping(token: pingToken))
+        }
+        armTimer(at: now + settings.keepaliveInterval)
+    }
+
+    private func finish(_ reason: String) {
+        guard !isClosed else { return }
+        isClosed = true
+        closeReason = reason
+        timer?.cancel()
+        timer = nil
+        owner.closed(self)
+    }
+}
+
+/// The link's side of the pipeline: bytes in, lifecycle events.
+final class PeerLinkHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    let link: PeerLink
+
+    init(link: PeerLink) { self.link = link }
+
+    func channelActive(context: ChannelHandlerContext) {
+        link.channelActive()
+        context.fireChannelActive()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        // A child channel added by a server is already active.
+        if context.channel.isActive { link.channelActive() }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        link.received(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        link.channelInactive()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        link.fail("socket error: \(error)")
+        context.close(promise: nil)
+    }
+}
+
+struct PeerMetrics {
+    let handshakesSucceeded = Counter(label: "skein_peer_handshakes_total")
+    let recordsSealed = Counter(label: "skein_peer_records_sealed_total")
+    let recordsOpened = Counter(label: "skein_peer_records_opened_total")
+    let linkErrors = Counter(label: "skein_peer_link_errors_total")
+    let linksUp = Recorder(label: "skein_peer_links", aggregate: false)
+
+    func handshakeRejections(_ rejection: HandshakeRejection) -> Counter {
+        Counter(label: "skein_peer_handshakes_rejected_total", dimensions: [("reason", rejection.metricReason)])
+    }
+}
+
+extension HandshakeRejection {
+    var metricReason: String {
+        switch self {
+        case .wrongNetwork: "wrong_network"
+        case .unknownKey: "unknown_key"
+        case .badProof: "bad_proof"
+        case .wrongVersion: "wrong_version"
+        case .malformed: "malformed"
+        case .oversized: "oversized"
+        case .replayed: "replayed"
+        case .timedOut: "timed_out"
+        case .noCommonCipher: "no_common_cipher"
+        case .refusedByPeer: "refused_by_peer"
+        }
+    }
+}
+
+func splitHostPort(_ address: String) -> (String, Int)? {
+    guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
+        (0...65535).contains(port)
+    else { return nil }
+    var host = String(address[..<colon])
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    guard !host.isEmpty else { return nil }
+    return (host, port)
+}
+
+func hex(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(bytes.count * 2)
+    for b in bytes {
+        out.append(digits[Int(b >> 4)])
+        out.append(digits[Int(b & 0xf)])
+    }
+    return String(decoding: out, as: UTF8.self)
+}
