@@ -144,13 +144,13 @@ struct ByteReader {
     }
 
     mutating func address() -> MemberAddress? {
-        guard let host = string(max: WireLimits.maxHostBytes), let port = u16() else { return nil }
+        guard let host = string(max: MembershipWireLimits.maxHostBytes), let port = u16() else { return nil }
         return MemberAddress(host: host, port: port)
     }
 }
 
 /// Limits every decoder enforces; encoders enforce the same ones where user input enters.
-public enum WireLimits {
+public enum MembershipWireLimits {
     /// The leading byte of every datagram and stream message.
     public static let version: UInt8 = 1
     /// A member's host (name or literal) in UTF-8 bytes.

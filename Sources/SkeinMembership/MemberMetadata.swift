@@ -17,7 +17,7 @@ public struct MemberMetadata: Equatable, Sendable {
 
     /// Layout: `u8 format(1) | str zone | varint nClusters | (str name, varint count)* |
     /// varint nTopics | str topic* | varint load`, names sorted so equal values encode equally.
-    /// Throws when a string exceeds `WireLimits.maxMetadataStringBytes` or the whole exceeds `limit`.
+    /// Throws when a string exceeds `MembershipWireLimits.maxMetadataStringBytes` or the whole exceeds `limit`.
     public func encoded(limit: Int) throws(MembershipError) -> [UInt8] {
         var writer = ByteWriter(capacity: 64)
         writer.u8(1)
@@ -45,12 +45,12 @@ public struct MemberMetadata: Equatable, Sendable {
     public static func decode(_ bytes: [UInt8], limit: Int) -> MemberMetadata? {
         guard bytes.count <= limit else { return nil }
         var reader = ByteReader(bytes)
-        guard reader.u8() == 1, let zone = reader.string(max: WireLimits.maxMetadataStringBytes),
+        guard reader.u8() == 1, let zone = reader.string(max: MembershipWireLimits.maxMetadataStringBytes),
               let clusterCount = reader.length(max: reader.remaining / 2)
         else { return nil }
         var clusters: [String: UInt32] = [:]
         for _ in 0..<clusterCount {
-            guard let name = reader.string(max: WireLimits.maxMetadataStringBytes),
+            guard let name = reader.string(max: MembershipWireLimits.maxMetadataStringBytes),
                   let count = reader.varint(), count <= UInt64(UInt32.max),
                   clusters.updateValue(UInt32(count), forKey: name) == nil
             else { return nil }
@@ -58,7 +58,7 @@ public struct MemberMetadata: Equatable, Sendable {
         guard let topicCount = reader.length(max: reader.remaining) else { return nil }
         var topics = Set<String>()
         for _ in 0..<topicCount {
-            guard let topic = reader.string(max: WireLimits.maxMetadataStringBytes), topics.insert(topic).inserted
+            guard let topic = reader.string(max: MembershipWireLimits.maxMetadataStringBytes), topics.insert(topic).inserted
             else { return nil }
         }
         guard let load = reader.varint(), load <= UInt64(UInt32.max), reader.isAtEnd else { return nil }
@@ -66,7 +66,7 @@ public struct MemberMetadata: Equatable, Sendable {
     }
 
     private static func checked(_ string: String) throws(MembershipError) {
-        guard string.utf8.count <= WireLimits.maxMetadataStringBytes else {
+        guard string.utf8.count <= MembershipWireLimits.maxMetadataStringBytes else {
             throw .metadataStringTooLong(string.utf8.count)
         }
     }
@@ -75,10 +75,10 @@ public struct MemberMetadata: Equatable, Sendable {
 public enum MembershipError: Error, Equatable, Sendable {
     /// Encoded metadata is larger than `MembershipSettings.maxMetadataBytes`.
     case metadataTooLarge(size: Int, limit: Int)
-    /// A zone, cluster or topic name is longer than `WireLimits.maxMetadataStringBytes`.
+    /// A zone, cluster or topic name is longer than `MembershipWireLimits.maxMetadataStringBytes`.
     case metadataStringTooLong(Int)
-    /// The member name is longer than `WireLimits.maxNameBytes`.
+    /// The member name is longer than `MembershipWireLimits.maxNameBytes`.
     case nameTooLong(Int)
-    /// The host is longer than `WireLimits.maxHostBytes`.
+    /// The host is longer than `MembershipWireLimits.maxHostBytes`.
     case hostTooLong(Int)
 }

@@ -61,8 +61,8 @@ public struct Membership: Sendable {
         id: NodeID, name: String, address: MemberAddress, metadata: MemberMetadata,
         settings: MembershipSettings, seed: UInt64, now: NIODeadline, generation: UInt64 = 0
     ) throws(MembershipError) {
-        guard name.utf8.count <= WireLimits.maxNameBytes else { throw .nameTooLong(name.utf8.count) }
-        guard address.host.utf8.count <= WireLimits.maxHostBytes else { throw .hostTooLong(address.host.utf8.count) }
+        guard name.utf8.count <= MembershipWireLimits.maxNameBytes else { throw .nameTooLong(name.utf8.count) }
+        guard address.host.utf8.count <= MembershipWireLimits.maxHostBytes else { throw .hostTooLong(address.host.utf8.count) }
         self.id = id
         self.name = name
         self.address = address

@@ -66,7 +66,7 @@ enum Wire {
 
     static func datagramHeader(sender: NodeID) -> [UInt8] {
         var writer = ByteWriter(capacity: 64)
-        writer.u8(WireLimits.version)
+        writer.u8(MembershipWireLimits.version)
         writer.id(sender)
         return writer.bytes
     }
@@ -131,7 +131,7 @@ enum Wire {
     /// Nil for anything malformed: wrong version, unknown type, truncation, bad UTF-8, trailing junk.
     static func decodeDatagram(_ bytes: [UInt8]) -> (sender: NodeID, messages: [DatagramMessage])? {
         var reader = ByteReader(bytes)
-        guard reader.u8() == WireLimits.version, let sender = reader.id() else { return nil }
+        guard reader.u8() == MembershipWireLimits.version, let sender = reader.id() else { return nil }
         var messages: [DatagramMessage] = []
         while !reader.isAtEnd {
             guard let type = reader.u8() else { return nil }
@@ -161,7 +161,7 @@ enum Wire {
         case WireType.alive:
             guard let id = reader.id(), let incarnation = reader.varint(), let metadataVersion = reader.varint(),
                   let generation = reader.u64(), let address = reader.address(),
-                  let name = reader.string(max: WireLimits.maxNameBytes)
+                  let name = reader.string(max: MembershipWireLimits.maxNameBytes)
             else { return nil }
             return .alive(id: id, incarnation: incarnation, name: name, address: address, metadataVersion: metadataVersion, generation: generation)
         case WireType.suspect:
@@ -180,7 +180,7 @@ enum Wire {
 
     static func encodeStream(sender: NodeID, address: MemberAddress, _ message: StreamMessage) -> [UInt8] {
         var writer = ByteWriter(capacity: 64)
-        writer.u8(WireLimits.version)
+        writer.u8(MembershipWireLimits.version)
         switch message {
         case .pushPull: writer.u8(WireType.pushPull)
         case .metadataRequest: writer.u8(WireType.metadataRequest)
@@ -231,14 +231,14 @@ enum Wire {
 
     static func decodeStream(_ bytes: [UInt8], maxMetadataBytes: Int) -> (sender: NodeID, address: MemberAddress, message: StreamMessage)? {
         var reader = ByteReader(bytes)
-        guard reader.u8() == WireLimits.version, let type = reader.u8(), let sender = reader.id(),
+        guard reader.u8() == MembershipWireLimits.version, let type = reader.u8(), let sender = reader.id(),
               let address = reader.address()
         else { return nil }
         let message: StreamMessage
         switch type {
         case WireType.pushPull:
             guard let flag = reader.u8(), flag <= 1,
-                  let count = reader.length(max: min(WireLimits.maxPushPullRecords, reader.remaining / minimumRecordBytes))
+                  let count = reader.length(max: min(MembershipWireLimits.maxPushPullRecords, reader.remaining / minimumRecordBytes))
             else { return nil }
             var records: [StateRecord] = []
             records.reserveCapacity(count)
@@ -246,7 +246,7 @@ enum Wire {
                 guard let id = reader.id(), let code = reader.u8(), let status = status(code),
                       let incarnation = reader.varint(), let metadataVersion = reader.varint(),
                       let generation = reader.u64(), let memberAddress = reader.address(),
-                      let name = reader.string(max: WireLimits.maxNameBytes)
+                      let name = reader.string(max: MembershipWireLimits.maxNameBytes)
                 else { return nil }
                 records.append(StateRecord(
                     id: id, name: name, address: memberAddress, status: status, incarnation: incarnation,
