@@ -92,6 +92,7 @@ extension Membership {
             stats.accusationsWithheld += 1
             return
         }
+        if state.status == .alive { stats.suspicionsRaised += 1 }
         apply(.suspect(id: probe.target, incarnation: state.incarnation, accuser: id), learnedFrom: nil, now: now, into: &out)
     }
 
