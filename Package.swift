@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "SkeinRelay", targets: ["SkeinRelay"]),
         .library(name: "SkeinWire", targets: ["SkeinWire"]),
         .library(name: "SkeinCrypto", targets: ["SkeinCrypto"]),
+        .library(name: "SkeinMembership", targets: ["SkeinMembership"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
@@ -40,6 +41,15 @@ let package = Package(
         .target(
             name: "SkeinCrypto",
             dependencies: ["CSodium", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // SWIM + Lifeguard membership: a pure core (no I/O, no clock, no randomness of its own).
+        // NIOCore only for NIODeadline/TimeAmount.
+        .target(
+            name: "SkeinMembership",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "HeapModule", package: "swift-collections"),
+            ]
         ),
         // The relay daemon: the pure relay core plus its SwiftNIO shell.
         .target(
@@ -86,6 +96,10 @@ let package = Package(
         .testTarget(
             name: "SkeinWireTests",
             dependencies: ["SkeinWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "SkeinMembershipTests",
+            dependencies: ["SkeinMembership", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "SkeinRelayTests",

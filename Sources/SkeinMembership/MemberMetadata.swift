@@ -1,0 +1,84 @@
+/// What a relay offers the mesh: its zone tag, the clusters and topics its local connections
+/// serve, and a load figure. Versioned: gossip carries only the version, the body is pulled over
+/// the stream channel (see `Docs/membership.md`, "Metadata").
+public struct MemberMetadata: Equatable, Sendable {
+    public var zone: String
+    /// Cluster name → number of local member connections.
+    public var clusters: [String: UInt32]
+    public var topics: Set<String>
+    public var load: UInt32
+
+    public init(zone: String = "", clusters: [String: UInt32] = [:], topics: Set<String> = [], load: UInt32 = 0) {
+        self.zone = zone
+        self.clusters = clusters
+        self.topics = topics
+        self.load = load
+    }
+
+    /// Layout: `u8 format(1) | str zone | varint nClusters | (str name, varint count)* |
+    /// varint nTopics | str topic* | varint load`, names sorted so equal values encode equally.
+    /// Throws when a string exceeds `MembershipWireLimits.maxMetadataStringBytes` or the whole exceeds `limit`.
+    public func encoded(limit: Int) throws(MembershipError) -> [UInt8] {
+        var writer = ByteWriter(capacity: 64)
+        writer.u8(1)
+        try Self.checked(zone)
+        writer.string(zone)
+        writer.varint(UInt64(clusters.count))
+        for name in clusters.keys.sorted() {
+            try Self.checked(name)
+            writer.string(name)
+            writer.varint(UInt64(clusters[name] ?? 0))
+        }
+        writer.varint(UInt64(topics.count))
+        for topic in topics.sorted() {
+            try Self.checked(topic)
+            writer.string(topic)
+        }
+        writer.varint(UInt64(load))
+        guard writer.bytes.count <= limit else {
+            throw .metadataTooLarge(size: writer.bytes.count, limit: limit)
+        }
+        return writer.bytes
+    }
+
+    /// Nil for anything malformed or longer than `limit` bytes.
+    public static func decode(_ bytes: [UInt8], limit: Int) -> MemberMetadata? {
+        guard bytes.count <= limit else { return nil }
+        var reader = ByteReader(bytes)
+        guard reader.u8() == 1, let zone = reader.string(max: MembershipWireLimits.maxMetadataStringBytes),
+              let clusterCount = reader.length(max: reader.remaining / 2)
+        else { return nil }
+        var clusters: [String: UInt32] = [:]
+        for _ in 0..<clusterCount {
+            guard let name = reader.string(max: MembershipWireLimits.maxMetadataStringBytes),
+                  let count = reader.varint(), count <= UInt64(UInt32.max),
+                  clusters.updateValue(UInt32(count), forKey: name) == nil
+            else { return nil }
+        }
+        guard let topicCount = reader.length(max: reader.remaining) else { return nil }
+        var topics = Set<String>()
+        for _ in 0..<topicCount {
+            guard let topic = reader.string(max: MembershipWireLimits.maxMetadataStringBytes), topics.insert(topic).inserted
+            else { return nil }
+        }
+        guard let load = reader.varint(), load <= UInt64(UInt32.max), reader.isAtEnd else { return nil }
+        return MemberMetadata(zone: zone, clusters: clusters, topics: topics, load: UInt32(load))
+    }
+
+    private static func checked(_ string: String) throws(MembershipError) {
+        guard string.utf8.count <= MembershipWireLimits.maxMetadataStringBytes else {
+            throw .metadataStringTooLong(string.utf8.count)
+        }
+    }
+}
+
+public enum MembershipError: Error, Equatable, Sendable {
+    /// Encoded metadata is larger than `MembershipSettings.maxMetadataBytes`.
+    case metadataTooLarge(size: Int, limit: Int)
+    /// A zone, cluster or topic name is longer than `MembershipWireLimits.maxMetadataStringBytes`.
+    case metadataStringTooLong(Int)
+    /// The member name is longer than `MembershipWireLimits.maxNameBytes`.
+    case nameTooLong(Int)
+    /// The host is longer than `MembershipWireLimits.maxHostBytes`.
+    case hostTooLong(Int)
+}

@@ -1,0 +1,157 @@
+import NIOCore
+
+extension Membership {
+    /// One step of the randomized round-robin: the next live member of a shuffled order; the
+    /// order is reshuffled when exhausted, and new members are inserted at random positions.
+    mutating func probeRound(now: NIODeadline, into out: inout [MembershipDirective]) {
+        probeRoundAt = now + scaled(settings.probeInterval)
+        schedule(.probeRound, at: probeRoundAt)
+        if liveOthers == 0 && !seeds.isEmpty && joinRetryAt == nil {
+            attemptJoin(now: now, into: &out)
+        }
+        guard let target = nextProbeTarget() else { return }
+        startProbe(target, kind: .regular, now: now, into: &out)
+    }
+
+    mutating func nextProbeTarget() -> NodeID? {
+        for pass in 0..<2 {
+            while probeIndex < probeOrder.count {
+                let candidate = probeOrder[probeIndex]
+                probeIndex += 1
+                if let state = table[candidate], state.isLive { return candidate }
+            }
+            guard pass == 0 else { break }
+            probeOrder = table.values.filter(\.isLive).map(\.id)
+            probeOrder.sort()
+            probeOrder.shuffle(using: &random)
+            probeIndex = 0
+        }
+        return nil
+    }
+
+    mutating func insertIntoProbeOrder(_ memberID: NodeID) {
+        let position = Int.random(in: probeIndex...probeOrder.count, using: &random)
+        probeOrder.insert(memberID, at: position)
+    }
+
+    /// Direct ping now; at `probeTimeout` (scaled) indirect pings and a stream ping; verdict at
+    /// `probeInterval` (scaled). One outstanding probe per target.
+    mutating func startProbe(_ target: NodeID, kind: ProbeKind, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard probing[target] == nil, let state = table[target] else { return }
+        let seq = nextSequence()
+        probes[seq] = Probe(target: target, kind: kind)
+        probing[target] = seq
+        // Buddy system: a suspect (or dead) target hears the accusation with the ping itself.
+        let buddy: GossipUpdate?
+        switch state.status {
+        case .suspect:
+            buddy = .suspect(id: target, incarnation: state.incarnation, accuser: state.accuser ?? id)
+        case .dead:
+            buddy = .dead(id: target, incarnation: state.incarnation, accuser: state.accuser ?? id)
+        case .alive, .left:
+            buddy = nil
+        }
+        if kind == .dead { stats.deadProbesSent += 1 } else { stats.probesSent += 1 }
+        sendDatagram([.ping(seq: seq, target: target)], buddy: buddy, to: state.address, into: &out)
+        if kind != .dead {
+            schedule(.probeIndirect(seq), at: now + scaled(settings.probeTimeout))
+        }
+        schedule(.probeEnd(seq), at: now + scaled(settings.probeInterval))
+    }
+
+    mutating func probeIndirect(_ seq: UInt32, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard let probe = probes[seq], !probe.indirectSent, let target = table[probe.target], target.isLive else { return }
+        probes[seq]!.indirectSent = true
+        var helpers = table.values.filter { $0.status == .alive && $0.id != probe.target }.map(\.id)
+        helpers.sort()
+        helpers.shuffle(using: &random)
+        let chosen = helpers.prefix(settings.indirectProbes)
+        probes[seq]!.expectedNacks = chosen.count
+        for helper in chosen {
+            stats.indirectProbesSent += 1
+            sendDatagram([.pingReq(seq: seq, target: probe.target, address: target.address)], to: table[helper]!.address, into: &out)
+        }
+        // TCP fallback in parallel: tells a UDP-only failure apart from a dead member.
+        stats.streamPingsSent += 1
+        sendStream(.ping(seq: seq, target: probe.target), to: target.address, into: &out)
+    }
+
+    /// The probe's verdict, unless an ack already settled it.
+    mutating func probeEnd(_ seq: UInt32, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard let probe = probes.removeValue(forKey: seq) else { return }
+        if probing[probe.target] == seq { probing[probe.target] = nil }
+        guard probe.kind != .dead, let state = table[probe.target], state.isLive else { return }
+        if probe.streamAcked {
+            stats.udpFailedWhileStreamWorked += 1
+            return
+        }
+        // Lifeguard: missed nacks mean our own network is the likelier culprit.
+        let delta = probe.expectedNacks > 0 ? max(0, probe.expectedNacks - probe.nacks) : 1
+        adjustHealth(delta)
+        guard localHealth < settings.maxLocalHealth else {
+            stats.accusationsWithheld += 1
+            return
+        }
+        if state.status == .alive { stats.suspicionsRaised += 1 }
+        apply(.suspect(id: probe.target, incarnation: state.incarnation, accuser: id), learnedFrom: nil, now: now, into: &out)
+    }
+
+    mutating func handleAck(seq: UInt32, sender: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
+        if let probe = probes.removeValue(forKey: seq) {
+            if probing[probe.target] == seq { probing[probe.target] = nil }
+            stats.acksReceived += 1
+            if sender == probe.target {
+                if probe.kind != .dead { adjustHealth(-1) }
+            } else {
+                stats.indirectAcksReceived += 1
+            }
+            return
+        }
+        if let relay = relayed.removeValue(forKey: seq) {
+            sendDatagram([.ack(seq: relay.requesterSeq)], to: relay.requester, into: &out)
+        }
+    }
+
+    mutating func handlePing(seq: UInt32, target: NodeID, from: MemberAddress, now: NIODeadline, into out: inout [MembershipDirective]) {
+        if target == id {
+            sendDatagram([.ack(seq: seq)], to: from, into: &out)
+        } else {
+            // The sender has a previous process's id for our address: tell it who lives here now.
+            emitDatagram(Wire.datagram(sender: id, [.update(selfAlive)]), to: from, into: &out)
+        }
+    }
+
+    mutating func handlePingReq(seq: UInt32, target: NodeID, targetAddress: MemberAddress, from: MemberAddress, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard target != id else { return }
+        stats.pingReqsServed += 1
+        let ourSeq = nextSequence()
+        relayed[ourSeq] = RelayedProbe(requesterSeq: seq, requester: from)
+        var buddy: GossipUpdate?
+        if let state = table[target], state.status == .suspect {
+            buddy = .suspect(id: target, incarnation: state.incarnation, accuser: state.accuser ?? id)
+        }
+        sendDatagram([.ping(seq: ourSeq, target: target)], buddy: buddy, to: targetAddress, into: &out)
+        schedule(.relayNack(ourSeq), at: now + settings.probeTimeout)
+        schedule(.relayEnd(ourSeq), at: now + settings.probeInterval)
+    }
+
+    /// Every `deadProbeInterval`, ping the next dead member (round-robin), carrying its death
+    /// so that, if it is alive behind a healed partition, it refutes in its ack.
+    mutating func probeNextDead(now: NIODeadline, into out: inout [MembershipDirective]) {
+        for pass in 0..<2 {
+            while deadIndex < deadOrder.count {
+                let candidate = deadOrder[deadIndex]
+                deadIndex += 1
+                if table[candidate]?.status == .dead {
+                    startProbe(candidate, kind: .dead, now: now, into: &out)
+                    return
+                }
+            }
+            guard pass == 0 else { return }
+            deadOrder = table.values.filter { $0.status == .dead }.map(\.id)
+            deadOrder.sort()
+            deadOrder.shuffle(using: &random)
+            deadIndex = 0
+        }
+    }
+}

@@ -1,0 +1,301 @@
+import NIOCore
+
+extension Membership {
+    /// Applies one gossiped or merged update by SWIM's incarnation rules (see
+    /// `Docs/membership.md`, "States and incarnations"). `learnedFrom` is the address of the
+    /// member that told us, a second source for a metadata pull.
+    mutating func apply(_ update: GossipUpdate, learnedFrom: MemberAddress?, now: NIODeadline, into out: inout [MembershipDirective]) {
+        switch update {
+        case .alive(let memberID, let incarnation, let memberName, let memberAddress, let metadataVersion, let memberGeneration):
+            if memberID == id {
+                if incarnation > selfIncarnation {
+                    selfIncarnation = incarnation + 1
+                    enqueue(selfAlive)
+                }
+                return
+            }
+            applyAlive(
+                memberID, incarnation: incarnation, name: memberName, address: memberAddress,
+                metadataVersion: metadataVersion, generation: memberGeneration, update: update, now: now, into: &out)
+            if let state = table[memberID], state.isLive, state.metadataVersion > state.heldMetadataVersion {
+                requestMetadata(memberID, source: learnedFrom, now: now, into: &out)
+            }
+        case .suspect(let memberID, let incarnation, let accuser):
+            if memberID == id { return heardAccusation(incarnation: incarnation) }
+            applySuspect(memberID, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
+        case .dead(let memberID, let incarnation, let accuser):
+            if memberID == id { return heardAccusation(incarnation: incarnation) }
+            guard var state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
+            if state.status == .dead {
+                state.incarnation = incarnation
+                table[memberID] = state
+                return
+            }
+            markDown(memberID, status: .dead, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
+        case .left(let memberID, let incarnation):
+            if memberID == id {
+                if !hasLeft { heardAccusation(incarnation: incarnation) }
+                return
+            }
+            guard let state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
+            markDown(memberID, status: .left, incarnation: incarnation, accuser: nil, update: update, now: now, into: &out)
+        }
+    }
+
+    private mutating func applyAlive(
+        _ memberID: NodeID, incarnation: UInt64, name memberName: String, address memberAddress: MemberAddress,
+        metadataVersion: UInt64, generation memberGeneration: UInt64, update: GossipUpdate, now: NIODeadline,
+        into out: inout [MembershipDirective]
+    ) {
+        // Another id at our own address is a previous process of ours: never a member.
+        guard memberAddress != address else { return }
+        if var state = table[memberID] {
+            guard incarnation > state.incarnation else { return }
+            let previous = state.status
+            if state.address != memberAddress {
+                guard claim(memberAddress, for: memberID, generation: memberGeneration, now: now, into: &out) else { return }
+                if byAddress[state.address] == memberID { byAddress[state.address] = nil }
+            }
+            state.incarnation = incarnation
+            state.name = memberName
+            state.address = memberAddress
+            state.generation = memberGeneration
+            state.metadataVersion = max(state.metadataVersion, metadataVersion)
+            state.status = .alive
+            state.accuser = nil
+            if previous != .alive { state.changedAt = now }
+            table[memberID] = state
+            suspicions[memberID] = nil
+            enqueue(update)
+            if previous != .alive {
+                if previous == .dead || previous == .left { insertIntoProbeOrder(memberID) }
+                out.append(.event(.statusChanged(state.member, from: previous)))
+            }
+            return
+        }
+        guard claim(memberAddress, for: memberID, generation: memberGeneration, now: now, into: &out) else { return }
+        let state = MemberState(
+            id: memberID, name: memberName, address: memberAddress, status: .alive, incarnation: incarnation,
+            metadataVersion: metadataVersion, generation: memberGeneration, changedAt: now)
+        table[memberID] = state
+        insertIntoProbeOrder(memberID)
+        enqueue(update)
+        out.append(.event(.joined(state.member)))
+        checkName(of: state, into: &out)
+    }
+
+    /// Gives `memberAddress` to `memberID`. A live member already there is a previous process
+    /// and is superseded (marked left at once) unless its generation is newer, in which case the
+    /// claim is stale and refused.
+    private mutating func claim(_ memberAddress: MemberAddress, for memberID: NodeID, generation memberGeneration: UInt64, now: NIODeadline, into out: inout [MembershipDirective]) -> Bool {
+        if let holder = byAddress[memberAddress], holder != memberID, let holderState = table[holder] {
+            if holderState.status != .left {
+                guard memberGeneration >= holderState.generation else { return false }
+                stats.superseded += 1
+                markDown(
+                    holder, status: .left, incarnation: holderState.incarnation, accuser: nil,
+                    update: .left(id: holder, incarnation: holderState.incarnation), now: now, into: &out)
+            }
+        }
+        byAddress[memberAddress] = memberID
+        return true
+    }
+
+    /// Same name as a live member at a different address: both stay (identity is the id), and
+    /// the conflict is reported once per pair. The first holder keeps the name index.
+    private mutating func checkName(of state: MemberState, into out: inout [MembershipDirective]) {
+        if state.name == name {
+            if reportedConflicts.insert([id, state.id]).inserted {
+                out.append(.event(.nameConflict(existing: selfMember, new: state.member)))
+            }
+            return
+        }
+        if let holder = byName[state.name], holder != state.id, let holderState = table[holder], holderState.isLive {
+            if holderState.address != state.address, reportedConflicts.insert([holder, state.id]).inserted {
+                out.append(.event(.nameConflict(existing: holderState.member, new: state.member)))
+            }
+            return
+        }
+        byName[state.name] = state.id
+    }
+
+    private mutating func applySuspect(_ memberID: NodeID, incarnation: UInt64, accuser: NodeID, update: GossipUpdate, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard var state = table[memberID], state.isLive, incarnation >= state.incarnation else { return }
+        if state.status == .suspect && incarnation == state.incarnation {
+            guard var suspicion = suspicions[memberID], accuser != suspicion.firstAccuser,
+                  suspicion.confirmers.insert(accuser).inserted
+            else { return }
+            suspicions[memberID] = suspicion
+            stats.suspicionConfirmations += 1
+            enqueue(update)
+            if suspicion.deadline <= now {
+                declareDead(memberID, now: now, into: &out)
+            } else {
+                schedule(.suspicion(memberID), at: suspicion.deadline)
+            }
+            return
+        }
+        let previous = state.status
+        state.status = .suspect
+        state.incarnation = incarnation
+        state.accuser = accuser
+        state.changedAt = now
+        table[memberID] = state
+        let n = Double(liveCount)
+        let scale = max(1.0, naturalLog(max(1.0, n)) / naturalLog(10))
+        let minimum = TimeAmount.nanoseconds(Int64(Double(settings.suspicionMinMultiplier) * scale * Double(settings.probeInterval.nanoseconds)))
+        let maximum = TimeAmount.nanoseconds(minimum.nanoseconds * Int64(settings.suspicionMaxMultiplier))
+        let expected = min(settings.indirectProbes, max(0, liveCount - 2))
+        let suspicion = Suspicion(
+            start: now, incarnation: incarnation, confirmers: [], firstAccuser: accuser,
+            expectedConfirmations: expected, minimum: minimum, maximum: maximum)
+        suspicions[memberID] = suspicion
+        schedule(.suspicion(memberID), at: suspicion.deadline)
+        enqueue(update)
+        if previous != .suspect {
+            out.append(.event(.statusChanged(state.member, from: previous)))
+        }
+    }
+
+    /// The suspicion ran out: we declare the member dead.
+    mutating func declareDead(_ memberID: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard let state = table[memberID], state.status == .suspect else { return }
+        stats.deathsDeclared += 1
+        markDown(
+            memberID, status: .dead, incarnation: state.incarnation, accuser: id,
+            update: .dead(id: memberID, incarnation: state.incarnation, accuser: id), now: now, into: &out)
+    }
+
+    /// To dead or left: the record stays (dead ones are probed) until `reapAfter`.
+    mutating func markDown(_ memberID: NodeID, status: MemberStatus, incarnation: UInt64, accuser: NodeID?, update: GossipUpdate, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard var state = table[memberID] else { return }
+        let previous = state.status
+        state.status = status
+        state.incarnation = incarnation
+        state.accuser = accuser
+        state.changedAt = now
+        table[memberID] = state
+        suspicions[memberID] = nil
+        pulls[memberID] = nil
+        enqueue(update)
+        schedule(.reap(memberID), at: now + settings.reapAfter)
+        out.append(.event(.statusChanged(state.member, from: previous)))
+    }
+
+    // MARK: Dissemination
+
+    /// Queues `update` for piggybacking; it replaces any queued update about the same member.
+    mutating func enqueue(_ update: GossipUpdate) {
+        var writer = ByteWriter(capacity: 48)
+        Wire.encode(update, into: &writer)
+        broadcastOrder += 1
+        broadcasts[update.id] = Broadcast(bytes: writer.bytes, transmits: 0, order: broadcastOrder)
+        broadcastQueue.insert(BroadcastKey(transmits: 0, order: broadcastOrder, id: update.id))
+    }
+
+    /// Appends queued updates, fewest transmissions then newest first, while they fit in
+    /// `maxDatagramBytes`. An update is dropped after `retransmitLimit` transmissions.
+    mutating func piggyback(into bytes: inout [UInt8], skipping: NodeID?) {
+        let limit = retransmitLimit
+        var sent: [BroadcastKey] = []
+        var setAside: [BroadcastKey] = []
+        while let key = broadcastQueue.popMin() {
+            guard let entry = broadcasts[key.id], entry.order == key.order, entry.transmits == key.transmits else { continue }
+            let room = settings.maxDatagramBytes - bytes.count
+            if key.id == skipping || entry.bytes.count > room {
+                setAside.append(key)
+                // Smallest update is a `left` (18 bytes): stop once nothing can fit, or after a
+                // few misses so a full datagram costs O(log q), not O(q).
+                if room < 18 || setAside.count >= 8 { break }
+                continue
+            }
+            bytes += entry.bytes
+            stats.updatesPiggybacked += 1
+            let transmits = entry.transmits + 1
+            if transmits >= limit {
+                broadcasts[key.id] = nil
+            } else {
+                broadcasts[key.id]!.transmits = transmits
+                sent.append(BroadcastKey(transmits: transmits, order: key.order, id: key.id))
+            }
+        }
+        for key in setAside { broadcastQueue.insert(key) }
+        for key in sent { broadcastQueue.insert(key) }
+    }
+
+    /// Queued updates not yet fully disseminated (for tests and the simulator).
+    public var pendingUpdates: Int { broadcasts.count }
+
+    // MARK: Metadata
+
+    mutating func requestMetadata(_ memberID: NodeID, source: MemberAddress?, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard let state = table[memberID] else { return }
+        if var pull = pulls[memberID], pull.version >= state.metadataVersion {
+            if let source, !pull.sources.contains(source) {
+                pull.sources.append(source)
+                pulls[memberID] = pull
+            }
+            return
+        }
+        var sources = [state.address]
+        if let source, source != state.address { sources.append(source) }
+        let deadline = now + settings.metadataPullTimeout
+        pulls[memberID] = MetadataPull(version: state.metadataVersion, attempt: 1, sources: sources, deadline: deadline)
+        stats.metadataPullsSent += 1
+        sendStream(.metadataRequest(id: memberID, version: state.metadataVersion), to: sources[0], into: &out)
+        schedule(.metadataPull(memberID), at: deadline)
+    }
+
+    /// Next source, round-robin, until `metadataPullAttempts`; then the pull is dropped and the
+    /// next gossip or push-pull mentioning the version starts a new one.
+    mutating func retryPull(_ memberID: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard var pull = pulls[memberID] else { return }
+        guard let state = table[memberID], state.isLive, state.heldMetadataVersion < pull.version,
+              pull.attempt < settings.metadataPullAttempts
+        else {
+            pulls[memberID] = nil
+            return
+        }
+        pull.attempt += 1
+        pull.deadline = now + settings.metadataPullTimeout
+        pulls[memberID] = pull
+        stats.metadataPullRetries += 1
+        stats.metadataPullsSent += 1
+        let source = pull.sources[(pull.attempt - 1) % pull.sources.count]
+        sendStream(.metadataRequest(id: memberID, version: pull.version), to: source, into: &out)
+        schedule(.metadataPull(memberID), at: pull.deadline)
+    }
+
+    mutating func answerMetadataRequest(_ memberID: NodeID, version: UInt64, to target: MemberAddress, into out: inout [MembershipDirective]) {
+        stats.metadataPullsAnswered += 1
+        if memberID == id, selfMetadataVersion >= version {
+            sendStream(.metadataResponse(id: id, version: selfMetadataVersion, body: selfMetadataBytes), to: target, into: &out)
+            return
+        }
+        if let state = table[memberID], let metadata = state.metadata, state.heldMetadataVersion >= version,
+           let body = try? metadata.encoded(limit: settings.maxMetadataBytes)
+        {
+            sendStream(.metadataResponse(id: memberID, version: state.heldMetadataVersion, body: body), to: target, into: &out)
+            return
+        }
+        sendStream(.metadataResponse(id: memberID, version: version, body: nil), to: target, into: &out)
+    }
+
+    mutating func receiveMetadata(_ memberID: NodeID, version: UInt64, body: [UInt8]?, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard let body else {
+            retryPull(memberID, now: now, into: &out)
+            return
+        }
+        guard let metadata = MemberMetadata.decode(body, limit: settings.maxMetadataBytes) else {
+            stats.malformedDropped += 1
+            return
+        }
+        guard var state = table[memberID], version > state.heldMetadataVersion else { return }
+        state.metadata = metadata
+        state.heldMetadataVersion = version
+        state.metadataVersion = max(state.metadataVersion, version)
+        table[memberID] = state
+        if let pull = pulls[memberID], version >= pull.version { pulls[memberID] = nil }
+        out.append(.event(.metadataChanged(state.member)))
+    }
+}

@@ -1,0 +1,464 @@
+import HeapModule
+import NIOCore
+
+/// The SWIM + Lifeguard membership core: a value type with no I/O, no clock and no randomness of
+/// its own. Every input takes `now`; every output is a `MembershipDirective` the shell performs.
+/// The shell calls `tick(now:)` at or after `nextWakeup`. See `Docs/membership.md`.
+public struct Membership: Sendable {
+    public let id: NodeID
+    public let name: String
+    public let address: MemberAddress
+    public let settings: MembershipSettings
+    /// Orders processes that used the same address; see `init`.
+    public let generation: UInt64
+
+    var selfIncarnation: UInt64 = 0
+    var selfMetadataVersion: UInt64 = 1
+    var selfMetadata: MemberMetadata
+    var selfMetadataBytes: [UInt8]
+    var hasLeft = false
+
+    var table: [NodeID: MemberState] = [:]
+    var byAddress: [MemberAddress: NodeID] = [:]
+    var byName: [String: NodeID] = [:]
+    var reportedConflicts: Set<[NodeID]> = []
+    var suspicions: [NodeID: Suspicion] = [:]
+    var random: MembershipRandom
+
+    var probeOrder: [NodeID] = []
+    var probeIndex = 0
+    var deadOrder: [NodeID] = []
+    var deadIndex = 0
+    var probes: [UInt32: Probe] = [:]
+    var probing: [NodeID: UInt32] = [:]
+    var relayed: [UInt32: RelayedProbe] = [:]
+    var nextSeq: UInt32 = 0
+
+    var broadcasts: [NodeID: Broadcast] = [:]
+    var broadcastQueue = Heap<BroadcastKey>()
+    var broadcastOrder: UInt64 = 0
+
+    var timers = Heap<Timer>()
+    var timerOrder: UInt64 = 0
+    var probeRoundAt: NIODeadline
+    var pushPullAt: NIODeadline
+    var deadProbeAt: NIODeadline
+    var joinRetryAt: NIODeadline?
+    var joinAttempts = 0
+    var seeds: [MemberAddress] = []
+    var pulls: [NodeID: MetadataPull] = [:]
+
+    public private(set) var localHealth = 0
+    public internal(set) var stats = MembershipStats()
+
+    /// - Parameters:
+    ///   - seed: the only source of randomness (probe order, indirect peers, push-pull partner).
+    ///   - generation: orders successive processes at the same address (higher = newer). The shell
+    ///     passes its wall-clock start time in milliseconds; with equal generations the id learned
+    ///     later wins. See `Docs/membership.md`, "Rejoin".
+    /// - Throws: when `metadata` or `name`/`address` exceed their limits.
+    public init(
+        id: NodeID, name: String, address: MemberAddress, metadata: MemberMetadata,
+        settings: MembershipSettings, seed: UInt64, now: NIODeadline, generation: UInt64 = 0
+    ) throws(MembershipError) {
+        guard name.utf8.count <= MembershipWireLimits.maxNameBytes else { throw .nameTooLong(name.utf8.count) }
+        guard address.host.utf8.count <= MembershipWireLimits.maxHostBytes else { throw .hostTooLong(address.host.utf8.count) }
+        self.id = id
+        self.name = name
+        self.address = address
+        self.settings = settings
+        self.generation = generation
+        self.selfMetadata = metadata
+        self.selfMetadataBytes = try metadata.encoded(limit: settings.maxMetadataBytes)
+        self.random = MembershipRandom(seed: seed)
+        self.byName[name] = id
+        probeRoundAt = now + settings.probeInterval
+        pushPullAt = now + settings.pushPullInterval
+        deadProbeAt = now + settings.deadProbeInterval
+        schedule(.probeRound, at: probeRoundAt)
+        schedule(.pushPull, at: pushPullAt)
+        schedule(.deadProbe, at: deadProbeAt)
+    }
+
+    // MARK: Public API
+
+    /// Every known member, self included, dead and left ones until reaped. O(n).
+    public var members: [Member] {
+        var out = [selfMember]
+        out.reserveCapacity(table.count + 1)
+        for state in table.values { out.append(state.member) }
+        return out
+    }
+
+    public func member(_ id: NodeID) -> Member? {
+        id == self.id ? selfMember : table[id]?.member
+    }
+
+    public var nextWakeup: NIODeadline {
+        timers.min?.deadline ?? .distantFuture
+    }
+
+    public var incarnation: UInt64 { selfIncarnation }
+
+    /// Contacts `seeds` over the stream channel (push-pull) and retries with backoff until some
+    /// member is known alive. Seeds may be down or wrong; our own address is skipped.
+    public mutating func join(seeds: [MemberAddress], now: NIODeadline) -> [MembershipDirective] {
+        guard !hasLeft else { return [] }
+        self.seeds = seeds.filter { $0 != address }
+        joinAttempts = 0
+        var out: [MembershipDirective] = []
+        attemptJoin(now: now, into: &out)
+        return out
+    }
+
+    public mutating func receiveDatagram(_ bytes: [UInt8], from: MemberAddress, now: NIODeadline) -> [MembershipDirective] {
+        stats.datagramsReceived += 1
+        stats.datagramBytesReceived += bytes.count
+        guard !hasLeft else { return [] }
+        guard let (sender, messages) = Wire.decodeDatagram(bytes) else {
+            stats.malformedDropped += 1
+            return []
+        }
+        var out: [MembershipDirective] = []
+        // Updates first, so an ack answering a ping already carries any refutation it caused.
+        for case .update(let update) in messages {
+            apply(update, learnedFrom: from, now: now, into: &out)
+        }
+        for message in messages {
+            switch message {
+            case .ping(let seq, let target):
+                handlePing(seq: seq, target: target, from: from, now: now, into: &out)
+            case .pingReq(let seq, let target, let targetAddress):
+                handlePingReq(seq: seq, target: target, targetAddress: targetAddress, from: from, now: now, into: &out)
+            case .ack(let seq):
+                handleAck(seq: seq, sender: sender, now: now, into: &out)
+            case .nack(let seq):
+                if probes[seq] != nil {
+                    probes[seq]!.nacks += 1
+                    stats.nacksReceived += 1
+                }
+            case .update:
+                break
+            }
+        }
+        return out
+    }
+
+    public mutating func receiveStream(_ bytes: [UInt8], from: MemberAddress, now: NIODeadline) -> [MembershipDirective] {
+        stats.streamMessagesReceived += 1
+        guard !hasLeft else { return [] }
+        guard let (sender, senderAddress, message) = Wire.decodeStream(bytes, maxMetadataBytes: settings.maxMetadataBytes) else {
+            stats.malformedDropped += 1
+            return []
+        }
+        var out: [MembershipDirective] = []
+        switch message {
+        case .pushPull(let isRequest, let records):
+            stats.pushPullsReceived += 1
+            merge(records, sender: sender, senderAddress: senderAddress, now: now, into: &out)
+            if isRequest {
+                sendStream(.pushPull(isRequest: false, records: stateRecords()), to: senderAddress, into: &out)
+            }
+        case .metadataRequest(let memberID, let version):
+            answerMetadataRequest(memberID, version: version, to: senderAddress, into: &out)
+        case .metadataResponse(let memberID, let version, let body):
+            receiveMetadata(memberID, version: version, body: body, now: now, into: &out)
+        case .ping(let seq, let target):
+            if target == id { sendStream(.ack(seq: seq), to: senderAddress, into: &out) }
+        case .ack(let seq):
+            if probes[seq] != nil {
+                probes[seq]!.streamAcked = true
+                stats.streamAcksReceived += 1
+            }
+        }
+        return out
+    }
+
+    /// A stream message to `to` could not be delivered.
+    public mutating func streamFailed(to: MemberAddress, now: NIODeadline) -> [MembershipDirective] {
+        stats.streamFailures += 1
+        guard !hasLeft else { return [] }
+        var out: [MembershipDirective] = []
+        // A pull whose current source failed moves on to the next source at once.
+        let failedPulls = pulls.filter { entry in
+            let sources = entry.value.sources
+            return !sources.isEmpty && sources[(entry.value.attempt - 1) % sources.count] == to
+        }.map(\.key)
+        for memberID in failedPulls.sorted() {
+            retryPull(memberID, now: now, into: &out)
+        }
+        return out
+    }
+
+    public mutating func tick(now: NIODeadline) -> [MembershipDirective] {
+        var out: [MembershipDirective] = []
+        while let first = timers.min, first.deadline <= now {
+            _ = timers.removeMin()
+            guard !hasLeft else { continue }
+            fire(first.kind, deadline: first.deadline, now: now, into: &out)
+        }
+        return out
+    }
+
+    /// A peer link to `memberID` broke: probe it now (same lifecycle as a regular probe, so only
+    /// a failed direct + indirect probe leads to suspicion, never the hint itself).
+    public mutating func linkBroken(_ memberID: NodeID, now: NIODeadline) -> [MembershipDirective] {
+        guard !hasLeft, let state = table[memberID], state.isLive else { return [] }
+        var out: [MembershipDirective] = []
+        startProbe(memberID, kind: .hint, now: now, into: &out)
+        return out
+    }
+
+    /// ICMP port unreachable for `address`: treated exactly like `linkBroken` for its member.
+    public mutating func unreachable(_ address: MemberAddress, now: NIODeadline) -> [MembershipDirective] {
+        guard let memberID = byAddress[address] else { return [] }
+        return linkBroken(memberID, now: now)
+    }
+
+    /// Publishes new metadata: bumps version and incarnation and gossips the new version; peers
+    /// pull the body over the stream channel.
+    public mutating func updateMetadata(_ metadata: MemberMetadata, now: NIODeadline) throws(MembershipError) -> [MembershipDirective] {
+        let bytes = try metadata.encoded(limit: settings.maxMetadataBytes)
+        guard !hasLeft else { return [] }
+        selfMetadata = metadata
+        selfMetadataBytes = bytes
+        selfMetadataVersion += 1
+        selfIncarnation += 1
+        enqueue(selfAlive)
+        return [.event(.metadataChanged(selfMember))]
+    }
+
+    /// Graceful leave: gossips `left` (with a bumped incarnation) directly to several live members
+    /// at once, since the shell stops us soon after. Afterwards the core ignores all input.
+    public mutating func leave(now: NIODeadline) -> [MembershipDirective] {
+        guard !hasLeft else { return [] }
+        selfIncarnation += 1
+        let update = GossipUpdate.left(id: id, incarnation: selfIncarnation)
+        var out: [MembershipDirective] = [.event(.statusChanged(selfMember.with(status: .left), from: .alive))]
+        var live = table.values.filter(\.isLive).map(\.address)
+        live.sort { $0.description < $1.description }
+        live.shuffle(using: &random)
+        let fanout = max(settings.indirectProbes, retransmitLimit)
+        let payload = Wire.datagram(sender: id, [.update(update)])
+        for target in live.prefix(fanout) { emitDatagram(payload, to: target, into: &out) }
+        hasLeft = true
+        return out
+    }
+
+    // MARK: Self
+
+    var selfMember: Member {
+        Member(
+            id: id, name: name, address: address, status: hasLeft ? .left : .alive, incarnation: selfIncarnation,
+            metadataVersion: selfMetadataVersion, metadata: selfMetadata)
+    }
+
+    var selfAlive: GossipUpdate {
+        .alive(id: id, incarnation: selfIncarnation, name: name, address: address, metadataVersion: selfMetadataVersion, generation: generation)
+    }
+
+    /// Someone holds us suspect, dead or left at `incarnation`. If that is current, refute with a
+    /// higher incarnation; either way make sure our alive record is being gossiped again, since
+    /// the sender's view is stale.
+    mutating func heardAccusation(incarnation accused: UInt64) {
+        if accused >= selfIncarnation {
+            selfIncarnation = accused + 1
+            stats.refutations += 1
+            adjustHealth(+1)
+        }
+        enqueue(selfAlive)
+    }
+
+    mutating func adjustHealth(_ delta: Int) {
+        localHealth = min(settings.maxLocalHealth, max(0, localHealth + delta))
+    }
+
+    /// An interval stretched by Lifeguard's local health multiplier.
+    func scaled(_ amount: TimeAmount) -> TimeAmount {
+        .nanoseconds(amount.nanoseconds * Int64(localHealth + 1))
+    }
+
+    /// alive + suspect members, self included.
+    var liveCount: Int {
+        liveOthers + 1
+    }
+
+    var liveOthers: Int {
+        var count = 0
+        for state in table.values where state.isLive { count += 1 }
+        return count
+    }
+
+    /// λ·⌈log10(n + 1)⌉ where n counts every member not yet reaped, self included.
+    var retransmitLimit: Int {
+        settings.retransmitMultiplier * max(1, log10Ceiling(table.count + 2))
+    }
+
+    // MARK: Timers
+
+    mutating func schedule(_ kind: TimerKind, at deadline: NIODeadline) {
+        timerOrder += 1
+        timers.insert(Timer(deadline: deadline, order: timerOrder, kind: kind))
+    }
+
+    mutating func nextSequence() -> UInt32 {
+        nextSeq &+= 1
+        return nextSeq
+    }
+
+    mutating func fire(_ kind: TimerKind, deadline: NIODeadline, now: NIODeadline, into out: inout [MembershipDirective]) {
+        switch kind {
+        case .probeRound:
+            guard deadline == probeRoundAt else { return }
+            probeRound(now: now, into: &out)
+        case .probeIndirect(let seq):
+            probeIndirect(seq, now: now, into: &out)
+        case .probeEnd(let seq):
+            probeEnd(seq, now: now, into: &out)
+        case .suspicion(let memberID):
+            guard let suspicion = suspicions[memberID], suspicion.deadline <= now else { return }
+            declareDead(memberID, now: now, into: &out)
+        case .relayNack(let seq):
+            guard let relay = relayed[seq], !relay.nackSent else { return }
+            relayed[seq]!.nackSent = true
+            sendDatagram([.nack(seq: relay.requesterSeq)], to: relay.requester, into: &out)
+        case .relayEnd(let seq):
+            relayed[seq] = nil
+        case .pushPull:
+            guard deadline == pushPullAt else { return }
+            pushPullAt = now + settings.pushPullInterval
+            schedule(.pushPull, at: pushPullAt)
+            periodicPushPull(into: &out)
+        case .deadProbe:
+            guard deadline == deadProbeAt else { return }
+            deadProbeAt = now + settings.deadProbeInterval
+            schedule(.deadProbe, at: deadProbeAt)
+            probeNextDead(now: now, into: &out)
+        case .joinRetry:
+            guard deadline == joinRetryAt else { return }
+            joinRetryAt = nil
+            attemptJoin(now: now, into: &out)
+        case .metadataPull(let memberID):
+            guard let pull = pulls[memberID], pull.deadline <= now else { return }
+            retryPull(memberID, now: now, into: &out)
+        case .reap(let memberID):
+            guard let state = table[memberID], state.status == .dead || state.status == .left,
+                  state.changedAt + settings.reapAfter <= now
+            else { return }
+            remove(memberID)
+            stats.reaped += 1
+            out.append(.event(.removed(memberID)))
+        }
+    }
+
+    mutating func remove(_ memberID: NodeID) {
+        guard let state = table.removeValue(forKey: memberID) else { return }
+        if byAddress[state.address] == memberID { byAddress[state.address] = nil }
+        if byName[state.name] == memberID { byName[state.name] = nil }
+        suspicions[memberID] = nil
+        pulls[memberID] = nil
+        broadcasts[memberID] = nil
+    }
+
+    // MARK: Join and push-pull
+
+    mutating func attemptJoin(now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard !seeds.isEmpty, liveOthers == 0 else {
+            joinAttempts = 0
+            return
+        }
+        stats.joinAttempts += 1
+        let records = stateRecords()
+        for seed in seeds {
+            sendStream(.pushPull(isRequest: true, records: records), to: seed, into: &out)
+            stats.pushPullsSent += 1
+        }
+        let base = settings.joinRetryInterval.nanoseconds
+        let backoff = min(settings.joinRetryMaxInterval.nanoseconds, base << Int64(min(joinAttempts, 20)))
+        joinAttempts += 1
+        joinRetryAt = now + .nanoseconds(backoff)
+        schedule(.joinRetry, at: joinRetryAt!)
+    }
+
+    mutating func periodicPushPull(into out: inout [MembershipDirective]) {
+        var candidates = table.values.filter { $0.status == .alive }.map(\.id)
+        guard !candidates.isEmpty else { return }
+        candidates.sort()
+        let partner = candidates[Int.random(in: 0..<candidates.count, using: &random)]
+        stats.pushPullsSent += 1
+        sendStream(.pushPull(isRequest: true, records: stateRecords()), to: table[partner]!.address, into: &out)
+    }
+
+    func stateRecords() -> [StateRecord] {
+        var records = [StateRecord(
+            id: id, name: name, address: address, status: .alive, incarnation: selfIncarnation,
+            metadataVersion: selfMetadataVersion, generation: generation)]
+        records.reserveCapacity(table.count + 1)
+        for state in table.values {
+            records.append(StateRecord(
+                id: state.id, name: state.name, address: state.address, status: state.status,
+                incarnation: state.incarnation, metadataVersion: state.metadataVersion, generation: state.generation))
+        }
+        return records
+    }
+
+    /// A remote full state. A remote `dead` becomes a suspicion accused by the sender (as in
+    /// memberlist): one member's verdict is not enough to kill a member we may still reach.
+    mutating func merge(_ records: [StateRecord], sender: NodeID, senderAddress: MemberAddress, now: NIODeadline, into out: inout [MembershipDirective]) {
+        for record in records {
+            let update: GossipUpdate
+            switch record.status {
+            case .alive:
+                update = .alive(
+                    id: record.id, incarnation: record.incarnation, name: record.name, address: record.address,
+                    metadataVersion: record.metadataVersion, generation: record.generation)
+            case .suspect, .dead:
+                if record.id == id {
+                    update = record.status == .dead
+                        ? .dead(id: id, incarnation: record.incarnation, accuser: sender)
+                        : .suspect(id: id, incarnation: record.incarnation, accuser: sender)
+                } else {
+                    update = .suspect(id: record.id, incarnation: record.incarnation, accuser: sender)
+                }
+            case .left:
+                update = .left(id: record.id, incarnation: record.incarnation)
+            }
+            apply(update, learnedFrom: senderAddress, now: now, into: &out)
+        }
+    }
+
+    // MARK: Output
+
+    mutating func sendStream(_ message: StreamMessage, to target: MemberAddress, into out: inout [MembershipDirective]) {
+        stats.streamMessagesSent += 1
+        out.append(.sendStream(Wire.encodeStream(sender: id, address: address, message), to: target))
+    }
+
+    mutating func emitDatagram(_ bytes: [UInt8], to target: MemberAddress, into out: inout [MembershipDirective]) {
+        stats.datagramsSent += 1
+        stats.datagramBytesSent += bytes.count
+        out.append(.sendDatagram(bytes, to: target))
+    }
+
+    /// `primary` messages, then `buddy` (an accusation about the target, always included), then
+    /// as many queued updates as fit in `maxDatagramBytes`.
+    mutating func sendDatagram(_ primary: [DatagramMessage], buddy: GossipUpdate? = nil, to target: MemberAddress, into out: inout [MembershipDirective]) {
+        var bytes = Wire.datagramHeader(sender: id)
+        for message in primary { bytes += Wire.encode(message) }
+        var skip: NodeID?
+        if let buddy {
+            bytes += Wire.encode(.update(buddy))
+            skip = buddy.id
+        }
+        piggyback(into: &bytes, skipping: skip)
+        emitDatagram(bytes, to: target, into: &out)
+    }
+}
+
+extension Member {
+    func with(status: MemberStatus) -> Member {
+        var copy = self
+        copy.status = status
+        return copy
+    }
+}
