@@ -103,3 +103,48 @@ enum AdminClient {
         }
     }
 }
+
+struct MembersCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "members",
+        abstract: "List every relay the local relay knows: name, node id, address, status, clusters.",
+        discussion: """
+            Reads GET /members from the relay's admin endpoint. Statuses: alive, suspect, dead,
+            left. With --json, prints the endpoint's JSON as is (its shape is in
+            Docs/operations.md and stable within a major version).
+            """)
+
+    @OptionGroup var admin: AdminOptions
+
+    @Flag(name: .long, help: "Print JSON instead of a table.")
+    var json = false
+
+    func run() async throws {
+        let body = try await admin.get("/members")
+        if json {
+            FileHandle.standardOutput.write(Data(body))
+            return
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+            let members = object["members"] as? [[String: Any]]
+        else {
+            printError("the relay's /members answer is not the expected JSON")
+            throw ExitCode(ExitStatus.internalError)
+        }
+        var rows = [["NAME", "NODE", "ADDRESS", "STATUS", "INC", "ZONE", "CLUSTERS"]]
+        for m in members {
+            let clusters = (m["clusters"] as? [String: Any])?.keys.sorted().joined(separator: ",") ?? "?"
+            let name = (m["name"] as? String ?? "") + ((m["self"] as? Bool) == true ? " *" : "")
+            rows.append([
+                name, String((m["node"] as? String ?? "").prefix(12)), m["address"] as? String ?? "",
+                m["status"] as? String ?? "", "\(m["incarnation"] as? Int ?? 0)",
+                (m["zone"] as? String).map { $0.isEmpty ? "-" : $0 } ?? "?", clusters.isEmpty ? "-" : clusters,
+            ])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            let line = zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            print(line.trimmingCharacters(in: .whitespaces))
+        }
+    }
+}

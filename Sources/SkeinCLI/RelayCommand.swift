@@ -3,6 +3,10 @@ import Logging
 import Metrics
 import NIOCore
 import Prometheus
+import UnixSignals
+#if canImport(Glibc)
+import Glibc
+#endif
 import ServiceLifecycle
 import SkeinCrypto
 import SkeinRelay
@@ -16,8 +20,11 @@ struct RelayCommand: AsyncParsableCommand {
             SIGTERM or SIGINT drain in-flight requests (up to --drain-timeout), close every
             connection with a reason, and exit 0. Every flag is described in Docs/relay-settings.md.
 
-            This build is a single-relay network: relay-to-relay links, membership and
-            federation are not built yet, so --bind, --seed, --name and --zone are refused.
+            Without --bind the relay is a network of its own. With --bind HOST:PORT it joins the
+            mesh: relays reach each other on that address (TCP peer links and UDP gossip share
+            it), find each other through --seed, and trust each other only if they hold the same
+            network key (--key-file, repeatable: the first key is primary, the others accepted).
+            SIGHUP reloads the key files. Federation is not built yet.
             """)
 
     @Flag(name: .long, help: "Development mode: a single-relay network with a throwaway random key.")
@@ -26,8 +33,8 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Network name.", valueName: "name"))
     var network: String?
 
-    @Option(name: .long, help: ArgumentHelp("The network key file (see `skein keygen`).", valueName: "path"))
-    var keyFile: String?
+    @Option(name: .long, help: ArgumentHelp("A key file or keyring (see `skein keygen`); repeatable, the first key is the primary. SIGHUP reloads.", valueName: "path"))
+    var keyFile: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("TCP port for local clients (0 picks one).", valueName: "port"))
     var clientPort = 55555
@@ -77,26 +84,41 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
-    // Flags of the mesh, accepted so scripts can be written now, refused until it exists.
-    @Option(name: .long, help: ArgumentHelp("(Not yet supported) Address for relay-to-relay traffic.", valueName: "host:port"))
+    @Option(name: .long, help: ArgumentHelp("Join the mesh: address for relay-to-relay traffic (TCP links and UDP gossip); port 0 picks one.", valueName: "host:port"))
     var bind: String?
-    @Option(name: .long, help: ArgumentHelp("(Not yet supported) A relay to join through; repeatable.", valueName: "host:port"))
+    @Option(name: .long, help: ArgumentHelp("Address other relays should use, if not --bind (required when binding a wildcard address).", valueName: "host:port"))
+    var advertise: String?
+    @Option(name: .long, help: ArgumentHelp("A relay to join through; repeatable. Any one alive is enough.", valueName: "host:port"))
     var seed: [String] = []
-    @Option(name: .long, help: ArgumentHelp("(Not yet supported) This relay's name in the mesh.", valueName: "name"))
+    @Option(name: .long, help: ArgumentHelp("This relay's name in the mesh (default: the host name).", valueName: "name"))
     var name: String?
-    @Option(name: .long, help: ArgumentHelp("(Not yet supported) This relay's zone tag.", valueName: "zone"))
-    var zone: String?
+    @Option(name: .long, help: ArgumentHelp("This relay's zone tag.", valueName: "zone"))
+    var zone = ""
+    @Option(name: .long, help: ArgumentHelp("Membership timings: lan (default) or fast (loopback and fast local networks).", valueName: "profile"))
+    var gossipProfile = "lan"
 
     func validate() throws {
-        if bind != nil || !seed.isEmpty || name != nil || zone != nil {
-            throw ValidationError(
-                "--bind, --seed, --name and --zone need relay-to-relay membership, which this build does not have yet; run a single relay without them")
+        if bind == nil && (!seed.isEmpty || advertise != nil) {
+            throw ValidationError("--seed and --advertise need --bind HOST:PORT (the address for relay-to-relay traffic)")
         }
-        if dev && (keyFile != nil) {
+        if let bind {
+            guard let (host, _) = splitHostPort(bind) else { throw ValidationError("--bind must be host:port, not \(bind)") }
+            if advertise == nil && (host == "0.0.0.0" || host == "::") {
+                throw ValidationError("--bind \(bind) is a wildcard address: give --advertise HOST:PORT, the address other relays should dial")
+            }
+        }
+        if let advertise, splitHostPort(advertise) == nil { throw ValidationError("--advertise must be host:port, not \(advertise)") }
+        for s in seed where splitHostPort(s) == nil { throw ValidationError("--seed must be host:port, not \(s)") }
+        guard ["lan", "fast"].contains(gossipProfile) else { throw ValidationError("--gossip-profile must be lan or fast") }
+        if let name, name.isEmpty || name.utf8.count > 255 { throw ValidationError("--name must be 1…255 bytes") }
+        if dev && !keyFile.isEmpty {
             throw ValidationError("--dev generates its own key; do not combine it with --key-file")
         }
-        if !dev && keyFile == nil {
+        if !dev && keyFile.isEmpty {
             throw ValidationError("give --key-file PATH (create one with `skein keygen`) or --dev")
+        }
+        if dev && !seed.isEmpty {
+            throw ValidationError("--dev uses a throwaway key no other relay holds, so it cannot join through --seed; use --key-file")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
@@ -131,19 +153,22 @@ struct RelayCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "skein.relay")
 
-        let key: NetworkKey
-        if let keyFile {
+        let keyring: Keyring
+        if !keyFile.isEmpty {
             do {
-                key = try NetworkKey.load(fromFile: keyFile)
+                keyring = try Keyring.load(fromFiles: keyFile)
             } catch {
                 printError("cannot use the key file: \(error)")
                 throw ExitCode(78)  // EX_CONFIG
             }
         } else {
-            key = NetworkKey.generate()
+            keyring = Keyring(primary: NetworkKey.generate())
         }
         let networkName = network ?? (dev ? "dev" : "default")
-        logger.info("network", metadata: ["network": "\(networkName)", "key-id": "\(key.id)", "dev": "\(dev)"])
+        logger.info("network", metadata: [
+            "network": "\(networkName)", "key-id": "\(keyring.primaryID)",
+            "accepted-keys": "\(keyring.keyIDs.dropFirst().map(\.description))", "dev": "\(dev)",
+        ])
 
         var configuration = RelayConfiguration()
         configuration.clientPort = clientPort
@@ -160,7 +185,15 @@ struct RelayCommand: AsyncParsableCommand {
         configuration.settings.slowConsumerTimeout = .milliseconds(Int64(slowConsumerTimeout))
 
         configuration.network = networkName
-        configuration.keyIDs = [key.id]
+        configuration.keyring = keyring
+        if let bind, let (host, port) = splitHostPort(bind) {
+            var mesh = MeshConfiguration(name: name ?? hostName(), bindHost: host, bindPort: port)
+            mesh.advertise = advertise
+            mesh.seeds = seed
+            mesh.zone = zone
+            mesh.membership = gossipProfile == "fast" ? .fastLocal : .lan
+            configuration.mesh = mesh
+        }
         if !noAdmin { configuration.admin = (adminHost, adminPort) }
 
         let registry = PrometheusCollectorRegistry()
@@ -171,6 +204,21 @@ struct RelayCommand: AsyncParsableCommand {
                 services: [.init(service: relay)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
+        let keyFiles = keyFile
+        let reloader = Task {
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                guard !keyFiles.isEmpty else {
+                    logger.warning("SIGHUP: a --dev relay has no key files to reload")
+                    continue
+                }
+                do {
+                    await relay.reload(keyring: try Keyring.load(fromFiles: keyFiles))
+                } catch {
+                    logger.error("SIGHUP: keeping the current keyring", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        defer { reloader.cancel() }
         do {
             try await group.run()
         } catch {
@@ -178,6 +226,21 @@ struct RelayCommand: AsyncParsableCommand {
             throw ExitCode(ExitStatus.unavailable)
         }
     }
+}
+
+private func hostName() -> String {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count) == 0 else { return "relay" }
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+private func splitHostPort(_ address: String) -> (String, Int)? {
+    guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
+        (0...65535).contains(port)
+    else { return nil }
+    var host = String(address[..<colon])
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    return host.isEmpty ? nil : (host, port)
 }
 
 private func isLoopback(_ host: String) -> Bool {

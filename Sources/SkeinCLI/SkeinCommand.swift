@@ -25,6 +25,7 @@ struct SkeinCommand: AsyncParsableCommand {
             ServeCommand.self,
             TunnelCommand.self,
             StatusCommand.self,
+            MembersCommand.self,
             KeygenCommand.self,
             VersionCommand.self,
         ]

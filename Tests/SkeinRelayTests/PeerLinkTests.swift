@@ -26,11 +26,11 @@ final class PeerNode: Sendable {
         var logger = Logger(label: "peer.\(name)")
         logger.logLevel = .critical
         let nodeID = SecureRandom.bytes(16)
-        let port = try await freePort()
         let links = PeerLinks(
-            identity: PeerIdentity(network: network, nodeID: nodeID, name: name, address: "127.0.0.1:\(port)"),
+            identity: PeerIdentity(network: network, nodeID: nodeID, name: name, address: ""),
             keyring: keyring, settings: settings, eventLoop: group.next(), logger: logger)
-        _ = try await links.listen(host: "127.0.0.1", port: port)
+        let port = try await links.listen(host: "127.0.0.1", port: 0)
+        try await links.eventLoop.submit { links.advertise("127.0.0.1:\(port)") }.get()
         let node = PeerNode(links: links, group: group, port: port)
         try await links.eventLoop.submit {
             links.onFrame = { frame, link in node.state.withLockedValue { $0.frames.append((frame, link.peerName ?? "?")) } }
@@ -74,15 +74,6 @@ final class PeerNode: Sendable {
         await links.closeAll(reason: "test over")
         try? await group.shutdownGracefully()
     }
-}
-
-/// A port that was free a moment ago (bind to 0, read it, close).
-func freePort() async throws -> Int {
-    let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-        .bind(host: "127.0.0.1", port: 0).get()
-    let port = channel.localAddress!.port!
-    try await channel.close()
-    return port
 }
 
 func eventually(

@@ -130,6 +130,7 @@ extension RelayCore {
             return
         }
         topics[topic, default: []].append(id)
+        directoryVersion &+= 1
     }
 
     mutating func unsubscribe(_ id: ConnectionID, topic: String, actions: inout [RelayAction]) {
@@ -139,6 +140,7 @@ extension RelayCore {
         }
         topics[topic]?.removeAll { $0 == id }
         if topics[topic]?.isEmpty == true { topics[topic] = nil }
+        directoryVersion &+= 1
     }
 
     mutating func publish(from publisher: ConnectionID, topic: String, event: ByteBuffer, actions: inout [RelayAction]) {

@@ -67,6 +67,9 @@ public struct RelayCore {
     /// Names of clusters with at least one member, with member counts.
     public var clusterMembership: [String: Int] { clusters.mapValues(\.members.count) }
     public var topicSubscriptions: [String: Int] { topics.mapValues(\.count) }
+    /// Changes whenever a cluster gains or loses a member or a topic a subscription: the mesh
+    /// compares it to know when to advertise new metadata.
+    public internal(set) var directoryVersion: UInt64 = 0
     /// The earliest time at which `expireTimers(now:)` has work; the shell wakes up then.
     public var nextDeadline: NIODeadline? { timers.min?.deadline }
 
@@ -221,6 +224,7 @@ public struct RelayCore {
         if !cluster.isEmpty {
             connections[id]!.cluster = cluster
             clusters[cluster, default: ClusterDirectory()].add(id)
+            directoryVersion &+= 1
             dispatchWaiting(cluster: cluster, now: now, actions: &actions)
         }
     }
@@ -262,7 +266,9 @@ public struct RelayCore {
         if let cluster = conn.cluster {
             clusters[cluster]?.remove(id)
             if clusters[cluster]?.members.isEmpty == true { clusters[cluster] = nil }
+            directoryVersion &+= 1
         }
+        if !conn.topics.isEmpty { directoryVersion &+= 1 }
         for topic in conn.topics {
             topics[topic]?.removeAll { $0 == id }
             if topics[topic]?.isEmpty == true { topics[topic] = nil }

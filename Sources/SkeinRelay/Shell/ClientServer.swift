@@ -113,6 +113,17 @@ public final class ClientServer: @unchecked Sendable {
         get async { (try? await eventLoop.submit { self.core.pendingRequestCount }.get()) ?? 0 }
     }
 
+    /// What local connections serve, for the mesh's metadata (on the event loop).
+    var directoryVersion: UInt64 {
+        eventLoop.preconditionInEventLoop()
+        return core.directoryVersion
+    }
+
+    func localDirectory() -> (clusters: [String: Int], topics: [String: Int], connections: Int) {
+        eventLoop.preconditionInEventLoop()
+        return (core.clusterMembership, core.topicSubscriptions, core.connectionCount)
+    }
+
     /// Local clients as `/status` reports them.
     public var clientStatus: JSON {
         get async {

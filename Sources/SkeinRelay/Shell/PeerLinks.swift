@@ -43,7 +43,7 @@ public struct PeerIdentity: Sendable {
 public final class PeerLinks: @unchecked Sendable {
     // @unchecked: all mutable state is confined to `eventLoop`.
     public let eventLoop: any EventLoop
-    public let identity: PeerIdentity
+    public private(set) var identity: PeerIdentity
     public let settings: PeerLinkSettings
     let logger: Logger
     private(set) var keyring: Keyring
@@ -93,6 +93,22 @@ public final class PeerLinks: @unchecked Sendable {
         let bound = channel.localAddress?.port ?? port
         logger.info("listening for peer links", metadata: ["address": "\(host):\(bound)"])
         return bound
+    }
+
+    /// Sets the address told to peers in HELLO (e.g. once a port 0 listener knows its port).
+    /// Call before any link is made.
+    public func advertise(_ address: String) {
+        eventLoop.preconditionInEventLoop()
+        identity.address = address
+    }
+
+    /// Stops accepting links (established ones stay).
+    public func stopListening() async {
+        let listener = try? await eventLoop.submit { () -> (any Channel)? in
+            defer { self.listener = nil }
+            return self.listener
+        }.get()
+        if let listener = listener ?? nil { try? await listener.close() }
     }
 
     /// The established link to the relay listening on `address`, or one being opened to it.

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import SkeinCrypto
 
 /// Everything `skein relay` can be told. Docs/relay-settings.md documents each field and flag.
 public struct RelayConfiguration: Sendable {
@@ -23,9 +24,11 @@ public struct RelayConfiguration: Sendable {
     /// The operators' HTTP endpoint (`/status`, `/members`, `/metrics`) as (host, port), or nil
     /// for none. Port 0 picks one. `skein relay` serves it on 127.0.0.1:55557 by default.
     public var admin: (host: String, port: Int)?
-    /// Network name and key ids, reported by `/status`.
+    /// The network's name and keyring.
     public var network = "dev"
-    public var keyIDs: [String] = []
+    public var keyring: Keyring?
+    /// Relay-to-relay membership and links, or nil for a relay on its own.
+    public var mesh: MeshConfiguration?
 
     public init() {}
 }
@@ -42,12 +45,18 @@ public final class RelayService: Service, Sendable {
     public let listening: AsyncStream<Int>
     private let metricsText: (@Sendable () -> [UInt8])?
     private let adminServer = NIOLockedValueBox<AdminServer?>(nil)
+    private let meshNode = NIOLockedValueBox<MeshNode?>(nil)
+    private let keyringBox: NIOLockedValueBox<Keyring?>
+
+    /// The relay's part of the mesh, once it runs (nil without `configuration.mesh`).
+    public var mesh: MeshNode? { meshNode.withLockedValue { $0 } }
 
     /// `metricsText`, if given, renders every metric in the Prometheus text format for `/metrics`.
     public init(configuration: RelayConfiguration, logger: Logger, metricsText: (@Sendable () -> [UInt8])? = nil) {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.logger = logger
         self.metricsText = metricsText
+        self.keyringBox = NIOLockedValueBox(configuration.keyring)
         self.server = ClientServer(configuration: configuration, eventLoop: group.next(), logger: logger)
         (self.listening, self.ready) = AsyncStream.makeStream(of: Int.self)
     }
@@ -58,23 +67,34 @@ public final class RelayService: Service, Sendable {
     public func run() async throws {
         do {
             try await server.start()
+            if let mesh = server.configuration.mesh {
+                guard let keyring = server.configuration.keyring else { throw MeshStartupError.noKeyring }
+                let node = try await MeshNode.start(
+                    configuration: mesh, network: server.configuration.network, keyring: keyring,
+                    clients: server, eventLoop: server.eventLoop, logger: logger)
+                meshNode.withLockedValue { $0 = node }
+            }
             if let admin = server.configuration.admin {
                 let server = try await startAdmin(host: admin.host, port: admin.port)
                 adminServer.withLockedValue { $0 = server }
             }
         } catch {
             ready.finish()
+            await mesh?.leave(within: .zero)
             await server.stopListening()
             try? await group.shutdownGracefully()
             throw error
         }
+        try await mesh?.run()
         ready.yield(await server.boundPort ?? -1)
         ready.finish()
         logger.info("relay ready", metadata: ["protocol": "v1.0-draft2"])
 
         try? await gracefulShutdown()
 
-        logger.info("relay shutting down: draining")
+        logger.info("relay shutting down: leaving the mesh, then draining")
+        // Leave first, so other relays see "left" (not "dead") and stop sending new work here.
+        await mesh?.leave()
         await adminServer.withLockedValue { $0 }?.close()
         await server.stopListening()
         let drainDeadline = ContinuousClock.now + .nanoseconds(server.configuration.drainTimeout.nanoseconds)
@@ -107,6 +127,11 @@ extension RelayService {
         switch path {
         case "/status", "/":
             return .json(await status())
+        case "/members":
+            guard let mesh else {
+                return .text("this relay is not part of a mesh (it was started without --bind)\n", status: .notFound)
+            }
+            return .json(await mesh.membersJSON)
         case "/metrics":
             guard let metricsText else { return .text("no metrics exporter is configured in this process\n", status: .notFound) }
             return AdminResponse(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metricsText())
@@ -119,13 +144,36 @@ extension RelayService {
     public func status() async -> JSON {
         let configuration = server.configuration
         let clients = await server.clientStatus
-        return .object([
+        var fields: [(String, JSON)] = [
             ("relay", .object([
                 ("protocol", .string("v1.0-draft2")),
                 ("network", .string(configuration.network)),
-                ("keys", .array(configuration.keyIDs.map { .string($0) })),
+                ("keys", .array(currentKeyIDs.map { .string($0) })),
             ])),
             ("clients", clients),
-        ])
+        ]
+        if let mesh {
+            let address = await mesh.address
+            fields.append(("mesh", .object([
+                ("name", .string(mesh.configuration.name)),
+                ("node", .string(mesh.nodeID.description)),
+                ("address", .string(address.description)),
+                ("zone", .string(mesh.configuration.zone)),
+                ("links", await mesh.linksJSON),
+            ])))
+        }
+        return .object(fields)
+    }
+
+    private var currentKeyIDs: [String] {
+        keyringBox.withLockedValue { $0 }?.keyIDs.map(\.description) ?? []
+    }
+
+    /// Replaces the keyring (SIGHUP): new handshakes and datagrams use it at once, and links
+    /// made with a key no longer in it close and reconnect.
+    public func reload(keyring: Keyring) async {
+        keyringBox.withLockedValue { $0 = keyring }
+        await mesh?.update(keyring: keyring)
+        logger.info("keyring reloaded", metadata: ["keys": "\(keyring.keyIDs.map(\.description))"])
     }
 }

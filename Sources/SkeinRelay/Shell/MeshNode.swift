@@ -1,0 +1,466 @@
+import Logging
+import Metrics
+import NIOCore
+import NIOPosix
+import SkeinCrypto
+import SkeinMembership
+import SkeinWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a relay takes part in the mesh (Docs/relay-settings.md, "Mesh").
+public struct MeshConfiguration: Sendable {
+    /// This relay's name in the mesh.
+    public var name: String
+    /// Address for relay-to-relay traffic: TCP peer links and UDP gossip share this host:port.
+    public var bindHost: String
+    /// 0 picks a free port (the same number for TCP and UDP).
+    public var bindPort: Int
+    /// What other relays should dial (default: the bind address; required if that is a wildcard).
+    public var advertise: String?
+    /// Relays to join through, `host:port`. Any one alive is enough; the others may be down.
+    public var seeds: [String] = []
+    /// A free-form zone tag (e.g. a rack or an availability zone) other relays use to prefer near members.
+    public var zone = ""
+    public var membership: MembershipSettings = .lan
+    public var links = PeerLinkSettings()
+    /// How often the relay checks whether its local clusters and topics changed.
+    public var metadataCheckInterval: TimeAmount = .milliseconds(50)
+
+    public init(name: String, bindHost: String, bindPort: Int) {
+        self.name = name
+        self.bindHost = bindHost
+        self.bindPort = bindPort
+    }
+}
+
+/// The relay's part of the mesh: the membership core driven over sealed UDP datagrams and the
+/// peer links, all on the relay's event loop.
+///
+/// The core decides; this shell only seals, moves bytes and keeps time: every directive is
+/// performed at once and every event is logged, counted and passed on (`onEvent`).
+public final class MeshNode: @unchecked Sendable {
+    // @unchecked: all mutable state is confined to `eventLoop`.
+    public let eventLoop: any EventLoop
+    public let configuration: MeshConfiguration
+    public let nodeID: NodeID
+    public let links: PeerLinks
+    let logger: Logger
+    private let clients: ClientServer?
+    private var core: Membership
+    private var sealer: DatagramSealer
+    private var opener: DatagramOpener
+    private var udp: (any Channel)?
+    private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
+    private var metadataTask: RepeatedTask?
+    private var advertisedDirectory: UInt64 = .max
+    private var socketAddresses: [MemberAddress: SocketAddress] = [:]
+    private var left = false
+    private let metrics = MeshMetrics()
+
+    /// Every membership event, on the event loop, the moment the core decides it.
+    public var onEvent: ((MembershipEvent) -> Void)?
+
+    /// Binds UDP and TCP on the configured address, and creates the core.
+    public static func start(
+        configuration: MeshConfiguration, network: String, keyring: Keyring, clients: ClientServer?,
+        eventLoop: any EventLoop, logger: Logger
+    ) async throws -> MeshNode {
+        var configuration = configuration
+        if configuration.bindPort == 0 {
+            configuration.bindPort = try await freeUDPPort(host: configuration.bindHost, group: eventLoop)
+        }
+        let fixed = configuration
+        let node = try await eventLoop.submit {
+            try MeshNode(configuration: fixed, network: network, keyring: keyring, clients: clients, eventLoop: eventLoop, logger: logger)
+        }.get()
+        try await node.bind()
+        return node
+    }
+
+    private init(
+        configuration: MeshConfiguration, network: String, keyring: Keyring, clients: ClientServer?,
+        eventLoop: any EventLoop, logger: Logger
+    ) throws {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.clients = clients
+        let idBytes = SecureRandom.bytes(16)
+        self.nodeID = NodeID(bytes: idBytes)
+        // The port may still be 0 here; `bind` fixes the advertised address before anything is sent.
+        let advertise = configuration.advertise ?? "\(configuration.bindHost):\(configuration.bindPort)"
+        guard let (host, port) = splitHostPort(advertise) else { throw MeshStartupError.badAddress(advertise) }
+        self.links = PeerLinks(
+            identity: PeerIdentity(network: network, nodeID: idBytes, name: configuration.name, address: advertise),
+            keyring: keyring, settings: configuration.links, eventLoop: eventLoop, logger: logger)
+        self.sealer = DatagramSealer(keyring: keyring, network: network)
+        self.opener = DatagramOpener(keyring: keyring, network: network)
+        self.core = try Membership(
+            id: nodeID, name: configuration.name, address: MemberAddress(host: host, port: UInt16(port)),
+            metadata: MemberMetadata(zone: configuration.zone), settings: configuration.membership,
+            seed: SecureRandom.uint64(), now: .now(), generation: wallClockMillis())
+    }
+
+    private func bind() async throws {
+        let host = configuration.bindHost
+        let udp: any Channel
+        do {
+            udp = try await DatagramBootstrap(group: eventLoop)
+                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(GossipHandler(node: self))
+                    }
+                }
+                .bind(host: host, port: configuration.bindPort).get()
+        } catch {
+            throw MeshStartupError.cannotBind("UDP \(host):\(configuration.bindPort): \(error)")
+        }
+        let port = udp.localAddress?.port ?? configuration.bindPort
+        do {
+            _ = try await links.listen(host: host, port: port)
+        } catch {
+            try? await udp.close()
+            throw MeshStartupError.cannotBind("TCP \(host):\(port): \(error)")
+        }
+        try await eventLoop.submit {
+            self.udp = udp
+            self.links.onFrame = { [unowned self] frame, link in self.linkFrame(frame, link) }
+            self.links.onLinkDown = { [unowned self] link in self.linkDown(link) }
+            self.logger.info("gossip listening", metadata: ["address": "\(host):\(port)", "node": "\(self.nodeID)", "name": "\(self.configuration.name)"])
+        }.get()
+    }
+
+    /// The address other relays use for this one.
+    public var address: MemberAddress {
+        get async { (try? await eventLoop.submit { self.core.address }.get()) ?? MemberAddress(host: "?", port: 0) }
+    }
+
+    // MARK: - Running
+
+    /// Starts probing and joins through the seeds (resolved here; unresolvable ones are logged
+    /// and skipped, as seeds may be wrong).
+    public func run() async throws {
+        var seeds: [MemberAddress] = []
+        for seed in configuration.seeds {
+            guard let (host, port) = splitHostPort(seed) else {
+                logger.warning("ignoring seed: not host:port", metadata: ["seed": "\(seed)"])
+                continue
+            }
+            do {
+                let resolved = try SocketAddress.makeAddressResolvingHost(host, port: port)
+                seeds.append(MemberAddress(host: resolved.ipAddress ?? host, port: UInt16(port)))
+            } catch {
+                logger.warning("ignoring seed: cannot resolve", metadata: ["seed": "\(seed)", "error": "\(error)"])
+            }
+        }
+        try await eventLoop.submit {
+            self.perform(self.core.join(seeds: seeds, now: .now()))
+            self.metadataTask = self.eventLoop.scheduleRepeatedTask(
+                initialDelay: .zero, delay: self.configuration.metadataCheckInterval
+            ) { [unowned self] _ in self.checkMetadata() }
+        }.get()
+    }
+
+    /// Leaves gracefully: tells the mesh (so others see "left", never "dead"), waits up to
+    /// `within` for the word to spread, then closes the links and the UDP socket.
+    public func leave(within: TimeAmount = .milliseconds(300)) async {
+        let sent = try? await eventLoop.submit { () -> Bool in
+            guard !self.left else { return false }
+            self.left = true
+            self.metadataTask?.cancel()
+            self.perform(self.core.leave(now: .now()))
+            return true
+        }.get()
+        if sent == true {
+            try? await Task.sleep(nanoseconds: UInt64(within.nanoseconds))
+        }
+        await links.closeAll(reason: "relay leaving")
+        let udp = try? await eventLoop.submit { () -> (any Channel)? in
+            self.wakeup?.task.cancel()
+            self.wakeup = nil
+            defer { self.udp = nil }
+            return self.udp
+        }.get()
+        if let udp = udp ?? nil { try? await udp.close() }
+    }
+
+    /// Takes a new keyring (SIGHUP): datagrams and links use it at once.
+    public func update(keyring: Keyring) async {
+        try? await eventLoop.submit {
+            self.sealer = DatagramSealer(keyring: keyring, network: self.links.identity.network)
+            self.opener.update(keyring: keyring)
+            self.links.update(keyring: keyring)
+        }.get()
+    }
+
+    /// Every known relay (on any thread).
+    public var members: [Member] {
+        get async { (try? await eventLoop.submit { self.core.members }.get()) ?? [] }
+    }
+
+    public var stats: MembershipStats {
+        get async { (try? await eventLoop.submit { self.core.stats }.get()) ?? MembershipStats() }
+    }
+
+    // MARK: - Inputs (on the event loop)
+
+    func receivedDatagram(_ buffer: ByteBuffer, from remote: SocketAddress) {
+        guard !left, let host = remote.ipAddress, let port = remote.port else { return }
+        let payload: [UInt8]
+        do {
+            payload = try opener.open(Array(buffer.readableBytesView), nowMillis: wallClockMillis())
+        } catch {
+            metrics.datagramsRejected(error).increment()
+            logger.debug("dropped a datagram", metadata: ["from": "\(host):\(port)", "reason": "\(error)"])
+            return
+        }
+        perform(core.receiveDatagram(payload, from: MemberAddress(host: host, port: UInt16(port)), now: .now()))
+    }
+
+    private func linkFrame(_ frame: PeerFrame, _ link: PeerLink) {
+        guard case .membership(let bytes) = frame, !left else { return }
+        let from = link.advertisedAddress.flatMap(splitHostPort).map { MemberAddress(host: $0.0, port: UInt16($0.1)) }
+            ?? MemberAddress(host: "?", port: 0)
+        perform(core.receiveStream(Array(bytes.readableBytesView), from: from, now: .now()))
+    }
+
+    private func linkDown(_ link: PeerLink) {
+        guard !left else { return }
+        let now = NIODeadline.now()
+        if let node = link.peerNodeID, link.advertisedAddress != nil {
+            // A link that was up broke: a hint to probe now, never a verdict.
+            perform(core.linkBroken(NodeID(bytes: node), now: now))
+        } else if let dialed = link.dialedAddress, let (host, port) = splitHostPort(dialed) {
+            // A dial that never got through: the stream messages queued on it are lost.
+            perform(core.streamFailed(to: MemberAddress(host: host, port: UInt16(port)), now: now))
+        }
+    }
+
+    private func checkMetadata() {
+        guard let clients, !left else { return }
+        let version = clients.directoryVersion
+        guard version != advertisedDirectory else { return }
+        let local = clients.localDirectory()
+        let metadata = MemberMetadata(
+            zone: configuration.zone,
+            clusters: local.clusters.mapValues { UInt32(clamping: $0) },
+            topics: Set(local.topics.keys),
+            load: UInt32(clamping: local.connections))
+        do {
+            perform(try core.updateMetadata(metadata, now: .now()))
+            advertisedDirectory = version
+        } catch {
+            // Too many or too long names for one relay's metadata: keep the last good one.
+            if advertisedDirectory != version {
+                logger.error("cannot advertise this relay's clusters and topics", metadata: ["error": "\(error)"])
+                advertisedDirectory = version
+            }
+        }
+    }
+
+    private func timerFired() {
+        wakeup = nil
+        guard !left else { return }
+        perform(core.tick(now: .now()))
+    }
+
+    // MARK: - Directives
+
+    private func perform(_ directives: [MembershipDirective]) {
+        for directive in directives {
+            switch directive {
+            case .sendDatagram(let payload, let to):
+                sendDatagram(payload, to: to)
+            case .sendStream(let bytes, let to):
+                links.link(to: "\(to.host):\(to.port)").send(.membership(ByteBuffer(bytes: bytes)))
+            case .event(let event):
+                report(event)
+            }
+        }
+        rearm()
+    }
+
+    private func sendDatagram(_ payload: [UInt8], to: MemberAddress) {
+        guard let udp else { return }
+        let address: SocketAddress
+        if let cached = socketAddresses[to] {
+            address = cached
+        } else {
+            guard let made = try? SocketAddress(ipAddress: to.host, port: Int(to.port)) else {
+                logger.debug("cannot send to a non-IP address", metadata: ["to": "\(to)"])
+                return
+            }
+            if socketAddresses.count > 65_536 { socketAddresses.removeAll() }
+            socketAddresses[to] = made
+            address = made
+        }
+        let sealed = sealer.seal(payload, nowMillis: wallClockMillis(), nonce: SecureRandom.bytes(24))
+        udp.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: udp.allocator.buffer(bytes: sealed)), promise: nil)
+    }
+
+    private func rearm() {
+        let next = core.nextWakeup
+        guard next != .distantFuture else { return }
+        if let wakeup, wakeup.at <= next { return }
+        wakeup?.task.cancel()
+        wakeup = (next, eventLoop.scheduleTask(deadline: next) { [unowned self] in self.timerFired() })
+    }
+
+    private func report(_ event: MembershipEvent) {
+        onEvent?(event)
+        switch event {
+        case .joined(let member):
+            logger.info("relay joined", metadata: member.logMetadata)
+        case .statusChanged(let member, let from):
+            let level: Logger.Level = member.status == .dead || member.status == .suspect ? .warning : .info
+            logger.log(level: level, "relay is \(member.status.rawValue)", metadata: member.logMetadata.merging(["was": "\(from.rawValue)"]) { $1 })
+            metrics.statusChanges(member.status).increment()
+        case .metadataChanged(let member):
+            logger.debug("relay metadata changed", metadata: member.logMetadata)
+        case .removed(let id):
+            logger.info("relay forgotten", metadata: ["node": "\(id)"])
+        case .nameConflict(let existing, let new):
+            logger.warning(
+                "two relays use the same name",
+                metadata: ["name": "\(new.name)", "existing": "\(existing.address)", "new": "\(new.address)"])
+        }
+    }
+
+    // MARK: - Reporting
+
+    /// `/members`: every known relay (the shape is in Docs/operations.md).
+    public var membersJSON: JSON {
+        get async {
+            (try? await eventLoop.submit { () -> JSON in
+                let members = self.core.members.sorted { ($0.name, $0.id) < ($1.name, $1.id) }
+                return .object([
+                    ("self", .string(self.nodeID.description)),
+                    ("members", .array(members.map { $0.json(isSelf: $0.id == self.nodeID) })),
+                    ("stats", .object([
+                        ("localHealth", .int(Int64(self.core.localHealth))),
+                        ("udpFailedWhileStreamWorked", .int(Int64(self.core.stats.udpFailedWhileStreamWorked))),
+                        ("suspicionsRaised", .int(Int64(self.core.stats.suspicionsRaised))),
+                        ("malformedDropped", .int(Int64(self.core.stats.malformedDropped))),
+                    ])),
+                ])
+            }.get()) ?? .null
+        }
+    }
+
+    /// Peer links as `/status` reports them.
+    public var linksJSON: JSON {
+        get async {
+            (try? await eventLoop.submit { () -> JSON in
+                .array(self.links.establishedLinks.sorted { $0.id < $1.id }.map { link in
+                    .object([
+                        ("peer", .string(link.peerName ?? "")),
+                        ("address", .string(link.advertisedAddress ?? "")),
+                        ("node", .string(link.peerNodeID.map { NodeID(bytes: $0).description } ?? "")),
+                        ("direction", .string(link.isInitiator ? "outbound" : "inbound")),
+                        ("keyId", .string(link.keyID?.description ?? "")),
+                        ("cipher", .string(link.cipher?.description ?? "")),
+                    ])
+                })
+            }.get()) ?? .null
+        }
+    }
+}
+
+/// Why the mesh could not start.
+public enum MeshStartupError: Error, CustomStringConvertible {
+    case badAddress(String)
+    case cannotBind(String)
+    case noKeyring
+
+    public var description: String {
+        switch self {
+        case .badAddress(let a): "\(a) is not host:port"
+        case .cannotBind(let why): "cannot listen for relay-to-relay traffic (--bind): \(why)"
+        case .noKeyring: "a relay in a mesh needs the network key"
+        }
+    }
+}
+
+private final class GossipHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    unowned let node: MeshNode
+
+    init(node: MeshNode) { self.node = node }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        node.receivedDatagram(envelope.data, from: envelope.remoteAddress)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A UDP socket survives errors (e.g. ICMP refusals surfacing as ECONNREFUSED).
+        node.logger.debug("gossip socket error", metadata: ["error": "\(error)"])
+    }
+}
+
+struct MeshMetrics {
+    func datagramsRejected(_ error: DatagramError) -> Counter {
+        Counter(label: "skein_gossip_datagrams_rejected_total", dimensions: [("reason", "\(error.metricReason)")])
+    }
+
+    func statusChanges(_ status: MemberStatus) -> Counter {
+        Counter(label: "skein_membership_status_changes_total", dimensions: [("status", status.rawValue)])
+    }
+}
+
+extension DatagramError {
+    var metricReason: String {
+        switch self {
+        case .tooShort: "too_short"
+        case .wrongVersion: "wrong_version"
+        case .unknownKey: "unknown_key"
+        case .authenticationFailed: "authentication_failed"
+        case .stale: "stale"
+        case .replayed: "replayed"
+        }
+    }
+}
+
+extension Member {
+    var logMetadata: Logger.Metadata {
+        ["name": "\(name)", "node": "\(id)", "address": "\(address)", "incarnation": "\(incarnation)"]
+    }
+
+    func json(isSelf: Bool) -> JSON {
+        .object([
+            ("name", .string(name)),
+            ("node", .string(id.description)),
+            ("address", .string(address.description)),
+            ("status", .string(status.rawValue)),
+            ("incarnation", .int(Int64(clamping: incarnation))),
+            ("self", .bool(isSelf)),
+            ("zone", metadata.map { .string($0.zone) } ?? .null),
+            ("clusters", metadata.map { m in .object(m.clusters.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }) } ?? .null),
+            ("topics", metadata.map { m in .array(m.topics.sorted().map { .string($0) }) } ?? .null),
+            ("load", metadata.map { .int(Int64($0.load)) } ?? .null),
+            ("metadataVersion", .int(Int64(clamping: metadataVersion))),
+        ])
+    }
+}
+
+/// A UDP port that was free a moment ago on `host` (for `bindPort: 0`: UDP and TCP then bind it).
+func freeUDPPort(host: String, group: any EventLoopGroup) async throws -> Int {
+    do {
+        let probe = try await DatagramBootstrap(group: group).bind(host: host, port: 0).get()
+        let port = probe.localAddress?.port ?? 0
+        try await probe.close()
+        return port
+    } catch {
+        throw MeshStartupError.cannotBind("UDP \(host):0: \(error)")
+    }
+}
+
+func wallClockMillis() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+}
