@@ -63,75 +63,78 @@ public final class MeshNode: @unchecked Sendable {
     /// Every membership event, on the event loop, the moment the core decides it.
     public var onEvent: ((MembershipEvent) -> Void)?
 
-    /// Binds UDP and TCP on the configured address, and creates the core.
+    /// Binds TCP and UDP on the configured address (the same port for both; with port 0 the
+    /// TCP listener picks it and UDP follows, retried if that UDP port is taken) and creates the
+    /// core with the address it will advertise.
     public static func start(
         configuration: MeshConfiguration, network: String, keyring: Keyring, clients: ClientServer?,
         eventLoop: any EventLoop, logger: Logger
     ) async throws -> MeshNode {
-        var configuration = configuration
-        if configuration.bindPort == 0 {
-            configuration.bindPort = try await freeUDPPort(host: configuration.bindHost, group: eventLoop)
+        let idBytes = SecureRandom.bytes(16)
+        let host = configuration.bindHost
+        let links = PeerLinks(
+            identity: PeerIdentity(network: network, nodeID: idBytes, name: configuration.name, address: ""),
+            keyring: keyring, settings: configuration.links, eventLoop: eventLoop, logger: logger)
+        let gossip = GossipHandler.Target()
+        var bound: (port: Int, udp: any Channel)?
+        for attempt in 1...5 where bound == nil {
+            let port: Int
+            do {
+                port = try await links.listen(host: host, port: configuration.bindPort)
+            } catch {
+                throw MeshStartupError.cannotBind("TCP \(host):\(configuration.bindPort): \(error)")
+            }
+            do {
+                let udp = try await DatagramBootstrap(group: eventLoop)
+                    .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(GossipHandler(target: gossip))
+                        }
+                    }
+                    .bind(host: host, port: port).get()
+                bound = (port, udp)
+            } catch {
+                await links.stopListening()
+                if configuration.bindPort != 0 || attempt == 5 {
+                    throw MeshStartupError.cannotBind("UDP \(host):\(port): \(error)")
+                }
+            }
         }
-        let fixed = configuration
-        let node = try await eventLoop.submit {
-            try MeshNode(configuration: fixed, network: network, keyring: keyring, clients: clients, eventLoop: eventLoop, logger: logger)
+        guard let (port, udp) = bound else { throw MeshStartupError.cannotBind("\(host):\(configuration.bindPort)") }
+        let advertise = configuration.advertise ?? "\(host):\(port)"
+        guard let (advertisedHost, advertisedPort) = splitHostPort(advertise) else { throw MeshStartupError.badAddress(advertise) }
+        return try await eventLoop.submit {
+            links.advertise(advertise)
+            let node = try MeshNode(
+                configuration: configuration, nodeID: NodeID(bytes: idBytes), links: links, udp: udp,
+                address: MemberAddress(host: advertisedHost, port: UInt16(advertisedPort)),
+                network: network, keyring: keyring, clients: clients, eventLoop: eventLoop, logger: logger)
+            gossip.node = node
+            logger.info("gossip listening", metadata: ["address": "\(host):\(port)", "node": "\(node.nodeID)", "name": "\(configuration.name)"])
+            return node
         }.get()
-        try await node.bind()
-        return node
     }
 
     private init(
-        configuration: MeshConfiguration, network: String, keyring: Keyring, clients: ClientServer?,
-        eventLoop: any EventLoop, logger: Logger
+        configuration: MeshConfiguration, nodeID: NodeID, links: PeerLinks, udp: any Channel, address: MemberAddress,
+        network: String, keyring: Keyring, clients: ClientServer?, eventLoop: any EventLoop, logger: Logger
     ) throws {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
         self.clients = clients
-        let idBytes = SecureRandom.bytes(16)
-        self.nodeID = NodeID(bytes: idBytes)
-        // The port may still be 0 here; `bind` fixes the advertised address before anything is sent.
-        let advertise = configuration.advertise ?? "\(configuration.bindHost):\(configuration.bindPort)"
-        guard let (host, port) = splitHostPort(advertise) else { throw MeshStartupError.badAddress(advertise) }
-        self.links = PeerLinks(
-            identity: PeerIdentity(network: network, nodeID: idBytes, name: configuration.name, address: advertise),
-            keyring: keyring, settings: configuration.links, eventLoop: eventLoop, logger: logger)
+        self.nodeID = nodeID
+        self.links = links
+        self.udp = udp
         self.sealer = DatagramSealer(keyring: keyring, network: network)
         self.opener = DatagramOpener(keyring: keyring, network: network)
         self.core = try Membership(
-            id: nodeID, name: configuration.name, address: MemberAddress(host: host, port: UInt16(port)),
+            id: nodeID, name: configuration.name, address: address,
             metadata: MemberMetadata(zone: configuration.zone), settings: configuration.membership,
             seed: SecureRandom.uint64(), now: .now(), generation: wallClockMillis())
-    }
-
-    private func bind() async throws {
-        let host = configuration.bindHost
-        let udp: any Channel
-        do {
-            udp = try await DatagramBootstrap(group: eventLoop)
-                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(GossipHandler(node: self))
-                    }
-                }
-                .bind(host: host, port: configuration.bindPort).get()
-        } catch {
-            throw MeshStartupError.cannotBind("UDP \(host):\(configuration.bindPort): \(error)")
-        }
-        let port = udp.localAddress?.port ?? configuration.bindPort
-        do {
-            _ = try await links.listen(host: host, port: port)
-        } catch {
-            try? await udp.close()
-            throw MeshStartupError.cannotBind("TCP \(host):\(port): \(error)")
-        }
-        try await eventLoop.submit {
-            self.udp = udp
-            self.links.onFrame = { [unowned self] frame, link in self.linkFrame(frame, link) }
-            self.links.onLinkDown = { [unowned self] link in self.linkDown(link) }
-            self.logger.info("gossip listening", metadata: ["address": "\(host):\(port)", "node": "\(self.nodeID)", "name": "\(self.configuration.name)"])
-        }.get()
+        links.onFrame = { [unowned self] frame, link in self.linkFrame(frame, link) }
+        links.onLinkDown = { [unowned self] link in self.linkDown(link) }
     }
 
     /// The address other relays use for this one.
@@ -387,18 +390,24 @@ public enum MeshStartupError: Error, CustomStringConvertible {
 
 private final class GossipHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    unowned let node: MeshNode
 
-    init(node: MeshNode) { self.node = node }
+    /// The node, set (on the event loop) once it exists; datagrams before that are dropped.
+    final class Target: @unchecked Sendable {
+        weak var node: MeshNode?
+    }
+
+    let target: Target
+
+    init(target: Target) { self.target = target }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
-        node.receivedDatagram(envelope.data, from: envelope.remoteAddress)
+        target.node?.receivedDatagram(envelope.data, from: envelope.remoteAddress)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A UDP socket survives errors (e.g. ICMP refusals surfacing as ECONNREFUSED).
-        node.logger.debug("gossip socket error", metadata: ["error": "\(error)"])
+        target.node?.logger.debug("gossip socket error", metadata: ["error": "\(error)"])
     }
 }
 
@@ -444,18 +453,6 @@ extension Member {
             ("load", metadata.map { .int(Int64($0.load)) } ?? .null),
             ("metadataVersion", .int(Int64(clamping: metadataVersion))),
         ])
-    }
-}
-
-/// A UDP port that was free a moment ago on `host` (for `bindPort: 0`: UDP and TCP then bind it).
-func freeUDPPort(host: String, group: any EventLoopGroup) async throws -> Int {
-    do {
-        let probe = try await DatagramBootstrap(group: group).bind(host: host, port: 0).get()
-        let port = probe.localAddress?.port ?? 0
-        try await probe.close()
-        return port
-    } catch {
-        throw MeshStartupError.cannotBind("UDP \(host):0: \(error)")
     }
 }
 
