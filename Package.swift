@@ -134,7 +134,10 @@ let package = Package(
             dependencies: ["SkeinCrypto", "CSodium", .product(name: "NIOCore", package: "swift-nio")]
         ),
         // Spawns the built `skein` binary; depends on it being built (`swift build --build-tests`).
-        .testTarget(name: "SkeinCLITests", dependencies: ["SkeinCrypto"]),
+        .testTarget(
+            name: "SkeinCLITests",
+            dependencies: ["SkeinCrypto", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
