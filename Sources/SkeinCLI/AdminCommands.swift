@@ -10,13 +10,21 @@ struct AdminOptions: ParsableArguments {
     var admin = "127.0.0.1:55557"
 
     func get(_ path: String) async throws -> [UInt8] {
+        try await call(path, method: .GET, body: [])
+    }
+
+    func post(_ path: String, body: [UInt8]) async throws -> [UInt8] {
+        try await call(path, method: .POST, body: body)
+    }
+
+    private func call(_ path: String, method: HTTPMethod, body: [UInt8]) async throws -> [UInt8] {
         guard let colon = admin.lastIndex(of: ":"), let port = Int(admin[admin.index(after: colon)...]) else {
             throw ValidationError("--admin must be host:port")
         }
         var host = String(admin[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         do {
-            return try await AdminClient.get(host: host, port: port, path: path)
+            return try await AdminClient.request(host: host, port: port, method: method, path: path, body: body)
         } catch {
             printError("cannot reach the relay's admin endpoint at \(admin): \(error) (is `skein relay` running, and with which --admin-port?)")
             throw ExitCode(ExitStatus.unavailable)
@@ -44,7 +52,7 @@ enum AdminClient {
         let description: String
     }
 
-    static func get(host: String, port: Int, path: String) async throws -> [UInt8] {
+    static func request(host: String, port: Int, method: HTTPMethod, path: String, body: [UInt8]) async throws -> [UInt8] {
         let group = MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: [UInt8].self)
         let channel = try await ClientBootstrap(group: group)
@@ -59,7 +67,9 @@ enum AdminClient {
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: "\(host):\(port)")
         headers.add(name: "Connection", value: "close")
-        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)), promise: nil)
+        headers.add(name: "Content-Length", value: String(body.count))
+        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)), promise: nil)
+        if !body.isEmpty { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         let timeout = channel.eventLoop.scheduleTask(in: .seconds(10)) {
             promise.fail(Failure(description: "no answer within 10 s"))
@@ -101,6 +111,31 @@ enum AdminClient {
             promise.fail(error)
             context.close(promise: nil)
         }
+    }
+}
+
+struct JoinCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "join",
+        abstract: "Tell the local relay to join (more of) the mesh through these relays.",
+        discussion: """
+            For a relay already running with --bind: it contacts the seeds (any one alive is
+            enough) and merges their view of the mesh, as --seed does at start. Sends POST /join
+            to the relay's admin endpoint.
+            """)
+
+    @OptionGroup var admin: AdminOptions
+
+    @Argument(help: ArgumentHelp("Relays to join through.", valueName: "host:port"))
+    var seeds: [String]
+
+    func validate() throws {
+        guard !seeds.isEmpty else { throw ValidationError("give at least one host:port") }
+    }
+
+    func run() async throws {
+        let body = try await admin.post("/join", body: Array(seeds.joined(separator: "\n").utf8))
+        FileHandle.standardOutput.write(Data(body))
     }
 }
 

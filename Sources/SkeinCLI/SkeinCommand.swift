@@ -26,6 +26,7 @@ struct SkeinCommand: AsyncParsableCommand {
             TunnelCommand.self,
             StatusCommand.self,
             MembersCommand.self,
+            JoinCommand.self,
             KeygenCommand.self,
             VersionCommand.self,
         ]

@@ -239,6 +239,23 @@ struct MeshTests {
         }
     }
 
+    @Test("skein join makes a running relay join the mesh")
+    func joinCommand() async throws {
+        try await withScope { scope in
+            let key = try scope.keyFile("net.key", keys: [NetworkKey.generate()])
+            let a = try await scope.startMeshRelay("a", keyFile: key)
+            let b = try await scope.startMeshRelay("b", keyFile: key)
+            #expect(try await b.view() == ["b": "alive"])
+            let outcome = try await scope.run(["join", "--admin", "127.0.0.1:\(b.adminPort)", a.meshAddress])
+            #expect(outcome.status == 0, "\(outcome.stderr)")
+            #expect(outcome.stdoutText.contains(a.meshAddress))
+            try await waitAllSee([a, b], "a", "alive")
+            try await waitAllSee([a, b], "b", "alive")
+            let bad = try await scope.run(["join", "--admin", "127.0.0.1:\(b.adminPort)"])
+            #expect(bad.status == 64)
+        }
+    }
+
     @Test("keys rotate across three relays with SIGHUP and no relay ever looks down")
     func keyRotation() async throws {
         try await withScope { scope in

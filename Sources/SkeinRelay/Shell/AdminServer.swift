@@ -27,7 +27,17 @@ public struct AdminResponse: Sendable {
 /// A small HTTP/1.1 server on loopback for operators: `GET /status`, `/members`, `/metrics`
 /// (Docs/operations.md). It only reads; nothing on it changes the relay.
 public final class AdminServer: Sendable {
-    public typealias Route = @Sendable (_ path: String) async -> AdminResponse?
+    /// A request the endpoint serves: GET (or HEAD) of a path, or POST with a small body.
+    public struct Request: Sendable {
+        public var method: HTTPMethod
+        public var path: String
+        public var body: [UInt8]
+    }
+
+    public typealias Route = @Sendable (_ request: Request) async -> AdminResponse?
+
+    /// Largest POST body accepted.
+    static let maxBody = 64 << 10
 
     private let channel: any Channel
 
@@ -64,6 +74,7 @@ private final class AdminHandler: ChannelInboundHandler, @unchecked Sendable {
 
     let route: AdminServer.Route
     var head: HTTPRequestHead?
+    var body: [UInt8] = []
 
     init(route: @escaping AdminServer.Route) {
         self.route = route
@@ -73,11 +84,13 @@ private final class AdminHandler: ChannelInboundHandler, @unchecked Sendable {
         switch unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
-        case .body:
-            break
+            body = []
+        case .body(let chunk):
+            if body.count + chunk.readableBytes <= AdminServer.maxBody { body += chunk.readableBytesView }
         case .end:
             guard let head else { return }
             self.head = nil
+            let request = AdminServer.Request(method: head.method, path: String(head.uri.split(separator: "?", maxSplits: 1).first ?? ""), body: body)
             let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
             let keepAlive = head.isKeepAlive
             let version = head.version
@@ -86,11 +99,11 @@ private final class AdminHandler: ChannelInboundHandler, @unchecked Sendable {
             let bound = NIOLoopBound(context, eventLoop: loop)
             let handler = NIOLoopBound(self, eventLoop: loop)
             let promise = loop.makePromise(of: AdminResponse.self)
-            if head.method != .GET && head.method != .HEAD {
-                promise.succeed(.text("only GET is supported\n", status: .methodNotAllowed))
+            if ![.GET, .HEAD, .POST].contains(head.method) {
+                promise.succeed(.text("only GET and POST are supported\n", status: .methodNotAllowed))
             } else {
                 promise.completeWithTask {
-                    await route(path) ?? .text("not found: \(path)\nendpoints: /status /members /metrics\n", status: .notFound)
+                    await route(request) ?? .text("not found: \(head.method) \(path)\nendpoints: GET /status /members /metrics, POST /join\n", status: .notFound)
                 }
             }
             promise.futureResult.whenSuccess { response in

@@ -147,8 +147,30 @@ public final class MeshNode: @unchecked Sendable {
     /// Starts probing and joins through the seeds (resolved here; unresolvable ones are logged
     /// and skipped, as seeds may be wrong).
     public func run() async throws {
+        let seeds = resolve(configuration.seeds)
+        try await eventLoop.submit {
+            self.perform(self.core.join(seeds: seeds, now: .now()))
+            self.metadataTask = self.eventLoop.scheduleRepeatedTask(
+                initialDelay: .zero, delay: self.configuration.metadataCheckInterval
+            ) { [unowned self] _ in self.checkMetadata() }
+        }.get()
+    }
+
+    /// Joins (more of) the mesh through `seeds` while running (`skein join`); returns the
+    /// seeds that resolved.
+    public func join(seeds: [String]) async -> [MemberAddress] {
+        let resolved = resolve(seeds)
+        try? await eventLoop.submit {
+            guard !self.left else { return }
+            self.logger.info("joining", metadata: ["seeds": "\(resolved)"])
+            self.perform(self.core.join(seeds: resolved, now: .now()))
+        }.get()
+        return resolved
+    }
+
+    private func resolve(_ addresses: [String]) -> [MemberAddress] {
         var seeds: [MemberAddress] = []
-        for seed in configuration.seeds {
+        for seed in addresses {
             guard let (host, port) = splitHostPort(seed) else {
                 logger.warning("ignoring seed: not host:port", metadata: ["seed": "\(seed)"])
                 continue
@@ -160,12 +182,7 @@ public final class MeshNode: @unchecked Sendable {
                 logger.warning("ignoring seed: cannot resolve", metadata: ["seed": "\(seed)", "error": "\(error)"])
             }
         }
-        try await eventLoop.submit {
-            self.perform(self.core.join(seeds: seeds, now: .now()))
-            self.metadataTask = self.eventLoop.scheduleRepeatedTask(
-                initialDelay: .zero, delay: self.configuration.metadataCheckInterval
-            ) { [unowned self] _ in self.checkMetadata() }
-        }.get()
+        return seeds
     }
 
     /// Leaves gracefully: tells the mesh (so others see "left", never "dead"), waits up to
@@ -323,7 +340,7 @@ public final class MeshNode: @unchecked Sendable {
             logger.log(level: level, "relay is \(member.status.rawValue)", metadata: member.logMetadata.merging(["was": "\(from.rawValue)"]) { $1 })
             metrics.statusChanges(member.status).increment()
         case .metadataChanged(let member):
-            logger.debug("relay metadata changed", metadata: member.logMetadata)
+            logger.info("relay metadata changed", metadata: member.logMetadata.merging(["version": "\(member.metadataVersion)"]) { $1 })
         case .removed(let id):
             logger.info("relay forgotten", metadata: ["node": "\(id)"])
         case .nameConflict(let existing, let new):

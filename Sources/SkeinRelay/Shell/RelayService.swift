@@ -115,16 +115,26 @@ public final class RelayService: Service, Sendable {
 extension RelayService {
     private func startAdmin(host: String, port: Int) async throws -> AdminServer {
         do {
-            return try await AdminServer.start(host: host, port: port, group: group, logger: logger) { [self] path in
-                await self.adminRoute(path)
+            return try await AdminServer.start(host: host, port: port, group: group, logger: logger) { [self] request in
+                await self.adminRoute(request)
             }
         } catch {
             throw RelayStartupError.cannotListenAdmin("\(host):\(port): \(error)")
         }
     }
 
-    func adminRoute(_ path: String) async -> AdminResponse? {
-        switch path {
+    func adminRoute(_ request: AdminServer.Request) async -> AdminResponse? {
+        if request.method == .POST {
+            guard request.path == "/join" else { return nil }
+            guard let mesh else {
+                return .text("this relay is not part of a mesh (it was started without --bind)\n", status: .conflict)
+            }
+            let seeds = String(decoding: request.body, as: UTF8.self).split(whereSeparator: \.isWhitespace).map(String.init)
+            guard !seeds.isEmpty else { return .text("POST /join needs host:port seeds in the body\n", status: .badRequest) }
+            let accepted = await mesh.join(seeds: seeds)
+            return .json(.object([("joining", .array(accepted.map { .string($0.description) }))]))
+        }
+        switch request.path {
         case "/status", "/":
             return .json(await status())
         case "/members":
