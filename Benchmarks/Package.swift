@@ -17,14 +17,21 @@ let package = Package(
         .package(path: ".."),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
     ],
     targets: [
         .executableTarget(
             name: "skein-bench",
             dependencies: [
                 .product(name: "Skein", package: rootIdentity),
+                .product(name: "SkeinRelay", package: rootIdentity),
+                .product(name: "SkeinCrypto", package: rootIdentity),
+                .product(name: "SkeinWire", package: rootIdentity),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         )
     ],

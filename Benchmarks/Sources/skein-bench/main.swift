@@ -13,6 +13,7 @@
 //   tunrecv: -ns members of cluster -subj that accept tunnels and count what arrives
 //   tunsend: opens a tunnel to cluster -subj and sends -bytes in messages of -size (MiB/s)
 //   idle   : opens -conns connections and holds them (READY), for the relay's RSS
+//   link   : relay-to-relay link throughput in one process: -variant raw|seal1|link (Link.swift)
 // Output: one JSON line on stdout (READY lines first for long-lived roles).
 import Foundation
 import Skein
@@ -40,6 +41,7 @@ do {
     case "tunrecv": try await runTunnelReceivers(flags)
     case "tunsend": try await runTunnelSender(flags)
     case "idle": try await runIdle(flags)
+    case "link": try await runLinkBench(flags)
     default: throw BenchError.usage("bad -mode \(mode)")
     }
     exit(0)
