@@ -65,6 +65,8 @@ public final class PeerLinks: @unchecked Sendable {
     public var onLinkUp: ((PeerLink) -> Void)?
     /// A link closed; `link.closeReason` says why.
     public var onLinkDown: ((PeerLink) -> Void)?
+    /// A link's socket can take more bytes again after `isWritable` was false (backpressure).
+    public var onWritable: ((PeerLink) -> Void)?
 
     public init(identity: PeerIdentity, keyring: Keyring, settings: PeerLinkSettings, eventLoop: any EventLoop, logger: Logger) {
         self.identity = identity
@@ -327,6 +329,14 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         guard !isClosed else { return }
         outbox.enqueue(frame)
         scheduleFlush()
+    }
+
+    /// False while the socket's unsent bytes are above its high-water mark: senders that can
+    /// wait should, until `PeerLinks.onWritable` (frames sent meanwhile are queued, not lost).
+    public var isWritable: Bool { channel?.isWritable ?? false }
+
+    func writabilityChanged() {
+        if channel?.isWritable == true { owner.onWritable?(self) }
     }
 
     /// Bytes of frames waiting to be sealed, per class.
@@ -620,6 +630,11 @@ final class PeerLinkHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         link.channelInactive()
         context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        link.writabilityChanged()
+        context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
