@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "SkeinWire", targets: ["SkeinWire"]),
         .library(name: "SkeinCrypto", targets: ["SkeinCrypto"]),
         .library(name: "SkeinMembership", targets: ["SkeinMembership"]),
+        .library(name: "SkeinRouting", targets: ["SkeinRouting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
@@ -51,6 +52,8 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
             ]
         ),
+        // Which remote relays serve which clusters and topics, and where a request goes. Pure.
+        .target(name: "SkeinRouting", dependencies: ["SkeinMembership"]),
         // The relay daemon: the pure relay core plus its SwiftNIO shell.
         .target(
             name: "SkeinRelay",
@@ -58,6 +61,7 @@ let package = Package(
                 "SkeinWire",
                 "SkeinCrypto",
                 "SkeinMembership",
+                "SkeinRouting",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -103,6 +107,7 @@ let package = Package(
             name: "SkeinMembershipTests",
             dependencies: ["SkeinMembership", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        .testTarget(name: "SkeinRoutingTests", dependencies: ["SkeinRouting", "SkeinMembership"]),
         .testTarget(
             name: "SkeinRelayTests",
             dependencies: [

@@ -1,0 +1,135 @@
+import SkeinMembership
+
+/// What one remote relay serves, as its membership metadata says.
+public struct RemoteRelay: Sendable, Equatable {
+    public var id: NodeID
+    public var name: String
+    public var zone: String
+    /// Cluster → member connections on that relay.
+    public var clusters: [String: UInt32]
+    public var topics: Set<String>
+    /// The relay's own load figure (its client connections).
+    public var load: UInt32
+
+    public init(id: NodeID, name: String, zone: String, clusters: [String: UInt32], topics: Set<String>, load: UInt32) {
+        self.id = id
+        self.name = name
+        self.zone = zone
+        self.clusters = clusters
+        self.topics = topics
+        self.load = load
+    }
+}
+
+/// How a relay chooses where a request goes (Docs/mesh.md, "Routing policy").
+public struct RoutingPolicy: Sendable, Equatable {
+    /// Send to a member on this relay whenever the cluster has one here.
+    public var preferLocal = true
+    /// Among remote relays, use those in this relay's zone while any serves the cluster.
+    public var preferZone = true
+
+    public init(preferLocal: Bool = true, preferZone: Bool = true) {
+        self.preferLocal = preferLocal
+        self.preferZone = preferZone
+    }
+}
+
+/// Which remote relays serve which clusters and topics, and the choice of a destination relay.
+/// Pure: fed from membership metadata and status; randomness comes from an injected seed.
+public struct RoutingTable: Sendable {
+    public let localZone: String
+    public var policy: RoutingPolicy
+    public private(set) var relays: [NodeID: RemoteRelay] = [:]
+    private var byCluster: [String: [NodeID]] = [:]
+    private var byTopic: [String: [NodeID]] = [:]
+    private var random: SplitMix64
+    /// Bumped on every change, so callers can tell when to retry waiting work.
+    public private(set) var version: UInt64 = 0
+
+    public init(localZone: String = "", policy: RoutingPolicy = RoutingPolicy(), seed: UInt64) {
+        self.localZone = localZone
+        self.policy = policy
+        self.random = SplitMix64(seed: seed)
+    }
+
+    /// Adds or replaces what a relay serves. Call only for relays that are alive.
+    public mutating func update(_ relay: RemoteRelay) {
+        if let old = relays[relay.id] {
+            if old == relay { return }
+            unindex(old)
+        }
+        relays[relay.id] = relay
+        for (cluster, members) in relay.clusters where members > 0 { byCluster[cluster, default: []].append(relay.id) }
+        for topic in relay.topics { byTopic[topic, default: []].append(relay.id) }
+        version &+= 1
+    }
+
+    /// Forgets a relay (dead, left, or its link is down).
+    public mutating func remove(_ id: NodeID) {
+        guard let old = relays.removeValue(forKey: id) else { return }
+        unindex(old)
+        version &+= 1
+    }
+
+    private mutating func unindex(_ relay: RemoteRelay) {
+        for cluster in relay.clusters.keys {
+            byCluster[cluster]?.removeAll { $0 == relay.id }
+            if byCluster[cluster]?.isEmpty == true { byCluster[cluster] = nil }
+        }
+        for topic in relay.topics {
+            byTopic[topic]?.removeAll { $0 == relay.id }
+            if byTopic[topic]?.isEmpty == true { byTopic[topic] = nil }
+        }
+    }
+
+    /// Remote relays with at least one member of `cluster`.
+    public func relays(servingCluster cluster: String) -> [NodeID] { byCluster[cluster] ?? [] }
+
+    /// Remote relays with at least one subscription to `topic`.
+    public func relays(subscribedTo topic: String) -> [NodeID] { byTopic[topic] ?? [] }
+
+    /// Picks the remote relay a request for `cluster` goes to, or nil when none serves it:
+    /// relays in this zone first (if the policy says so and one serves the cluster), then
+    /// power of two choices — two distinct random candidates, the one with fewer requests in
+    /// flight from this relay wins, then the one with fewer members busy per member (load),
+    /// then either.
+    public mutating func pick(cluster: String, excluding: Set<NodeID> = [], inFlight: (NodeID) -> Int) -> NodeID? {
+        var candidates = relays(servingCluster: cluster)
+        if !excluding.isEmpty { candidates.removeAll { excluding.contains($0) } }
+        guard !candidates.isEmpty else { return nil }
+        if policy.preferZone {
+            let near = candidates.filter { relays[$0]?.zone == localZone }
+            if !near.isEmpty { candidates = near }
+        }
+        if candidates.count == 1 { return candidates[0] }
+        let i = Int(random.next() % UInt64(candidates.count))
+        var j = Int(random.next() % UInt64(candidates.count - 1))
+        if j >= i { j += 1 }
+        let (a, b) = (candidates[i], candidates[j])
+        let (fa, fb) = (inFlight(a), inFlight(b))
+        if fa != fb { return fa < fb ? a : b }
+        let (la, lb) = (loadPerMember(a, cluster), loadPerMember(b, cluster))
+        if la != lb { return la < lb ? a : b }
+        return random.next() & 1 == 0 ? a : b
+    }
+
+    private func loadPerMember(_ id: NodeID, _ cluster: String) -> Double {
+        guard let relay = relays[id] else { return .infinity }
+        return Double(relay.load) / Double(max(1, relay.clusters[cluster] ?? 1))
+    }
+}
+
+/// A small, fast, seeded generator (Steele et al.): routing needs fairness, not secrecy.
+struct SplitMix64: Sendable {
+    var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
