@@ -141,7 +141,12 @@ let package = Package(
         // Spawns the built `skein` binary; depends on it being built (`swift build --build-tests`).
         .testTarget(
             name: "SkeinCLITests",
-            dependencies: ["SkeinCrypto", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+            dependencies: [
+                "Skein",
+                "SkeinCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -95,7 +95,7 @@ func waitAllSee(_ observers: [MeshRelay], _ name: String, _ status: String, with
     }
 }
 
-@Suite("Mesh: real relay processes", .timeLimit(.minutes(2)))
+@Suite("Mesh: real relay processes", .serialized, .timeLimit(.minutes(3)))
 struct MeshTests {
     @Test("ten relays joined through one seed all see each other alive")
     func tenConverge() async throws {

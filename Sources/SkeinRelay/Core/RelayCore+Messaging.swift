@@ -1,5 +1,6 @@
 import DequeModule
 import NIOCore
+import SkeinMembership
 import SkeinWire
 
 // Request/reply, broadcast, and publish/subscribe.
@@ -17,17 +18,34 @@ extension RelayCore {
         }
         let key = makeKey()
         let deadline = deadline(now: now, millis: timeoutMillis)
-        requests[key] = PendingRequest(caller: caller, callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        requests[key] = PendingRequest(caller: .local(caller), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
         connections[caller]!.outgoing.insert(key)
         schedule(.request(key), at: deadline)
-        if !handOver(key, now: now, actions: &actions) {
+        if !dispatch(key, now: now, actions: &actions) {
             waitingRequests[cluster, default: []].append(key)
         }
         pauseIfAtLimit(caller, actions: &actions)
     }
 
-    /// Sends a pending request to a member of its cluster; false when the cluster has none.
-    private mutating func handOver(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
+    /// Sends a pending request on its way: to a member here if the cluster has one (and the
+    /// policy prefers local members), else to a remote relay that serves the cluster. False
+    /// when neither exists: the request waits for one. Requests from other relays are only
+    /// ever given to members here (one hop, never forwarded again).
+    mutating func dispatch(_ key: UInt64, excluding: Set<NodeID> = [], now: NIODeadline, actions: inout [RelayAction]) -> Bool {
+        guard let request = requests[key], request.body != nil, request.deadline > now else { return false }
+        let hasLocal = clusters[request.cluster] != nil
+        guard request.localCaller != nil else { return handOver(key, now: now, actions: &actions) }
+        if hasLocal && settings.routing.preferLocal { return handOver(key, now: now, actions: &actions) }
+        let inFlight = remoteInFlight
+        if let relay = routing.pick(cluster: request.cluster, excluding: excluding, inFlight: { inFlight[$0, default: 0] }) {
+            forward(key, to: relay, now: now, actions: &actions)
+            return true
+        }
+        return hasLocal && handOver(key, now: now, actions: &actions)
+    }
+
+    /// Sends a pending request to a member of its cluster on this relay; false when none.
+    mutating func handOver(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
         // Past its deadline (its timer has not run yet): the timer answers it, no member gets it.
         guard var request = requests[key], let body = request.body, request.deadline > now else { return false }
         guard let member = pickMember(of: request.cluster) else { return false }
@@ -40,10 +58,24 @@ extension RelayCore {
         request.assignedTo = (member, memberRequestID)
         request.wasHandedOver = true
         requests[key] = request
-        // Rounded up: a member must never be told 0 ms ("timed out at once") while time is left.
-        let remaining = ((request.deadline - now).nanoseconds + 999_999) / 1_000_000
-        actions.append(.send(member, .request(id: memberRequestID, body: body, timeoutMillis: UInt64(remaining))))
+        actions.append(.send(member, .request(id: memberRequestID, body: body, timeoutMillis: remainingMillis(request.deadline, now))))
         return true
+    }
+
+    /// Sends a pending request to another relay, which answers with the reply, the member's
+    /// fault, or "no members" (then it goes elsewhere). The relay knows it by `key`.
+    private mutating func forward(_ key: UInt64, to relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+        guard var request = requests[key], let body = request.body else { return }
+        request.forwardedTo = relay
+        requests[key] = request
+        remoteInFlight[relay, default: 0] += 1
+        actions.append(.sendPeer(relay, .request(id: key, cluster: request.cluster, remainingMillis: remainingMillis(request.deadline, now), body: body)))
+    }
+
+    /// Milliseconds left, rounded up: a member must never be told 0 ms ("timed out at once")
+    /// while time is left.
+    func remainingMillis(_ deadline: NIODeadline, _ now: NIODeadline) -> UInt64 {
+        UInt64(max(0, ((deadline - now).nanoseconds + 999_999) / 1_000_000))
     }
 
     mutating func pickMember(of cluster: String) -> ConnectionID? {
@@ -54,15 +86,17 @@ extension RelayCore {
         }
     }
 
-    /// A member joined `cluster`: hand it (and its peers) whatever was waiting for one.
+    /// A member joined `cluster` here, or a relay started serving it: send whatever waited.
     mutating func dispatchWaiting(cluster: String, now: NIODeadline, actions: inout [RelayAction]) {
         if var queue = waitingRequests.removeValue(forKey: cluster) {
+            var stillWaiting = Deque<UInt64>()
             while let key = queue.popFirst() {
                 guard requests[key] != nil else { continue }  // timed out or caller gone
-                _ = handOver(key, now: now, actions: &actions)
+                if !dispatch(key, now: now, actions: &actions) { stillWaiting.append(key) }
             }
+            if !stillWaiting.isEmpty { waitingRequests[cluster] = stillWaiting }
         }
-        if var queue = waitingBuilds.removeValue(forKey: cluster) {
+        if clusters[cluster] != nil, var queue = waitingBuilds.removeValue(forKey: cluster) {
             while let key = queue.popFirst() {
                 guard builds[key] != nil else { continue }
                 _ = offerBuild(key, now: now, actions: &actions)
@@ -87,14 +121,28 @@ extension RelayCore {
             actions.append(.report(.lateReplyDropped(member)))
             return
         }
-        connections[request.caller]?.outgoing.remove(key)
-        let answer: RequestOutcome =
+        switch outcome {
+        case .success(let body): answer(request, key: key, .success(body), actions: &actions)
+        case .fault(let fault): answer(request, key: key, .fault(fault), actions: &actions)
+        }
+    }
+
+    /// Gives a request's caller its one answer (the request is already out of `requests`).
+    mutating func answer(_ request: PendingRequest, key: UInt64, _ outcome: PeerReplyOutcome, actions: inout [RelayAction]) {
+        switch request.caller {
+        case .local(let caller):
+            connections[caller]?.outgoing.remove(key)
+            let answer: RequestOutcome
             switch outcome {
-            case .success(let body): .success(body)
-            case .fault(let fault): .fault(fault)
+            case .success(let body): answer = .success(body)
+            case .fault(let fault): answer = .fault(fault)
+            case .timedOut, .noMembers, .memberLost: answer = .timedOut
             }
-        actions.append(.send(request.caller, .reply(id: request.callerRequestID, outcome: answer)))
-        resumeIfBelowLimit(request.caller, actions: &actions)
+            actions.append(.send(caller, .reply(id: request.callerRequestID, outcome: answer)))
+            resumeIfBelowLimit(caller, actions: &actions)
+        case .relay(let origin):
+            actions.append(.sendPeer(origin, .reply(id: request.callerRequestID, outcome: outcome)))
+        }
     }
 
     mutating func expireRequest(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) {
@@ -102,18 +150,23 @@ extension RelayCore {
         if let (member, memberRequestID) = request.assignedTo {
             connections[member]?.assigned[memberRequestID] = nil
         }
+        if let relay = request.forwardedTo { remoteInFlight[relay, default: 1] -= 1 }
         pruneWaitingRequests(cluster: request.cluster)
-        connections[request.caller]?.outgoing.remove(key)
-        actions.append(.send(request.caller, .reply(id: request.callerRequestID, outcome: .timedOut)))
-        actions.append(.report(.requestTimedOut(cluster: request.cluster, handedToMember: request.wasHandedOver)))
-        resumeIfBelowLimit(request.caller, actions: &actions)
+        actions.append(.report(.requestTimedOut(cluster: request.cluster, handedToMember: request.wasHandedOver || request.forwardedTo != nil)))
+        // The origin relay runs the same deadline and answers its caller itself.
+        guard case .local = request.caller else { return }
+        answer(request, key: key, .timedOut, actions: &actions)
     }
 
     // MARK: - Broadcast
 
+    /// A local client's broadcast: every member here, and one copy to each other relay with
+    /// members (which delivers it to its own).
     mutating func broadcast(from sender: ConnectionID, cluster: String, message: ByteBuffer, actions: inout [RelayAction]) {
+        let remote = routing.relays(servingCluster: cluster)
+        for relay in remote { actions.append(.sendPeer(relay, .broadcast(cluster: cluster, body: message))) }
         guard let members = clusters[cluster]?.members else {
-            actions.append(.report(.broadcastWithoutMembers(cluster: cluster)))
+            if remote.isEmpty { actions.append(.report(.broadcastWithoutMembers(cluster: cluster))) }
             return
         }
         for member in members {
@@ -143,7 +196,10 @@ extension RelayCore {
         directoryVersion &+= 1
     }
 
+    /// A local client's publish: every subscription here, and one copy to each other relay
+    /// with subscribers (which delivers it to its own).
     mutating func publish(from publisher: ConnectionID, topic: String, event: ByteBuffer, actions: inout [RelayAction]) {
+        for relay in routing.relays(subscribedTo: topic) { actions.append(.sendPeer(relay, .publish(topic: topic, body: event))) }
         guard let subscribers = topics[topic] else { return }
         for subscriber in subscribers {
             actions.append(.send(subscriber, .publish(topic: topic, event: event)))

@@ -1,6 +1,8 @@
 import DequeModule
 import HeapModule
 import NIOCore
+import SkeinMembership
+import SkeinRouting
 import SkeinWire
 
 /// Identifies one client connection of a relay. Assigned by the shell, never reused.
@@ -15,6 +17,8 @@ public struct ConnectionID: Hashable, Comparable, Sendable, CustomStringConverti
 public enum RelayAction: Sendable, Equatable {
     /// Queue a frame for a connection (written at the end of the current batch).
     case send(ConnectionID, RelayFrame)
+    /// Queue a frame for another relay's peer link (opened if needed).
+    case sendPeer(NodeID, PeerFrame)
     /// Write whatever is queued for the connection, then close its socket.
     case disconnect(ConnectionID)
     /// Stop reading from a connection (backpressure); `resumeReading` undoes it.
@@ -34,6 +38,8 @@ public enum RelayEvent: Sendable, Equatable {
     case requestTimedOut(cluster: String, handedToMember: Bool)
     case lateReplyDropped(ConnectionID)
     case broadcastWithoutMembers(cluster: String)
+    /// A remote relay had no member for a request any more; it went elsewhere (or waits).
+    case requestRerouted(cluster: String, from: NodeID)
 }
 
 /// The relay's protocol logic for its local connections: handshake, cluster membership, request
@@ -41,9 +47,13 @@ public enum RelayEvent: Sendable, Equatable {
 /// and backpressure. A value type with no I/O and no clock: every event carries `now`, and every
 /// consequence is a `RelayAction` appended to `actions`.
 ///
-/// Routing to other relays (the mesh) will plug in at `ClusterDirectory` and the topic table.
+/// Other relays (the mesh) are destinations too: `routing` says which relays serve which
+/// clusters and topics, and frames for them leave as `.sendPeer` (Docs/mesh.md).
 public struct RelayCore {
     public let settings: RelaySettings
+    var routing: RoutingTable
+    /// Requests this relay has forwarded to each remote relay and not yet seen answered.
+    var remoteInFlight: [NodeID: Int] = [:]
     var connections: [ConnectionID: Connection] = [:]
     var clusters: [String: ClusterDirectory] = [:]
     var topics: [String: [ConnectionID]] = [:]
@@ -55,8 +65,9 @@ public struct RelayCore {
     var nextKey: UInt64 = 0
     var timers = Heap<TimerEntry>()
 
-    public init(settings: RelaySettings) {
+    public init(settings: RelaySettings, zone: String = "", seed: UInt64 = 0) {
         self.settings = settings
+        self.routing = RoutingTable(localZone: zone, policy: settings.routing, seed: seed)
     }
 
     // MARK: - Introspection
@@ -278,14 +289,21 @@ public struct RelayCore {
             guard let request = requests.removeValue(forKey: key) else { continue }
             if let (member, memberRequestID) = request.assignedTo {
                 connections[member]?.assigned[memberRequestID] = nil
+            } else if let relay = request.forwardedTo {
+                remoteInFlight[relay, default: 1] -= 1
             } else {
                 pruneWaitingRequests(cluster: request.cluster)
             }
         }
         // Requests handed to this member stay pending: at most once means they are never
-        // re-sent, so the caller gets its timeout at the deadline.
+        // re-sent, so the caller gets its timeout at the deadline. A relay that forwarded one
+        // is told at once ("member lost"); it, too, answers its caller at the deadline.
         for (_, key) in conn.assigned {
-            requests[key]?.assignedTo = nil
+            if case .relay(let origin)? = requests[key]?.caller, let request = requests.removeValue(forKey: key) {
+                actions.append(.sendPeer(origin, .reply(id: request.callerRequestID, outcome: .memberLost)))
+            } else {
+                requests[key]?.assignedTo = nil
+            }
         }
         for (_, key) in conn.memberBuilds {
             // The member never confirmed: the initiator's build fails now, not at its deadline.
@@ -457,16 +475,31 @@ extension RelayCore {
         var isReading: Bool { blockedBy.isEmpty && !atRequestLimit }
     }
 
+    /// Who is waiting for a request's answer.
+    enum Caller: Equatable {
+        /// A local connection.
+        case local(ConnectionID)
+        /// Another relay, which forwarded the request on behalf of its client.
+        case relay(NodeID)
+    }
+
     struct PendingRequest {
-        var caller: ConnectionID
+        var caller: Caller
         var callerRequestID: UInt64
         var cluster: String
         var deadline: NIODeadline
-        /// Kept only while the request waits for a member.
+        /// Kept while the request waits for a member, and while it is with a remote relay
+        /// (which may answer "no members", and then it goes elsewhere).
         var body: ByteBuffer?
         /// The member and the id it knows the request by, once handed over.
         var assignedTo: (ConnectionID, UInt64)?
+        /// The remote relay it was forwarded to, until that relay answers.
+        var forwardedTo: NodeID?
         var wasHandedOver = false
+
+        var localCaller: ConnectionID? {
+            if case .local(let id) = caller { id } else { nil }
+        }
     }
 
     struct PendingBuild {

@@ -1,4 +1,5 @@
 import NIOCore
+import SkeinRouting
 import SkeinWire
 
 /// Every limit the relay enforces on client connections. Each one is a documented `skein relay`
@@ -22,6 +23,8 @@ public struct RelaySettings: Sendable, Equatable {
     /// A connection whose output has been blocked (above the send buffer high-water mark) for
     /// this long is closed as a slow consumer.
     public var slowConsumerTimeout: TimeAmount = .seconds(10)
+    /// Where requests go when the mesh offers several relays (Docs/mesh.md).
+    public var routing = RoutingPolicy()
 
     public init() {}
 

@@ -2,6 +2,9 @@ import Logging
 import Metrics
 import NIOCore
 import NIOPosix
+import SkeinCrypto
+import SkeinMembership
+import SkeinRouting
 import SkeinWire
 
 /// The SwiftNIO shell around `RelayCore`: accepts local connections, decodes their frames,
@@ -24,12 +27,16 @@ public final class ClientServer: @unchecked Sendable {
     private var listeners: [any Channel] = []
     private let metrics = RelayMetrics()
     let limits: WireLimits
+    /// The relay's part of the mesh, once it runs (on the event loop).
+    weak var mesh: MeshNode?
+    /// Relays whose frames could not be sent (no link, no address): their requests go elsewhere.
+    private var unsentTo: [NodeID] = []
 
     public init(configuration: RelayConfiguration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
-        self.core = RelayCore(settings: configuration.settings)
+        self.core = RelayCore(settings: configuration.settings, zone: configuration.mesh?.zone ?? "", seed: SecureRandom.uint64())
         self.limits = configuration.settings.decoderLimits
         actions.reserveCapacity(64)
     }
@@ -224,6 +231,9 @@ public final class ClientServer: @unchecked Sendable {
                 batch.removeAll(keepingCapacity: true)
                 actions = batch
             }
+            while let relay = unsentTo.popLast() {
+                core.relayRemoved(relay, neverSent: true, now: .now(), actions: &actions)
+            }
         }
     }
 
@@ -244,6 +254,8 @@ public final class ClientServer: @unchecked Sendable {
                 clients[id]?.setReading(false)
             case .resumeReading(let id):
                 clients[id]?.setReading(true)
+            case .sendPeer(let relay, let frame):
+                if mesh?.send(frame, to: relay) != true { unsentTo.append(relay) }
             case .report(let event):
                 report(event)
             }
@@ -271,7 +283,35 @@ public final class ClientServer: @unchecked Sendable {
             metrics.lateReplies.increment()
         case .broadcastWithoutMembers:
             metrics.unroutable.increment()
+        case .requestRerouted(let cluster, let relay):
+            metrics.rerouted.increment()
+            logger.debug("request rerouted", metadata: ["cluster": "\(cluster)", "from": "\(relay)"])
         }
+    }
+
+    // MARK: - The mesh (on the event loop)
+
+    /// A frame from another relay.
+    func receivedPeer(_ frame: PeerFrame, from relay: NodeID) {
+        core.receivedPeer(frame, from: relay, now: .now(), actions: &actions)
+        perform()
+        flush()
+    }
+
+    /// What a remote relay serves changed, or it became (un)usable.
+    func relayChanged(_ relay: RemoteRelay?, id: NodeID, neverSent: Bool = false) {
+        if let relay {
+            core.relayUpdated(relay, now: .now(), actions: &actions)
+        } else {
+            core.relayRemoved(id, neverSent: neverSent, now: .now(), actions: &actions)
+        }
+        perform()
+        flush()
+    }
+
+    /// Remote relays and this relay's requests in flight to each, for `/status`.
+    var routingStatus: [(RemoteRelay, Int)] {
+        core.remoteRelays.values.sorted { $0.name < $1.name }.map { ($0, core.requestsInFlight(to: $0.id)) }
     }
 
     // MARK: - Timers
@@ -458,4 +498,5 @@ struct RelayMetrics {
     let requestTimeouts = Counter(label: "skein_requests_timed_out_total")
     let lateReplies = Counter(label: "skein_late_replies_dropped_total")
     let unroutable = Counter(label: "skein_broadcasts_without_members_total")
+    let rerouted = Counter(label: "skein_requests_rerouted_total")
 }

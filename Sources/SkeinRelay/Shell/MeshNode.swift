@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import SkeinCrypto
 import SkeinMembership
+import SkeinRouting
 import SkeinWire
 
 #if canImport(Glibc)
@@ -135,6 +136,7 @@ public final class MeshNode: @unchecked Sendable {
             seed: SecureRandom.uint64(), now: .now(), generation: wallClockMillis())
         links.onFrame = { [unowned self] frame, link in self.linkFrame(frame, link) }
         links.onLinkDown = { [unowned self] link in self.linkDown(link) }
+        clients?.mesh = self
     }
 
     /// The address other relays use for this one.
@@ -242,22 +244,71 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     private func linkFrame(_ frame: PeerFrame, _ link: PeerLink) {
-        guard case .membership(let bytes) = frame, !left else { return }
+        guard case .membership(let bytes) = frame else {
+            // Requests, replies, broadcasts, publishes: the relay core's business.
+            if let node = link.peerNodeID { clients?.receivedPeer(frame, from: NodeID(bytes: node)) }
+            return
+        }
+        guard !left else { return }
         let from = link.advertisedAddress.flatMap(splitHostPort).map { MemberAddress(host: $0.0, port: UInt16($0.1)) }
             ?? MemberAddress(host: "?", port: 0)
         perform(core.receiveStream(Array(bytes.readableBytesView), from: from, now: .now()))
     }
 
     private func linkDown(_ link: PeerLink) {
-        guard !left else { return }
         let now = NIODeadline.now()
         if let node = link.peerNodeID, link.advertisedAddress != nil {
-            // A link that was up broke: a hint to probe now, never a verdict.
-            perform(core.linkBroken(NodeID(bytes: node), now: now))
+            // A link that was up broke. Routing stops using the relay until membership says it
+            // is alive again after a short pause (the next frame redials).
+            let id = NodeID(bytes: node)
+            clients?.relayChanged(nil, id: id)
+            scheduleRoutingRefresh(id)
+            guard !left else { return }
+            // For membership, a hint to probe now, never a verdict.
+            perform(core.linkBroken(id, now: now))
         } else if let dialed = link.dialedAddress, let (host, port) = splitHostPort(dialed) {
-            // A dial that never got through: the stream messages queued on it are lost.
-            perform(core.streamFailed(to: MemberAddress(host: host, port: UInt16(port)), now: now))
+            // A dial that never got through: nothing queued on it was sent.
+            let address = MemberAddress(host: host, port: UInt16(port))
+            if let member = core.members.first(where: { $0.address == address && $0.id != nodeID }) {
+                clients?.relayChanged(nil, id: member.id, neverSent: true)
+                scheduleRoutingRefresh(member.id)
+            }
+            guard !left else { return }
+            perform(core.streamFailed(to: address, now: now))
         }
+    }
+
+    /// Puts a relay back into routing a moment after its link failed, if membership still
+    /// says it is alive (the next frame for it dials again).
+    private func scheduleRoutingRefresh(_ id: NodeID) {
+        eventLoop.scheduleTask(in: .seconds(1)) { [weak self] in
+            guard let self, !self.left, let member = self.core.member(id) else { return }
+            self.routingChanged(member)
+        }
+    }
+
+    /// Tells the relay core what a member serves, or that it is not usable.
+    private func routingChanged(_ member: Member) {
+        guard member.id != nodeID else { return }
+        if member.status == .alive, let metadata = member.metadata {
+            clients?.relayChanged(
+                RemoteRelay(id: member.id, name: member.name, zone: metadata.zone, clusters: metadata.clusters, topics: metadata.topics, load: metadata.load),
+                id: member.id)
+        } else {
+            clients?.relayChanged(nil, id: member.id)
+        }
+    }
+
+    /// Sends a frame to another relay: on its link, or on a new link to its address. False if
+    /// the relay is unknown (the frame is dropped).
+    func send(_ frame: PeerFrame, to relay: NodeID) -> Bool {
+        if let link = links.link(toNode: relay.bytes) {
+            link.send(frame)
+            return true
+        }
+        guard let member = core.member(relay), member.status != .left else { return false }
+        links.link(to: "\(member.address.host):\(member.address.port)").send(frame)
+        return true
     }
 
     private func checkMetadata() {
@@ -332,6 +383,14 @@ public final class MeshNode: @unchecked Sendable {
 
     private func report(_ event: MembershipEvent) {
         onEvent?(event)
+        switch event {
+        case .joined(let member), .statusChanged(let member, _), .metadataChanged(let member):
+            routingChanged(member)
+        case .removed(let id):
+            clients?.relayChanged(nil, id: id)
+        case .nameConflict:
+            break
+        }
         switch event {
         case .joined(let member):
             logger.info("relay joined", metadata: member.logMetadata)

@@ -1,0 +1,110 @@
+import NIOCore
+import SkeinMembership
+import SkeinRouting
+import SkeinWire
+
+// Other relays: what they serve (from membership), and the frames they send (Docs/mesh.md).
+extension RelayCore {
+    /// A remote relay is alive and serves what `relay` says (its metadata changed, or it
+    /// joined). Requests waiting for a cluster it serves leave now.
+    public mutating func relayUpdated(_ relay: RemoteRelay, now: NIODeadline, actions: inout [RelayAction]) {
+        let version = routing.version
+        routing.update(relay)
+        guard routing.version != version else { return }
+        for cluster in relay.clusters.keys where waitingRequests[cluster] != nil {
+            dispatchWaiting(cluster: cluster, now: now, actions: &actions)
+        }
+    }
+
+    /// A remote relay is gone (dead, left) or unreachable. New work stops going there.
+    /// Requests already forwarded to it may have reached a member, so they are never sent to a
+    /// second one: their callers get their timeout at the deadline — unless `neverSent`, when
+    /// the link never carried them (it was never established), and they go elsewhere at once.
+    public mutating func relayRemoved(_ id: NodeID, neverSent: Bool = false, now: NIODeadline, actions: inout [RelayAction]) {
+        routing.remove(id)
+        guard neverSent else { return }
+        let stranded = requests.filter { $0.value.forwardedTo == id }.keys.sorted()
+        for key in stranded { reroute(key, from: id, now: now, actions: &actions) }
+    }
+
+    /// The relays this one knows serve clusters or topics.
+    public var remoteRelays: [NodeID: RemoteRelay] { routing.relays }
+
+    /// Requests forwarded to `relay` and not answered yet.
+    public func requestsInFlight(to relay: NodeID) -> Int { remoteInFlight[relay, default: 0] }
+
+    /// A frame from another relay's peer link.
+    public mutating func receivedPeer(_ frame: PeerFrame, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+        switch frame {
+        case .request(let id, let cluster, let remaining, let body):
+            remoteRequest(from: relay, id: id, cluster: cluster, remainingMillis: remaining, body: body, now: now, actions: &actions)
+        case .reply(let id, let outcome):
+            remoteReply(from: relay, key: id, outcome: outcome, now: now, actions: &actions)
+        case .broadcast(let cluster, let body):
+            // Delivered to members here only: a broadcast crosses one hop.
+            for member in clusters[cluster]?.members ?? [] {
+                actions.append(.send(member, .broadcast(message: body)))
+            }
+        case .publish(let topic, let body):
+            for subscriber in topics[topic] ?? [] {
+                actions.append(.send(subscriber, .publish(topic: topic, event: body)))
+            }
+        case .hello, .ping, .pong, .goodbye, .membership, .tunnelOpen, .tunnelConfirm, .tunnelAllowance, .tunnelClose, .tunnelData:
+            // Link control is the shell's; tunnels across relays are not routed yet.
+            break
+        }
+    }
+
+    /// Another relay forwards a request: it goes to a member here or is answered "no members"
+    /// at once, so the forwarding relay can try elsewhere while time is left.
+    private mutating func remoteRequest(
+        from relay: NodeID, id: UInt64, cluster: String, remainingMillis: UInt64, body: ByteBuffer,
+        now: NIODeadline, actions: inout [RelayAction]
+    ) {
+        guard remainingMillis > 0, clusters[cluster] != nil else {
+            actions.append(.sendPeer(relay, .reply(id: id, outcome: remainingMillis > 0 ? .noMembers : .timedOut)))
+            return
+        }
+        let key = makeKey()
+        let deadline = deadline(now: now, millis: remainingMillis)
+        requests[key] = PendingRequest(caller: .relay(relay), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        schedule(.request(key), at: deadline)
+        if !handOver(key, now: now, actions: &actions) {
+            requests[key] = nil
+            actions.append(.sendPeer(relay, .reply(id: id, outcome: .noMembers)))
+        }
+    }
+
+    private mutating func remoteReply(from relay: NodeID, key: UInt64, outcome: PeerReplyOutcome, now: NIODeadline, actions: inout [RelayAction]) {
+        guard var request = requests[key], request.forwardedTo == relay else {
+            return  // late: the caller was answered (timeout) or left
+        }
+        remoteInFlight[relay, default: 1] -= 1
+        switch outcome {
+        case .noMembers:
+            reroute(key, from: relay, now: now, actions: &actions)
+        case .memberLost:
+            // A member had it: never sent to a second one. The caller's timeout comes at the deadline.
+            request.forwardedTo = nil
+            request.body = nil
+            request.wasHandedOver = true
+            requests[key] = request
+        case .success, .fault, .timedOut:
+            requests[key] = nil
+            answer(request, key: key, outcome, actions: &actions)
+        }
+    }
+
+    /// A request `relay` did not take goes to another relay or a member here, or waits.
+    private mutating func reroute(_ key: UInt64, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+        guard var request = requests[key] else { return }
+        if request.forwardedTo == relay {
+            request.forwardedTo = nil
+            requests[key] = request
+        }
+        actions.append(.report(.requestRerouted(cluster: request.cluster, from: relay)))
+        if !dispatch(key, excluding: [relay], now: now, actions: &actions) {
+            waitingRequests[request.cluster, default: []].append(key)
+        }
+    }
+}

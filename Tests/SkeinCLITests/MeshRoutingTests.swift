@@ -1,0 +1,290 @@
+// Every pattern across relays: real relay processes on 127.0.0.1, clients through the binding.
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import Skein
+import SkeinCrypto
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension MeshRelay {
+    var endpoint: RelayEndpoint { .tcp(host: "127.0.0.1", port: clientPort) }
+
+    /// Waits until this relay's view of `other` lists `cluster` with `members` members.
+    func waitSees(_ other: String, serving cluster: String, members: Int = 1, within limit: Duration = .seconds(10)) async throws {
+        try await waitFor("\(name) to see \(other) serving \(cluster) ×\(members)", within: limit) {
+            let remote = try await self.members().first { $0["name"] as? String == other }
+            return (remote?["clusters"] as? [String: Any])?[cluster] as? Int == members
+        }
+    }
+
+    func waitSees(_ other: String, subscribedTo topic: String, within limit: Duration = .seconds(10)) async throws {
+        try await waitFor("\(name) to see \(other) subscribed to \(topic)", within: limit) {
+            let remote = try await self.members().first { $0["name"] as? String == other }
+            return (remote?["topics"] as? [String])?.contains(topic) == true
+        }
+    }
+}
+
+/// A member of `cluster` that answers with its own name and counts what it got.
+final class NamedMember: Sendable {
+    let connection: SkeinConnection
+    let name: String
+    private let state: NIOLockedValueBox<(requests: Int, broadcasts: [String])>
+
+    static func start(_ name: String, cluster: String, on relay: MeshRelay, delay: Duration = .zero) async throws -> NamedMember {
+        let box = NIOLockedValueBox((requests: 0, broadcasts: [String]()))
+        let connection = try await Skein.serve(
+            cluster: cluster, to: relay.endpoint,
+            request: { _ in
+                box.withLockedValue { $0.requests += 1 }
+                if delay > .zero { try await Task.sleep(for: delay) }
+                return ByteBuffer(string: name)
+            },
+            broadcast: { message in box.withLockedValue { $0.broadcasts.append(String(buffer: message)) } })
+        return NamedMember(connection: connection, name: name, state: box)
+    }
+
+    private init(connection: SkeinConnection, name: String, state: NIOLockedValueBox<(requests: Int, broadcasts: [String])>) {
+        self.connection = connection
+        self.name = name
+        self.state = state
+    }
+
+    var requests: Int { state.withLockedValue { $0.requests } }
+    var broadcasts: [String] { state.withLockedValue { $0.broadcasts } }
+}
+
+@Suite("Mesh: every pattern across relays", .serialized, .timeLimit(.minutes(3)))
+struct MeshRoutingTests {
+    /// Relays A, B, C; members of `echo` on B and C.
+    func threeRelays(_ scope: Scope) async throws -> (a: MeshRelay, b: MeshRelay, c: MeshRelay) {
+        let key = try scope.keyFile("net.key", keys: [NetworkKey.generate()])
+        let a = try await scope.startMeshRelay("a", keyFile: key)
+        let b = try await scope.startMeshRelay("b", keyFile: key, seeds: [a])
+        let c = try await scope.startMeshRelay("c", keyFile: key, seeds: [a])
+        try await waitAllSee([a, b, c], "c", "alive")
+        try await waitAllSee([a, b, c], "b", "alive")
+        return (a, b, c)
+    }
+
+    @Test("requests from A spread over members on B and C; every one gets exactly one answer")
+    func requestsSpread() async throws {
+        try await withScope { scope in
+            let (a, b, c) = try await threeRelays(scope)
+            let onB = try await NamedMember.start("on-b", cluster: "echo", on: b)
+            let onC = try await NamedMember.start("on-c", cluster: "echo", on: c)
+            try await a.waitSees("b", serving: "echo")
+            try await a.waitSees("c", serving: "echo")
+            let client = try await Skein.connect(to: a.endpoint)
+            let total = 400
+            let answers = try await withThrowingTaskGroup(of: String.self) { group in
+                for i in 0..<total {
+                    group.addTask { String(buffer: try await client.request(cluster: "echo", "r\(i)", timeout: .seconds(10))) }
+                }
+                return try await group.reduce(into: [String]()) { $0.append($1) }
+            }
+            #expect(answers.count == total)
+            let fromB = answers.filter { $0 == "on-b" }.count
+            let fromC = answers.filter { $0 == "on-c" }.count
+            #expect(fromB + fromC == total)
+            // Docs/mesh.md: with equal members and concurrent load, each relay gets 30–70%.
+            #expect(fromB >= total * 3 / 10 && fromC >= total * 3 / 10, "B \(fromB), C \(fromC)")
+            #expect(onB.requests == fromB && onC.requests == fromC)
+            try await client.close()
+            try await onB.connection.close()
+            try await onC.connection.close()
+        }
+    }
+
+    @Test("a request for a cluster with members only on B waits at A until B serves it")
+    func waitsForRemoteMember() async throws {
+        try await withScope { scope in
+            let (a, b, _) = try await threeRelays(scope)
+            let client = try await Skein.connect(to: a.endpoint)
+            async let answer = client.request(cluster: "late", "hello", timeout: .seconds(10))
+            try await Task.sleep(for: .milliseconds(200))
+            let member = try await NamedMember.start("late-b", cluster: "late", on: b)
+            #expect(String(buffer: try await answer) == "late-b")
+            try await client.close()
+            try await member.connection.close()
+        }
+    }
+
+    @Test("broadcasts from A reach every member on every relay once, in order per sender")
+    func broadcastEverywhere() async throws {
+        try await withScope { scope in
+            let (a, b, c) = try await threeRelays(scope)
+            let members = [
+                try await NamedMember.start("a1", cluster: "all", on: a),
+                try await NamedMember.start("b1", cluster: "all", on: b),
+                try await NamedMember.start("b2", cluster: "all", on: b),
+                try await NamedMember.start("c1", cluster: "all", on: c),
+            ]
+            try await a.waitSees("b", serving: "all", members: 2)
+            try await a.waitSees("c", serving: "all")
+            let sender = try await Skein.connect(to: a.endpoint)
+            let messages = (0..<200).map { "m\($0)" }
+            for message in messages { try await sender.broadcast(cluster: "all", message) }
+            try await waitFor("every member to get every broadcast") { members.allSatisfy { $0.broadcasts.count >= messages.count } }
+            try await Task.sleep(for: .milliseconds(200))  // a duplicate would arrive by now
+            for member in members { #expect(member.broadcasts == messages, "\(member.name)") }
+            try await sender.close()
+            for member in members { try await member.connection.close() }
+        }
+    }
+
+    @Test("publishes from two publishers reach subscribers on every relay once, FIFO per publisher")
+    func publishEverywhere() async throws {
+        try await withScope { scope in
+            let (a, b, c) = try await threeRelays(scope)
+            var subscriptions: [(SkeinConnection, Subscription)] = []
+            for relay in [a, b, c, c] {
+                let connection = try await Skein.connect(to: relay.endpoint)
+                subscriptions.append((connection, try await connection.subscribe(topic: "news")))
+            }
+            try await a.waitSees("b", subscribedTo: "news")
+            try await a.waitSees("c", subscribedTo: "news")
+            try await b.waitSees("a", subscribedTo: "news")
+            let publisherA = try await Skein.connect(to: a.endpoint)
+            let publisherB = try await Skein.connect(to: b.endpoint)
+            let count = 300
+            async let pa: Void = { for i in 0..<count { try await publisherA.publish(topic: "news", "A\(i)") } }()
+            async let pb: Void = { for i in 0..<count { try await publisherB.publish(topic: "news", "B\(i)") } }()
+            _ = try await (pa, pb)
+            for (index, (_, subscription)) in subscriptions.enumerated() {
+                var fromA: [String] = []
+                var fromB: [String] = []
+                for try await event in subscription {
+                    let text = String(buffer: event)
+                    if text.hasPrefix("A") { fromA.append(text) } else { fromB.append(text) }
+                    if fromA.count + fromB.count == 2 * count { break }
+                }
+                #expect(fromA == (0..<count).map { "A\($0)" }, "subscriber \(index)")
+                #expect(fromB == (0..<count).map { "B\($0)" }, "subscriber \(index)")
+            }
+            try await publisherA.close()
+            try await publisherB.close()
+            for (connection, _) in subscriptions { try await connection.close() }
+        }
+    }
+
+    @Test("members join and leave while requests flow: every request gets exactly one answer")
+    func churnWhileRequesting() async throws {
+        try await withScope { scope in
+            let (a, b, c) = try await threeRelays(scope)
+            let stable = try await NamedMember.start("stable", cluster: "echo", on: b)
+            try await a.waitSees("b", serving: "echo")
+            let client = try await Skein.connect(to: a.endpoint)
+            let outcomes = NIOLockedValueBox((ok: 0, timedOut: 0, other: [String]()))
+            let total = 600
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    // Churn on C while requests flow.
+                    for round in 0..<4 {
+                        let member = try await NamedMember.start("churn\(round)", cluster: "echo", on: c)
+                        try await Task.sleep(for: .milliseconds(150))
+                        try await member.connection.close()
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                }
+                for i in 0..<total {
+                    group.addTask {
+                        do {
+                            _ = try await client.request(cluster: "echo", "r\(i)", timeout: .seconds(3))
+                            outcomes.withLockedValue { $0.ok += 1 }
+                        } catch SkeinError.timedOut {
+                            outcomes.withLockedValue { $0.timedOut += 1 }
+                        } catch {
+                            outcomes.withLockedValue { $0.other.append("\(error)") }
+                        }
+                    }
+                    if i % 20 == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                }
+                try await group.waitForAll()
+            }
+            let result = outcomes.withLockedValue { $0 }
+            // Exactly one answer each: the task group would hang on a missing one, and the
+            // binding rejects a second answer for one request id as a protocol violation.
+            #expect(result.ok + result.timedOut == total, "\(result.other.prefix(3))")
+            #expect(result.other.isEmpty)
+            // Only requests a closing member held may time out; the stable member answers the rest.
+            #expect(result.timedOut <= 40, "\(result.timedOut) timed out")
+            try await client.close()
+            try await stable.connection.close()
+        }
+    }
+
+    @Test("kill -9 of relay C during a request stream: one answer each, none late, then all via B")
+    func killRelayDuringRequests() async throws {
+        try await withScope { scope in
+            let (a, b, c) = try await threeRelays(scope)
+            let onB = try await NamedMember.start("on-b", cluster: "echo", on: b)
+            let onC = try await NamedMember.start("on-c", cluster: "echo", on: c, delay: .milliseconds(20))
+            try await a.waitSees("b", serving: "echo")
+            try await a.waitSees("c", serving: "echo")
+            let client = try await Skein.connect(to: a.endpoint)
+            let timeout = Duration.seconds(2)
+            let late = NIOLockedValueBox(0)
+            let results = NIOLockedValueBox([(sent: ContinuousClock.Instant, answer: String)]())
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<300 {
+                    if i == 100 { c.child.send(SIGKILL) }
+                    group.addTask {
+                        let sent = ContinuousClock.now
+                        let answer: String
+                        do {
+                            answer = String(buffer: try await client.request(cluster: "echo", "r\(i)", timeout: timeout))
+                        } catch SkeinError.timedOut {
+                            answer = "timeout"
+                        }
+                        // No answer after the deadline (a little slack for scheduling).
+                        if ContinuousClock.now - sent > timeout + .milliseconds(500) { late.withLockedValue { $0 += 1 } }
+                        results.withLockedValue { $0.append((sent, answer)) }
+                    }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                try await group.waitForAll()
+            }
+            let all = results.withLockedValue { $0 }
+            #expect(all.count == 300)
+            #expect(late.withLockedValue { $0 } == 0)
+            #expect(Set(all.map(\.answer)).isSubset(of: ["on-b", "on-c", "timeout"]))
+            // After C is known dead, every request succeeds via B.
+            try await waitAllSee([a], "c", "dead")
+            for i in 0..<50 {
+                #expect(String(buffer: try await client.request(cluster: "echo", "after\(i)", timeout: timeout)) == "on-b")
+            }
+            _ = onC
+            try await client.close()
+            try await onB.connection.close()
+        }
+    }
+
+    @Test("a restarted relay rejoins and serves again, without touching the others")
+    func restartRelay() async throws {
+        try await withScope { scope in
+            let key = try scope.keyFile("net.key", keys: [NetworkKey.generate()])
+            let a = try await scope.startMeshRelay("a", keyFile: key)
+            let b = try await scope.startMeshRelay("b", keyFile: key, seeds: [a])
+            try await waitAllSee([a, b], "b", "alive")
+            var member = try await NamedMember.start("first", cluster: "echo", on: b)
+            try await a.waitSees("b", serving: "echo")
+            let client = try await Skein.connect(to: a.endpoint)
+            #expect(String(buffer: try await client.request(cluster: "echo", "x", timeout: .seconds(5))) == "first")
+            b.child.send(SIGTERM)
+            _ = try await b.child.waitForExit()
+            try await waitAllSee([a], "b", "left")
+            let b2 = try await scope.startMeshRelay("b", keyFile: key, seeds: [a])
+            try await waitAllSee([a, b2], "b", "alive")
+            member = try await NamedMember.start("second", cluster: "echo", on: b2)
+            try await a.waitSees("b", serving: "echo")
+            #expect(String(buffer: try await client.request(cluster: "echo", "y", timeout: .seconds(5))) == "second")
+            try await client.close()
+            try await member.connection.close()
+        }
+    }
+}
