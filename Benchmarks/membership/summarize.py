@@ -21,7 +21,7 @@ def measures(r):
         out.append(("join: all converged (s)", r["all_converged_s"] if r.get("converged") else None))
     elif s == "kill":
         ok = r.get("all_seen")
-        out += [("kill -9: first suspicion (s)", r.get("first_suspect_s")),
+        out += [("kill -9: first suspicion (s)", r.get("first_suspect_s") or 0),
                 ("kill -9: first saw dead (s)", r.get("first_s")),
                 ("kill -9: all saw dead (s)", r.get("last_s") if ok else None),
                 ("kill -9: healthy declared dead", r.get("collateral_false_failed"))]
@@ -40,10 +40,12 @@ def measures(r):
     elif s == "stop":
         p = f"SIGSTOP {r['pause_s']:g}s"
         out += [(f"{p}: suspected (1=yes)", 1 if r.get("suspected") else 0),
-                (f"{p}: first suspicion (s)", r.get("first_suspect_s")),
-                (f"{p}: marked dead by (of {r['observers']})", r.get("marked_failed_by")),
-                (f"{p}: first dead (s)", r.get("first_failed_s"))]
-        if "all_failed_s" in r:
+                (f"{p}: marked dead by (of {r['observers']})", r.get("marked_failed_by"))]
+        if r.get("suspected"):
+            out.append((f"{p}: first suspicion (s)", r.get("first_suspect_s")))
+        if r.get("marked_failed_by"):
+            out.append((f"{p}: first dead (s)", r.get("first_failed_s")))
+        if r.get("marked_failed_by") and "all_failed_s" in r:
             out.append((f"{p}: all saw dead (s)", r.get("all_failed_s")))
         if r.get("marked_failed_by"):
             out.append((f"{p}: alive again everywhere after SIGCONT (s)",
