@@ -278,7 +278,8 @@ struct MeshRoutingTests {
             b.child.send(SIGTERM)
             _ = try await b.child.waitForExit()
             try await waitAllSee([a], "b", "left")
-            let b2 = try await scope.startMeshRelay("b", keyFile: key, seeds: [a])
+            // The same name and address, a new process (and so a new node id).
+            let b2 = try await scope.startMeshRelay("b", keyFile: key, seeds: [a], bindPort: b.meshPort)
             try await waitAllSee([a, b2], "b", "alive")
             member = try await NamedMember.start("second", cluster: "echo", on: b2)
             try await a.waitSees("b", serving: "echo")
@@ -287,4 +288,116 @@ struct MeshRoutingTests {
             try await member.connection.close()
         }
     }
+
+    @Test("a tunnel from A to a member on B carries messages both ways, in order, then closes")
+    func tunnelAcrossRelays() async throws {
+        try await withScope { scope in
+            let (a, b, _) = try await threeRelays(scope)
+            let member = try await Skein.serve(
+                cluster: "upper", to: b.endpoint,
+                request: { $0.body },
+                tunnel: { tunnel in
+                    // Echo every message upper-cased, until the initiator closes.
+                    while let message = try? await tunnel.receive() {
+                        try? await tunnel.send(String(buffer: message).uppercased())
+                    }
+                    try? await tunnel.close()
+                })
+            try await a.waitSees("b", serving: "upper")
+            let client = try await Skein.connect(to: a.endpoint)
+            let tunnel = try await client.tunnel(cluster: "upper", timeout: .seconds(5))
+            for i in 0..<100 {
+                try await tunnel.send("message \(i)")
+                let answer = try #require(try await tunnel.receive())
+                #expect(String(buffer: answer) == "MESSAGE \(i)")
+            }
+            try await tunnel.close()
+            try await client.close()
+            try await member.close()
+        }
+    }
+
+    @Test("1 GiB through a tunnel across relays with a slow reader: complete, in order, relay memory bounded")
+    func bulkTunnelAcrossRelays() async throws {
+        try await withScope { scope in
+            let (a, b, _) = try await threeRelays(scope)
+            let total = Int(ProcessInfo.processInfo.environment["SKEIN_TUNNEL_BYTES"] ?? "") ?? 1 << 30
+            let messageSize = 1 << 20
+            let started = ContinuousClock.now
+            let received = NIOLockedValueBox((bytes: 0, ok: true))
+            let member = try await Skein.serve(
+                cluster: "sink", to: b.endpoint,
+                request: { $0.body },
+                tunnel: { tunnel in
+                    var expected: UInt8 = 0
+                    var count = 0
+                    while let message = try? await tunnel.receive() {
+                        // Every message is filled with its index mod 256: order and content (sampled
+                        // every 4 KiB and at both ends; a byte-by-byte check dominates a debug build).
+                        let view = message.readableBytesView
+                        let ok = message.readableBytes == messageSize
+                            && stride(from: view.startIndex, to: view.endIndex, by: 4096).allSatisfy { view[$0] == expected }
+                            && view.last == expected
+                        received.withLockedValue { $0.bytes += message.readableBytes; $0.ok = $0.ok && ok }
+                        expected &+= 1
+                        count += 1
+                        if count % 64 == 0 { try? await Task.sleep(for: .milliseconds(20)) }  // a slow reader
+                    }
+                })
+            try await a.waitSees("b", serving: "sink")
+            let client = try await Skein.connect(to: a.endpoint)
+            let tunnel = try await client.tunnel(cluster: "sink", timeout: .seconds(5))
+            var peakRSS: [String: Int] = [:]
+            for i in 0..<(total / messageSize) {
+                try await tunnel.send(ByteBuffer(repeating: UInt8(truncatingIfNeeded: i), count: messageSize))
+                if i % 64 == 0 {
+                    for relay in [a, b] { peakRSS[relay.name] = max(peakRSS[relay.name] ?? 0, rssKiB(pid: relay.child.pid)) }
+                }
+            }
+            try await tunnel.close()
+            try await waitFor("the member to receive everything", within: .seconds(120)) { received.withLockedValue { $0.bytes } == total }
+            print("tunnel across relays: \(total >> 20) MiB in \(ContinuousClock.now - started), peak RSS \(peakRSS.mapValues { $0 / 1024 }) MiB")
+            #expect(received.withLockedValue { $0.ok })
+            // Each relay buffers at most its tunnel buffer (4 MiB) per direction; allow for the
+            // process itself and allocator slack, far below the 1 GiB that went through.
+            for (name, rss) in peakRSS { #expect(rss < 200 * 1024, "relay \(name) peaked at \(rss / 1024) MiB") }
+            try await client.close()
+            try await member.close()
+        }
+    }
+
+    @Test("a tunnel whose far relay dies fails at the initiator with a reason")
+    func tunnelFarRelayDies() async throws {
+        try await withScope { scope in
+            let (a, _, c) = try await threeRelays(scope)
+            let member = try await Skein.serve(cluster: "far", to: c.endpoint, request: { $0.body }, tunnel: { tunnel in
+                while (try? await tunnel.receive()) != nil {}
+            })
+            try await a.waitSees("c", serving: "far")
+            let client = try await Skein.connect(to: a.endpoint)
+            let tunnel = try await client.tunnel(cluster: "far", timeout: .seconds(5))
+            try await tunnel.send("hello")
+            c.child.send(SIGKILL)
+            let failed = NIOLockedValueBox<String?>(nil)
+            let started = ContinuousClock.now
+            do {
+                while try await tunnel.receive() != nil {}
+                failed.withLockedValue { $0 = "closed gracefully" }
+            } catch {
+                failed.withLockedValue { $0 = "\(error)" }
+            }
+            #expect(ContinuousClock.now - started < .seconds(10))
+            #expect(failed.withLockedValue { $0 }?.contains("lost") == true, "\(failed.withLockedValue { $0 } ?? "")")
+            _ = member
+            try await client.close()
+        }
+    }
+}
+
+/// Resident set size of a process, in KiB.
+func rssKiB(pid: Int32) -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+    else { return 0 }
+    return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
 }

@@ -23,9 +23,13 @@ struct MeshRelay {
         guard status == 200, let json = try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
             let members = json["members"] as? [[String: Any]]
         else { throw HarnessError("bad /members answer from \(name): \(String(decoding: body, as: UTF8.self))") }
+        // A restarted relay keeps its name: its old record (left) and the new one (alive) are
+        // both listed for a while, and the live one is what counts.
         var view: [String: String] = [:]
         for member in members {
-            view[member["name"] as? String ?? "?"] = member["status"] as? String ?? "?"
+            let name = member["name"] as? String ?? "?"
+            let status = member["status"] as? String ?? "?"
+            if view[name] == nil || status == "alive" { view[name] = status }
         }
         return view
     }
@@ -52,10 +56,10 @@ extension Scope {
     }
 
     /// Starts `skein relay` in a mesh on 127.0.0.1 with the fast gossip profile.
-    func startMeshRelay(_ name: String, keyFile: String, seeds: [MeshRelay] = [], extra: [String] = []) async throws -> MeshRelay {
+    func startMeshRelay(_ name: String, keyFile: String, seeds: [MeshRelay] = [], bindPort: Int = 0, extra: [String] = []) async throws -> MeshRelay {
         let arguments = [
             "relay", "--key-file", keyFile, "--client-port", "0", "--admin-port", "0",
-            "--bind", "127.0.0.1:0", "--name", name, "--gossip-profile", "fast",
+            "--bind", "127.0.0.1:\(bindPort)", "--name", name, "--gossip-profile", "fast",
         ] + seeds.flatMap { ["--seed", $0.meshAddress] } + extra
         let child = try spawn(arguments, name: name)
         try await child.waitForStderr("relay ready")

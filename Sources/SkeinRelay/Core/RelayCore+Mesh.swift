@@ -11,17 +11,20 @@ extension RelayCore {
         let version = routing.version
         routing.update(relay)
         guard routing.version != version else { return }
-        for cluster in relay.clusters.keys where waitingRequests[cluster] != nil {
+        for cluster in relay.clusters.keys where waitingRequests[cluster] != nil || waitingBuilds[cluster] != nil {
             dispatchWaiting(cluster: cluster, now: now, actions: &actions)
         }
     }
 
-    /// A remote relay is gone (dead, left) or unreachable. New work stops going there.
-    /// Requests already forwarded to it may have reached a member, so they are never sent to a
-    /// second one: their callers get their timeout at the deadline — unless `neverSent`, when
-    /// the link never carried them (it was never established), and they go elsewhere at once.
-    public mutating func relayRemoved(_ id: NodeID, neverSent: Bool = false, now: NIODeadline, actions: inout [RelayAction]) {
+    /// A remote relay should get no new work: it is suspect, or (`lost`) dead, left, or its
+    /// link broke. When lost, its tunnels fail at this end with a reason. Requests already
+    /// forwarded to it may have reached a member, so they are never sent to a second one:
+    /// their callers get their timeout at the deadline — unless `neverSent`, when the link never
+    /// carried them (it was never established), and they go elsewhere at once.
+    public mutating func relayRemoved(_ id: NodeID, lost: Bool = true, neverSent: Bool = false, now: NIODeadline, actions: inout [RelayAction]) {
         routing.remove(id)
+        guard lost else { return }
+        dropRelayTunnels(id, neverSent: neverSent, now: now, actions: &actions)
         guard neverSent else { return }
         let stranded = requests.filter { $0.value.forwardedTo == id }.keys.sorted()
         for key in stranded { reroute(key, from: id, now: now, actions: &actions) }
@@ -49,9 +52,14 @@ extension RelayCore {
             for subscriber in topics[topic] ?? [] {
                 actions.append(.send(subscriber, .publish(topic: topic, event: body)))
             }
-        case .hello, .ping, .pong, .goodbye, .membership, .tunnelOpen, .tunnelConfirm, .tunnelAllowance, .tunnelClose, .tunnelData:
-            // Link control is the shell's; tunnels across relays are not routed yet.
-            break
+        case .tunnelOpen(let id, let cluster, let remaining):
+            remoteTunnelOpen(from: relay, id: id, cluster: cluster, remainingMillis: remaining, now: now, actions: &actions)
+        case .tunnelConfirm(let id, let outcome):
+            remoteTunnelConfirm(from: relay, key: id, outcome: outcome, now: now, actions: &actions)
+        case .tunnelAllowance(let id, _), .tunnelData(let id, _, _), .tunnelClose(let id, _):
+            remoteTunnelFrame(frame, from: relay, key: id, actions: &actions)
+        case .hello, .ping, .pong, .goodbye, .membership:
+            break  // Link control and membership are the shell's.
         }
     }
 

@@ -96,11 +96,13 @@ extension RelayCore {
             }
             if !stillWaiting.isEmpty { waitingRequests[cluster] = stillWaiting }
         }
-        if clusters[cluster] != nil, var queue = waitingBuilds.removeValue(forKey: cluster) {
+        if var queue = waitingBuilds.removeValue(forKey: cluster) {
+            var stillWaiting = Deque<UInt64>()
             while let key = queue.popFirst() {
                 guard builds[key] != nil else { continue }
-                _ = offerBuild(key, now: now, actions: &actions)
+                if !dispatchBuild(key, now: now, actions: &actions) { stillWaiting.append(key) }
             }
+            if !stillWaiting.isEmpty { waitingBuilds[cluster] = stillWaiting }
         }
     }
 

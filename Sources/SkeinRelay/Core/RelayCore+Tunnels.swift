@@ -1,34 +1,52 @@
 import DequeModule
 import NIOCore
+import SkeinMembership
 import SkeinWire
+
+/// Who is at one end of a tunnel, as this relay sees it.
+enum TunnelPeer: Equatable {
+    /// A local connection; the end's `tunnelID` is its binding's tunnel id.
+    case local(ConnectionID)
+    /// Another relay, which holds the real end; the end's `tunnelID` is that relay's key for
+    /// the tunnel, which every frame sent to it carries.
+    case relay(NodeID)
+}
 
 /// One side of a tunnel as the relay sees it.
 struct TunnelEnd {
-    var connection: ConnectionID
+    var peer: TunnelPeer
     var tunnelID: UInt64
-    /// Bytes the relay may still send to this binding (raised by the binding's ALLOW).
+    /// Bytes the relay may still send to this end (raised by its ALLOW, or its relay's ALLOWANCE).
     var sendAllowance: UInt64 = 0
-    /// Bytes this binding may still send to the relay (the relay's unreturned grant).
+    /// Bytes this end may still send to the relay (the relay's unreturned grant).
     var receiveAllowance: UInt64
     /// Chunks from the other side waiting for `sendAllowance`; never more than the other
     /// side's grant, so at most `tunnelBuffer` bytes.
     var queue: Deque<(sizeOrContinuation: UInt64, chunk: ByteBuffer)> = []
-    /// This binding still has the tunnel open.
+    /// This end still has the tunnel open.
     var isOpen = true
     /// The other side closed gracefully: deliver the queue, then close this side.
     var closeAfterDrain = false
 }
 
 struct Tunnel {
-    /// `ends[0]` is the initiator, `ends[1]` the member.
+    /// `ends[0]` is the initiator, `ends[1]` the member (either may be another relay).
     var ends: [TunnelEnd]
 
-    func side(of connection: ConnectionID, tunnelID: UInt64) -> Int {
-        ends[0].connection == connection && ends[0].tunnelID == tunnelID ? 0 : 1
+    func side(of peer: TunnelPeer, tunnelID: UInt64) -> Int {
+        ends[0].peer == peer && ends[0].tunnelID == tunnelID ? 0 : 1
+    }
+
+    /// The side held by `relay`, if any.
+    func side(ofRelay relay: NodeID) -> Int? {
+        ends.firstIndex { $0.peer == .relay(relay) }
     }
 }
 
-// Tunnels: build, allowance in both directions, ordered chunk forwarding, close.
+// Tunnels: build (here or through another relay), allowance in both directions end to end,
+// ordered chunk forwarding, close. Across relays every hop holds at most `tunnelBuffer` bytes
+// per direction: a relay forwards to the next hop only within the allowance that hop granted,
+// and returns allowance to the previous hop only as chunks leave (Docs/mesh.md, "Tunnels").
 extension RelayCore {
     mutating func tunnelInit(
         from initiator: ConnectionID, tunnelID: UInt64, cluster: String, timeoutMillis: UInt64,
@@ -49,17 +67,34 @@ extension RelayCore {
         }
         let key = makeKey()
         let deadline = deadline(now: now, millis: timeoutMillis)
-        builds[key] = PendingBuild(initiator: initiator, initiatorTunnelID: tunnelID, cluster: cluster, deadline: deadline)
+        builds[key] = PendingBuild(initiator: .local(initiator), initiatorTunnelID: tunnelID, cluster: cluster, deadline: deadline)
         connections[initiator]!.tunnelIDs[tunnelID] = .building(key)
         connections[initiator]!.outgoing.insert(key)
         schedule(.build(key), at: deadline)
-        if !offerBuild(key, now: now, actions: &actions) {
+        if !dispatchBuild(key, now: now, actions: &actions) {
             waitingBuilds[cluster, default: []].append(key)
         }
         pauseIfAtLimit(initiator, actions: &actions)
     }
 
-    /// Offers a pending build to a member of its cluster; false when the cluster has none.
+    /// Sends a pending build to a member here, or (for a local initiator) to a remote relay
+    /// serving the cluster; false when neither exists.
+    mutating func dispatchBuild(_ key: UInt64, excluding: Set<NodeID> = [], now: NIODeadline, actions: inout [RelayAction]) -> Bool {
+        guard let build = builds[key], build.deadline > now else { return false }
+        let hasLocal = clusters[build.cluster] != nil
+        if build.localInitiator == nil || (hasLocal && settings.routing.preferLocal) {
+            return offerBuild(key, now: now, actions: &actions)
+        }
+        let inFlight = remoteInFlight
+        if let relay = routing.pick(cluster: build.cluster, excluding: excluding, inFlight: { inFlight[$0, default: 0] }) {
+            builds[key]!.forwardedTo = relay
+            actions.append(.sendPeer(relay, .tunnelOpen(id: key, cluster: build.cluster, remainingMillis: remainingMillis(build.deadline, now))))
+            return true
+        }
+        return hasLocal && offerBuild(key, now: now, actions: &actions)
+    }
+
+    /// Offers a pending build to a member of its cluster here; false when the cluster has none.
     mutating func offerBuild(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
         // Past its deadline (its timer has not run yet): the timer fails it, no member is asked.
         guard var build = builds[key], build.deadline > now, let member = pickMember(of: build.cluster) else { return false }
@@ -85,20 +120,25 @@ extension RelayCore {
             actions.append(.send(member, .tunnelClose(tunnelID: tunnelID, reason: "tunnel build timed out or was abandoned")))
             return
         }
-        let initiator = build.initiator
-        connections[initiator]!.outgoing.remove(key)
-        connections[initiator]!.tunnelIDs[build.initiatorTunnelID] = .open(key)
         connections[member]!.tunnelIDs[tunnelID] = .open(key)
         let buffer = settings.tunnelBuffer
         tunnels[key] = Tunnel(ends: [
-            TunnelEnd(connection: initiator, tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
-            TunnelEnd(connection: member, tunnelID: tunnelID, receiveAllowance: buffer),
+            TunnelEnd(peer: build.initiator, tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
+            TunnelEnd(peer: .local(member), tunnelID: tunnelID, receiveAllowance: buffer),
         ])
         actions.append(.send(member, .tunnelAllow(tunnelID: tunnelID, bytes: buffer)))
-        actions.append(
-            .send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .built(chunkLimit: settings.effectiveChunkLimit))))
-        actions.append(.send(initiator, .tunnelAllow(tunnelID: build.initiatorTunnelID, bytes: buffer)))
-        resumeIfBelowLimit(initiator, actions: &actions)
+        switch build.initiator {
+        case .local(let initiator):
+            connections[initiator]!.outgoing.remove(key)
+            connections[initiator]!.tunnelIDs[build.initiatorTunnelID] = .open(key)
+            actions.append(
+                .send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .built(chunkLimit: settings.effectiveChunkLimit))))
+            actions.append(.send(initiator, .tunnelAllow(tunnelID: build.initiatorTunnelID, bytes: buffer)))
+            resumeIfBelowLimit(initiator, actions: &actions)
+        case .relay(let origin):
+            actions.append(.sendPeer(origin, .tunnelConfirm(id: build.initiatorTunnelID, outcome: .built(farID: key, chunkLimit: settings.effectiveChunkLimit))))
+            actions.append(.sendPeer(origin, .tunnelAllowance(id: build.initiatorTunnelID, bytes: buffer)))
+        }
     }
 
     mutating func expireBuild(_ key: UInt64, actions: inout [RelayAction]) {
@@ -106,11 +146,22 @@ extension RelayCore {
         if let member = build.member {
             connections[member]?.memberBuilds[build.memberBuildID] = nil
         }
-        connections[build.initiator]?.tunnelIDs[build.initiatorTunnelID] = nil
-        connections[build.initiator]?.outgoing.remove(key)
         pruneWaitingBuilds(cluster: build.cluster)
-        actions.append(.send(build.initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .timedOut)))
-        resumeIfBelowLimit(build.initiator, actions: &actions)
+        failBuild(build, key: key, reason: "timed out", actions: &actions)
+    }
+
+    /// Tells a build's initiator that it failed (a local binding hears TUNNEL CONFIRM timedOut,
+    /// the only failure the protocol has; a relay hears the reason).
+    mutating func failBuild(_ build: PendingBuild, key: UInt64, reason: String, actions: inout [RelayAction]) {
+        switch build.initiator {
+        case .local(let initiator):
+            connections[initiator]?.tunnelIDs[build.initiatorTunnelID] = nil
+            connections[initiator]?.outgoing.remove(key)
+            actions.append(.send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .timedOut)))
+            resumeIfBelowLimit(initiator, actions: &actions)
+        case .relay(let origin):
+            actions.append(.sendPeer(origin, .tunnelConfirm(id: build.initiatorTunnelID, outcome: .failed(reason))))
+        }
     }
 
     /// Like `pruneWaitingRequests`, for tunnel builds waiting for a member.
@@ -122,8 +173,12 @@ extension RelayCore {
 
     mutating func tunnelAllow(from id: ConnectionID, tunnelID: UInt64, bytes: UInt64, actions: inout [RelayAction]) {
         // ALLOW for a tunnel that is closing or closed is a harmless race: ignored.
-        guard case .open(let key)? = connections[id]!.tunnelIDs[tunnelID], var tunnel = tunnels[key] else { return }
-        let side = tunnel.side(of: id, tunnelID: tunnelID)
+        guard case .open(let key)? = connections[id]!.tunnelIDs[tunnelID], let tunnel = tunnels[key] else { return }
+        allow(key, side: tunnel.side(of: .local(id), tunnelID: tunnelID), bytes: bytes, actions: &actions)
+    }
+
+    private mutating func allow(_ key: UInt64, side: Int, bytes: UInt64, actions: inout [RelayAction]) {
+        guard var tunnel = tunnels[key] else { return }
         let (sum, overflow) = tunnel.ends[side].sendAllowance.addingReportingOverflow(bytes)
         tunnel.ends[side].sendAllowance = overflow ? .max : sum
         tunnels[key] = tunnel
@@ -149,8 +204,8 @@ extension RelayCore {
             violation(id, "protocol violation: transfer on tunnel \(tunnelID) before it was built", actions: &actions)
             return
         case .open(let key):
-            guard var tunnel = tunnels[key] else { return }
-            let side = tunnel.side(of: id, tunnelID: tunnelID)
+            guard let tunnel = tunnels[key] else { return }
+            let side = tunnel.side(of: .local(id), tunnelID: tunnelID)
             guard chunkSize <= tunnel.ends[side].receiveAllowance else {
                 violation(
                     id,
@@ -158,16 +213,23 @@ extension RelayCore {
                     actions: &actions)
                 return
             }
-            tunnel.ends[side].receiveAllowance -= chunkSize
-            let other = 1 - side
-            guard tunnel.ends[other].isOpen, !tunnel.ends[other].closeAfterDrain else {
-                tunnels[key] = tunnel
-                return  // The other side is gone; its data has nowhere to go.
-            }
-            tunnel.ends[other].queue.append((sizeOrContinuation, chunk))
-            tunnels[key] = tunnel
-            drain(key, side: other, actions: &actions)
+            accept(key, fromSide: side, sizeOrContinuation: sizeOrContinuation, chunk: chunk, actions: &actions)
         }
+    }
+
+    /// A chunk from `side`, within its allowance: queued for the other side and forwarded as
+    /// far as that side's allowance goes.
+    private mutating func accept(_ key: UInt64, fromSide side: Int, sizeOrContinuation: UInt64, chunk: ByteBuffer, actions: inout [RelayAction]) {
+        guard var tunnel = tunnels[key] else { return }
+        tunnel.ends[side].receiveAllowance -= UInt64(chunk.readableBytes)
+        let other = 1 - side
+        guard tunnel.ends[other].isOpen, !tunnel.ends[other].closeAfterDrain else {
+            tunnels[key] = tunnel
+            return  // The other side is gone; its data has nowhere to go.
+        }
+        tunnel.ends[other].queue.append((sizeOrContinuation, chunk))
+        tunnels[key] = tunnel
+        drain(key, side: other, actions: &actions)
     }
 
     /// Forwards queued chunks to `side` while its allowance lasts, returning allowance to the
@@ -181,18 +243,34 @@ extension RelayCore {
             let size = UInt64(head.chunk.readableBytes)
             end.sendAllowance -= size
             forwarded += size
-            actions.append(
-                .send(end.connection, .tunnelTransfer(tunnelID: end.tunnelID, sizeOrContinuation: head.sizeOrContinuation, chunk: head.chunk)))
+            switch end.peer {
+            case .local(let connection):
+                actions.append(
+                    .send(connection, .tunnelTransfer(tunnelID: end.tunnelID, sizeOrContinuation: head.sizeOrContinuation, chunk: head.chunk)))
+            case .relay(let relay):
+                actions.append(.sendPeer(relay, .tunnelData(id: end.tunnelID, sizeOrContinuation: head.sizeOrContinuation, chunk: head.chunk)))
+            }
         }
         let other = 1 - side
         if forwarded > 0, tunnel.ends[other].isOpen {
             tunnel.ends[other].receiveAllowance += forwarded
-            actions.append(.send(tunnel.ends[other].connection, .tunnelAllow(tunnelID: tunnel.ends[other].tunnelID, bytes: forwarded)))
+            let giver = tunnel.ends[other]
+            switch giver.peer {
+            case .local(let connection):
+                actions.append(.send(connection, .tunnelAllow(tunnelID: giver.tunnelID, bytes: forwarded)))
+            case .relay(let relay):
+                actions.append(.sendPeer(relay, .tunnelAllowance(id: giver.tunnelID, bytes: forwarded)))
+            }
         }
         if end.closeAfterDrain && end.queue.isEmpty && end.isOpen {
             end.isOpen = false
-            actions.append(.send(end.connection, .tunnelClose(tunnelID: end.tunnelID, reason: "")))
-            connections[end.connection]?.tunnelIDs[end.tunnelID] = nil
+            switch end.peer {
+            case .local(let connection):
+                actions.append(.send(connection, .tunnelClose(tunnelID: end.tunnelID, reason: "")))
+                connections[connection]?.tunnelIDs[end.tunnelID] = nil
+            case .relay(let relay):
+                actions.append(.sendPeer(relay, .tunnelClose(id: end.tunnelID, reason: "")))
+            }
         }
         tunnel.ends[side] = end
         if !tunnel.ends[0].isOpen && !tunnel.ends[1].isOpen {
@@ -216,26 +294,138 @@ extension RelayCore {
                 resumeIfBelowLimit(id, actions: &actions)
             }
         case .open(let key):
-            guard var tunnel = tunnels[key] else { return }
-            let side = tunnel.side(of: id, tunnelID: tunnelID)
-            tunnel.ends[side].isOpen = false
-            tunnel.ends[side].queue.removeAll()
-            let other = 1 - side
-            tunnel.ends[other].closeAfterDrain = true
-            tunnels[key] = tunnel
-            drain(key, side: other, actions: &actions)
+            guard let tunnel = tunnels[key] else { return }
+            closeSide(key, side: tunnel.side(of: .local(id), tunnelID: tunnelID), actions: &actions)
         }
     }
 
+    /// One side closed gracefully: the other gets what is queued for it, then its close.
+    private mutating func closeSide(_ key: UInt64, side: Int, actions: inout [RelayAction]) {
+        guard var tunnel = tunnels[key] else { return }
+        tunnel.ends[side].isOpen = false
+        tunnel.ends[side].queue.removeAll()
+        let other = 1 - side
+        tunnel.ends[other].closeAfterDrain = true
+        tunnels[key] = tunnel
+        drain(key, side: other, actions: &actions)
+    }
+
     /// A tunnel's connection is gone: the other side fails now, with `reason`.
-    mutating func dropTunnel(_ key: UInt64, closedBy id: ConnectionID, reason: String, actions: inout [RelayAction]) {
+    mutating func dropTunnel(_ key: UInt64, closedBy peer: TunnelPeer, reason: String, actions: inout [RelayAction]) {
         guard let tunnel = tunnels.removeValue(forKey: key) else { return }
-        for end in tunnel.ends where end.isOpen {
-            if end.connection == id {
-                continue
+        for end in tunnel.ends where end.isOpen && end.peer != peer {
+            switch end.peer {
+            case .local(let connection):
+                connections[connection]?.tunnelIDs[end.tunnelID] = nil
+                actions.append(.send(connection, .tunnelClose(tunnelID: end.tunnelID, reason: reason)))
+            case .relay(let relay):
+                actions.append(.sendPeer(relay, .tunnelClose(id: end.tunnelID, reason: reason)))
             }
-            connections[end.connection]?.tunnelIDs[end.tunnelID] = nil
-            actions.append(.send(end.connection, .tunnelClose(tunnelID: end.tunnelID, reason: reason)))
+        }
+    }
+
+    // MARK: - From other relays
+
+    /// Another relay forwards a build for a member here.
+    mutating func remoteTunnelOpen(from relay: NodeID, id: UInt64, cluster: String, remainingMillis: UInt64, now: NIODeadline, actions: inout [RelayAction]) {
+        guard remainingMillis > 0, clusters[cluster] != nil else {
+            actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: .failed(remainingMillis > 0 ? Self.noMembers : "timed out"))))
+            return
+        }
+        let key = makeKey()
+        let deadline = deadline(now: now, millis: remainingMillis)
+        builds[key] = PendingBuild(initiator: .relay(relay), initiatorTunnelID: id, cluster: cluster, deadline: deadline)
+        schedule(.build(key), at: deadline)
+        if !offerBuild(key, now: now, actions: &actions) {
+            builds[key] = nil
+            actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: .failed(Self.noMembers))))
+        }
+    }
+
+    static var noMembers: String { "no members" }
+
+    /// The relay a build was forwarded to answered.
+    mutating func remoteTunnelConfirm(from relay: NodeID, key: UInt64, outcome: PeerTunnelOutcome, now: NIODeadline, actions: inout [RelayAction]) {
+        guard let build = builds[key], build.forwardedTo == relay, let initiator = build.localInitiator else {
+            // Abandoned here (timed out, initiator gone): close the far end it just built.
+            if case .built(let farID, _) = outcome {
+                actions.append(.sendPeer(relay, .tunnelClose(id: farID, reason: "tunnel build timed out or was abandoned")))
+            }
+            return
+        }
+        switch outcome {
+        case .built(let farID, _):
+            builds[key] = nil
+            let buffer = settings.tunnelBuffer
+            connections[initiator]!.outgoing.remove(key)
+            connections[initiator]!.tunnelIDs[build.initiatorTunnelID] = .open(key)
+            tunnels[key] = Tunnel(ends: [
+                TunnelEnd(peer: .local(initiator), tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
+                TunnelEnd(peer: .relay(relay), tunnelID: farID, receiveAllowance: buffer),
+            ])
+            actions.append(.sendPeer(relay, .tunnelAllowance(id: farID, bytes: buffer)))
+            actions.append(
+                .send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .built(chunkLimit: settings.effectiveChunkLimit))))
+            actions.append(.send(initiator, .tunnelAllow(tunnelID: build.initiatorTunnelID, bytes: buffer)))
+            resumeIfBelowLimit(initiator, actions: &actions)
+        case .failed(let reason) where reason == Self.noMembers:
+            builds[key]!.forwardedTo = nil
+            actions.append(.report(.requestRerouted(cluster: build.cluster, from: relay)))
+            if !dispatchBuild(key, excluding: [relay], now: now, actions: &actions) {
+                waitingBuilds[build.cluster, default: []].append(key)
+            }
+        case .failed:
+            builds[key] = nil
+            failBuild(build, key: key, reason: "", actions: &actions)
+        }
+    }
+
+    /// Allowance, data or close for a tunnel whose other end is `relay`; `key` is this relay's.
+    mutating func remoteTunnelFrame(_ frame: PeerFrame, from relay: NodeID, key: UInt64, actions: inout [RelayAction]) {
+        guard let tunnel = tunnels[key], let side = tunnel.side(ofRelay: relay) else { return }
+        switch frame {
+        case .tunnelAllowance(_, let bytes):
+            allow(key, side: side, bytes: bytes, actions: &actions)
+        case .tunnelData(_, let size, let chunk):
+            guard UInt64(chunk.readableBytes) <= tunnel.ends[side].receiveAllowance else {
+                // The far relay broke the flow-control contract: end the tunnel, not the link.
+                dropTunnel(key, closedBy: .relay(relay), reason: "the far relay sent more than allowed", actions: &actions)
+                actions.append(.sendPeer(relay, .tunnelClose(id: tunnel.ends[side].tunnelID, reason: "sent more than allowed")))
+                return
+            }
+            accept(key, fromSide: side, sizeOrContinuation: size, chunk: chunk, actions: &actions)
+        case .tunnelClose(_, let reason):
+            if reason.isEmpty {
+                closeSide(key, side: side, actions: &actions)
+            } else {
+                dropTunnel(key, closedBy: .relay(relay), reason: reason, actions: &actions)
+            }
+        default:
+            break
+        }
+    }
+
+    /// `relay` is gone: its tunnels fail at this end, and builds forwarded to it fail or, if
+    /// never sent, go elsewhere.
+    mutating func dropRelayTunnels(_ relay: NodeID, neverSent: Bool, now: NIODeadline, actions: inout [RelayAction]) {
+        for key in tunnels.filter({ $0.value.side(ofRelay: relay) != nil }).keys.sorted() {
+            dropTunnel(key, closedBy: .relay(relay), reason: "the relay at the other end was lost", actions: &actions)
+        }
+        for key in builds.filter({ $0.value.forwardedTo == relay }).keys.sorted() {
+            guard let build = builds[key] else { continue }
+            if neverSent {
+                builds[key]!.forwardedTo = nil
+                if !dispatchBuild(key, excluding: [relay], now: now, actions: &actions) {
+                    waitingBuilds[build.cluster, default: []].append(key)
+                }
+            } else {
+                builds[key] = nil
+                failBuild(build, key: key, reason: "", actions: &actions)
+            }
+        }
+        for key in builds.filter({ $0.value.initiator == .relay(relay) }).keys.sorted() {
+            guard let build = builds.removeValue(forKey: key) else { continue }
+            if let member = build.member { connections[member]?.memberBuilds[build.memberBuildID] = nil }
         }
     }
 }

@@ -308,10 +308,7 @@ public struct RelayCore {
         for (_, key) in conn.memberBuilds {
             // The member never confirmed: the initiator's build fails now, not at its deadline.
             if let build = builds.removeValue(forKey: key) {
-                connections[build.initiator]?.tunnelIDs[build.initiatorTunnelID] = nil
-                connections[build.initiator]?.outgoing.remove(key)
-                resumeIfBelowLimit(build.initiator, actions: &actions)
-                actions.append(.send(build.initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .timedOut)))
+                failBuild(build, key: key, reason: "the member left before confirming", actions: &actions)
             }
         }
         for (_, slot) in conn.tunnelIDs {
@@ -325,7 +322,7 @@ public struct RelayCore {
                     }
                 }
             case .open(let key):
-                dropTunnel(key, closedBy: id, reason: reason, actions: &actions)
+                dropTunnel(key, closedBy: .local(id), reason: reason, actions: &actions)
             }
         }
         for destination in conn.blockedBy {
@@ -503,12 +500,20 @@ extension RelayCore {
     }
 
     struct PendingBuild {
-        var initiator: ConnectionID
+        /// Who opens the tunnel: a local connection, or a relay that forwarded the build.
+        var initiator: TunnelPeer
+        /// The initiator's name for the tunnel: its binding's tunnel id, or the relay's key.
         var initiatorTunnelID: UInt64
         var cluster: String
         var deadline: NIODeadline
         /// The member offered the tunnel and its build id, once one is chosen.
         var member: ConnectionID?
         var memberBuildID: UInt64 = 0
+        /// The remote relay the build was forwarded to, until it answers.
+        var forwardedTo: NodeID?
+
+        var localInitiator: ConnectionID? {
+            if case .local(let id) = initiator { id } else { nil }
+        }
     }
 }

@@ -299,11 +299,11 @@ public final class ClientServer: @unchecked Sendable {
     }
 
     /// What a remote relay serves changed, or it became (un)usable.
-    func relayChanged(_ relay: RemoteRelay?, id: NodeID, neverSent: Bool = false) {
+    func relayChanged(_ relay: RemoteRelay?, id: NodeID, lost: Bool = true, neverSent: Bool = false) {
         if let relay {
             core.relayUpdated(relay, now: .now(), actions: &actions)
         } else {
-            core.relayRemoved(id, neverSent: neverSent, now: .now(), actions: &actions)
+            core.relayRemoved(id, lost: lost, neverSent: neverSent, now: .now(), actions: &actions)
         }
         perform()
         flush()

@@ -295,7 +295,8 @@ public final class MeshNode: @unchecked Sendable {
                 RemoteRelay(id: member.id, name: member.name, zone: metadata.zone, clusters: metadata.clusters, topics: metadata.topics, load: metadata.load),
                 id: member.id)
         } else {
-            clients?.relayChanged(nil, id: member.id)
+            // Suspect: no new work, but what is in flight stays. Dead or left: lost.
+            clients?.relayChanged(nil, id: member.id, lost: member.status == .dead || member.status == .left)
         }
     }
 

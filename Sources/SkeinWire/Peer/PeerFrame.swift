@@ -52,8 +52,8 @@ public enum PeerFrame: Sendable, Equatable {
     case tunnelOpen(id: UInt64, cluster: String, remainingMillis: UInt64)
     case tunnelConfirm(id: UInt64, outcome: PeerTunnelOutcome)
     case tunnelAllowance(id: UInt64, bytes: UInt64)
-    case tunnelClose(id: UInt64, reason: String)
     // Bulk class.
+    case tunnelClose(id: UInt64, reason: String)
     case tunnelData(id: UInt64, sizeOrContinuation: UInt64, chunk: ByteBuffer)
 
     public enum Kind: UInt8, Sendable, CaseIterable {
@@ -75,9 +75,10 @@ public enum PeerFrame: Sendable, Equatable {
         public var trafficClass: PeerTrafficClass {
             switch self {
             case .hello, .ping, .pong, .goodbye, .membership: .control
-            case .request, .reply, .broadcast, .publish, .tunnelOpen, .tunnelConfirm, .tunnelAllowance, .tunnelClose:
+            case .request, .reply, .broadcast, .publish, .tunnelOpen, .tunnelConfirm, .tunnelAllowance:
                 .interactive
-            case .tunnelData: .bulk
+            // A close travels behind the tunnel's data, never ahead of it.
+            case .tunnelData, .tunnelClose: .bulk
             }
         }
     }
