@@ -170,6 +170,27 @@ import Testing
         #expect(Outcome(initiator.receive(msg2)) == .rejected(.malformed("the peer's ephemeral key is of low order"), send: Handshake.refusal))
     }
 
+    /// A msg1 with a valid proof (made with the key, as only a key holder could) but a low-order
+    /// ephemeral: the all-zero DH output is refused rather than used.
+    @Test func theResponderRefusesALowOrderEphemeral() {
+        let zeroPoint = [UInt8](repeating: 0, count: 32)
+        var header = Handshake.magic + [1, UInt8(Fixture.network.utf8.count)] + Array(Fixture.network.utf8)
+        header += Fixture.keyA.keyID.bytes + Fixture.initiatorID
+        let ciphers: [UInt8] = [1, PeerCipher.chacha20poly1305.rawValue]
+        var symmetric = SymmetricState()
+        symmetric.mixKeyAndHash(Handshake.psk(Fixture.keyA))
+        symmetric.mixHash(header)
+        symmetric.mixHash(zeroPoint)
+        symmetric.mixKey(zeroPoint)
+        symmetric.mixHash(ciphers)
+        let msg1 = Handshake.frame(header + zeroPoint + ciphers + symmetric.tag())
+        var responder = makeResponder()
+        var cache = HandshakeReplayCache()
+        #expect(Outcome(responder.receive(msg1, replayCache: &cache))
+                == .rejected(.malformed("the peer's ephemeral key is of low order"), send: Handshake.refusal))
+        #expect(X25519.sharedSecret(secret: Fixture.responderEphemeral, peerPublic: zeroPoint) == nil)
+    }
+
     @Test func truncatedMessagesWaitThenTimeOut() throws {
         let exchange = try #require(runExchange())
         var responder = makeResponder()
