@@ -151,3 +151,15 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// The libFuzzer target over SkeinCrypto's openers: only in the graph when Fuzz/run asks for it,
+// so the product never sees it (Docs/peer-protocol.md §6).
+if Context.environment["SKEIN_FUZZ"] != nil {
+    package.targets.append(
+        .executableTarget(
+            name: "FuzzOpeners",
+            dependencies: ["SkeinCrypto", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Fuzz/FuzzOpeners"
+        )
+    )
+}

@@ -11,11 +11,12 @@ enum Datagram {
     static let tagSize = 16
     static let timestampSize = 8
 
-    static func key(for networkKey: NetworkKey, network: String) -> [UInt8] {
+    static func key(for networkKey: NetworkKey, network: String) -> SecretKey {
         let name = Array(network.utf8)
         var context = [UInt8]()
         context.appendBigEndian(UInt16(name.count))
-        return Blake2b.derive(from: networkKey.bytes, label: "skein datagram key v1", context: context + name)
+        var key = Blake2b.derive(from: networkKey.bytes, label: "skein datagram key v1", context: context + name)
+        return SecretKey(consuming: &key)
     }
 }
 
@@ -25,7 +26,7 @@ public struct DatagramSealer: Sendable {
     public static let overhead = Datagram.headerSize + Datagram.timestampSize + Datagram.tagSize
 
     private let keyID: KeyID
-    private let key: [UInt8]
+    private let key: SecretKey
 
     public init(keyring: Keyring, network: String) {
         keyID = keyring.primaryID
@@ -46,7 +47,7 @@ public struct DatagramSealer: Sendable {
         out.withUnsafeMutableBufferPointer { buffer in
             let c = buffer.baseAddress! + Datagram.headerSize
             _ = crypto_aead_xchacha20poly1305_ietf_encrypt(
-                c, nil, plaintext, UInt64(plaintext.count), header, UInt64(header.count), nil, nonce, key)
+                c, nil, plaintext, UInt64(plaintext.count), header, UInt64(header.count), nil, nonce, key.pointer)
         }
         return out
     }
@@ -80,7 +81,7 @@ public struct DatagramOpener: Sendable {
     public let windowMillis: UInt64
     public let replayCapacity: Int
     private let network: String
-    private var keys: [KeyID: [UInt8]] = [:]
+    private var keys: [KeyID: SecretKey] = [:]
     private var recent = RecentNonces()
 
     public init(keyring: Keyring, network: String, windowMillis: UInt64 = 30_000, replayCapacity: Int = 65_536) {
@@ -112,7 +113,7 @@ public struct DatagramOpener: Sendable {
         let rc = datagram.withUnsafeBufferPointer { d in
             crypto_aead_xchacha20poly1305_ietf_decrypt(
                 &plaintext, nil, nil, d.baseAddress! + Datagram.headerSize, UInt64(d.count - Datagram.headerSize),
-                d.baseAddress!, UInt64(Datagram.headerSize), d.baseAddress! + 1 + KeyID.size, key)
+                d.baseAddress!, UInt64(Datagram.headerSize), d.baseAddress! + 1 + KeyID.size, key.pointer)
         }
         guard rc == 0 else { throw .authenticationFailed }
         let timestamp = plaintext[...].readBigEndian(at: 0, as: UInt64.self)
