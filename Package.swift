@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "SkeinWire", targets: ["SkeinWire"]),
         .library(name: "SkeinCrypto", targets: ["SkeinCrypto"]),
         .library(name: "SkeinMembership", targets: ["SkeinMembership"]),
+        .library(name: "SkeinSimulator", targets: ["SkeinSimulator"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
@@ -51,6 +52,15 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
             ]
         ),
+        // Many membership cores in one process on virtual time: network faults, scenarios, metrics.
+        .target(
+            name: "SkeinSimulator",
+            dependencies: [
+                "SkeinMembership",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "HeapModule", package: "swift-collections"),
+            ]
+        ),
         // The relay daemon: the pure relay core plus its SwiftNIO shell.
         .target(
             name: "SkeinRelay",
@@ -85,6 +95,7 @@ let package = Package(
                 "Skein",
                 "SkeinRelay",
                 "SkeinCrypto",
+                "SkeinSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -100,6 +111,10 @@ let package = Package(
         .testTarget(
             name: "SkeinMembershipTests",
             dependencies: ["SkeinMembership", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "SkeinSimulatorTests",
+            dependencies: ["SkeinSimulator", "SkeinMembership", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "SkeinRelayTests",

@@ -26,6 +26,7 @@ struct SkeinCommand: AsyncParsableCommand {
             TunnelCommand.self,
             StatusCommand.self,
             KeygenCommand.self,
+            SimulateCommand.self,
             VersionCommand.self,
         ]
     )
