@@ -53,13 +53,14 @@ public struct SimulationReport: Sendable, Equatable {
     public var pausedDeclaredDead = 0
     public var pausedSuspected = 0
     /// Deaths declared about members that were running, never paused and reachable from the
-    /// observer (a partition between the two excuses it): every one is a false positive.
+    /// observer: every one is a false positive. A partition between the two, now or healed less
+    /// than the largest suspicion timeout + 10 probe intervals ago, excuses it.
     public var falseDeaths = 0
     /// Distinct members falsely declared dead.
     public var falseDeathVictims = 0
     /// Suspicions of such members (they normally refute them).
     public var falseSuspicions = 0
-    /// Deaths declared across a partition (expected, and healed afterwards).
+    /// Deaths declared across a partition, during it or just after the heal (expected; they heal).
     public var deathsAcrossPartition = 0
     /// Bytes sent per member per second before the first action (the whole run when none):
     /// nil when that window is empty.

@@ -120,7 +120,7 @@ public struct Simulation {
         case .resume(let slot, let process):
             resume(slot, process: process)
         case .heal(let id):
-            partitions.removeAll { $0.id == id }
+            for index in partitions.indices where partitions[index].id == id { partitions[index].healedAt = time }
             convergenceWatches.append((label: "partition heal", start: time, reached: nil))
             startSampling()
         case .sample:
@@ -189,9 +189,19 @@ public struct Simulation {
     var inRestWindow: Bool { time >= restWindow.start && time < restWindow.end }
 
     func blocked(_ a: Int, _ b: Int) -> Bool {
-        for partition in partitions {
-            let ga = partition.group[a], gb = partition.group[b]
-            if ga >= 0 && gb >= 0 && ga != gb { return true }
+        for partition in partitions where partition.healedAt == nil {
+            if partition.separates(a, b) { return true }
+        }
+        return false
+    }
+
+    /// The pair is or was recently separated: a suspicion raised during the partition may still
+    /// run out after the heal, and its verdict is the partition's doing, not a false positive.
+    func excusedByPartition(_ a: Int, _ b: Int) -> Bool {
+        let window = Scenario.suspicionTimeout(members: max(1, upCount), settings: scenario.settings, confirmations: 0).nanoseconds
+            + 10 * scenario.settings.probeInterval.nanoseconds
+        for partition in partitions where partition.healedAt.map({ time - $0 <= window }) ?? true {
+            if partition.separates(a, b) { return true }
         }
         return false
     }
@@ -261,6 +271,7 @@ public struct Simulation {
         processByID[id] = process
         currentProcess[slot] = process
         states[slot] = .running
+        upCount += 1
         wakeupAt[slot] = .max
         tickOnResume[slot] = false
         backlogs[slot] = []
@@ -275,6 +286,7 @@ public struct Simulation {
     mutating func stop(_ slot: Int) {
         guard states[slot] != .down else { return }
         states[slot] = .down
+        upCount -= 1
         processes[currentProcess[slot]].up = false
         cores[slot] = nil
         backlogs[slot] = []
@@ -282,6 +294,7 @@ public struct Simulation {
     }
 
     var upSlots: [Int] { states.indices.filter { states[$0] != .down } }
+    var upCount = 0
 
     // MARK: Actions
 
@@ -403,7 +416,7 @@ public struct Simulation {
         let subjectIsLive = processes[process].up && currentProcess[subjectSlot] == process && states[subjectSlot] == .running
             && !processes[process].everPaused
         if subjectIsLive && (member.status == .dead || member.status == .suspect) {
-            if blocked(observer, subjectSlot) {
+            if excusedByPartition(observer, subjectSlot) {
                 if member.status == .dead { report.deathsAcrossPartition += 1 }
             } else if member.status == .dead {
                 report.falseDeaths += 1
@@ -564,6 +577,11 @@ struct ActivePartition {
     var id: Int
     /// Group per slot, -1 for none.
     var group: [Int8]
+    var healedAt: Int64?
+
+    func separates(_ a: Int, _ b: Int) -> Bool {
+        group[a] >= 0 && group[b] >= 0 && group[a] != group[b]
+    }
 }
 
 enum Delivery {
