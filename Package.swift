@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "SkeinCrypto", targets: ["SkeinCrypto"]),
         .library(name: "SkeinMembership", targets: ["SkeinMembership"]),
         .library(name: "SkeinRouting", targets: ["SkeinRouting"]),
+        .library(name: "SkeinSimulator", targets: ["SkeinSimulator"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
@@ -54,6 +55,15 @@ let package = Package(
         ),
         // Which remote relays serve which clusters and topics, and where a request goes. Pure.
         .target(name: "SkeinRouting", dependencies: ["SkeinMembership"]),
+        // Many membership cores in one process on virtual time: network faults, scenarios, metrics.
+        .target(
+            name: "SkeinSimulator",
+            dependencies: [
+                "SkeinMembership",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "HeapModule", package: "swift-collections"),
+            ]
+        ),
         // The relay daemon: the pure relay core plus its SwiftNIO shell.
         .target(
             name: "SkeinRelay",
@@ -90,6 +100,7 @@ let package = Package(
                 "Skein",
                 "SkeinRelay",
                 "SkeinCrypto",
+                "SkeinSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -108,6 +119,10 @@ let package = Package(
             dependencies: ["SkeinMembership", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "SkeinRoutingTests", dependencies: ["SkeinRouting", "SkeinMembership"]),
+        .testTarget(
+            name: "SkeinSimulatorTests",
+            dependencies: ["SkeinSimulator", "SkeinMembership", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .testTarget(
             name: "SkeinRelayTests",
             dependencies: [

@@ -28,6 +28,7 @@ struct SkeinCommand: AsyncParsableCommand {
             MembersCommand.self,
             JoinCommand.self,
             KeygenCommand.self,
+            SimulateCommand.self,
             VersionCommand.self,
         ]
     )

@@ -62,10 +62,7 @@ extension Membership {
     mutating func probeIndirect(_ seq: UInt32, now: NIODeadline, into out: inout [MembershipDirective]) {
         guard let probe = probes[seq], !probe.indirectSent, let target = table[probe.target], target.isLive else { return }
         probes[seq]!.indirectSent = true
-        var helpers = table.values.filter { $0.status == .alive && $0.id != probe.target }.map(\.id)
-        helpers.sort()
-        helpers.shuffle(using: &random)
-        let chosen = helpers.prefix(settings.indirectProbes)
+        let chosen = indirectHelpers(excluding: probe.target)
         probes[seq]!.expectedNacks = chosen.count
         for helper in chosen {
             stats.indirectProbesSent += 1
@@ -74,6 +71,30 @@ extension Membership {
         // TCP fallback in parallel: tells a UDP-only failure apart from a dead member.
         stats.streamPingsSent += 1
         sendStream(.ping(seq: seq, target: probe.target), to: target.address, into: &out)
+    }
+
+    /// k random alive members other than `target`. Sampled from the probe order (which holds
+    /// every live member) so a failed probe costs O(k), not a scan and sort of the whole table;
+    /// small tables, or a sample that keeps hitting suspect and departed members, fall back to
+    /// the exact scan.
+    mutating func indirectHelpers(excluding target: NodeID) -> [NodeID] {
+        let k = settings.indirectProbes
+        guard k > 0 else { return [] }
+        var chosen: [NodeID] = []
+        if probeOrder.count >= 4 * k {
+            var tries = 0
+            while chosen.count < k && tries < 8 * k {
+                tries += 1
+                let candidate = probeOrder[Int.random(in: 0..<probeOrder.count, using: &random)]
+                guard candidate != target, table[candidate]?.status == .alive, !chosen.contains(candidate) else { continue }
+                chosen.append(candidate)
+            }
+            if chosen.count == k { return chosen }
+        }
+        var helpers = table.values.filter { $0.status == .alive && $0.id != target }.map(\.id)
+        helpers.sort()
+        helpers.shuffle(using: &random)
+        return Array(helpers.prefix(k))
     }
 
     /// The probe's verdict, unless an ack already settled it.

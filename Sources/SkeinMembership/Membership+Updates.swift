@@ -65,6 +65,7 @@ extension Membership {
             state.accuser = nil
             if previous != .alive { state.changedAt = now }
             table[memberID] = state
+            if previous == .dead || previous == .left { liveOthers += 1 }
             suspicions[memberID] = nil
             enqueue(update)
             if previous != .alive {
@@ -78,6 +79,7 @@ extension Membership {
             id: memberID, name: memberName, address: memberAddress, status: .alive, incarnation: incarnation,
             metadataVersion: metadataVersion, generation: memberGeneration, changedAt: now)
         table[memberID] = state
+        liveOthers += 1
         insertIntoProbeOrder(memberID)
         enqueue(update)
         out.append(.event(.joined(state.member)))
@@ -175,6 +177,7 @@ extension Membership {
         state.accuser = accuser
         state.changedAt = now
         table[memberID] = state
+        if previous == .alive || previous == .suspect { liveOthers -= 1 }
         suspicions[memberID] = nil
         pulls[memberID] = nil
         enqueue(update)

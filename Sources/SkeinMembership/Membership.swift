@@ -283,11 +283,9 @@ public struct Membership: Sendable {
         liveOthers + 1
     }
 
-    var liveOthers: Int {
-        var count = 0
-        for state in table.values where state.isLive { count += 1 }
-        return count
-    }
+    /// Alive + suspect members other than self, kept up to date on every status change so the
+    /// probe round and each new suspicion cost O(1) instead of a scan of the table.
+    var liveOthers = 0
 
     /// λ·⌈log10(n + 1)⌉ where n counts every member not yet reaped, self included.
     var retransmitLimit: Int {
@@ -353,6 +351,7 @@ public struct Membership: Sendable {
 
     mutating func remove(_ memberID: NodeID) {
         guard let state = table.removeValue(forKey: memberID) else { return }
+        if state.isLive { liveOthers -= 1 }
         if byAddress[state.address] == memberID { byAddress[state.address] = nil }
         if byName[state.name] == memberID { byName[state.name] = nil }
         suspicions[memberID] = nil
@@ -399,6 +398,9 @@ public struct Membership: Sendable {
                 id: state.id, name: state.name, address: state.address, status: state.status,
                 incarnation: state.incarnation, metadataVersion: state.metadataVersion, generation: state.generation))
         }
+        // Dictionary order differs between runs (per-instance hash seeds); the receiver applies
+        // records in this order, so sort to keep a seed's replay exact.
+        records[1...].sort { $0.id < $1.id }
         return records
     }
 
