@@ -28,6 +28,10 @@ struct Mesh {
     var events: [MemberAddress: [(NIODeadline, MembershipEvent)]] = [:]
     /// Every datagram handed to the network: (from, to, bytes).
     var datagramLog: [(MemberAddress, MemberAddress, [UInt8])] = []
+    /// Stopped processes (SIGSTOP): no timers run, and what reaches them waits in their socket
+    /// buffers (datagrams and stream messages alike) until `resume`.
+    var paused: Set<MemberAddress> = []
+    var held: [InFlight] = []
 
     static func address(_ port: UInt16) -> MemberAddress { MemberAddress(host: "10.0.0.1", port: port) }
 
@@ -46,7 +50,20 @@ struct Mesh {
 
     func node(_ address: MemberAddress) -> Membership { nodes[address]! }
 
+    /// kill -9: the process is gone, and its stream port refuses connections.
     mutating func crash(_ address: MemberAddress) { nodes[address] = nil }
+
+    mutating func pause(_ address: MemberAddress) { paused.insert(address) }
+
+    /// SIGCONT: the buffered messages are read now (after the timers that came due meanwhile,
+    /// the harder order for the core).
+    mutating func resume(_ address: MemberAddress) {
+        paused.remove(address)
+        for message in held where message.to == address {
+            inFlight.append(InFlight(at: now, order: message.order, channel: message.channel, bytes: message.bytes, from: message.from, to: message.to))
+        }
+        held.removeAll { $0.to == address }
+    }
 
     mutating func cut(_ a: [MemberAddress], _ b: [MemberAddress]) {
         for x in a { for y in b { cutDatagrams.insert([x, y]); cutDatagrams.insert([y, x]); cutStreams.insert([x, y]); cutStreams.insert([y, x]) } }
@@ -90,7 +107,7 @@ struct Mesh {
         let end = now + duration
         while true {
             let nextMessage = inFlight.min { ($0.at, $0.order) < ($1.at, $1.order) }
-            let nextTick = nodes.values.map(\.nextWakeup).min() ?? .distantFuture
+            let nextTick = nodes.filter { !paused.contains($0.key) }.map(\.value.nextWakeup).min() ?? .distantFuture
             let next = min(nextMessage?.at ?? .distantFuture, nextTick)
             guard next <= end else { break }
             now = max(now, next)
@@ -98,7 +115,7 @@ struct Mesh {
                 inFlight.removeAll { $0.order == message.order }
                 deliver(message)
             } else {
-                for address in nodes.keys.sorted(by: { $0.port < $1.port }) where nodes[address]!.nextWakeup <= now {
+                for address in nodes.keys.sorted(by: { $0.port < $1.port }) where nodes[address]!.nextWakeup <= now && !paused.contains(address) {
                     call(address) { $0.tick(now: $1) }
                 }
             }
@@ -107,6 +124,10 @@ struct Mesh {
     }
 
     mutating func deliver(_ message: InFlight) {
+        if paused.contains(message.to) {
+            held.append(message)
+            return
+        }
         switch message.channel {
         case .datagram:
             guard nodes[message.to] != nil, !cutDatagrams.contains([message.from, message.to]) else { return }
@@ -115,7 +136,9 @@ struct Mesh {
             guard nodes[message.to] != nil, !cutStreams.contains([message.from, message.to]) else {
                 if nodes[message.from] != nil {
                     let target = message.to
-                    call(message.from) { $0.streamFailed(to: target, now: $1) }
+                    // Nobody listening refuses the connection; a cut path just fails.
+                    let refused = nodes[target] == nil && !cutStreams.contains([message.from, target])
+                    call(message.from) { $0.streamFailed(to: target, now: $1, refused: refused) }
                 }
                 return
             }
