@@ -255,8 +255,9 @@ public final class MeshNode: @unchecked Sendable {
             // A link that was up broke: a hint to probe now, never a verdict.
             perform(core.linkBroken(NodeID(bytes: node), now: now))
         } else if let dialed = link.dialedAddress, let (host, port) = splitHostPort(dialed) {
-            // A dial that never got through: the stream messages queued on it are lost.
-            perform(core.streamFailed(to: MemberAddress(host: host, port: UInt16(port)), now: now))
+            // A dial that never got through: the stream messages queued on it are lost. A refused
+            // one says the relay's process is gone (strong evidence for the core).
+            perform(core.streamFailed(to: MemberAddress(host: host, port: UInt16(port)), now: now, refused: link.connectionRefused))
         }
     }
 
