@@ -52,12 +52,12 @@ struct LoneCore {
     /// Time passes continuously: every timer fires at its deadline (a core whose timers fire
     /// late takes it for a stall of its own process).
     mutating func advance(to deadline: NIODeadline) {
+        record(core.tick(now: now))
         while core.nextWakeup <= deadline {
             now = max(now, core.nextWakeup)
             record(core.tick(now: now))
         }
         now = deadline
-        record(core.tick(now: now))
     }
 
     func status(_ n: UInt64) -> MemberStatus? { core.member(Self.id(n))?.status }
