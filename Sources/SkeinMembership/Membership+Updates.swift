@@ -21,10 +21,12 @@ extension Membership {
                 requestMetadata(memberID, source: learnedFrom, now: now, into: &out)
             }
         case .suspect(let memberID, let incarnation, let accuser):
-            if memberID == id { return heardAccusation(incarnation: incarnation, into: &out) }
+            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
+            correctStaleAccusation(memberID, incarnation: incarnation, teller: learnedFrom, into: &out)
             applySuspect(memberID, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
         case .dead(let memberID, let incarnation, let accuser):
-            if memberID == id { return heardAccusation(incarnation: incarnation, into: &out) }
+            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
+            correctStaleAccusation(memberID, incarnation: incarnation, teller: learnedFrom, into: &out)
             guard var state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
             if state.status == .dead {
                 state.incarnation = incarnation
@@ -34,12 +36,23 @@ extension Membership {
             markDown(memberID, status: .dead, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
         case .left(let memberID, let incarnation):
             if memberID == id {
-                if !hasLeft { heardAccusation(incarnation: incarnation, into: &out) }
+                if !hasLeft { heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
                 return
             }
             guard let state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
             markDown(memberID, status: .left, incarnation: incarnation, accuser: nil, update: update, now: now, into: &out)
         }
+    }
+
+    /// The teller accuses a member we know alive at a higher incarnation: it missed the
+    /// refutation, and nobody re-gossips a stale claim, so gossip may not reach it before its
+    /// own timer runs out. Tell it directly (one datagram per stale claim heard).
+    private mutating func correctStaleAccusation(_ memberID: NodeID, incarnation: UInt64, teller: MemberAddress?, into out: inout [MembershipDirective]) {
+        guard let teller, let state = table[memberID], state.status == .alive, incarnation < state.incarnation else { return }
+        let alive = GossipUpdate.alive(
+            id: memberID, incarnation: state.incarnation, name: state.name, address: state.address,
+            metadataVersion: state.metadataVersion, generation: state.generation)
+        emitDatagram(Wire.datagram(sender: id, [.update(alive)]), to: teller, into: &out)
     }
 
     private mutating func applyAlive(

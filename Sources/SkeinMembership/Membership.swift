@@ -293,9 +293,10 @@ public struct Membership: Sendable {
 
     /// Someone holds us suspect, dead or left at `incarnation`. If that is current, refute with a
     /// higher incarnation, sent directly to every live member (the accusation's timers are
-    /// running everywhere); either way make sure our alive record is being gossiped again,
-    /// since the sender's view is stale.
-    mutating func heardAccusation(incarnation accused: UInt64, into out: inout [MembershipDirective]) {
+    /// running everywhere). A stale accusation means whoever told us (`from`) missed our last
+    /// refutation, and gossip, which has moved on, may not reach it before its own timer runs
+    /// out: answer it directly with our current alive, and queue that for gossip again.
+    mutating func heardAccusation(incarnation accused: UInt64, from: MemberAddress?, into out: inout [MembershipDirective]) {
         if accused >= selfIncarnation {
             selfIncarnation = accused + 1
             stats.refutations += 1
@@ -304,6 +305,7 @@ public struct Membership: Sendable {
             return
         }
         enqueue(selfAlive)
+        if let from { emitDatagram(Wire.datagram(sender: id, [.update(selfAlive)]), to: from, into: &out) }
     }
 
     /// `update` in one datagram to every live member, up to `directBroadcastLimit` of them chosen

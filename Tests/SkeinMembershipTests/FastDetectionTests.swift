@@ -224,6 +224,26 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
     }
 }
 
+@Suite struct LossTests {
+    /// 40% of datagrams lost everywhere, and TCP segments too (retransmitted after 200 ms,
+    /// doubling): suspicions come and go, but every one is refuted before its minimum.
+    @Test func fortyPercentLossDeclaresNoHealthyMemberDead() {
+        var (mesh, addresses) = Mesh.converged(30, settings: .lan)
+        mesh.lossRate = 0.4
+        mesh.run(for: .seconds(60))
+        var deaths = 0
+        for observer in addresses {
+            for other in addresses where other != observer {
+                if mesh.statusChanges(at: observer, of: mesh.node(other).id).contains(where: { $0.2 == .dead }) { deaths += 1 }
+            }
+        }
+        #expect(deaths == 0)
+        mesh.lossRate = 0
+        mesh.run(for: .seconds(5))
+        #expect(mesh.converged())
+    }
+}
+
 @Suite struct DirectBroadcastTests {
     @Test func aRefutationGoesDirectlyToEveryLiveMember() {
         var lone = LoneCore(peers: [2, 3, 4, 5, 6])
@@ -254,6 +274,24 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
         let ack = decoded(lone.datagrams.last!.0)
         #expect(ack.first == .ack(seq: 5))
         #expect(ack.contains(.update(.dead(id: LoneCore.id(2), incarnation: 0, accuser: LoneCore.id(3)))))
+    }
+
+    @Test func aStaleAccusationIsCorrectedDirectlyToWhoeverToldUs() {
+        var lone = LoneCore(peers: [2, 3])
+        let alive2 = GossipUpdate.alive(id: LoneCore.id(2), incarnation: 1, name: "node-2", address: LoneCore.address(2), metadataVersion: 0, generation: 0)
+        lone.gossip([.update(alive2)], from: 2)
+        lone.datagrams = []
+        // 3 missed 2's refutation: it still accuses 2 at incarnation 0.
+        lone.gossip([.update(.suspect(id: LoneCore.id(2), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
+        #expect(lone.status(2) == .alive)
+        #expect(lone.datagrams.contains { $0.1 == LoneCore.address(3) && decoded($0.0) == [.update(alive2)] })
+        // A stale accusation of ourselves: our current alive goes straight back.
+        lone.gossip([.update(.suspect(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)  // refuted: 1
+        lone.datagrams = []
+        lone.gossip([.update(.suspect(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
+        let current = GossipUpdate.alive(id: LoneCore.id(1), incarnation: 1, name: "node-1", address: LoneCore.address(1), metadataVersion: 1, generation: 0)
+        #expect(lone.datagrams.map(\.1) == [LoneCore.address(3)])
+        #expect(lone.datagrams.first.map { decoded($0.0) } == [.update(current)])
     }
 
     @Test func gracefulLeaveIsSeenByAllWithinOneDeliveryDelay() {

@@ -32,6 +32,10 @@ struct Mesh {
     /// buffers (datagrams and stream messages alike) until `resume`.
     var paused: Set<MemberAddress> = []
     var held: [InFlight] = []
+    /// Fraction of datagrams lost, and of stream segments lost (each loss delays a stream message
+    /// by TCP's retransmission timeout, 200 ms doubling, as a reliable stream would).
+    var lossRate = 0.0
+    var lossRandom = MembershipRandom(seed: 1)
 
     static func address(_ port: UInt16) -> MemberAddress { MemberAddress(host: "10.0.0.1", port: port) }
 
@@ -79,11 +83,18 @@ struct Mesh {
             switch directive {
             case .sendDatagram(let bytes, let to):
                 datagramLog.append((from, to, bytes))
+                if lossRate > 0 && Double.random(in: 0..<1, using: &lossRandom) < lossRate { continue }
                 order += 1
                 inFlight.append(InFlight(at: now + latency, order: order, channel: .datagram, bytes: bytes, from: from, to: to))
             case .sendStream(let bytes, let to):
+                var delay = latency
+                var timeout = TimeAmount.milliseconds(200)
+                while lossRate > 0 && Double.random(in: 0..<1, using: &lossRandom) < lossRate {
+                    delay = delay + timeout
+                    timeout = timeout * 2
+                }
                 order += 1
-                inFlight.append(InFlight(at: now + latency, order: order, channel: .stream, bytes: bytes, from: from, to: to))
+                inFlight.append(InFlight(at: now + delay, order: order, channel: .stream, bytes: bytes, from: from, to: to))
             case .event(let event):
                 events[from, default: []].append((now, event))
             }
