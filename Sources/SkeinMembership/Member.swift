@@ -47,8 +47,8 @@ public enum MembershipEvent: Sendable, Equatable {
 public enum MembershipDirective: Sendable {
     /// Seal and send one UDP datagram.
     case sendDatagram([UInt8], to: MemberAddress)
-    /// Send one message over the reliable ordered peer link; call `streamFailed(to:now:)` if it
-    /// cannot be delivered.
+    /// Send one message over the reliable ordered peer link; call `streamFailed(to:now:refused:)`
+    /// if it cannot be delivered.
     case sendStream([UInt8], to: MemberAddress)
     case event(MembershipEvent)
 }
@@ -63,6 +63,10 @@ public struct MembershipStats: Sendable, Equatable {
     public var pingReqsServed = 0
     public var streamPingsSent = 0
     public var streamAcksReceived = 0
+    /// Probes started because another member suspected the target.
+    public var suspicionProbesSent = 0
+    /// Probes whose stream ping was refused (the target's port is closed: its process is gone).
+    public var probesRefused = 0
     /// Probes that failed over UDP (direct and indirect) but whose stream ping was answered: the
     /// member is not suspected, and this counter says UDP is broken somewhere.
     public var udpFailedWhileStreamWorked = 0
@@ -83,6 +87,13 @@ public struct MembershipStats: Sendable, Equatable {
     public var streamMessagesReceived = 0
     public var streamFailures = 0
     public var updatesPiggybacked = 0
+    /// Update-only datagrams of the gossip interval.
+    public var gossipDatagramsSent = 0
+    /// Datagrams sent directly to every live member (refutation, death verdict, leave, join, metadata).
+    public var directBroadcastsSent = 0
+    /// Timers that fired more than `probeTimeout` late: this process was not running (paused or
+    /// starved), so for one probe interval it accuses no one and declares no one dead.
+    public var stalls = 0
     public var malformedDropped = 0
     public var pushPullsSent = 0
     public var pushPullsReceived = 0

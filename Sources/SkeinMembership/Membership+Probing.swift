@@ -38,6 +38,7 @@ extension Membership {
     /// `probeInterval` (scaled). One outstanding probe per target.
     mutating func startProbe(_ target: NodeID, kind: ProbeKind, now: NIODeadline, into out: inout [MembershipDirective]) {
         guard probing[target] == nil, let state = table[target] else { return }
+        if kind != .dead { table[target]!.lastProbeAt = now }
         let seq = nextSequence()
         probes[seq] = Probe(target: target, kind: kind)
         probing[target] = seq
@@ -97,7 +98,8 @@ extension Membership {
         return Array(helpers.prefix(k))
     }
 
-    /// The probe's verdict, unless an ack already settled it.
+    /// The probe's verdict, unless an ack already settled it: at `probeInterval` (scaled), or at
+    /// once when the stream ping was refused.
     mutating func probeEnd(_ seq: UInt32, now: NIODeadline, into out: inout [MembershipDirective]) {
         guard let probe = probes.removeValue(forKey: seq) else { return }
         if probing[probe.target] == seq { probing[probe.target] = nil }
@@ -106,15 +108,18 @@ extension Membership {
             stats.udpFailedWhileStreamWorked += 1
             return
         }
-        // Lifeguard: missed nacks mean our own network is the likelier culprit.
-        let delta = probe.expectedNacks > 0 ? max(0, probe.expectedNacks - probe.nacks) : 1
+        // Lifeguard: missed nacks mean our own network is the likelier culprit. A refused
+        // connection is an answer from the target's host: our network works.
+        let delta = probe.refused ? 0 : probe.expectedNacks > 0 ? max(0, probe.expectedNacks - probe.nacks) : 1
         adjustHealth(delta)
-        guard localHealth < settings.maxLocalHealth else {
+        // Saturated health, or just back from a stall (the acks may be unread in our socket).
+        guard localHealth < settings.maxLocalHealth, now >= stalledUntil ?? now else {
             stats.accusationsWithheld += 1
             return
         }
         if state.status == .alive { stats.suspicionsRaised += 1 }
         apply(.suspect(id: probe.target, incarnation: state.incarnation, accuser: id), learnedFrom: nil, now: now, into: &out)
+        if probe.refused { strengthenSuspicion(of: probe.target, now: now, into: &out) }
     }
 
     mutating func handleAck(seq: UInt32, sender: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
@@ -133,9 +138,19 @@ extension Membership {
         }
     }
 
-    mutating func handlePing(seq: UInt32, target: NodeID, from: MemberAddress, now: NIODeadline, into out: inout [MembershipDirective]) {
+    mutating func handlePing(seq: UInt32, target: NodeID, sender: NodeID, from: MemberAddress, now: NIODeadline, into out: inout [MembershipDirective]) {
         if target == id {
-            sendDatagram([.ack(seq: seq)], to: from, into: &out)
+            // Buddy system, extended to the dead: a member we hold suspect or dead is pinging us,
+            // so it is running; tell it, and it refutes at once (a resumed process).
+            var buddy: GossipUpdate?
+            if let state = table[sender] {
+                switch state.status {
+                case .suspect: buddy = .suspect(id: sender, incarnation: state.incarnation, accuser: state.accuser ?? id)
+                case .dead: buddy = .dead(id: sender, incarnation: state.incarnation, accuser: state.accuser ?? id)
+                case .alive, .left: buddy = nil
+                }
+            }
+            sendDatagram([.ack(seq: seq)], buddy: buddy, to: from, into: &out)
         } else {
             // The sender has a previous process's id for our address: tell it who lives here now.
             emitDatagram(Wire.datagram(sender: id, [.update(selfAlive)]), to: from, into: &out)

@@ -21,10 +21,12 @@ extension Membership {
                 requestMetadata(memberID, source: learnedFrom, now: now, into: &out)
             }
         case .suspect(let memberID, let incarnation, let accuser):
-            if memberID == id { return heardAccusation(incarnation: incarnation) }
+            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
+            correctStaleAccusation(memberID, incarnation: incarnation, teller: learnedFrom, into: &out)
             applySuspect(memberID, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
         case .dead(let memberID, let incarnation, let accuser):
-            if memberID == id { return heardAccusation(incarnation: incarnation) }
+            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
+            correctStaleAccusation(memberID, incarnation: incarnation, teller: learnedFrom, into: &out)
             guard var state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
             if state.status == .dead {
                 state.incarnation = incarnation
@@ -34,12 +36,23 @@ extension Membership {
             markDown(memberID, status: .dead, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
         case .left(let memberID, let incarnation):
             if memberID == id {
-                if !hasLeft { heardAccusation(incarnation: incarnation) }
+                if !hasLeft { heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
                 return
             }
             guard let state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
             markDown(memberID, status: .left, incarnation: incarnation, accuser: nil, update: update, now: now, into: &out)
         }
+    }
+
+    /// The teller accuses a member we know alive at a higher incarnation: it missed the
+    /// refutation, and nobody re-gossips a stale claim, so gossip may not reach it before its
+    /// own timer runs out. Tell it directly (one datagram per stale claim heard).
+    private mutating func correctStaleAccusation(_ memberID: NodeID, incarnation: UInt64, teller: MemberAddress?, into out: inout [MembershipDirective]) {
+        guard let teller, let state = table[memberID], state.status == .alive, incarnation < state.incarnation else { return }
+        let alive = GossipUpdate.alive(
+            id: memberID, incarnation: state.incarnation, name: state.name, address: state.address,
+            metadataVersion: state.metadataVersion, generation: state.generation)
+        emitDatagram(Wire.datagram(sender: id, [.update(alive)]), to: teller, into: &out)
     }
 
     private mutating func applyAlive(
@@ -130,11 +143,8 @@ extension Membership {
             suspicions[memberID] = suspicion
             stats.suspicionConfirmations += 1
             enqueue(update)
-            if suspicion.deadline <= now {
-                declareDead(memberID, now: now, into: &out)
-            } else {
-                schedule(.suspicion(memberID), at: suspicion.deadline)
-            }
+            scheduleVerdict(memberID, now: now, into: &out)
+            if accuser != id { probeOnSuspicion(memberID, now: now, into: &out) }
             return
         }
         let previous = state.status
@@ -143,9 +153,7 @@ extension Membership {
         state.accuser = accuser
         state.changedAt = now
         table[memberID] = state
-        let n = Double(liveCount)
-        let scale = max(1.0, naturalLog(max(1.0, n)) / naturalLog(10))
-        let minimum = TimeAmount.nanoseconds(Int64(Double(settings.suspicionMinMultiplier) * scale * Double(settings.probeInterval.nanoseconds)))
+        let minimum = suspicionMinimum(settings.suspicionMinimum)
         let maximum = TimeAmount.nanoseconds(minimum.nanoseconds * Int64(settings.suspicionMaxMultiplier))
         let expected = min(settings.indirectProbes, max(0, liveCount - 2))
         let suspicion = Suspicion(
@@ -157,15 +165,64 @@ extension Membership {
         if previous != .suspect {
             out.append(.event(.statusChanged(state.member, from: previous)))
         }
+        if accuser != id { probeOnSuspicion(memberID, now: now, into: &out) }
     }
 
-    /// The suspicion ran out: we declare the member dead.
+    /// `base` plus, beyond `directBroadcastLimit` live members, one gossip interval per
+    /// (fanout + 1)-fold of the rest: what a refutation needs to reach everyone.
+    func suspicionMinimum(_ base: TimeAmount) -> TimeAmount {
+        var reach = settings.directBroadcastLimit
+        var rounds: Int64 = 0
+        while reach < liveCount {
+            reach *= settings.gossipFanout + 1
+            rounds += 1
+        }
+        return .nanoseconds(base.nanoseconds + rounds * settings.gossipInterval.nanoseconds)
+    }
+
+    /// Others suspect `memberID`: unless we probed it within the last probe interval, probe it
+    /// now. If that fails too, our own suspicion is an independent confirmation, so Lifeguard's
+    /// timeout shrinks within about one probe instead of waiting for others' random rounds; if
+    /// it succeeds, the ping carried the accusation (buddy system) and the target refutes.
+    mutating func probeOnSuspicion(_ memberID: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard localHealth < settings.maxLocalHealth, probing[memberID] == nil, let state = table[memberID],
+              state.status == .suspect
+        else { return }
+        if let last = state.lastProbeAt, now - last < settings.probeInterval { return }
+        stats.suspicionProbesSent += 1
+        startProbe(memberID, kind: .suspicion, now: now, into: &out)
+    }
+
+    /// Our own probe of a suspect had its stream ping refused: the shorter minimum applies.
+    mutating func strengthenSuspicion(of memberID: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
+        let minimum = suspicionMinimum(settings.refusedSuspicionMinimum)
+        guard var suspicion = suspicions[memberID], suspicion.minimum > minimum else { return }
+        suspicion.minimum = minimum
+        suspicions[memberID] = suspicion
+        scheduleVerdict(memberID, now: now, into: &out)
+    }
+
+    /// Declares the suspect dead if its (shrunk) deadline has passed, else arms its timer; after
+    /// a stall the verdict waits until `stalledUntil`.
+    mutating func scheduleVerdict(_ memberID: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard let suspicion = suspicions[memberID] else { return }
+        if let stalledUntil, now < stalledUntil, suspicion.deadline < stalledUntil {
+            schedule(.suspicion(memberID), at: stalledUntil)
+        } else if suspicion.deadline <= now {
+            declareDead(memberID, now: now, into: &out)
+        } else {
+            schedule(.suspicion(memberID), at: suspicion.deadline)
+        }
+    }
+
+    /// The suspicion ran out: we declare the member dead, and tell every live member directly
+    /// (their own timers may run later; a death verdict is news worth one datagram each).
     mutating func declareDead(_ memberID: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
         guard let state = table[memberID], state.status == .suspect else { return }
         stats.deathsDeclared += 1
-        markDown(
-            memberID, status: .dead, incarnation: state.incarnation, accuser: id,
-            update: .dead(id: memberID, incarnation: state.incarnation, accuser: id), now: now, into: &out)
+        let update = GossipUpdate.dead(id: memberID, incarnation: state.incarnation, accuser: id)
+        markDown(memberID, status: .dead, incarnation: state.incarnation, accuser: id, update: update, now: now, into: &out)
+        broadcastDirectly(update, into: &out)
     }
 
     /// To dead or left: the record stays (dead ones are probed) until `reapAfter`.
@@ -237,21 +294,27 @@ extension Membership {
             if let source, !pull.sources.contains(source) {
                 pull.sources.append(source)
                 pulls[memberID] = pull
+                if pull.waiting { retryPull(memberID, early: true, now: now, into: &out) }
             }
             return
         }
         var sources = [state.address]
         if let source, source != state.address { sources.append(source) }
         let deadline = now + settings.metadataPullTimeout
-        pulls[memberID] = MetadataPull(version: state.metadataVersion, attempt: 1, sources: sources, deadline: deadline)
+        pulls[memberID] = MetadataPull(
+            version: state.metadataVersion, attempt: 1, sources: sources, deadline: deadline, current: sources[0], asked: [sources[0]])
         stats.metadataPullsSent += 1
         sendStream(.metadataRequest(id: memberID, version: state.metadataVersion), to: sources[0], into: &out)
         schedule(.metadataPull(memberID), at: deadline)
     }
 
     /// Next source, round-robin, until `metadataPullAttempts`; then the pull is dropped and the
-    /// next gossip or push-pull mentioning the version starts a new one.
-    mutating func retryPull(_ memberID: NodeID, now: NIODeadline, into out: inout [MembershipDirective]) {
+    /// next gossip or push-pull mentioning the version starts a new one. `early`: the current
+    /// attempt failed before its timeout (stream failure, "not held"); then only a source not
+    /// yet asked and not unreachable is asked at once, else the pull waits for its timer or a
+    /// new source. Since new metadata is announced to everyone at once, the other holders are
+    /// often still pulling it themselves: asking them all at once would burn every attempt.
+    mutating func retryPull(_ memberID: NodeID, early: Bool = false, now: NIODeadline, into out: inout [MembershipDirective]) {
         guard var pull = pulls[memberID] else { return }
         guard let state = table[memberID], state.isLive, state.heldMetadataVersion < pull.version,
               pull.attempt < settings.metadataPullAttempts
@@ -259,12 +322,29 @@ extension Membership {
             pulls[memberID] = nil
             return
         }
+        let start = (pull.sources.firstIndex(of: pull.current) ?? -1) + 1
+        let rotation = (0..<pull.sources.count).map { pull.sources[(start + $0) % pull.sources.count] }
+        let reachable = rotation.filter { !pull.unreachable.contains($0) }
+        let source: MemberAddress
+        if early {
+            guard let fresh = reachable.first(where: { !pull.asked.contains($0) }) else {
+                pull.waiting = true
+                pulls[memberID] = pull
+                return
+            }
+            source = fresh
+        } else {
+            pull.asked = []
+            source = reachable.first ?? rotation[0]
+        }
         pull.attempt += 1
+        pull.current = source
+        pull.asked.insert(source)
+        pull.waiting = false
         pull.deadline = now + settings.metadataPullTimeout
         pulls[memberID] = pull
         stats.metadataPullRetries += 1
         stats.metadataPullsSent += 1
-        let source = pull.sources[(pull.attempt - 1) % pull.sources.count]
         sendStream(.metadataRequest(id: memberID, version: pull.version), to: source, into: &out)
         schedule(.metadataPull(memberID), at: pull.deadline)
     }
@@ -286,7 +366,7 @@ extension Membership {
 
     mutating func receiveMetadata(_ memberID: NodeID, version: UInt64, body: [UInt8]?, now: NIODeadline, into out: inout [MembershipDirective]) {
         guard let body else {
-            retryPull(memberID, now: now, into: &out)
+            retryPull(memberID, early: true, now: now, into: &out)
             return
         }
         guard let metadata = MemberMetadata.decode(body, limit: settings.maxMetadataBytes) else {

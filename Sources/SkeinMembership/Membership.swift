@@ -43,6 +43,12 @@ public struct Membership: Sendable {
     var probeRoundAt: NIODeadline
     var pushPullAt: NIODeadline
     var deadProbeAt: NIODeadline
+    /// The armed gossip timer, if any: armed only while updates are queued.
+    var gossipAt: NIODeadline?
+    var lastGossipAt: NIODeadline?
+    /// After a stall (see `MembershipStats.stalls`), no accusations and no death verdicts until then.
+    var stalledUntil: NIODeadline?
+    var lastMetadataAnnounceAt: NIODeadline?
     var joinRetryAt: NIODeadline?
     var joinAttempts = 0
     var seeds: [MemberAddress] = []
@@ -115,6 +121,7 @@ public struct Membership: Sendable {
         stats.datagramsReceived += 1
         stats.datagramBytesReceived += bytes.count
         guard !hasLeft else { return [] }
+        defer { armGossip(now: now) }
         guard let (sender, messages) = Wire.decodeDatagram(bytes) else {
             stats.malformedDropped += 1
             return []
@@ -127,7 +134,7 @@ public struct Membership: Sendable {
         for message in messages {
             switch message {
             case .ping(let seq, let target):
-                handlePing(seq: seq, target: target, from: from, now: now, into: &out)
+                handlePing(seq: seq, target: target, sender: sender, from: from, now: now, into: &out)
             case .pingReq(let seq, let target, let targetAddress):
                 handlePingReq(seq: seq, target: target, targetAddress: targetAddress, from: from, now: now, into: &out)
             case .ack(let seq):
@@ -147,6 +154,7 @@ public struct Membership: Sendable {
     public mutating func receiveStream(_ bytes: [UInt8], from: MemberAddress, now: NIODeadline) -> [MembershipDirective] {
         stats.streamMessagesReceived += 1
         guard !hasLeft else { return [] }
+        defer { armGossip(now: now) }
         guard let (sender, senderAddress, message) = Wire.decodeStream(bytes, maxMetadataBytes: settings.maxMetadataBytes) else {
             stats.malformedDropped += 1
             return []
@@ -155,7 +163,11 @@ public struct Membership: Sendable {
         switch message {
         case .pushPull(let isRequest, let records):
             stats.pushPullsReceived += 1
+            let wasAlone = liveOthers == 0
             merge(records, sender: sender, senderAddress: senderAddress, now: now, into: &out)
+            // Our first view of the mesh (a join): tell everyone in it about us at once rather
+            // than leave it to gossip from the seed.
+            if wasAlone && liveOthers > 0 { broadcastDirectly(selfAlive, into: &out) }
             if isRequest {
                 sendStream(.pushPull(isRequest: false, records: stateRecords()), to: senderAddress, into: &out)
             }
@@ -174,24 +186,42 @@ public struct Membership: Sendable {
         return out
     }
 
-    /// A stream message to `to` could not be delivered.
-    public mutating func streamFailed(to: MemberAddress, now: NIODeadline) -> [MembershipDirective] {
+    /// A stream message to `to` could not be delivered. `refused`: the connection was refused
+    /// (ECONNREFUSED: nothing listens on that port, so the process is gone; a paused process's
+    /// kernel still accepts). A refused stream ping ends its probe at once, and our suspicion of
+    /// the target then uses `refusedSuspicionMinimum`.
+    public mutating func streamFailed(to: MemberAddress, now: NIODeadline, refused: Bool = false) -> [MembershipDirective] {
         stats.streamFailures += 1
         guard !hasLeft else { return [] }
+        defer { armGossip(now: now) }
         var out: [MembershipDirective] = []
-        // A pull whose current source failed moves on to the next source at once.
-        let failedPulls = pulls.filter { entry in
-            let sources = entry.value.sources
-            return !sources.isEmpty && sources[(entry.value.attempt - 1) % sources.count] == to
-        }.map(\.key)
+        if refused, let target = byAddress[to], let seq = probing[target], let probe = probes[seq],
+           probe.indirectSent, probe.kind != .dead
+        {
+            probes[seq]!.refused = true
+            stats.probesRefused += 1
+            probeEnd(seq, now: now, into: &out)
+        }
+        // A pull whose current source failed moves on to another source at once, if any.
+        let failedPulls = pulls.filter { $0.value.current == to }.map(\.key)
         for memberID in failedPulls.sorted() {
-            retryPull(memberID, now: now, into: &out)
+            pulls[memberID]!.unreachable.insert(to)
+            retryPull(memberID, early: true, now: now, into: &out)
         }
         return out
     }
 
     public mutating func tick(now: NIODeadline) -> [MembershipDirective] {
         var out: [MembershipDirective] = []
+        defer { armGossip(now: now) }
+        // A timer this late means we were not running (SIGSTOP, CPU starvation): what we would
+        // conclude now from missing acks, or from a suspicion whose refutation may sit unread
+        // in our socket, is not evidence about others.
+        if !hasLeft, let first = timers.min, now - first.deadline > settings.probeTimeout {
+            stats.stalls += 1
+            stalledUntil = now + settings.probeInterval
+            adjustHealth(+1)
+        }
         while let first = timers.min, first.deadline <= now {
             _ = timers.removeMin()
             guard !hasLeft else { continue }
@@ -224,23 +254,27 @@ public struct Membership: Sendable {
         selfMetadataBytes = bytes
         selfMetadataVersion += 1
         selfIncarnation += 1
-        enqueue(selfAlive)
-        return [.event(.metadataChanged(selfMember))]
+        var out: [MembershipDirective] = [.event(.metadataChanged(selfMember))]
+        // Directly to everyone, so all pull the body at once; a burst of changes sends the
+        // first directly and lets gossip (at most a gossip interval later) carry the rest.
+        if let last = lastMetadataAnnounceAt, now - last < settings.gossipInterval {
+            enqueue(selfAlive)
+        } else {
+            lastMetadataAnnounceAt = now
+            broadcastDirectly(selfAlive, into: &out)
+        }
+        armGossip(now: now)
+        return out
     }
 
-    /// Graceful leave: gossips `left` (with a bumped incarnation) directly to several live members
-    /// at once, since the shell stops us soon after. Afterwards the core ignores all input.
+    /// Graceful leave: sends `left` (with a bumped incarnation) directly to every live member (up
+    /// to `directBroadcastLimit`; they gossip it on), since the shell stops us soon after.
+    /// Afterwards the core ignores all input.
     public mutating func leave(now: NIODeadline) -> [MembershipDirective] {
         guard !hasLeft else { return [] }
         selfIncarnation += 1
-        let update = GossipUpdate.left(id: id, incarnation: selfIncarnation)
         var out: [MembershipDirective] = [.event(.statusChanged(selfMember.with(status: .left), from: .alive))]
-        var live = table.values.filter(\.isLive).map(\.address)
-        live.sort { $0.description < $1.description }
-        live.shuffle(using: &random)
-        let fanout = max(settings.indirectProbes, retransmitLimit)
-        let payload = Wire.datagram(sender: id, [.update(update)])
-        for target in live.prefix(fanout) { emitDatagram(payload, to: target, into: &out) }
+        broadcastDirectly(.left(id: id, incarnation: selfIncarnation), into: &out)
         hasLeft = true
         return out
     }
@@ -258,15 +292,34 @@ public struct Membership: Sendable {
     }
 
     /// Someone holds us suspect, dead or left at `incarnation`. If that is current, refute with a
-    /// higher incarnation; either way make sure our alive record is being gossiped again, since
-    /// the sender's view is stale.
-    mutating func heardAccusation(incarnation accused: UInt64) {
+    /// higher incarnation, sent directly to every live member (the accusation's timers are
+    /// running everywhere). A stale accusation means whoever told us (`from`) missed our last
+    /// refutation, and gossip, which has moved on, may not reach it before its own timer runs
+    /// out: answer it directly with our current alive, and queue that for gossip again.
+    mutating func heardAccusation(incarnation accused: UInt64, from: MemberAddress?, into out: inout [MembershipDirective]) {
         if accused >= selfIncarnation {
             selfIncarnation = accused + 1
             stats.refutations += 1
             adjustHealth(+1)
+            broadcastDirectly(selfAlive, into: &out)
+            return
         }
         enqueue(selfAlive)
+        if let from { emitDatagram(Wire.datagram(sender: id, [.update(selfAlive)]), to: from, into: &out) }
+    }
+
+    /// `update` in one datagram to every live member, up to `directBroadcastLimit` of them chosen
+    /// at random; also queued for gossip, which reaches the rest and repairs losses.
+    mutating func broadcastDirectly(_ update: GossipUpdate, into out: inout [MembershipDirective]) {
+        enqueue(update)
+        var live = table.values.filter(\.isLive).map(\.id)
+        live.sort()
+        if live.count > settings.directBroadcastLimit { live.shuffle(using: &random) }
+        let payload = Wire.datagram(sender: id, [.update(update)])
+        for target in live.prefix(settings.directBroadcastLimit) {
+            stats.directBroadcastsSent += 1
+            emitDatagram(payload, to: table[target]!.address, into: &out)
+        }
     }
 
     mutating func adjustHealth(_ delta: Int) {
@@ -286,6 +339,18 @@ public struct Membership: Sendable {
     /// Alive + suspect members other than self, kept up to date on every status change so the
     /// probe round and each new suspicion cost O(1) instead of a scan of the table.
     var liveOthers = 0
+
+    /// `pushPullInterval` × (⌈log2(n / 32)⌉ + 1) beyond 32 live members (memberlist's
+    /// pushPullScale), so the full-state cost per member stays about flat as n grows.
+    var pushPullInterval: TimeAmount {
+        var multiplier: Int64 = 1
+        var covered = 32
+        while covered < liveCount {
+            covered *= 2
+            multiplier += 1
+        }
+        return .nanoseconds(settings.pushPullInterval.nanoseconds * multiplier)
+    }
 
     /// λ·⌈log10(n + 1)⌉ where n counts every member not yet reaped, self included.
     var retransmitLimit: Int {
@@ -315,6 +380,10 @@ public struct Membership: Sendable {
             probeEnd(seq, now: now, into: &out)
         case .suspicion(let memberID):
             guard let suspicion = suspicions[memberID], suspicion.deadline <= now else { return }
+            if let stalledUntil, now < stalledUntil {
+                schedule(.suspicion(memberID), at: stalledUntil)
+                return
+            }
             declareDead(memberID, now: now, into: &out)
         case .relayNack(let seq):
             guard let relay = relayed[seq], !relay.nackSent else { return }
@@ -324,9 +393,14 @@ public struct Membership: Sendable {
             relayed[seq] = nil
         case .pushPull:
             guard deadline == pushPullAt else { return }
-            pushPullAt = now + settings.pushPullInterval
+            pushPullAt = now + pushPullInterval
             schedule(.pushPull, at: pushPullAt)
             periodicPushPull(into: &out)
+        case .gossip:
+            guard deadline == gossipAt else { return }
+            gossipAt = nil
+            lastGossipAt = now
+            gossipRound(now: now, into: &out)
         case .deadProbe:
             guard deadline == deadProbeAt else { return }
             deadProbeAt = now + settings.deadProbeInterval
@@ -357,6 +431,40 @@ public struct Membership: Sendable {
         suspicions[memberID] = nil
         pulls[memberID] = nil
         broadcasts[memberID] = nil
+    }
+
+    // MARK: Gossip
+
+    /// Arms the gossip timer when updates are queued: at once after an idle spell, else one
+    /// `gossipInterval` after the previous round. Nothing is armed while the queue is empty.
+    mutating func armGossip(now: NIODeadline) {
+        guard !hasLeft, gossipAt == nil, !broadcasts.isEmpty, liveOthers > 0 else { return }
+        var at = now
+        if let last = lastGossipAt, last + settings.gossipInterval > now { at = last + settings.gossipInterval }
+        gossipAt = at
+        schedule(.gossip, at: at)
+    }
+
+    /// One update-only datagram to each of `gossipFanout` random live members (and members dead
+    /// for less than `gossipToTheDead`, so a falsely dead one hears it and refutes).
+    mutating func gossipRound(now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard !broadcasts.isEmpty else { return }
+        var targets = table.values.filter { state in
+            state.isLive || (state.status == .dead && now - state.changedAt < settings.gossipToTheDead)
+        }.map(\.id)
+        targets.sort()
+        let fanout = min(settings.gossipFanout, targets.count)
+        for i in 0..<fanout {
+            targets.swapAt(i, Int.random(in: i..<targets.count, using: &random))
+        }
+        for target in targets.prefix(fanout) {
+            var bytes = Wire.datagramHeader(sender: id)
+            let headerBytes = bytes.count
+            piggyback(into: &bytes, skipping: nil)
+            guard bytes.count > headerBytes else { break }
+            stats.gossipDatagramsSent += 1
+            emitDatagram(bytes, to: table[target]!.address, into: &out)
+        }
     }
 
     // MARK: Join and push-pull

@@ -15,6 +15,8 @@ struct MemberState: Sendable {
     /// Who raised the current suspicion or death (for the buddy system and dead probes).
     var accuser: NodeID?
     var changedAt: NIODeadline
+    /// When our last probe of it started (regular, hint or suspicion-triggered).
+    var lastProbeAt: NIODeadline?
 
     var member: Member {
         Member(
@@ -82,6 +84,9 @@ enum ProbeKind: Sendable {
     case regular
     /// Out of cycle, on a `linkBroken`/`unreachable` hint: same lifecycle as `regular`.
     case hint
+    /// Out of cycle, because others suspect the target: if it fails too, our own suspicion is an
+    /// independent confirmation. Same lifecycle as `regular`.
+    case suspicion
     /// A ping to a member believed dead, carrying its death so it can refute.
     case dead
 }
@@ -93,6 +98,8 @@ struct Probe: Sendable {
     var expectedNacks = 0
     var nacks = 0
     var streamAcked = false
+    /// The target's stream port refused our stream ping: its process is gone.
+    var refused = false
 }
 
 /// We are the intermediary of someone's indirect probe.
@@ -126,6 +133,15 @@ struct MetadataPull: Sendable {
     /// Members' addresses that claimed to have the version; the owner first.
     var sources: [MemberAddress]
     var deadline: NIODeadline
+    /// The source of the outstanding attempt.
+    var current: MemberAddress
+    /// Sources asked since the last timeout: a "not held" from them may change only with time.
+    var asked: Set<MemberAddress> = []
+    /// Sources whose stream failed during this pull: skipped while any other is left.
+    var unreachable: Set<MemberAddress> = []
+    /// The current attempt failed early and no other source was worth asking at once: the
+    /// next new source is asked at once, else the timer retries.
+    var waiting = false
 }
 
 enum TimerKind: Sendable {
@@ -136,6 +152,7 @@ enum TimerKind: Sendable {
     case relayNack(UInt32)
     case relayEnd(UInt32)
     case pushPull
+    case gossip
     case deadProbe
     case joinRetry
     case metadataPull(NodeID)

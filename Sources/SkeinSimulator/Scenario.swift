@@ -186,8 +186,15 @@ extension Scenario {
     /// Lifeguard's suspicion timeout for `members` live members (see `Docs/membership.md`), used
     /// by presets and tests to pick pauses on either side of it.
     public static func suspicionTimeout(members: Int, settings: MembershipSettings, confirmations: Int) -> TimeAmount {
-        let log10n = naturalLog(Double(max(1, members))) / naturalLog(10)
-        let minimum = Double(settings.suspicionMinMultiplier) * max(1, log10n) * Double(settings.probeInterval.nanoseconds)
+        // The core's rule (Membership.suspicionMinimum): the base minimum plus one gossip
+        // interval per (fanout + 1)-fold of the live members beyond the direct-broadcast limit.
+        var reach = settings.directBroadcastLimit
+        var rounds = 0
+        while reach < members {
+            reach *= settings.gossipFanout + 1
+            rounds += 1
+        }
+        let minimum = Double(settings.suspicionMinimum.nanoseconds + Int64(rounds) * settings.gossipInterval.nanoseconds)
         let maximum = minimum * Double(settings.suspicionMaxMultiplier)
         return .nanoseconds(Int64(confirmations >= min(settings.indirectProbes, members - 2) ? minimum : maximum))
     }

@@ -28,6 +28,14 @@ struct Mesh {
     var events: [MemberAddress: [(NIODeadline, MembershipEvent)]] = [:]
     /// Every datagram handed to the network: (from, to, bytes).
     var datagramLog: [(MemberAddress, MemberAddress, [UInt8])] = []
+    /// Stopped processes (SIGSTOP): no timers run, and what reaches them waits in their socket
+    /// buffers (datagrams and stream messages alike) until `resume`.
+    var paused: Set<MemberAddress> = []
+    var held: [InFlight] = []
+    /// Fraction of datagrams lost, and of stream segments lost (each loss delays a stream message
+    /// by TCP's retransmission timeout, 200 ms doubling, as a reliable stream would).
+    var lossRate = 0.0
+    var lossRandom = MembershipRandom(seed: 1)
 
     static func address(_ port: UInt16) -> MemberAddress { MemberAddress(host: "10.0.0.1", port: port) }
 
@@ -46,7 +54,20 @@ struct Mesh {
 
     func node(_ address: MemberAddress) -> Membership { nodes[address]! }
 
+    /// kill -9: the process is gone, and its stream port refuses connections.
     mutating func crash(_ address: MemberAddress) { nodes[address] = nil }
+
+    mutating func pause(_ address: MemberAddress) { paused.insert(address) }
+
+    /// SIGCONT: the buffered messages are read now (after the timers that came due meanwhile,
+    /// the harder order for the core).
+    mutating func resume(_ address: MemberAddress) {
+        paused.remove(address)
+        for message in held where message.to == address {
+            inFlight.append(InFlight(at: now, order: message.order, channel: message.channel, bytes: message.bytes, from: message.from, to: message.to))
+        }
+        held.removeAll { $0.to == address }
+    }
 
     mutating func cut(_ a: [MemberAddress], _ b: [MemberAddress]) {
         for x in a { for y in b { cutDatagrams.insert([x, y]); cutDatagrams.insert([y, x]); cutStreams.insert([x, y]); cutStreams.insert([y, x]) } }
@@ -62,11 +83,18 @@ struct Mesh {
             switch directive {
             case .sendDatagram(let bytes, let to):
                 datagramLog.append((from, to, bytes))
+                if lossRate > 0 && Double.random(in: 0..<1, using: &lossRandom) < lossRate { continue }
                 order += 1
                 inFlight.append(InFlight(at: now + latency, order: order, channel: .datagram, bytes: bytes, from: from, to: to))
             case .sendStream(let bytes, let to):
+                var delay = latency
+                var timeout = TimeAmount.milliseconds(200)
+                while lossRate > 0 && Double.random(in: 0..<1, using: &lossRandom) < lossRate {
+                    delay = delay + timeout
+                    timeout = timeout * 2
+                }
                 order += 1
-                inFlight.append(InFlight(at: now + latency, order: order, channel: .stream, bytes: bytes, from: from, to: to))
+                inFlight.append(InFlight(at: now + delay, order: order, channel: .stream, bytes: bytes, from: from, to: to))
             case .event(let event):
                 events[from, default: []].append((now, event))
             }
@@ -90,7 +118,7 @@ struct Mesh {
         let end = now + duration
         while true {
             let nextMessage = inFlight.min { ($0.at, $0.order) < ($1.at, $1.order) }
-            let nextTick = nodes.values.map(\.nextWakeup).min() ?? .distantFuture
+            let nextTick = nodes.filter { !paused.contains($0.key) }.map(\.value.nextWakeup).min() ?? .distantFuture
             let next = min(nextMessage?.at ?? .distantFuture, nextTick)
             guard next <= end else { break }
             now = max(now, next)
@@ -98,7 +126,7 @@ struct Mesh {
                 inFlight.removeAll { $0.order == message.order }
                 deliver(message)
             } else {
-                for address in nodes.keys.sorted(by: { $0.port < $1.port }) where nodes[address]!.nextWakeup <= now {
+                for address in nodes.keys.sorted(by: { $0.port < $1.port }) where nodes[address]!.nextWakeup <= now && !paused.contains(address) {
                     call(address) { $0.tick(now: $1) }
                 }
             }
@@ -107,6 +135,10 @@ struct Mesh {
     }
 
     mutating func deliver(_ message: InFlight) {
+        if paused.contains(message.to) {
+            held.append(message)
+            return
+        }
         switch message.channel {
         case .datagram:
             guard nodes[message.to] != nil, !cutDatagrams.contains([message.from, message.to]) else { return }
@@ -115,7 +147,9 @@ struct Mesh {
             guard nodes[message.to] != nil, !cutStreams.contains([message.from, message.to]) else {
                 if nodes[message.from] != nil {
                     let target = message.to
-                    call(message.from) { $0.streamFailed(to: target, now: $1) }
+                    // Nobody listening refuses the connection; a cut path just fails.
+                    let refused = nodes[target] == nil && !cutStreams.contains([message.from, target])
+                    call(message.from) { $0.streamFailed(to: target, now: $1, refused: refused) }
                 }
                 return
             }

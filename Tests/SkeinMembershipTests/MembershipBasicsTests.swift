@@ -57,13 +57,16 @@ import Testing
         mesh.perform(directives, from: a)
         mesh.run(for: .seconds(1))
         #expect(mesh.status(of: b, at: a) == .alive)
-        // Hint about a member that really is gone: still only suspicion after a failed probe cycle.
+        // Hint about a member that really is gone: still only suspicion after a failed probe.
+        // The direct ping times out at 50 ms; the stream ping then sent is refused (b's port is
+        // closed) 1 ms later, which ends the probe at once instead of at 100 ms.
         mesh.crash(b)
         mesh.call(a) { $0.unreachable(b, now: $1) }
-        mesh.run(for: .milliseconds(90))
+        mesh.run(for: .milliseconds(50))
         #expect(mesh.view(a)[bID] == .alive)
-        mesh.run(for: .milliseconds(20))
+        mesh.run(for: .milliseconds(2))
         #expect(mesh.view(a)[bID] == .suspect)
+        #expect(mesh.node(a).stats.probesRefused == 1)
     }
 
     @Test func streamAckWithoutUDPCountsAndDoesNotSuspect() {

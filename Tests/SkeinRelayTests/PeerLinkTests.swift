@@ -19,6 +19,8 @@ final class PeerNode: Sendable {
         var frames: [(PeerFrame, String)] = []
         var up: [String] = []
         var down: [String] = []
+        /// `connectionRefused` of each link that went down, in order.
+        var refused: [Bool] = []
     }
 
     static func start(name: String, keyring: Keyring, network: String = "test", settings: PeerLinkSettings = PeerLinkSettings()) async throws -> PeerNode {
@@ -35,7 +37,12 @@ final class PeerNode: Sendable {
         try await links.eventLoop.submit {
             links.onFrame = { frame, link in node.state.withLockedValue { $0.frames.append((frame, link.peerName ?? "?")) } }
             links.onLinkUp = { link in node.state.withLockedValue { $0.up.append(link.peerName ?? "?") } }
-            links.onLinkDown = { link in node.state.withLockedValue { $0.down.append(link.closeReason ?? "") } }
+            links.onLinkDown = { link in
+                node.state.withLockedValue {
+                    $0.down.append(link.closeReason ?? "")
+                    $0.refused.append(link.connectionRefused)
+                }
+            }
         }.get()
         return node
     }
@@ -50,6 +57,7 @@ final class PeerNode: Sendable {
     var frames: [(PeerFrame, String)] { state.withLockedValue { $0.frames } }
     var up: [String] { state.withLockedValue { $0.up } }
     var down: [String] { state.withLockedValue { $0.down } }
+    var refused: [Bool] { state.withLockedValue { $0.refused } }
 
     func send(_ frame: PeerFrame, to other: PeerNode) async throws {
         try await links.eventLoop.submit { self.links.link(to: other.address).send(frame) }.get()
@@ -223,6 +231,26 @@ struct PeerLinkTests {
         // Later frames flow on the surviving link.
         try await a.send(.membership(ByteBuffer(string: "again")), to: b)
         await eventually("the next frame arrives") { b.frames.count == 2 }
+    }
+
+    @Test("a dial to a port nobody listens on is refused; to a stopped relay it is not")
+    func connectionRefused() async throws {
+        let a = try await PeerNode.start(name: "a", keyring: Keyring(primary: key))
+        let b = try await PeerNode.start(name: "b", keyring: Keyring(primary: key))
+        defer { Task { await a.stop() } }
+        // b's event loop stops (as under SIGSTOP): its kernel still completes TCP handshakes.
+        let blocker = ConditionLock(value: 0)
+        b.links.eventLoop.execute { _ = blocker.lock(whenValue: 1); blocker.unlock() }
+        try await a.send(.ping(token: 1), to: b)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!a.refused.contains(true))
+        blocker.lock()
+        blocker.unlock(withValue: 1)
+        await b.stop()
+        // b is gone: a fresh dial to its port is refused, and the link says so.
+        let downBefore = a.down.count
+        try await a.links.eventLoop.submit { a.links.link(to: "127.0.0.1:\(b.port)").send(.ping(token: 2)) }.get()
+        await eventually("the dial fails") { a.refused.count > downBefore && a.refused.last == true }
     }
 
     @Test("a peer that stops answering is closed after the idle timeout")

@@ -267,14 +267,15 @@ public final class MeshNode: @unchecked Sendable {
             // For membership, a hint to probe now, never a verdict.
             perform(core.linkBroken(id, now: now))
         } else if let dialed = link.dialedAddress, let (host, port) = splitHostPort(dialed) {
-            // A dial that never got through: nothing queued on it was sent.
+            // A dial that never got through: nothing queued on it was sent. A refused one says
+            // the relay's process is gone (strong evidence for the membership core).
             let address = MemberAddress(host: host, port: UInt16(port))
             if let member = core.members.first(where: { $0.address == address && $0.id != nodeID }) {
                 clients?.relayChanged(nil, id: member.id, neverSent: true)
                 scheduleRoutingRefresh(member.id)
             }
             guard !left else { return }
-            perform(core.streamFailed(to: address, now: now))
+            perform(core.streamFailed(to: address, now: now, refused: link.connectionRefused))
         }
     }
 

@@ -146,6 +146,7 @@ public final class PeerLinks: @unchecked Sendable {
             }
             .connect(host: host, port: port)
             .whenFailure { error in
+                placeholder.connectionRefused = isConnectionRefused(error)
                 placeholder.fail("cannot connect to \(address): \(error)")
             }
         return placeholder
@@ -271,6 +272,9 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     public private(set) var cipher: PeerCipher?
     public private(set) var closeReason: String?
     public private(set) var isClosed = false
+    /// The dial failed with ECONNREFUSED: nothing listens at the address (the relay's process
+    /// is gone; a stopped one's kernel would still accept).
+    public internal(set) var connectionRefused = false
     var rejectedHandshake = false
 
     unowned let owner: PeerLinks
@@ -691,4 +695,13 @@ func hex(_ bytes: [UInt8]) -> String {
         out.append(digits[Int(b & 0xf)])
     }
     return String(decoding: out, as: UTF8.self)
+}
+
+/// ECONNREFUSED, directly or inside NIO's happy-eyeballs error.
+func isConnectionRefused(_ error: any Error) -> Bool {
+    if let error = error as? IOError { return error.errnoCode == ECONNREFUSED }
+    if let error = error as? NIOConnectionError {
+        return !error.connectionErrors.isEmpty && error.connectionErrors.allSatisfy { isConnectionRefused($0.error) }
+    }
+    return false
 }
