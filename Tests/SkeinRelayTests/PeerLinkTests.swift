@@ -271,4 +271,21 @@ struct PeerLinkTests {
         blocker.unlock(withValue: 1)
         await b.stop()
     }
+
+    @Test("a link with nothing but keepalives closes gracefully when idle, and the next frame redials")
+    func idleLinkCloses() async throws {
+        var settings = PeerLinkSettings()
+        settings.keepaliveInterval = .milliseconds(50)
+        settings.idleClose = .milliseconds(300)
+        let a = try await PeerNode.start(name: "a", keyring: Keyring(primary: key), settings: settings)
+        let b = try await PeerNode.start(name: "b", keyring: Keyring(primary: key), settings: settings)
+        defer { Task { await a.stop(); await b.stop() } }
+        try await a.send(.membership(ByteBuffer(string: "one")), to: b)
+        await eventually("b receives the first frame") { b.frames.count == 1 }
+        await eventually("the idle link closes on both sides") { a.down.contains { $0.contains("idle") } && b.down.contains { $0.contains("idle") } }
+        let graceful = try await a.links.eventLoop.submit { a.links.establishedLinks.isEmpty }.get()
+        #expect(graceful)
+        try await a.send(.membership(ByteBuffer(string: "two")), to: b)
+        await eventually("a new link carries the next frame") { b.frames.count == 2 }
+    }
 }

@@ -257,6 +257,8 @@ public final class MeshNode: @unchecked Sendable {
 
     private func linkDown(_ link: PeerLink) {
         let now = NIODeadline.now()
+        // A goodbye (idle, duplicate, key retired, leaving) is not a failure: nothing to do.
+        if link.closedGracefully { return }
         if let node = link.peerNodeID, link.advertisedAddress != nil {
             // A link that was up broke. Routing stops using the relay until membership says it
             // is alive again after a short pause (the next frame redials).

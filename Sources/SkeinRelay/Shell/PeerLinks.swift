@@ -13,6 +13,10 @@ public struct PeerLinkSettings: Sendable {
     /// A link that has received nothing for this long is closed as lost (a paused or
     /// partitioned peer; a crashed one is usually seen at once as a closed socket).
     public var idleTimeout: TimeAmount = .seconds(5)
+    /// A link that has carried no frame but keepalives (no request, reply, event, tunnel data
+    /// or membership message) for this long closes gracefully; the next frame redials. Idle
+    /// links would otherwise cost keepalives for nothing (Docs/peer-protocol.md §5).
+    public var idleClose: TimeAmount = .seconds(10)
     /// Dialing gives up after this long.
     public var connectTimeout: TimeAmount = .seconds(3)
     /// Field limits of frames on the links.
@@ -275,6 +279,9 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     /// The dial failed with ECONNREFUSED: nothing listens at the address (the relay's process
     /// is gone; a stopped one's kernel would still accept).
     public internal(set) var connectionRefused = false
+    /// The link ended with a goodbye, either way (idle, duplicate, leaving, key retired): not a
+    /// failure, and nothing in flight was lost.
+    public private(set) var closedGracefully = false
     var rejectedHandshake = false
 
     unowned let owner: PeerLinks
@@ -288,6 +295,8 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     private var flushScheduled = false
     private var lastReceived = NIODeadline.now()
     private var lastSent = NIODeadline.now()
+    /// The last frame other than HELLO, PING and PONG, either way.
+    private var lastUseful = NIODeadline.now()
     private var timer: Scheduled<Void>?
     private var pingToken: UInt64 = 0
     private var started = false
@@ -331,6 +340,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     public func send(_ frame: PeerFrame) {
         owner.eventLoop.preconditionInEventLoop()
         guard !isClosed else { return }
+        if frame.kind != .ping && frame.kind != .pong && frame.kind != .hello { lastUseful = .now() }
         outbox.enqueue(frame)
         scheduleFlush()
     }
@@ -359,6 +369,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         }
         outbox.enqueue(.goodbye(reason: reason))
         flush()
+        closedGracefully = true
         finish(reason)
         channel.close(mode: .output, promise: nil)
         let linger = owner.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
@@ -538,6 +549,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
             // Everything the peer sent came before its goodbye; answer in kind.
             close(reason: "the peer said goodbye: \(reason)", goodbye: true)
         default:
+            lastUseful = .now()
             owner.onFrame?(frame, self)
         }
     }
@@ -591,6 +603,10 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         if now - lastReceived >= settings.idleTimeout {
             owner.logger.warning("peer link silent, closing", metadata: logMetadata.merging(["silent-ms": "\((now - lastReceived).nanoseconds / 1_000_000)"]) { $1 })
             close(reason: "no traffic for \(settings.idleTimeout.nanoseconds / 1_000_000) ms", goodbye: true)
+            return
+        }
+        if now - lastUseful >= settings.idleClose {
+            close(reason: "idle", goodbye: true)
             return
         }
         if now - lastSent >= settings.keepaliveInterval || now - lastReceived >= settings.keepaliveInterval {
