@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   installs what is missing, builds, starts a dev relay and shows every pattern
-#   make test   installs what is missing, builds, and runs the whole test suite
+#   make test   installs what is missing, builds, runs the whole test suite, then 20 s of
+#               fuzzing of every decoder that reads bytes from another relay (Fuzz/run)
 SHELL := /bin/bash
 SWIFT ?= swift
 
@@ -31,6 +32,7 @@ test: deps
 	$(SWIFT) test --skip-build --skip SkeinCLITests --skip SkeinSimulatorTests
 	$(SWIFT) test --skip-build --filter SkeinSimulatorTests
 	$(SWIFT) test --skip-build --filter SkeinCLITests
+	Fuzz/run 20
 
 clean:
 	rm -rf .build .build-release

@@ -173,7 +173,7 @@ if Context.environment["SKEIN_FUZZ"] != nil {
     package.targets.append(
         .executableTarget(
             name: "FuzzOpeners",
-            dependencies: ["SkeinCrypto", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["SkeinCrypto", "SkeinWire", "SkeinMembership", .product(name: "NIOCore", package: "swift-nio")],
             path: "Fuzz/FuzzOpeners"
         )
     )

@@ -1,13 +1,16 @@
-// libFuzzer target: RecordOpener.next, DatagramOpener.open and HandshakeResponder.receive on
-// arbitrary bytes. Built and run by Fuzz/run; see Docs/peer-protocol.md §6. The globals here are
+// libFuzzer target: RecordOpener.next, DatagramOpener.open, HandshakeResponder.receive, the
+// peer frame decoder (PeerInbox, what a record's plaintext holds) and the membership datagram
+// decoder (Membership.receiveDatagram, what a datagram's plaintext holds) on arbitrary bytes. Built and run by Fuzz/run; see Docs/peer-protocol.md §6. The globals here are
 // initialized lazily, on first use, so this works whichever `main` the linker keeps.
 //
-// Input: [selector][data]. selector % 3 picks the core; the next byte splits `data` into two
+// Input: [selector][data]. selector % 5 picks the core; the next byte splits `data` into two
 // reads, so the fuzzer also explores where reads are cut. Any crash, trap, sanitizer report or
 // broken invariant below is a bug.
 
 import NIOCore
 import SkeinCrypto
+import SkeinMembership
+import SkeinWire
 
 #if canImport(Glibc)
 import Glibc
@@ -99,16 +102,54 @@ func fuzzHandshake(_ first: [UInt8], _ second: [UInt8]) {
     _ = responder.expire(now: Fixture.now + .seconds(60))
 }
 
+/// Record plaintexts as a peer sends them: each read is one record's contents.
+func fuzzFrames(_ first: [UInt8], _ second: [UInt8]) {
+    var inbox = PeerInbox(limits: WireLimits(maxMessageSize: 1 << 16, maxStringSize: 1 << 10))
+    var frames: [PeerFrame] = []
+    for record in [first, second] {
+        do {
+            try inbox.receive(record: ByteBuffer(bytes: record), into: &frames)
+        } catch {
+            return  // refused: the link would end here
+        }
+        precondition(inbox.reassemblyBytes <= inbox.maxFrameSize, "reassembly beyond its limit")
+    }
+    // Whatever decoded must encode and decode back to itself.
+    var outbox = PeerOutbox(maxRecordPlaintext: 4096)
+    for frame in frames { outbox.enqueue(frame) }
+    var again = PeerInbox(limits: WireLimits(maxMessageSize: 1 << 16, maxStringSize: 1 << 10))
+    var decoded: [PeerFrame] = []
+    var record = ByteBuffer()
+    while outbox.nextRecord(into: &record) {
+        try! again.receive(record: record, into: &decoded)
+        record.clear()
+    }
+    precondition(decoded.count == frames.count, "a decoded frame did not survive re-encoding")
+}
+
+/// A membership core fed one arbitrary datagram plaintext and one stream message.
+func fuzzMembership(_ first: [UInt8], _ second: [UInt8]) {
+    var core = try! Membership(
+        id: NodeID(high: 1, low: 1), name: "fuzz", address: MemberAddress(host: "10.0.0.1", port: 7946),
+        metadata: MemberMetadata(), settings: .lan, seed: 1, now: Fixture.now)
+    let from = MemberAddress(host: "10.0.0.2", port: 7946)
+    _ = core.receiveDatagram(first, from: from, now: Fixture.now)
+    _ = core.receiveStream(second, from: from, now: Fixture.now)
+    _ = core.tick(now: Fixture.now + .seconds(5))
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     guard let selector = bytes.first else { return 0 }
     let body = bytes.dropFirst()
     let (first, second) = split(body)
-    switch selector % 3 {
+    switch selector % 5 {
     case 0: fuzzRecords(first, second)
     case 1: fuzzDatagram(Array(body))
-    default: fuzzHandshake(first, second)
+    case 2: fuzzHandshake(first, second)
+    case 3: fuzzFrames(first, second)
+    default: fuzzMembership(first, second)
     }
     return 0
 }
@@ -128,6 +169,7 @@ public func fuzzInitialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMut
         ("datagram", [1] + datagram),
         ("handshake-msg1", [2, 0] + honest.msg1),
         ("handshake-full", [2, UInt8(honest.msg1.count)] + honest.msg1 + honest.msg3 + recordBytes),
+        ("frames", [3, 0] + framesSeed()),
     ]
     for (name, bytes) in seeds {
         let fd = open(directory + "/seed-" + name, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
@@ -136,4 +178,18 @@ public func fuzzInitialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMut
         close(fd)
     }
     return 0
+}
+
+/// One record's plaintext holding a frame of every kind.
+func framesSeed() -> [UInt8] {
+    var outbox = PeerOutbox(maxRecordPlaintext: 4096)
+    for frame: PeerFrame in [
+        .hello(address: "10.0.0.1:55556", name: "a"), .ping(token: 1), .membership(ByteBuffer(bytes: [1, 2, 3])),
+        .request(id: 1, cluster: "echo", remainingMillis: 100, body: ByteBuffer(string: "hi")),
+        .reply(id: 1, outcome: .fault("no")), .publish(topic: "t", body: ByteBuffer(string: "e")),
+        .tunnelConfirm(id: 2, outcome: .built(farID: 3, chunkLimit: 4)), .tunnelData(id: 3, sizeOrContinuation: 1, chunk: ByteBuffer(bytes: [0])),
+    ] { outbox.enqueue(frame) }
+    var record = ByteBuffer()
+    outbox.nextRecord(into: &record)
+    return Array(record.readableBytesView)
 }
