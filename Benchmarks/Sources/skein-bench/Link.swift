@@ -19,7 +19,7 @@ func runLinkBench(_ flags: Flags) async throws {
     let size = try flags.int("size", 1024)
     let count = try flags.int("n", 1_000_000)
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    defer { try? group.syncShutdownGracefully() }
+    defer { group.shutdownGracefully { _ in } }
     let sender = group.next()
     let receiver = group.next()
     let payload = ByteBuffer(repeating: 0x5a, count: size)
@@ -46,7 +46,7 @@ func runLinkBench(_ flags: Flags) async throws {
 /// CPU seconds (user + system) of this process so far.
 private func processCPUSeconds() -> Double {
     var usage = rusage()
-    getrusage(RUSAGE_SELF, &usage)
+    getrusage(RUSAGE_SELF.rawValue, &usage)
     return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
 }
 
@@ -110,6 +110,7 @@ private final class CountingReceiver: ChannelInboundHandler, @unchecked Sendable
 
 private final class FloodSender: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
     let payload: ByteBuffer
     var remaining: Int
     var sealer: RecordSealer?
