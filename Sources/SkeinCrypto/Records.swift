@@ -127,8 +127,8 @@ public struct RecordOpener: Sendable {
 
     /// The plaintext of the next whole record in `buffer`, or nil (consuming nothing) when the
     /// record is not complete yet. The length is checked against `maxPlaintext` as soon as its 4
-    /// bytes are there, before waiting for or allocating anything. Decrypts in place: the result
-    /// is a slice of `buffer`'s storage.
+    /// bytes are there, before waiting for or allocating anything. Decrypts into a new buffer
+    /// (one allocation per record, at most `maxPlaintext` bytes); `buffer` is only read.
     public mutating func next(from buffer: inout ByteBuffer) throws(RecordError) -> ByteBuffer? {
         if let failure { throw failure }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
@@ -139,12 +139,21 @@ public struct RecordOpener: Sendable {
 
         let index = direction.advance(plaintextCount: plaintextCount)
         let key = direction.key
-        let authentic = buffer.withUnsafeMutableReadableBytes { bytes in
-            key.open(inPlace: bytes.baseAddress! + 4, count: plaintextCount,
-                     ad: UnsafeRawBufferPointer(rebasing: bytes[0..<4]), index: index)
+        // Out of place, into a buffer of its own: decrypting in place would write into storage
+        // that the caller's read buffer pool or earlier records' slices may share, and every
+        // such write would copy the whole buffer first.
+        var plaintext = ByteBuffer()
+        plaintext.reserveCapacity(plaintextCount)
+        var authentic = false
+        buffer.withUnsafeReadableBytes { bytes in
+            plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: plaintextCount) { out in
+                authentic = key.open(
+                    bytes.baseAddress! + 4, into: out.baseAddress!, count: plaintextCount,
+                    ad: UnsafeRawBufferPointer(rebasing: bytes[0..<4]), index: index)
+                return authentic ? plaintextCount : 0
+            }
         }
         guard authentic else { return try fail(.authenticationFailed) }
-        let plaintext = buffer.getSlice(at: buffer.readerIndex + 4, length: plaintextCount)!
         buffer.moveReaderIndex(forwardBy: 4 + Int(length))
         return plaintext
     }
@@ -244,18 +253,25 @@ final class RecordKey: @unchecked Sendable {
 
     /// Verifies and decrypts `count` bytes of ciphertext followed by the tag, in place.
     func open(inPlace text: UnsafeMutableRawPointer, count: Int, ad: UnsafeRawBufferPointer, index: UInt64) -> Bool {
-        let c = text.assumingMemoryBound(to: UInt8.self)
+        open(UnsafeRawPointer(text), into: text, count: count, ad: ad, index: index)
+    }
+
+    /// Decrypts `count` bytes at `ciphertext` (followed by the tag) into `plaintext`, which may be
+    /// the same address. Nothing is written unless the tag verifies.
+    func open(_ ciphertext: UnsafeRawPointer, into plaintext: UnsafeMutableRawPointer, count: Int, ad: UnsafeRawBufferPointer, index: UInt64) -> Bool {
+        let c = ciphertext.assumingMemoryBound(to: UInt8.self)
+        let m = plaintext.assumingMemoryBound(to: UInt8.self)
         let mac = c + count
         let a = ad.baseAddress!.assumingMemoryBound(to: UInt8.self)
         let rc = withNonce(index) { nonce in
             switch cipher {
             case .aes256gcm:
                 crypto_aead_aes256gcm_decrypt_detached_afternm(
-                    c, nil, c, UInt64(count), mac, a, UInt64(ad.count), nonce,
+                    m, nil, c, UInt64(count), mac, a, UInt64(ad.count), nonce,
                     aesState!.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
             case .chacha20poly1305:
                 crypto_aead_chacha20poly1305_ietf_decrypt_detached(
-                    c, nil, c, UInt64(count), mac, a, UInt64(ad.count), nonce, key.pointer)
+                    m, nil, c, UInt64(count), mac, a, UInt64(ad.count), nonce, key.pointer)
             }
         }
         return rc == 0

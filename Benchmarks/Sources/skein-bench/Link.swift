@@ -25,14 +25,20 @@ func runLinkBench(_ flags: Flags) async throws {
     let payload = ByteBuffer(repeating: 0x5a, count: size)
 
     let result: (seconds: Double, cpuSeconds: Double)
-    switch variant {
-    case "raw", "seal1":
-        result = try await streamBench(sealed: variant == "seal1", payload: payload, count: count, sender: sender, receiver: receiver)
-    case "link":
-        result = try await linkBench(payload: payload, count: count, sender: sender, receiver: receiver)
-    default:
-        throw BenchError.usage("bad -variant \(variant) (raw, seal1, link)")
+    do {
+        switch variant {
+        case "raw", "seal1":
+            result = try await streamBench(sealed: variant == "seal1", payload: payload, count: count, sender: sender, receiver: receiver)
+        case "link":
+            result = try await linkBench(payload: payload, count: count, sender: sender, receiver: receiver)
+        default:
+            throw BenchError.usage("bad -variant \(variant) (raw, seal1, link)")
+        }
+    } catch {
+        try? await group.shutdownGracefully()
+        throw error
     }
+    try? await group.shutdownGracefully()
     emit([
         ("variant", .string(variant)), ("size", .int(Int64(size))), ("n", .int(Int64(count))),
         ("seconds", .number(result.seconds)),
@@ -188,7 +194,7 @@ private func linkBench(payload: ByteBuffer, count: Int, sender: any EventLoop, r
     let (a, _) = try await node("a", sender)
     let (b, bAddress) = try await node("b", receiver)
     let done = receiver.makePromise(of: Void.self)
-    let received = NIOLoopBoundBox(0, eventLoop: receiver)
+    let received = try await receiver.submit { NIOLoopBoundBox(0, eventLoop: receiver) }.get()
     try await receiver.submit {
         b.onFrame = { _, _ in
             received.value += 1
@@ -206,7 +212,7 @@ private func linkBench(payload: ByteBuffer, count: Int, sender: any EventLoop, r
 
     let cpu0 = processCPUSeconds()
     let t0 = DispatchTime.now().uptimeNanoseconds
-    let remaining = NIOLoopBoundBox(count, eventLoop: sender)
+    let remaining = try await sender.submit { NIOLoopBoundBox(count, eventLoop: sender) }.get()
     let frame = PeerFrame.publish(topic: "t", body: payload)
     @Sendable func pump() {
         let link = a.link(to: bAddress)

@@ -88,6 +88,7 @@ public final class PeerLinks: @unchecked Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 65_536, maximum: 1 << 20))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let link = self.makeLink(channel: channel, initiator: false, dialedAddress: nil)
@@ -141,6 +142,7 @@ public final class PeerLinks: @unchecked Sendable {
         }
         ClientBootstrap(group: eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 65_536, maximum: 1 << 20))
             .connectTimeout(settings.connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -443,6 +445,10 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         lastReceived = .now()
         if session == nil {
             handshakeBytes(Array(buffer.readableBytesView))
+        } else if inbound.readableBytes == 0 {
+            // The common case: take the read buffer as is and open records in place.
+            inbound = buffer
+            openRecords()
         } else {
             var buffer = buffer
             inbound.writeBuffer(&buffer)
@@ -532,9 +538,15 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
             return
         }
         self.session = session
-        inbound.discardReadBytes()
         // Every frame of an authenticated record is delivered, even on a link that is closing.
         for frame in frames { deliver(frame) }
+        // Keep only a partial record, if any (records are decrypted out of `inbound`, so it is
+        // never written to, and NIO's read buffer pool can reuse its buffers).
+        if inbound.readableBytes == 0 {
+            inbound = ByteBuffer()
+        } else {
+            inbound.discardReadBytes()
+        }
     }
 
     private func deliver(_ frame: PeerFrame) {
@@ -563,7 +575,8 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     private func flush() {
         flushScheduled = false
         guard var session, let channel, !outbox.isEmpty else { return }
-        var out = channel.allocator.buffer(capacity: min(outbox.queuedFrames * 64 + 64, 1 << 20))
+        let queued = PeerTrafficClass.allCases.reduce(0) { $0 + outbox.queuedBytes($1) }
+        var out = channel.allocator.buffer(capacity: queued + outbox.queuedFrames * 12 + (queued / 65_536 + 1) * RecordSealer.overhead)
         while outbox.nextRecord(into: &plaintext) {
             session.sealer.seal(plaintext, into: &out)
             plaintext.clear()
