@@ -289,6 +289,29 @@ struct MeshRoutingTests {
         }
     }
 
+    @Test("a relay stopping gracefully answers the requests it holds, then others route around it")
+    func gracefulStopDrains() async throws {
+        try await withScope { scope in
+            let (a, b, c) = try await threeRelays(scope)
+            let slow = try await NamedMember.start("slow-b", cluster: "echo", on: b, delay: .milliseconds(600))
+            try await a.waitSees("b", serving: "echo")
+            let client = try await Skein.connect(to: a.endpoint)
+            async let held = client.request(cluster: "echo", "in flight", timeout: .seconds(5))
+            try await Task.sleep(for: .milliseconds(150))
+            b.child.send(SIGTERM)
+            // B leaves at once, yet the request its member holds is answered, not timed out.
+            #expect(String(buffer: try await held) == "slow-b")
+            #expect(try await b.child.waitForExit() == 0)
+            try await waitAllSee([a, c], "b", "left")
+            let onC = try await NamedMember.start("on-c", cluster: "echo", on: c)
+            try await a.waitSees("c", serving: "echo")
+            #expect(String(buffer: try await client.request(cluster: "echo", "next", timeout: .seconds(5))) == "on-c")
+            _ = slow
+            try await client.close()
+            try await onC.connection.close()
+        }
+    }
+
     @Test("a tunnel from A to a member on B carries messages both ways, in order, then closes")
     func tunnelAcrossRelays() async throws {
         try await withScope { scope in

@@ -76,7 +76,7 @@ struct RelayBadInputTests {
             let witness = try await Witness.connect(relay)
             let member = try await relay.handshake("tunnel member", cluster: "tunnels")
             let offender = try await relay.handshake("offender")
-            try await offender.write("09 07 07 74 75 6e 6e 65 6c 73 e8 07")
+            try await offender.write("09 07 07 74 75 6e 6e 65 6c 73 90 4e")  // a 10 s build timeout
             #expect(try await member.read(hexLike: "09 00 80 80 04") == "09 00 80 80 04")
             try await member.write("0a 00 2a")  // and no ALLOW: nothing is forwarded, nothing granted back
             #expect(try await offender.read(hexLike: "0a 07 00 80 80 04 0b 07 e8 07") == "0a 07 00 80 80 04 0b 07 e8 07")
@@ -94,7 +94,7 @@ struct RelayBadInputTests {
     static func tunnel(_ relay: RelayHarness) async throws -> (initiator: WireClient, member: WireClient) {
         let member = try await relay.handshake("tunnel member", cluster: "tunnels")
         let initiator = try await relay.handshake("initiator")
-        try await initiator.write("09 07 07 74 75 6e 6e 65 6c 73 e8 07")
+        try await initiator.write("09 07 07 74 75 6e 6e 65 6c 73 90 4e")  // a 10 s build timeout
         #expect(try await member.read(hexLike: "09 00 80 80 04") == "09 00 80 80 04")
         try await member.write("0a 00 2a 0b 2a 80 80 80 20")
         #expect(try await member.read(hexLike: "0b 2a 80 80 80 02") == "0b 2a 80 80 80 02")

@@ -187,8 +187,9 @@ public final class MeshNode: @unchecked Sendable {
         return seeds
     }
 
-    /// Leaves gracefully: tells the mesh (so others see "left", never "dead"), waits up to
-    /// `within` for the word to spread, then closes the links and the UDP socket.
+    /// Leaves gracefully: tells the mesh (so others see "left", never "dead", and send no new
+    /// work), and waits `within` for the word to spread. Peer links stay open: in-flight requests
+    /// from other relays can still be answered; `close()` ends them.
     public func leave(within: TimeAmount = .milliseconds(300)) async {
         let sent = try? await eventLoop.submit { () -> Bool in
             guard !self.left else { return false }
@@ -200,8 +201,15 @@ public final class MeshNode: @unchecked Sendable {
         if sent == true {
             try? await Task.sleep(nanoseconds: UInt64(within.nanoseconds))
         }
-        await links.closeAll(reason: "relay leaving")
+    }
+
+    /// Closes every peer link with a goodbye, and the gossip socket: the last step of a stop,
+    /// after `leave` and after in-flight work has drained (replies to other relays still
+    /// travel on the links until now).
+    public func close() async {
+        await links.closeAll(reason: "relay stopped")
         let udp = try? await eventLoop.submit { () -> (any Channel)? in
+            self.left = true
             self.wakeup?.task.cancel()
             self.wakeup = nil
             defer { self.udp = nil }

@@ -81,6 +81,7 @@ public final class RelayService: Service, Sendable {
         } catch {
             ready.finish()
             await mesh?.leave(within: .zero)
+            await mesh?.close()
             await server.stopListening()
             try? await group.shutdownGracefully()
             throw error
@@ -107,6 +108,7 @@ public final class RelayService: Service, Sendable {
         while await server.connectionCount > 0, ContinuousClock.now < closeDeadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(10))
         }
+        await mesh?.close()
         try await group.shutdownGracefully()
         logger.info("relay stopped")
     }
