@@ -1,5 +1,6 @@
 // Real relay processes on 127.0.0.1 forming a mesh: membership, failures, keys.
 import Foundation
+import Skein
 import SkeinCrypto
 import Testing
 
@@ -260,7 +261,7 @@ struct MeshTests {
         }
     }
 
-    @Test("keys rotate across three relays with SIGHUP and no relay ever looks down")
+    @Test("keys rotate across three relays with SIGHUP: no relay ever looks down, no request fails")
     func keyRotation() async throws {
         try await withScope { scope in
             let old = NetworkKey.generate()
@@ -271,6 +272,26 @@ struct MeshTests {
             let a = try await scope.startMeshRelay("a", keyFile: files[0])
             let relays = [a, try await scope.startMeshRelay("b", keyFile: files[1], seeds: [a]), try await scope.startMeshRelay("c", keyFile: files[2], seeds: [a])]
             for relay in relays { try await waitAllSee(relays, relay.name, "alive") }
+            // Requests from A to members on B and C flow throughout the rotation.
+            let onB = try await NamedMember.start("on-b", cluster: "echo", on: relays[1])
+            let onC = try await NamedMember.start("on-c", cluster: "echo", on: relays[2])
+            try await a.waitSees("b", serving: "echo")
+            try await a.waitSees("c", serving: "echo")
+            let client = try await Skein.connect(to: a.endpoint)
+            let requester = Task { () -> (ok: Int, failed: [String]) in
+                var ok = 0
+                var failed: [String] = []
+                while !Task.isCancelled {
+                    do {
+                        _ = try await client.request(cluster: "echo", "during rotation", timeout: .seconds(3))
+                        ok += 1
+                    } catch {
+                        if !Task.isCancelled { failed.append("\(error)") }
+                    }
+                    try? await Task.sleep(for: .milliseconds(5))
+                }
+                return (ok, failed)
+            }
 
             // Watch every view continuously while the keys change underneath.
             let watcher = Task { () -> [String] in
@@ -300,8 +321,15 @@ struct MeshTests {
             try await step([new], "retire the old key")
             for relay in relays { try await waitAllSee(relays, relay.name, "alive") }
             watcher.cancel()
+            requester.cancel()
             let problems = await watcher.value
+            let requests = await requester.value
             #expect(problems.isEmpty, "\(problems.prefix(5))")
+            #expect(requests.failed.isEmpty, "\(requests.failed.count) requests failed: \(requests.failed.prefix(3))")
+            #expect(requests.ok > 50)
+            try await client.close()
+            try await onB.connection.close()
+            try await onC.connection.close()
             for relay in relays {
                 #expect(!relay.child.stderr.contains("peer handshake rejected"), "\(relay.name) rejected a handshake")
             }
