@@ -40,7 +40,7 @@ public struct RecordSettings: Sendable, Equatable {
 
     /// The defaults stay far inside both ciphers' safe limits: 2^24 records and 2^34 bytes per
     /// key, against TLS 1.3's 2^24.5 full records for AES-GCM (ChaCha20-Poly1305's are higher).
-    public init(maxPlaintext: Int = 65_536, rekeyAfterRecords: UInt64 = 1 << 24, rekeyAfterBytes: UInt64 = 1 << 34) {
+    public init(maxPlaintext: Int = 66_560, rekeyAfterRecords: UInt64 = 1 << 24, rekeyAfterBytes: UInt64 = 1 << 34) {
         precondition(maxPlaintext >= 0 && maxPlaintext <= Int(UInt32.max) - RecordSealer.tagSize)
         precondition(rekeyAfterRecords >= 1 && rekeyAfterBytes >= 1)
         self.maxPlaintext = maxPlaintext

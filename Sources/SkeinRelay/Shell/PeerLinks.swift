@@ -297,8 +297,10 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     private var flushScheduled = false
     private var lastReceived = NIODeadline.now()
     private var lastSent = NIODeadline.now()
-    /// The last frame other than HELLO, PING and PONG, either way.
+    /// The last frame other than HELLO, PING and PONG, either way; `usefulSinceCheck` marks
+    /// one since the timer last looked, so the clock is read per timer tick, not per frame.
     private var lastUseful = NIODeadline.now()
+    private var usefulSinceCheck = false
     private var timer: Scheduled<Void>?
     private var pingToken: UInt64 = 0
     private var started = false
@@ -342,7 +344,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     public func send(_ frame: PeerFrame) {
         owner.eventLoop.preconditionInEventLoop()
         guard !isClosed else { return }
-        if frame.kind != .ping && frame.kind != .pong && frame.kind != .hello { lastUseful = .now() }
+        if frame.kind != .ping && frame.kind != .pong && frame.kind != .hello { usefulSinceCheck = true }
         outbox.enqueue(frame)
         scheduleFlush()
     }
@@ -561,7 +563,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
             // Everything the peer sent came before its goodbye; answer in kind.
             close(reason: "the peer said goodbye: \(reason)", goodbye: true)
         default:
-            lastUseful = .now()
+            usefulSinceCheck = true
             owner.onFrame?(frame, self)
         }
     }
@@ -617,6 +619,10 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
             owner.logger.warning("peer link silent, closing", metadata: logMetadata.merging(["silent-ms": "\((now - lastReceived).nanoseconds / 1_000_000)"]) { $1 })
             close(reason: "no traffic for \(settings.idleTimeout.nanoseconds / 1_000_000) ms", goodbye: true)
             return
+        }
+        if usefulSinceCheck {
+            usefulSinceCheck = false
+            lastUseful = now
         }
         if now - lastUseful >= settings.idleClose {
             close(reason: "idle", goodbye: true)
