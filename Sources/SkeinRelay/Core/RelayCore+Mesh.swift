@@ -25,9 +25,16 @@ extension RelayCore {
         routing.remove(id)
         guard lost else { return }
         dropRelayTunnels(id, neverSent: neverSent, now: now, actions: &actions)
-        guard neverSent else { return }
-        let stranded = requests.filter { $0.value.forwardedTo == id }.keys.sorted()
-        for key in stranded { reroute(key, from: id, now: now, actions: &actions) }
+        let forwarded = requests.filter { $0.value.forwardedTo == id }.keys.sorted()
+        guard neverSent else {
+            // Sent on a link that broke: a member may have them. They are never re-sent, even
+            // if a later dial to the relay fails before carrying anything.
+            for key in forwarded { requests[key]?.mayHaveArrived = true }
+            return
+        }
+        for key in forwarded where requests[key]?.mayHaveArrived == false {
+            reroute(key, from: id, now: now, actions: &actions)
+        }
     }
 
     /// The relays this one knows serve clusters or topics.
@@ -108,10 +115,14 @@ extension RelayCore {
         guard var request = requests[key] else { return }
         if request.forwardedTo == relay {
             request.forwardedTo = nil
-            requests[key] = request
+            request.mayHaveArrived = false
         }
+        request.declinedBy.insert(relay)
+        requests[key] = request
         actions.append(.report(.requestRerouted(cluster: request.cluster, from: relay)))
-        if !dispatch(key, excluding: [relay], now: now, actions: &actions) {
+        // Never back to a relay that declined it: two relays with stale metadata would bounce it
+        // between them until its deadline. A routing change clears the list (dispatchWaiting).
+        if !dispatch(key, excluding: request.declinedBy, now: now, actions: &actions) {
             waitingRequests[request.cluster, default: []].append(key)
         }
     }

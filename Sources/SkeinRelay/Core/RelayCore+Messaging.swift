@@ -92,6 +92,7 @@ extension RelayCore {
             var stillWaiting = Deque<UInt64>()
             while let key = queue.popFirst() {
                 guard requests[key] != nil else { continue }  // timed out or caller gone
+                requests[key]!.declinedBy = []  // what relays serve changed: everyone may try again
                 if !dispatch(key, now: now, actions: &actions) { stillWaiting.append(key) }
             }
             if !stillWaiting.isEmpty { waitingRequests[cluster] = stillWaiting }

@@ -492,6 +492,10 @@ extension RelayCore {
         var assignedTo: (ConnectionID, UInt64)?
         /// The remote relay it was forwarded to, until that relay answers.
         var forwardedTo: NodeID?
+        /// It went out on a link that later broke: it may have reached a member.
+        var mayHaveArrived = false
+        /// Relays that answered "no members" for it; not asked again until routing changes.
+        var declinedBy: Set<NodeID> = []
         var wasHandedOver = false
 
         var localCaller: ConnectionID? {
