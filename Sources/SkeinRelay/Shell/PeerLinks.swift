@@ -8,11 +8,13 @@ import SkeinWire
 /// Settings of the relay-to-relay links (Docs/peer-protocol.md, Docs/relay-settings.md).
 public struct PeerLinkSettings: Sendable {
     public var handshake = HandshakeSettings()
-    /// A link that has sent nothing for this long sends a ping.
-    public var keepaliveInterval: TimeAmount = .seconds(1)
-    /// A link that has received nothing for this long is closed as lost (a paused or
+    /// A link that has sent or received nothing for this long sends a ping. Membership, not
+    /// the links, detects failed relays, so this is slow: a ping costs about 100 bytes each way
+    /// (IP, TCP, record and frame), and at rest it is most of a relay's TCP traffic.
+    public var keepaliveInterval: TimeAmount = .seconds(5)
+    /// A link that has received nothing for this long is closed as broken (a paused or
     /// partitioned peer; a crashed one is usually seen at once as a closed socket).
-    public var idleTimeout: TimeAmount = .seconds(5)
+    public var idleTimeout: TimeAmount = .seconds(15)
     /// A link that has carried no frame but keepalives (no request, reply, event, tunnel data
     /// or membership message) for this long closes gracefully; the next frame redials. Idle
     /// links would otherwise cost keepalives for nothing (Docs/peer-protocol.md §5).
