@@ -195,4 +195,26 @@ struct CoreMeshTests {
         let flood = d.peer(.tunnelData(id: key, sizeOrContinuation: 200_000, chunk: ByteBuffer(repeating: 2, count: 150_000)), from: b)
         #expect(flood.frames(to: client).first == .tunnelClose(tunnelID: 1, reason: "the far relay sent more than allowed"))
     }
+
+    @Test("a full peer link pauses the local publishers that send to that relay, until it drains")
+    func backpressureAcrossRelays() {
+        var d = CoreDriver()
+        let (b, _) = d.relay(1, topics: ["news"])
+        let publisher = d.connect()
+        let bystander = d.connect()
+        var actions: [RelayAction] = []
+        d.core.relayWritabilityChanged(b, writable: false, actions: &actions)
+        #expect(actions.isEmpty)
+        let published = d.send(.publish(topic: "news", event: Self.hello), from: publisher)
+        #expect(published.peerFrames(to: b).count == 1)  // the event is not lost, but…
+        #expect(published.contains(.pauseReading(publisher)))  // …its publisher waits
+        #expect(!d.send(.publish(topic: "other", event: Self.hello), from: bystander).contains(.pauseReading(bystander)))
+        actions = []
+        d.core.relayWritabilityChanged(b, writable: true, actions: &actions)
+        #expect(actions == [.resumeReading(publisher)])
+        // A relay that is lost never holds anyone back.
+        d.core.relayWritabilityChanged(b, writable: false, actions: &actions)
+        _ = d.send(.publish(topic: "news", event: Self.hello), from: publisher)
+        #expect(d.removeRelay(b).contains(.resumeReading(publisher)))
+    }
 }

@@ -24,6 +24,8 @@ extension RelayCore {
     public mutating func relayRemoved(_ id: NodeID, lost: Bool = true, neverSent: Bool = false, now: NIODeadline, actions: inout [RelayAction]) {
         routing.remove(id)
         guard lost else { return }
+        // Nothing more will be sent there: whoever waited for its link goes on.
+        relayWritabilityChanged(id, writable: true, actions: &actions)
         dropRelayTunnels(id, neverSent: neverSent, now: now, actions: &actions)
         let forwarded = requests.filter { $0.value.forwardedTo == id }.keys.sorted()
         guard neverSent else {
@@ -35,6 +37,33 @@ extension RelayCore {
         for key in forwarded where requests[key]?.mayHaveArrived == false {
             reroute(key, from: id, now: now, actions: &actions)
         }
+    }
+
+    /// The peer link to `relay` crossed its high (false) or low (true) water mark. While it is
+    /// full, local connections that publish or broadcast to that relay are paused, as they are
+    /// for a full local subscriber: backpressure across relays, so no relay buffers without
+    /// bound for a slower one.
+    public mutating func relayWritabilityChanged(_ relay: NodeID, writable: Bool, actions: inout [RelayAction]) {
+        if writable {
+            guard let sources = blockedRelays.removeValue(forKey: relay) else { return }
+            for source in sources.sorted() {
+                guard var conn = connections[source], conn.blockedByRelays.remove(relay) != nil else { continue }
+                connections[source] = conn
+                if conn.isReading && conn.phase != .closed { actions.append(.resumeReading(source)) }
+            }
+        } else if blockedRelays[relay] == nil {
+            blockedRelays[relay] = []
+        }
+    }
+
+    /// A local connection sent an event to `relay`: pause it if that relay's link is full.
+    mutating func noteDelivery(from source: ConnectionID, toRelay relay: NodeID, actions: inout [RelayAction]) {
+        guard blockedRelays[relay] != nil, var conn = connections[source] else { return }
+        let wasReading = conn.isReading
+        guard conn.blockedByRelays.insert(relay).inserted else { return }
+        connections[source] = conn
+        blockedRelays[relay]!.insert(source)
+        if wasReading { actions.append(.pauseReading(source)) }
     }
 
     /// The relays this one knows serve clusters or topics.

@@ -167,7 +167,10 @@ extension RelayCore {
     /// members (which delivers it to its own).
     mutating func broadcast(from sender: ConnectionID, cluster: String, message: ByteBuffer, actions: inout [RelayAction]) {
         let remote = routing.relays(servingCluster: cluster)
-        for relay in remote { actions.append(.sendPeer(relay, .broadcast(cluster: cluster, body: message))) }
+        for relay in remote {
+            actions.append(.sendPeer(relay, .broadcast(cluster: cluster, body: message)))
+            noteDelivery(from: sender, toRelay: relay, actions: &actions)
+        }
         guard let members = clusters[cluster]?.members else {
             if remote.isEmpty { actions.append(.report(.broadcastWithoutMembers(cluster: cluster))) }
             return
@@ -202,7 +205,10 @@ extension RelayCore {
     /// A local client's publish: every subscription here, and one copy to each other relay
     /// with subscribers (which delivers it to its own).
     mutating func publish(from publisher: ConnectionID, topic: String, event: ByteBuffer, actions: inout [RelayAction]) {
-        for relay in routing.relays(subscribedTo: topic) { actions.append(.sendPeer(relay, .publish(topic: topic, body: event))) }
+        for relay in routing.relays(subscribedTo: topic) {
+            actions.append(.sendPeer(relay, .publish(topic: topic, body: event)))
+            noteDelivery(from: publisher, toRelay: relay, actions: &actions)
+        }
         guard let subscribers = topics[topic] else { return }
         for subscriber in subscribers {
             actions.append(.send(subscriber, .publish(topic: topic, event: event)))

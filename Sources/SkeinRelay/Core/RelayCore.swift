@@ -54,6 +54,9 @@ public struct RelayCore {
     var routing: RoutingTable
     /// Requests this relay has forwarded to each remote relay and not yet seen answered.
     var remoteInFlight: [NodeID: Int] = [:]
+    /// Remote relays whose peer link cannot take more bytes now, with the local connections
+    /// paused because they published or broadcast to them meanwhile.
+    var blockedRelays: [NodeID: Set<ConnectionID>] = [:]
     var connections: [ConnectionID: Connection] = [:]
     var clusters: [String: ClusterDirectory] = [:]
     var topics: [String: [ConnectionID]] = [:]
@@ -328,6 +331,9 @@ public struct RelayCore {
         for destination in conn.blockedBy {
             connections[destination]?.blockedSources.remove(id)
         }
+        for relay in conn.blockedByRelays {
+            blockedRelays[relay]?.remove(id)
+        }
         for source in conn.blockedSources {
             unblock(source, from: id, actions: &actions)
         }
@@ -468,8 +474,10 @@ extension RelayCore {
         var blockedSources: Set<ConnectionID> = []
         /// Destinations whose full output keeps this connection paused.
         var blockedBy: Set<ConnectionID> = []
+        /// Remote relays whose full peer link keeps this connection paused.
+        var blockedByRelays: Set<NodeID> = []
         var atRequestLimit = false
-        var isReading: Bool { blockedBy.isEmpty && !atRequestLimit }
+        var isReading: Bool { blockedBy.isEmpty && blockedByRelays.isEmpty && !atRequestLimit }
     }
 
     /// Who is waiting for a request's answer.

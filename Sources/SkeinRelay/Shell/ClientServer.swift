@@ -291,10 +291,22 @@ public final class ClientServer: @unchecked Sendable {
 
     // MARK: - The mesh (on the event loop)
 
-    /// A frame from another relay.
+    /// A frame from another relay. Output it causes is written by `peerReadComplete`, once per
+    /// socket read of the peer link, as client output is once per client read batch.
     func receivedPeer(_ frame: PeerFrame, from relay: NodeID) {
         core.receivedPeer(frame, from: relay, now: .now(), actions: &actions)
         perform()
+    }
+
+    /// A peer link's socket filled up (false) or drained (true).
+    func relayWritability(_ relay: NodeID, writable: Bool) {
+        core.relayWritabilityChanged(relay, writable: writable, actions: &actions)
+        perform()
+        flush()
+    }
+
+    /// Every frame of one peer-link read has been handled: write what they produced.
+    func peerReadComplete() {
         flush()
     }
 

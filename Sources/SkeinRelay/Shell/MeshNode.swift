@@ -135,6 +135,13 @@ public final class MeshNode: @unchecked Sendable {
             metadata: MemberMetadata(zone: configuration.zone), settings: configuration.membership,
             seed: SecureRandom.uint64(), now: .now(), generation: wallClockMillis())
         links.onFrame = { [unowned self] frame, link in self.linkFrame(frame, link) }
+        links.onReadComplete = { [unowned self] _ in self.clients?.peerReadComplete() }
+        links.onWritable = { [unowned self] link in
+            if let node = link.peerNodeID { self.clients?.relayWritability(NodeID(bytes: node), writable: true) }
+        }
+        links.onUnwritable = { [unowned self] link in
+            if let node = link.peerNodeID { self.clients?.relayWritability(NodeID(bytes: node), writable: false) }
+        }
         links.onLinkDown = { [unowned self] link in self.linkDown(link) }
         clients?.mesh = self
     }

@@ -73,6 +73,11 @@ public final class PeerLinks: @unchecked Sendable {
     public var onLinkDown: ((PeerLink) -> Void)?
     /// A link's socket can take more bytes again after `isWritable` was false (backpressure).
     public var onWritable: ((PeerLink) -> Void)?
+    /// A link's socket crossed its high-water mark: `isWritable` is false until `onWritable`.
+    public var onUnwritable: ((PeerLink) -> Void)?
+    /// Every frame of one socket read has been passed to `onFrame`: a consumer that gathers
+    /// output per frame flushes it here, once per read rather than once per frame.
+    public var onReadComplete: ((PeerLink) -> Void)?
 
     public init(identity: PeerIdentity, keyring: Keyring, settings: PeerLinkSettings, eventLoop: any EventLoop, logger: Logger) {
         self.identity = identity
@@ -84,6 +89,10 @@ public final class PeerLinks: @unchecked Sendable {
 
     // MARK: - Listening and dialing
 
+    /// Unsent bytes at which a link counts as full (publishers to that relay pause) and at which
+    /// it counts as drained again: the most a relay buffers for a slower one, per link.
+    static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 2 << 20, high: 8 << 20)
+
     /// Listens for peer links on `host:port`; returns the bound port.
     public func listen(host: String, port: Int) async throws -> Int {
         let channel = try await ServerBootstrap(group: eventLoop)
@@ -91,6 +100,7 @@ public final class PeerLinks: @unchecked Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 65_536, maximum: 1 << 20))
+            .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let link = self.makeLink(channel: channel, initiator: false, dialedAddress: nil)
@@ -145,6 +155,7 @@ public final class PeerLinks: @unchecked Sendable {
         ClientBootstrap(group: eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 65_536, maximum: 1 << 20))
+            .channelOption(.writeBufferWaterMark, value: Self.waterMark)
             .connectTimeout(settings.connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -356,7 +367,11 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     public var isWritable: Bool { channel?.isWritable ?? false }
 
     func writabilityChanged() {
-        if channel?.isWritable == true { owner.onWritable?(self) }
+        if channel?.isWritable == true {
+            owner.onWritable?(self)
+        } else {
+            owner.onUnwritable?(self)
+        }
     }
 
     /// Bytes of frames waiting to be sealed, per class.
@@ -544,6 +559,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         self.session = session
         // Every frame of an authenticated record is delivered, even on a link that is closing.
         for frame in frames { deliver(frame) }
+        if !frames.isEmpty { owner.onReadComplete?(self) }
         // Keep only a partial record, if any (records are decrypted out of `inbound`, so it is
         // never written to, and NIO's read buffer pool can reuse its buffers).
         if inbound.readableBytes == 0 {
