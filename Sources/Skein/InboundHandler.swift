@@ -100,9 +100,12 @@ final class InboundHandler: ChannelInboundHandler {
                 guard magic == RelayProtocol.relayMagic else {
                     return violation("relay sent magic \(magic.debugDescription)", context: context)
                 }
+                guard let dialect = ProtocolDialect(version: version) else {
+                    return violation("relay answered INIT with version \(version.debugDescription)", context: context)
+                }
                 handshakeDone = true
                 handshakeTimer?.cancel()
-                _ = version
+                connection.shared.withLockedValue { $0.dialect = dialect }
                 if let handler {
                     startBroadcastConsumer(handler)
                 }
@@ -122,6 +125,11 @@ final class InboundHandler: ChannelInboundHandler {
         switch frame {
         case .initialize, .deny:
             violation("relay sent \(frame.opcode) after the handshake", context: context)
+        case .requestFailed, .tunnelFailed, .refused:
+            guard connection.dialect == .skein1 else {
+                return violation("relay sent \(frame.opcode), a skein/1 frame, on a v1.0-draft2 connection", context: context)
+            }
+            handleFailure(frame)
         case .close(let reason):
             closeReason = reason
         case .reply(let id, let outcome):
@@ -175,6 +183,43 @@ final class InboundHandler: ChannelInboundHandler {
         case .tunnelClose(let id, let reason):
             connection.shared.withLockedValue({ $0.tunnels[id] })?.closedByRelay(reason: reason)
         }
+    }
+
+    /// The `skein/1` failure frames.
+    private func handleFailure(_ frame: RelayFrame) {
+        switch frame {
+        case .requestFailed(let id, let reason, let detail):
+            let waiter = connection.shared.withLockedValue { $0.requests.removeValue(forKey: id) }
+            waiter?.resume(throwing: SkeinError(reason, detail: detail))
+        case .tunnelFailed(let id, let reason, let detail):
+            connection.shared.withLockedValue({ $0.tunnels[id] })?.fail(SkeinError(reason, detail: detail))
+        case .refused(let op, let name, let reason, let detail):
+            refused(op: op, name: name, error: SkeinError(reason, detail: detail))
+        default:
+            break
+        }
+    }
+
+    /// The relay did not carry out a broadcast, publish or subscribe (`skein/1`). A refused
+    /// subscription was never registered: its sequence ends with the error.
+    private func refused(op: UInt8, name: String, error: SkeinError) {
+        let operation: Refusal.Operation
+        switch Opcode(rawValue: op) {
+        case .subscribe?:
+            let feed = connection.shared.withLockedValue { state -> EventFeed? in
+                defer { state.subscriptions[name] = nil }
+                return state.subscriptions[name]
+            }
+            if let feed {
+                if batchFeed === feed { flushBatch() }
+                feed.source.finish(error)
+            }
+            operation = .subscribe
+        case .publish?: operation = .publish
+        case .broadcast?: operation = .broadcast
+        default: operation = .other(op)
+        }
+        connection.options.onRefused?(Refusal(operation: operation, name: name, error: error))
     }
 
     // MARK: - Inbound queues and backpressure

@@ -11,8 +11,9 @@ import SkeinWire
 /// let reply = try await skein.request(cluster: "echo", "hello", timeout: .seconds(1))
 /// ```
 ///
-/// The binding speaks the Iris relay protocol `v1.0-draft2`, so it works against a Skein relay
-/// and against an Iris node alike.
+/// The binding speaks Skein's `skein/1` extension to a Skein relay (distinct early failures:
+/// Docs/skein-1.md) and falls back to the Iris relay protocol `v1.0-draft2` on its own, so it
+/// works against an Iris node too.
 public enum Skein {
     /// Connects as a plain client: it can call clusters, publish, subscribe and open tunnels,
     /// but serves nothing.
@@ -103,8 +104,37 @@ public struct ConnectionOptions: Sendable {
     public var handshakeTimeout: Duration = .seconds(5)
     /// Event loop group to use; nil uses the shared singleton.
     public var eventLoopGroup: (any EventLoopGroup)?
+    /// Which relay protocol to speak (Docs/skein-1.md).
+    public var protocolVersion = ProtocolChoice.automatic
+    /// Called (on the connection's event loop; keep it short) when the relay reports that it
+    /// did not carry out a broadcast or publish (`skein/1` only: e.g. a `name@network` that is
+    /// unreachable or not exported). A refused subscription ends its `Subscription` instead.
+    public var onRefused: (@Sendable (Refusal) -> Void)?
 
     public init() {}
+}
+
+/// The relay protocol a connection asks for.
+public enum ProtocolChoice: Sendable, Equatable {
+    /// `skein/1` if the relay speaks it, else `v1.0-draft2` (an Iris node): the default.
+    case automatic
+    /// `skein/1` only: connecting to a relay without it fails with `denied`.
+    case skein1
+    /// `v1.0-draft2` only, as every Iris binding speaks it: failures other than a member's
+    /// fault arrive as `timedOut`, at the deadline.
+    case irisDraft2
+}
+
+/// A broadcast, publish or subscribe the relay did not carry out (`skein/1`).
+public struct Refusal: Sendable, Equatable, CustomStringConvertible {
+    public enum Operation: Sendable, Equatable { case broadcast, publish, subscribe, other(UInt8) }
+    public var operation: Operation
+    /// The cluster or topic, as the application named it.
+    public var name: String
+    /// Why: `.networkUnreachable` or `.notExported`, as a `SkeinError`.
+    public var error: SkeinError
+
+    public var description: String { "\(operation) \(name.debugDescription) refused: \(error)" }
 }
 
 /// A request as a member sees it.
@@ -175,6 +205,18 @@ public enum SkeinError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidName(String)
     /// A message larger than the connection's `maxMessageSize`.
     case messageTooLarge(size: Int, limit: Int)
+    /// `skein/1`: no member of the cluster is known anywhere the relay can reach (a
+    /// `v1.0-draft2` request would wait for one until its deadline). The text names the cluster.
+    case noMembers(String)
+    /// `skein/1`: the member (or the relay) holding the request or tunnel build went away; the
+    /// request may or may not have been processed, and is never sent to another member.
+    case memberLost(String)
+    /// `skein/1`: `name@network` and no gateway to that network is reachable now.
+    case networkUnreachable(String)
+    /// `skein/1`: the other network does not export that name for this operation.
+    case notExported(String)
+    /// `skein/1`: a failure reason this binding does not know (a newer relay), with its text.
+    case relayFailure(reason: UInt8, detail: String)
 
     public var description: String {
         switch self {
@@ -188,6 +230,22 @@ public enum SkeinError: Error, Sendable, Equatable, CustomStringConvertible {
         case .cannotConnect(let why): "cannot connect to the relay: \(why)"
         case .invalidName(let why): why
         case .messageTooLarge(let size, let limit): "message of \(size) bytes exceeds the limit of \(limit) bytes"
+        case .noMembers(let cluster): "no members: \(cluster)"
+        case .memberLost(let detail): "member lost: \(detail)"
+        case .networkUnreachable(let detail): "network unreachable: \(detail)"
+        case .notExported(let detail): "not exported: \(detail)"
+        case .relayFailure(let reason, let detail): "relay failure \(reason): \(detail)"
+        }
+    }
+
+    /// The error for a `skein/1` failure reason.
+    init(_ reason: FailureReason, detail: String) {
+        switch reason {
+        case .noMembers: self = .noMembers(detail)
+        case .memberLost: self = .memberLost(detail)
+        case .networkUnreachable: self = .networkUnreachable(detail)
+        case .notExported: self = .notExported(detail)
+        case .other(let code): self = .relayFailure(reason: code, detail: detail)
         }
     }
 }

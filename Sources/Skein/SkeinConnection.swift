@@ -30,8 +30,33 @@ public final class SkeinConnection: Sendable {
         self.shared = NIOLockedValueBox(SharedState(outbox: channel.allocator.buffer(capacity: 4096)))
     }
 
+    /// Connects with the protocol `options` ask for: `automatic` tries `skein/1` and, if the
+    /// relay refuses it (an Iris node answers DENY), connects again with `v1.0-draft2`.
     static func open(
         relay: RelayEndpoint, cluster: String, handler: (any ClusterHandler)?, options: ConnectionOptions
+    ) async throws -> SkeinConnection {
+        switch options.protocolVersion {
+        case .irisDraft2:
+            return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .iris)
+        case .skein1:
+            return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .skein1)
+        case .automatic:
+            do {
+                return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .skein1)
+            } catch SkeinError.denied {
+                return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .iris)
+            }
+        }
+    }
+
+    /// The protocol version agreed with the relay: `skein/1` or `v1.0-draft2`.
+    public var protocolVersion: String { shared.withLockedValue { $0.dialect.version } }
+
+    var dialect: ProtocolDialect { shared.withLockedValue { $0.dialect } }
+
+    private static func open(
+        relay: RelayEndpoint, cluster: String, handler: (any ClusterHandler)?, options: ConnectionOptions,
+        dialect: ProtocolDialect
     ) async throws -> SkeinConnection {
         let group = options.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: SkeinConnection.self)
@@ -61,7 +86,7 @@ public final class SkeinConnection: Sendable {
         }
         // INIT goes out first; the handler completes `promise` on the relay's INIT or DENY.
         var init_ = channel.allocator.buffer(capacity: 64)
-        ClientFrame.initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: cluster)
+        ClientFrame.initialize(magic: RelayProtocol.clientMagic, version: dialect.version, cluster: cluster)
             .encode(into: &init_)
         channel.writeAndFlush(init_, promise: nil)
         // The handler enforces `handshakeTimeout` on the channel's event loop, where it also sees
@@ -310,6 +335,8 @@ public final class SkeinConnection: Sendable {
 /// State shared between the application's tasks and the event loop, under one lock.
 struct SharedState {
     var outbox: ByteBuffer
+    /// Set from the relay's INIT.
+    var dialect = ProtocolDialect.iris
     var flushScheduled = false
     var channelWritable = true
     var roomWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]

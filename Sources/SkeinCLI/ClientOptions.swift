@@ -11,9 +11,19 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The relay's Unix socket (instead of --relay).", valueName: "path"))
     var socket: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "auto (skein/1 if the relay speaks it: distinct, early failures such as no members), skein/1, or v1.0-draft2 (the Iris protocol: a request to a cluster without members waits for one until its timeout).",
+            valueName: "version"))
+    var `protocol` = "auto"
+
     func validate() throws {
         if relay != nil && socket != nil {
             throw ValidationError("give either --relay or --socket, not both")
+        }
+        guard protocolChoice != nil else {
+            throw ValidationError("--protocol must be auto, skein/1 or v1.0-draft2, not \(`protocol`.debugDescription)")
         }
         if let relay, RelayEndpoint(relay) == nil {
             throw ValidationError("--relay must be HOST:PORT, [IPV6]:PORT or PORT, not \(relay.debugDescription)")
@@ -26,8 +36,24 @@ struct ClientOptions: ParsableArguments {
         return .default
     }
 
+    var protocolChoice: ProtocolChoice? {
+        switch `protocol` {
+        case "auto": .automatic
+        case "skein/1": .skein1
+        case "v1.0-draft2", "iris": .irisDraft2
+        default: nil
+        }
+    }
+
+    /// Connection options with the chosen protocol.
+    var connectionOptions: ConnectionOptions {
+        var options = ConnectionOptions()
+        options.protocolVersion = protocolChoice ?? .automatic
+        return options
+    }
+
     func connect() async throws -> SkeinConnection {
-        try await Skein.connect(to: endpoint)
+        try await Skein.connect(to: endpoint, options: connectionOptions)
     }
 }
 
@@ -37,6 +63,11 @@ enum ExitStatus {
     static let timedOut: Int32 = 3
     static let unavailable: Int32 = 4
     static let protocolViolation: Int32 = 5
+    /// `skein/1`'s distinct failures (Docs/skein-1.md).
+    static let noMembers: Int32 = 6
+    static let memberLost: Int32 = 7
+    static let networkUnreachable: Int32 = 8
+    static let notExported: Int32 = 9
     static let internalError: Int32 = 70
     /// Standard output was closed under us (what a shell reports for death by SIGPIPE).
     static let stdoutClosed: Int32 = 141
@@ -52,6 +83,11 @@ enum ExitStatus {
             case .connectionClosed, .cannotConnect, .denied, .tunnelClosed: code = unavailable
             case .protocolViolation: code = protocolViolation
             case .alreadySubscribed, .messageTooLarge, .invalidName: code = internalError
+            case .noMembers: code = noMembers
+            case .memberLost: code = memberLost
+            case .networkUnreachable: code = networkUnreachable
+            case .notExported: code = notExported
+            case .relayFailure: code = unavailable
             }
         default:
             code = internalError

@@ -31,7 +31,7 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var options = ConnectionOptions()
+        var options = client.connectionOptions
         options.maxConcurrentHandlers = concurrency
         let handler: any ClusterHandler =
             echo

@@ -11,7 +11,8 @@ struct SkeinCommand: AsyncParsableCommand {
 
             Exit codes: 0 success; 1 the member answered with a fault; 3 timed out;
             4 the relay is unreachable or closed the connection; 5 protocol violation;
-            64 usage error; 70 internal error; 73 keygen cannot create the key file;
+            6 no members; 7 member lost; 8 network unreachable; 9 not exported (the relay's
+            early, distinct failures: Docs/skein-1.md); 64 usage error; 70 internal error; 73 keygen cannot create the key file;
             78 the relay cannot use its key file or configuration; 141 standard output was
             closed (as for SIGPIPE).
             """,

@@ -42,6 +42,8 @@ public struct RoutingTable: Sendable {
     public private(set) var relays: [NodeID: RemoteRelay] = [:]
     private var byCluster: [String: [NodeID]] = [:]
     private var byTopic: [String: [NodeID]] = [:]
+    /// Relays taken out of the choice for a moment (`suspend`), with what they serve.
+    private var suspended: [NodeID: RemoteRelay] = [:]
     private var random: SplitMix64
     /// Bumped on every change, so callers can tell when to retry waiting work.
     public private(set) var version: UInt64 = 0
@@ -54,6 +56,7 @@ public struct RoutingTable: Sendable {
 
     /// Adds or replaces what a relay serves. Call only for relays that are alive.
     public mutating func update(_ relay: RemoteRelay) {
+        suspended[relay.id] = nil
         if let old = relays[relay.id] {
             if old == relay { return }
             unindex(old)
@@ -64,11 +67,29 @@ public struct RoutingTable: Sendable {
         version &+= 1
     }
 
-    /// Forgets a relay (dead, left, or its link is down).
+    /// Forgets a relay (dead or left).
     public mutating func remove(_ id: NodeID) {
+        suspended[id] = nil
         guard let old = relays.removeValue(forKey: id) else { return }
         unindex(old)
         version &+= 1
+    }
+
+    /// Takes a relay out of the choice for new work while it is unusable for a moment (suspect,
+    /// its link broke, a dial failed), but keeps what it serves known: a cluster it serves is not
+    /// "without members". `update` puts it back.
+    public mutating func suspend(_ id: NodeID) {
+        guard let old = relays.removeValue(forKey: id) else { return }
+        unindex(old)
+        suspended[id] = old
+        version &+= 1
+    }
+
+    /// Whether any relay, usable now or suspended, is known to serve `cluster`, other than
+    /// those in `excluding`.
+    public func knowsServer(of cluster: String, excluding: Set<NodeID> = []) -> Bool {
+        relays(servingCluster: cluster).contains { !excluding.contains($0) }
+            || suspended.values.contains { ($0.clusters[cluster] ?? 0) > 0 && !excluding.contains($0.id) }
     }
 
     private mutating func unindex(_ relay: RemoteRelay) {

@@ -122,6 +122,11 @@ struct FieldReader {
     }
 
     @inlinable
+    mutating func byte() -> UInt8? {
+        buffer.readInteger(as: UInt8.self)
+    }
+
+    @inlinable
     mutating func bool() throws(WireError) -> Bool? {
         guard let byte = buffer.readInteger(as: UInt8.self) else { return nil }
         switch byte {
@@ -171,8 +176,8 @@ extension ClientFrame {
                 let cluster = try r.string("cluster")
             else { return nil }
             frame = .initialize(magic: magic, version: version, cluster: cluster)
-        case .deny:
-            throw .unknownOpcode(op)  // DENY only travels relay → binding.
+        case .deny, .requestFailed, .tunnelFailed, .refused:
+            throw .unknownOpcode(op)  // These only travel relay → binding.
         case .close:
             frame = .close
         case .broadcast:
@@ -344,6 +349,17 @@ extension RelayFrame {
         case .tunnelClose:
             guard let id = try r.varint(), let reason = try r.string("reason") else { return nil }
             frame = .tunnelClose(tunnelID: id, reason: reason)
+        case .requestFailed:
+            guard let id = try r.varint(), let reason = r.byte(), let detail = try r.string("detail") else { return nil }
+            frame = .requestFailed(id: id, reason: FailureReason(rawValue: reason), detail: detail)
+        case .tunnelFailed:
+            guard let id = try r.varint(), let reason = r.byte(), let detail = try r.string("detail") else { return nil }
+            frame = .tunnelFailed(tunnelID: id, reason: FailureReason(rawValue: reason), detail: detail)
+        case .refused:
+            guard let refusedOp = r.byte(), let name = try r.string("name"), let reason = r.byte(),
+                let detail = try r.string("detail")
+            else { return nil }
+            frame = .refused(opcode: refusedOp, name: name, reason: FailureReason(rawValue: reason), detail: detail)
         }
         buffer = r.buffer
         return frame
@@ -406,6 +422,15 @@ extension RelayFrame {
         case .tunnelClose(let id, let reason):
             buffer.writeVarint(id)
             buffer.writeField(reason)
+        case .requestFailed(let id, let reason, let detail), .tunnelFailed(let id, let reason, let detail):
+            buffer.writeVarint(id)
+            buffer.writeInteger(reason.rawValue)
+            buffer.writeField(detail)
+        case .refused(let refusedOp, let name, let reason, let detail):
+            buffer.writeInteger(refusedOp)
+            buffer.writeField(name)
+            buffer.writeInteger(reason.rawValue)
+            buffer.writeField(detail)
         }
     }
 }

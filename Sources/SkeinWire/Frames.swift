@@ -8,6 +8,71 @@ public enum RelayProtocol {
     public static let clientMagic = "iris-client-magic"
     /// The magic string a relay sends in its INIT and DENY.
     public static let relayMagic = "iris-relay-magic"
+    /// Skein's extension (Docs/skein-1.md): `v1.0-draft2` plus distinct, early failures.
+    public static let skeinVersion = "skein/1"
+}
+
+/// Which version a connection speaks, once INIT has been exchanged.
+public enum ProtocolDialect: Sendable, Equatable {
+    /// `v1.0-draft2`: what every Iris binding speaks.
+    case iris
+    /// `skein/1` (Docs/skein-1.md).
+    case skein1
+
+    public var version: String {
+        switch self {
+        case .iris: RelayProtocol.irisVersion
+        case .skein1: RelayProtocol.skeinVersion
+        }
+    }
+
+    public init?(version: String) {
+        switch version {
+        case RelayProtocol.irisVersion: self = .iris
+        case RelayProtocol.skeinVersion: self = .skein1
+        default: return nil
+        }
+    }
+}
+
+/// Why the relay ended a request, a tunnel build or an operation early (`skein/1` only,
+/// Docs/skein-1.md "Failure reasons"). Unknown reasons from a later relay are kept as `other`.
+public enum FailureReason: Sendable, Equatable, Hashable, CustomStringConvertible {
+    case noMembers
+    case memberLost
+    case networkUnreachable
+    case notExported
+    case other(UInt8)
+
+    public init(rawValue: UInt8) {
+        switch rawValue {
+        case 1: self = .noMembers
+        case 2: self = .memberLost
+        case 3: self = .networkUnreachable
+        case 4: self = .notExported
+        default: self = .other(rawValue)
+        }
+    }
+
+    public var rawValue: UInt8 {
+        switch self {
+        case .noMembers: 1
+        case .memberLost: 2
+        case .networkUnreachable: 3
+        case .notExported: 4
+        case .other(let code): code
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .noMembers: "no members"
+        case .memberLost: "member lost"
+        case .networkUnreachable: "network unreachable"
+        case .notExported: "not exported"
+        case .other(let code): "failure \(code)"
+        }
+    }
 }
 
 /// One-byte opcodes of the relay protocol (RELAY-PROTOCOL.md, "Opcodes").
@@ -26,6 +91,10 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case tunnelAllow = 0x0b
     case tunnelTransfer = 0x0c
     case tunnelClose = 0x0d
+    /// `skein/1`, relay → binding only (Docs/skein-1.md).
+    case requestFailed = 0x20
+    case tunnelFailed = 0x21
+    case refused = 0x22
 }
 
 /// How a member answered a request (binding → relay).
@@ -96,6 +165,12 @@ public enum RelayFrame: Sendable, Equatable {
     case tunnelAllow(tunnelID: UInt64, bytes: UInt64)
     case tunnelTransfer(tunnelID: UInt64, sizeOrContinuation: UInt64, chunk: ByteBuffer)
     case tunnelClose(tunnelID: UInt64, reason: String)
+    /// `skein/1`: the request ended early; takes the place of its REPLY.
+    case requestFailed(id: UInt64, reason: FailureReason, detail: String)
+    /// `skein/1`: the tunnel build failed for a reason; takes the place of TUNNEL CONFIRM.
+    case tunnelFailed(tunnelID: UInt64, reason: FailureReason, detail: String)
+    /// `skein/1`: a BROADCAST, SUBSCRIBE or PUBLISH (its opcode) of `name` was not carried out.
+    case refused(opcode: UInt8, name: String, reason: FailureReason, detail: String)
 
     public var opcode: Opcode {
         switch self {
@@ -111,6 +186,9 @@ public enum RelayFrame: Sendable, Equatable {
         case .tunnelAllow: .tunnelAllow
         case .tunnelTransfer: .tunnelTransfer
         case .tunnelClose: .tunnelClose
+        case .requestFailed: .requestFailed
+        case .tunnelFailed: .tunnelFailed
+        case .refused: .refused
         }
     }
 }

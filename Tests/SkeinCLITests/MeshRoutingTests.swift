@@ -16,14 +16,15 @@ extension MeshRelay {
     /// Waits until this relay's view of `other` lists `cluster` with `members` members.
     func waitSees(_ other: String, serving cluster: String, members: Int = 1, within limit: Duration = .seconds(10)) async throws {
         try await waitFor("\(name) to see \(other) serving \(cluster) ×\(members)", within: limit) {
-            let remote = try await self.members().first { $0["name"] as? String == other }
+            // The alive one: a restarted relay's predecessor (same name, left) keeps its last metadata.
+            let remote = try await self.members().first { $0["name"] as? String == other && $0["status"] as? String == "alive" }
             return (remote?["clusters"] as? [String: Any])?[cluster] as? Int == members
         }
     }
 
     func waitSees(_ other: String, subscribedTo topic: String, within limit: Duration = .seconds(10)) async throws {
         try await waitFor("\(name) to see \(other) subscribed to \(topic)", within: limit) {
-            let remote = try await self.members().first { $0["name"] as? String == other }
+            let remote = try await self.members().first { $0["name"] as? String == other && $0["status"] as? String == "alive" }
             return (remote?["topics"] as? [String])?.contains(topic) == true
         }
     }
@@ -100,11 +101,13 @@ struct MeshRoutingTests {
         }
     }
 
-    @Test("a request for a cluster with members only on B waits at A until B serves it")
+    @Test("a request for a cluster with members only on B waits at A until B serves it (v1.0-draft2)")
     func waitsForRemoteMember() async throws {
         try await withScope { scope in
             let (a, b, _) = try await threeRelays(scope)
-            let client = try await Skein.connect(to: a.endpoint)
+            var iris = ConnectionOptions()
+            iris.protocolVersion = .irisDraft2
+            let client = try await Skein.connect(to: a.endpoint, options: iris)
             async let answer = client.request(cluster: "late", "hello", timeout: .seconds(10))
             try await Task.sleep(for: .milliseconds(200))
             let member = try await NamedMember.start("late-b", cluster: "late", on: b)
@@ -196,7 +199,7 @@ struct MeshRoutingTests {
                         do {
                             _ = try await client.request(cluster: "echo", "r\(i)", timeout: .seconds(3))
                             outcomes.withLockedValue { $0.ok += 1 }
-                        } catch SkeinError.timedOut {
+                        } catch SkeinError.timedOut, SkeinError.memberLost {
                             outcomes.withLockedValue { $0.timedOut += 1 }
                         } catch {
                             outcomes.withLockedValue { $0.other.append("\(error)") }
@@ -240,6 +243,8 @@ struct MeshRoutingTests {
                             answer = String(buffer: try await client.request(cluster: "echo", "r\(i)", timeout: timeout))
                         } catch SkeinError.timedOut {
                             answer = "timeout"
+                        } catch SkeinError.memberLost {
+                            answer = "lost"  // skein/1: forwarded to C when it died
                         }
                         // No answer after the deadline (a little slack for scheduling).
                         if ContinuousClock.now - sent > timeout + .milliseconds(500) { late.withLockedValue { $0 += 1 } }
@@ -252,7 +257,7 @@ struct MeshRoutingTests {
             let all = results.withLockedValue { $0 }
             #expect(all.count == 300)
             #expect(late.withLockedValue { $0 } == 0)
-            #expect(Set(all.map(\.answer)).isSubset(of: ["on-b", "on-c", "timeout"]))
+            #expect(Set(all.map(\.answer)).isSubset(of: ["on-b", "on-c", "timeout", "lost"]))
             // After C is known dead, every request succeeds via B.
             try await waitAllSee([a], "c", "dead")
             for i in 0..<50 {

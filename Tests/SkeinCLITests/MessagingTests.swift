@@ -38,12 +38,25 @@ struct MessagingTests {
         }
     }
 
-    @Test("request to a cluster without members times out: exit 3 and a message")
+    @Test("request to a cluster without members: exit 6 and a message at once (skein/1)")
+    func requestNoMembers() async throws {
+        try await withScope { scope in
+            let relay = try await scope.startRelay()
+            let started = ContinuousClock.now
+            let result = try await scope.run(["request", "nobody", "x", "--timeout", "30000"] + relay.flag)
+            #expect(result.status == 6)
+            #expect(result.stdout.isEmpty)
+            #expect(result.stderr.contains("no members: nobody"), "stderr: \(result.stderr)")
+            #expect(ContinuousClock.now - started < .seconds(15), "told at once, not at the 30 s timeout")
+        }
+    }
+
+    @Test("--protocol v1.0-draft2: a request to a cluster without members times out: exit 3 and a message")
     func requestTimesOut() async throws {
         try await withScope { scope in
             let relay = try await scope.startRelay()
             let started = ContinuousClock.now
-            let result = try await scope.run(["request", "nobody", "x", "--timeout", "200"] + relay.flag)
+            let result = try await scope.run(["request", "nobody", "x", "--timeout", "200", "--protocol", "v1.0-draft2"] + relay.flag)
             let elapsed = ContinuousClock.now - started
             #expect(result.status == 3)
             #expect(result.stdout.isEmpty)
@@ -159,13 +172,18 @@ struct MessagingTests {
         }
     }
 
-    @Test("tunnel to a cluster without members: exit 3 and a message")
+    @Test("tunnel to a cluster without members: exit 6 (skein/1), or 3 at the timeout with --protocol v1.0-draft2")
     func tunnelTimesOut() async throws {
         try await withScope { scope in
             let relay = try await scope.startRelay()
             let result = try await scope.run(["tunnel", "nobody", "--timeout", "200"] + relay.flag)
-            #expect(result.status == 3)
+            #expect(result.status == 6)
             #expect(result.stderr.contains("nobody"), "stderr: \(result.stderr)")
+            let iris = try await scope.run(["tunnel", "nobody", "--timeout", "200", "--protocol", "v1.0-draft2"] + relay.flag)
+            #expect(iris.status == 3)
+            #expect(iris.stderr.contains("nobody"), "stderr: \(iris.stderr)")
+            let bad = try await scope.run(["tunnel", "nobody", "--protocol", "v2"] + relay.flag)
+            #expect(bad.status == 64)
         }
     }
 

@@ -28,10 +28,12 @@ struct CoreDriver {
     }
 
     /// A connection that completed its handshake, as a plain client or a member of `cluster`.
-    mutating func connect(cluster: String = "", sourceLocation: SourceLocation = #_sourceLocation) -> ConnectionID {
+    mutating func connect(
+        cluster: String = "", dialect: ProtocolDialect = .iris, sourceLocation: SourceLocation = #_sourceLocation
+    ) -> ConnectionID {
         let id = open()
-        let actions = send(.initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: cluster), from: id)
-        #expect(actions.frames(to: id).first == .initialize(magic: RelayProtocol.relayMagic, version: RelayProtocol.irisVersion), sourceLocation: sourceLocation)
+        let actions = send(.initialize(magic: RelayProtocol.clientMagic, version: dialect.version, cluster: cluster), from: id)
+        #expect(actions.frames(to: id).first == .initialize(magic: RelayProtocol.relayMagic, version: dialect.version), sourceLocation: sourceLocation)
         return id
     }
 

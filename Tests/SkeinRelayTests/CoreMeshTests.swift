@@ -20,9 +20,9 @@ extension CoreDriver {
         return actions
     }
 
-    mutating func removeRelay(_ relay: NodeID, lost: Bool = true, neverSent: Bool = false) -> [RelayAction] {
+    mutating func removeRelay(_ relay: NodeID, _ loss: RelayLoss = .dead) -> [RelayAction] {
         var actions: [RelayAction] = []
-        core.relayRemoved(relay, lost: lost, neverSent: neverSent, now: now, actions: &actions)
+        core.relayUnavailable(relay, loss, now: now, actions: &actions)
         return actions
     }
 }
@@ -106,7 +106,7 @@ struct CoreMeshTests {
         #expect(lost.peerFrames.isEmpty && lost.frames(to: client).isEmpty)
         // A later failed dial to the same relay does not make it safe to resend.
         _ = d.relay(target == b ? 1 : 2, clusters: ["echo": 1])
-        #expect(d.removeRelay(target, neverSent: true).peerFrames(to: other).isEmpty)
+        #expect(d.removeRelay(target, .neverReached).peerFrames(to: other).isEmpty)
         #expect(d.advance(.milliseconds(1999)).frames(to: client).isEmpty)
         #expect(d.advance(.milliseconds(1)).frames(to: client) == [.reply(id: 9, outcome: .timedOut)])
     }
@@ -118,7 +118,7 @@ struct CoreMeshTests {
         let client = d.connect()
         _ = d.send(.request(id: 9, cluster: "echo", body: Self.hello, timeoutMillis: 2000), from: client)
         let (c, _) = d.relay(2, clusters: ["echo": 1])
-        let actions = d.removeRelay(b, neverSent: true)
+        let actions = d.removeRelay(b, .neverReached)
         #expect(actions.peerFrames(to: c).count == 1)
     }
 
@@ -170,7 +170,7 @@ struct CoreMeshTests {
         let built = d.peer(.tunnelConfirm(id: key, outcome: .built(farID: 77, chunkLimit: 65536)), from: b)
         #expect(built.frames(to: client).first == .tunnelConfirm(tunnelID: 1, outcome: .built(chunkLimit: d.core.settings.effectiveChunkLimit)))
         #expect(built.peerFrames(to: b) == [.tunnelAllowance(id: 77, bytes: d.core.settings.tunnelBuffer)])
-        #expect(d.removeRelay(b, lost: false).isEmpty)
+        #expect(d.removeRelay(b, .suspect).isEmpty)
         #expect(d.core.tunnelCount == 1)
         let lost = d.removeRelay(b)
         #expect(lost.frames(to: client) == [.tunnelClose(tunnelID: 1, reason: "the relay at the other end was lost")])

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Skein
@@ -15,13 +16,32 @@ struct FakeRelay {
 
     /// Bytes of the client's INIT for a plain client (the spec's example).
     static let clientInitSize = 32
+    /// Bytes of a plain client's INIT asking for skein/1.
+    static let skein1InitSize = 28
+    /// These relays speak v1.0-draft2 only, as an Iris node does: the binding is told so.
+    static let iris: ConnectionOptions = {
+        var options = ConnectionOptions()
+        options.protocolVersion = .irisDraft2
+        return options
+    }()
 
+    /// Every connection plays `steps`.
     static func run(_ steps: [Step], _ body: (RelayEndpoint) async throws -> Void) async throws {
+        try await run(connections: [steps], body)
+    }
+
+    /// The n-th connection plays `connections[n]` (the last script for any later one).
+    static func run(connections scripts: [[Step]], _ body: (RelayEndpoint) async throws -> Void) async throws {
+        let accepted = NIOLockedValueBox(0)
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Script(steps: steps))
+                let index = accepted.withLockedValue { n in
+                    defer { n += 1 }
+                    return min(n, scripts.count - 1)
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Script(steps: scripts[index]))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -69,10 +89,10 @@ struct BadRelayTests {
         try await FakeRelay.run([
             .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: reason)), close: true)
         ]) { endpoint in
-            let outcome = await error { try await Skein.connect(to: endpoint) }
+            let outcome = await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) }
             #expect(outcome as? SkeinError == .denied(reason))
             // A member is refused the same way.
-            let member = await error { try await Skein.serve(cluster: "x", to: endpoint, request: { $0.body }) }
+            let member = await error { try await Skein.serve(cluster: "x", to: endpoint, options: FakeRelay.iris, request: { $0.body }) }
             #expect(member as? SkeinError == .denied(reason))
         }
     }
@@ -81,7 +101,7 @@ struct BadRelayTests {
         try await FakeRelay.run([
             .init(after: 1, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: "go away")))
         ]) { endpoint in
-            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) } }
             #expect(outcome as? SkeinError == .denied("go away"))
         }
     }
@@ -92,7 +112,7 @@ struct BadRelayTests {
     ])
     func garbageInsteadOfInitIsAProtocolViolation(garbage: String, what: String) async throws {
         try await FakeRelay.run([.init(after: 1, send: Array(garbage.utf8))]) { endpoint in
-            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) } }
             guard case .protocolViolation? = outcome as? SkeinError else {
                 Issue.record("\(what): expected protocolViolation, got \(String(describing: outcome))")
                 return
@@ -104,7 +124,7 @@ struct BadRelayTests {
         try await FakeRelay.run([
             .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayFrame(.initialize(magic: "not-iris-magic", version: "v1.0-draft2")))
         ]) { endpoint in
-            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) } }
             guard case .protocolViolation? = outcome as? SkeinError else {
                 Issue.record("expected protocolViolation, got \(String(describing: outcome))")
                 return
@@ -116,7 +136,7 @@ struct BadRelayTests {
         try await FakeRelay.run([
             .init(after: 1, send: FakeRelay.relayFrame(.reply(id: 0, outcome: .timedOut)))
         ]) { endpoint in
-            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) } }
             guard case .protocolViolation? = outcome as? SkeinError else {
                 Issue.record("expected protocolViolation, got \(String(describing: outcome))")
                 return
@@ -130,7 +150,7 @@ struct BadRelayTests {
             // The first request: answer with an invalid bool in a REPLY.
             .init(after: FakeRelay.clientInitSize + 1, send: [0x05, 0x00, 0x07]),
         ]) { endpoint in
-            let connection = try await Skein.connect(to: endpoint)
+            let connection = try await Skein.connect(to: endpoint, options: FakeRelay.iris)
             let outcome = try await within(.seconds(10), "the request") {
                 await error { try await connection.request(cluster: "echo", "hi", timeout: .seconds(30)) }
             }
@@ -147,7 +167,7 @@ struct BadRelayTests {
 
     @Test func silentServerTimesOutTheHandshake() async throws {
         try await FakeRelay.run([]) { endpoint in
-            var impatient = ConnectionOptions()
+            var impatient = FakeRelay.iris
             impatient.handshakeTimeout = .milliseconds(300)
             let options = impatient
             let start = ContinuousClock.now
@@ -162,8 +182,68 @@ struct BadRelayTests {
 
     @Test func serverClosingDuringTheHandshakeFailsConnect() async throws {
         try await FakeRelay.run([.init(after: 1, send: [], close: true)]) { endpoint in
-            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) } }
             #expect(outcome is SkeinError, "got \(String(describing: outcome))")
+        }
+    }
+
+    @Test func anIrisNodeDenyingSkein1GetsV1Draft2Instead() async throws {
+        let reason = "Unsupported protocol. Client: skein/1. Relay: v1.0-draft2."
+        try await FakeRelay.run(connections: [
+            [.init(after: FakeRelay.skein1InitSize, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: reason)), close: true)],
+            [
+                .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayInit),
+                // The request (22 bytes): answered with a v1.0-draft2 timeout.
+                .init(after: FakeRelay.clientInitSize + 1, send: FakeRelay.relayFrame(.reply(id: 0, outcome: .timedOut))),
+            ],
+        ]) { endpoint in
+            let connection = try await within(.seconds(10), "connect") { try await Skein.connect(to: endpoint) }
+            #expect(connection.protocolVersion == "v1.0-draft2")
+            let outcome = try await within(.seconds(10), "the request") {
+                await error { try await connection.request(cluster: "echo", "hi", timeout: .seconds(30)) }
+            }
+            #expect(outcome as? SkeinError == .timedOut)
+        }
+    }
+
+    @Test func askingForSkein1OnlyFailsAgainstAnIrisNode() async throws {
+        let reason = "Unsupported protocol. Client: skein/1. Relay: v1.0-draft2."
+        try await FakeRelay.run([
+            .init(after: FakeRelay.skein1InitSize, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: reason)), close: true)
+        ]) { endpoint in
+            var skein1Only = ConnectionOptions()
+            skein1Only.protocolVersion = .skein1
+            let options = skein1Only
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: options) } }
+            #expect(outcome as? SkeinError == .denied(reason))
+        }
+    }
+
+    @Test func aSkein1FrameOnAV1Draft2ConnectionIsAProtocolViolation() async throws {
+        try await FakeRelay.run([
+            .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayInit),
+            .init(after: FakeRelay.clientInitSize + 1, send: FakeRelay.relayFrame(.requestFailed(id: 0, reason: .noMembers, detail: "echo"))),
+        ]) { endpoint in
+            let connection = try await Skein.connect(to: endpoint, options: FakeRelay.iris)
+            let outcome = try await within(.seconds(10), "the request") {
+                await error { try await connection.request(cluster: "echo", "hi", timeout: .seconds(30)) }
+            }
+            guard case .protocolViolation? = outcome as? SkeinError else {
+                Issue.record("expected protocolViolation, got \(String(describing: outcome))")
+                return
+            }
+        }
+    }
+
+    @Test func aRelayAnsweringWithAnUnknownVersionIsAProtocolViolation() async throws {
+        try await FakeRelay.run([
+            .init(after: FakeRelay.skein1InitSize, send: FakeRelay.relayFrame(.initialize(magic: "iris-relay-magic", version: "skein/9")))
+        ]) { endpoint in
+            let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
+            guard case .protocolViolation? = outcome as? SkeinError else {
+                Issue.record("expected protocolViolation, got \(String(describing: outcome))")
+                return
+            }
         }
     }
 

@@ -4,7 +4,7 @@ import Testing
 
 @Suite("Failures", .timeLimit(.minutes(1)))
 struct FailureTests {
-    @Test func memberLeavingMidRequestGivesExactlyOneAnswerAtTheDeadline() async throws {
+    @Test func skein1MemberLeavingMidRequestGivesMemberLostAtOnce() async throws {
         try await TestRelay.run { relay in
             let started = Gate()
             let leaving = try await relay.serve("flaky") { _ in
@@ -13,6 +13,35 @@ struct FailureTests {
                 return ByteBuffer(string: "never")
             }
             let client = try await relay.connect()
+            let begin = ContinuousClock.now
+            let call = Task { try await client.request(cluster: "flaky", "work", timeout: .seconds(30)) }
+            try await within(.seconds(5), "the member to start") { await started.wait() }
+            let secondGot = Shared(0)
+            _ = try await relay.serve("flaky") { request in
+                secondGot.update { $0 += 1 }
+                return request.body
+            }
+            try await leaving.close()
+            let outcome = try await within(.seconds(10), "the caller's answer") { await error { try await call.value } }
+            guard case .memberLost? = outcome as? SkeinError else {
+                Issue.record("expected memberLost, got \(String(describing: outcome))")
+                return
+            }
+            #expect(ContinuousClock.now - begin < .seconds(20), "told at once, not at the 30 s deadline")
+            #expect(secondGot.value == 0, "the request was not handed to a second member")
+            #expect(try await client.request(cluster: "flaky", "next", timeout: .seconds(5)).text == "next")
+        }
+    }
+
+    @Test func memberLeavingMidRequestGivesExactlyOneAnswerAtTheDeadline() async throws {
+        try await TestRelay.run { relay in
+            let started = Gate()
+            let leaving = try await relay.serve("flaky") { _ in
+                started.open()
+                try await Task.sleep(for: .seconds(60))
+                return ByteBuffer(string: "never")
+            }
+            let client = try await relay.connect(options: .iris)
             let begin = ContinuousClock.now
             let call = Task { try await client.request(cluster: "flaky", "work", timeout: .milliseconds(800)) }
             try await within(.seconds(5), "the member to start") { await started.wait() }
@@ -51,7 +80,7 @@ struct FailureTests {
                     tunnelOpen.open()
                     try? await Task.sleep(for: .seconds(60))
                 })
-            let client = try await relay.connect()
+            let client = try await relay.connect(options: .iris)
             let tunnel = try await client.tunnel(cluster: "doomed", timeout: .seconds(5))
             try await within(.seconds(5), "the member's tunnel") { await tunnelOpen.wait() }
             let begin = ContinuousClock.now
@@ -73,13 +102,29 @@ struct FailureTests {
         }
     }
 
-    @Test func relayShuttingDownFailsPendingCallsWithItsReason() async throws {
+    @Test func relayShuttingDownTellsSkein1CallersItsReasonNotMemberLost() async throws {
         try await TestRelay.run { relay in
             _ = try await relay.serve("stuck") { _ in
                 try await Task.sleep(for: .seconds(60))
                 return ByteBuffer()
             }
             let client = try await relay.connect()
+            let handedOver = Task { try await client.request(cluster: "stuck", "a", timeout: .seconds(30)) }
+            await eventually("the relay to hold the request") { await relay.pendingRequests == 1 }
+            await relay.shutDown()
+            let outcome = try await within(.seconds(10), "the pending call to fail") { await error { try await handedOver.value } }
+            #expect(outcome as? SkeinError == .connectionClosed(reason: "relay shutting down"))
+        }
+    }
+
+    @Test func relayShuttingDownFailsPendingCallsWithItsReason() async throws {
+        try await TestRelay.run { relay in
+            _ = try await relay.serve("stuck") { _ in
+                try await Task.sleep(for: .seconds(60))
+                return ByteBuffer()
+            }
+            // v1.0-draft2, so the request to "nobody" waits (a skein/1 one fails at once).
+            let client = try await relay.connect(options: .iris)
             let subscription = try await client.subscribe(topic: "news")
             let handedOver = Task { try await client.request(cluster: "stuck", "a", timeout: .seconds(30)) }
             let waiting = Task { try await client.request(cluster: "nobody", "b", timeout: .seconds(30)) }
@@ -197,7 +242,7 @@ struct FailureTests {
 
     @Test func gracefulCloseFailsPendingCallsAndLaterCalls() async throws {
         try await TestRelay.run { relay in
-            let client = try await relay.connect()
+            let client = try await relay.connect(options: .iris)
             let waiting = Task { try await client.request(cluster: "nobody", "b", timeout: .seconds(30)) }
             await eventually("the relay to hold the request") { await relay.pendingRequests == 1 }
             try await within(.seconds(5), "close") { try await client.close() }
@@ -228,8 +273,8 @@ struct FailureTests {
                         group.addTask {
                             do {
                                 return try await client.request(cluster: "churn", "\(i)", timeout: .seconds(2)).text == "\(i)"
-                            } catch SkeinError.timedOut {
-                                return true  // handed to a member that left: a timeout is the one answer
+                            } catch SkeinError.timedOut, SkeinError.memberLost {
+                                return true  // handed to a member that left: that is the one answer
                             }
                         }
                     }

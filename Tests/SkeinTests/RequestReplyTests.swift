@@ -102,7 +102,7 @@ struct RequestReplyTests {
 
     @Test func requestWaitsForAMemberThatJoinsBeforeTheDeadline() async throws {
         try await TestRelay.run { relay in
-            let client = try await relay.connect()
+            let client = try await relay.connect(options: .iris)
             let call = Task { try await client.request(cluster: "late", "are you there?", timeout: .seconds(10)) }
             // The relay holds the request with no member to take it.
             await eventually("the relay to hold the request") { await relay.pendingRequests == 1 }
@@ -114,7 +114,7 @@ struct RequestReplyTests {
 
     @Test func requestWithoutMembersTimesOutAtItsDeadline() async throws {
         try await TestRelay.run { relay in
-            let client = try await relay.connect()
+            let client = try await relay.connect(options: .iris)
             let start = ContinuousClock.now
             let outcome = await error { try await client.request(cluster: "nobody", "hello?", timeout: .milliseconds(300)) }
             #expect(outcome as? SkeinError == .timedOut)
@@ -123,6 +123,20 @@ struct RequestReplyTests {
             _ = try await relay.serve("somebody")
             let again = await error { try await client.request(cluster: "nobody", "hello?", timeout: .milliseconds(100)) }
             #expect(again as? SkeinError == .timedOut)
+        }
+    }
+
+    @Test func skein1RequestWithoutMembersFailsAtOnceWithNoMembers() async throws {
+        try await TestRelay.run { relay in
+            let client = try await relay.connect()
+            #expect(client.protocolVersion == "skein/1")
+            let start = ContinuousClock.now
+            let outcome = await error { try await client.request(cluster: "nobody", "hello?", timeout: .seconds(30)) }
+            #expect(outcome as? SkeinError == .noMembers("nobody"))
+            #expect(ContinuousClock.now - start < .seconds(10), "told at once, not at the 30 s deadline")
+            // Once a member exists, the same call succeeds.
+            _ = try await relay.serve("nobody") { $0.body }
+            #expect(try await client.request(cluster: "nobody", "now?", timeout: .seconds(5)).text == "now?")
         }
     }
 
@@ -169,7 +183,9 @@ struct RequestReplyTests {
             _ = try await relay.serve("echo", options: options) { request in
                 request.body.text == "big please" ? ByteBuffer(repeating: 7, count: 2 << 20) : request.body
             }
-            let client = try await relay.connect(options: options)
+            var irisOptions = options
+            irisOptions.protocolVersion = .irisDraft2
+            let client = try await relay.connect(options: irisOptions)
             let pending = Task { try await client.request(cluster: "nobody", "waiting", timeout: .seconds(30)) }
             try await client.barrier()
 

@@ -231,7 +231,7 @@ struct TunnelTests {
 
     @Test func cancellingATunnelBuildClosesTheTunnelIfItIsBuiltLater() async throws {
         try await TestRelay.run { relay in
-            let client = try await relay.connect()
+            let client = try await relay.connect(options: .iris)
             let opening = Task { try await client.tunnel(cluster: "later", timeout: .seconds(10)) }
             await eventually("the binding to start the build") { client.tunnelsInProgress == 1 }
             try await client.barrier()
@@ -353,9 +353,19 @@ struct TunnelTests {
         }
     }
 
-    @Test func tunnelToAClusterWithoutMembersTimesOut() async throws {
+    @Test func skein1TunnelToAClusterWithoutMembersFailsAtOnce() async throws {
         try await TestRelay.run { relay in
             let client = try await relay.connect()
+            let start = ContinuousClock.now
+            let outcome = await error { try await client.tunnel(cluster: "nobody", timeout: .seconds(30)) }
+            #expect(outcome as? SkeinError == .noMembers("nobody"))
+            #expect(ContinuousClock.now - start < .seconds(10))
+        }
+    }
+
+    @Test func tunnelToAClusterWithoutMembersTimesOut() async throws {
+        try await TestRelay.run { relay in
+            let client = try await relay.connect(options: .iris)
             let start = ContinuousClock.now
             let outcome = await error { try await client.tunnel(cluster: "nobody", timeout: .milliseconds(200)) }
             #expect(outcome as? SkeinError == .timedOut)

@@ -96,8 +96,19 @@ struct BadInputTests {
         for op in UInt8(0x0e)...0xff {
             var c = ByteBuffer(bytes: [op])
             #expect(throws: WireError.unknownOpcode(op)) { try ClientFrame.decode(from: &c, limits: WireLimits()) }
+            // 0x20–0x22 are skein/1's relay → binding frames (Docs/skein-1.md): a bare opcode
+            // is an incomplete frame there, not an unknown one.
+            guard !(0x20...0x22).contains(op) else { continue }
             var r = ByteBuffer(bytes: [op])
             #expect(throws: WireError.unknownOpcode(op)) { try RelayFrame.decode(from: &r, limits: WireLimits()) }
+        }
+    }
+
+    @Test("skein/1's failure frames never travel binding → relay")
+    func failureFramesAreRelayOnly() {
+        for op: UInt8 in [0x20, 0x21, 0x22] {
+            var c = ByteBuffer(bytes: [op, 0x00, 0x01, 0x00])
+            #expect(throws: WireError.unknownOpcode(op)) { try ClientFrame.decode(from: &c, limits: WireLimits()) }
         }
     }
 

@@ -98,4 +98,21 @@ enum SpecExamples {
         Example(name: "TUNNEL CLOSE ack", hex: "0d 07 00", frame: .tunnelClose(tunnelID: 7, reason: "")),
         Example(name: "CLOSE, graceful", hex: "02 00", frame: .close(reason: "")),
     ]
+
+    /// skein/1 (Docs/skein-1.md).
+    static let skein1ClientINIT =
+        "00 11 69 72 69 73 2d 63 6c 69 65 6e 74 2d 6d 61 67 69 63 07 73 6b 65 69 6e 2f 31 00"
+    static let skein1RelayINIT =
+        "00 10 69 72 69 73 2d 72 65 6c 61 79 2d 6d 61 67 69 63 07 73 6b 65 69 6e 2f 31"
+    static let skein1: [Example<RelayFrame>] = [
+        Example(
+            name: "REQUEST FAILED 0, no members, echo", hex: "20 00 01 04 65 63 68 6f",
+            frame: .requestFailed(id: 0, reason: .noMembers, detail: "echo")),
+        Example(
+            name: "TUNNEL FAILED 7, network unreachable, us", hex: "21 07 03 02 75 73",
+            frame: .tunnelFailed(tunnelID: 7, reason: .networkUnreachable, detail: "us")),
+        Example(
+            name: "REFUSED SUBSCRIBE news@us, not exported, news", hex: "22 06 07 6e 65 77 73 40 75 73 04 04 6e 65 77 73",
+            frame: .refused(opcode: 0x06, name: "news@us", reason: .notExported, detail: "news")),
+    ]
 }

@@ -65,6 +65,12 @@ enum SampleFrames {
         .tunnelTransfer(tunnelID: 0, sizeOrContinuation: 0, chunk: ByteBuffer()),
         .tunnelClose(tunnelID: 7, reason: ""),
         .tunnelClose(tunnelID: 7, reason: "remote connection closed"),
+        .requestFailed(id: 0, reason: .noMembers, detail: "echo"),
+        .requestFailed(id: .max, reason: .other(0xff), detail: ""),
+        .tunnelFailed(tunnelID: 7, reason: .networkUnreachable, detail: "us"),
+        .tunnelFailed(tunnelID: .max, reason: .memberLost, detail: "grüße"),
+        .refused(opcode: 0x06, name: "news@us", reason: .notExported, detail: "news"),
+        .refused(opcode: 0x00, name: "", reason: .other(0), detail: ""),
     ]
 }
 
@@ -104,7 +110,7 @@ struct RoundTripTests {
 
     @Test("the samples cover every case of both enums")
     func coverage() {
-        #expect(Set(SampleFrames.client.map(\.opcode)) == Set(Opcode.allCases).subtracting([.deny]))
+        #expect(Set(SampleFrames.client.map(\.opcode)) == Set(Opcode.allCases).subtracting([.deny, .requestFailed, .tunnelFailed, .refused]))
         #expect(Set(SampleFrames.relay.map(\.opcode)) == Set(Opcode.allCases).subtracting([.subscribe, .unsubscribe]))
     }
 

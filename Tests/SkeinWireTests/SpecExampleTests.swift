@@ -54,6 +54,29 @@ struct SpecExampleTests {
         #expect(RelayProtocol.irisVersion == "v1.0-draft2")
         #expect(RelayProtocol.clientMagic == "iris-client-magic")
         #expect(RelayProtocol.relayMagic == "iris-relay-magic")
-        #expect(Opcode.allCases.map(\.rawValue) == Array(0x00...0x0d))
+        #expect(Opcode.allCases.map(\.rawValue) == Array(0x00...0x0d) + [0x20, 0x21, 0x22])
+        #expect(RelayProtocol.skeinVersion == "skein/1")
+        #expect(ProtocolDialect(version: "skein/1") == .skein1)
+        #expect(ProtocolDialect(version: "v1.0-draft2") == .iris)
+        #expect(ProtocolDialect(version: "skein/2") == nil)
+        #expect([FailureReason.noMembers, .memberLost, .networkUnreachable, .notExported].map(\.rawValue) == [1, 2, 3, 4])
+    }
+
+    @Test("skein/1 examples (Docs/skein-1.md)", arguments: SpecExamples.skein1)
+    func skein1Example(_ example: Example<RelayFrame>) throws {
+        var bytes = example.bytes
+        #expect(try RelayFrame.decode(from: &bytes, limits: WireLimits()) == example.frame)
+        #expect(bytes.readableBytes == 0)
+        var encoded = ByteBuffer()
+        example.frame.encode(into: &encoded)
+        #expect(encoded == example.bytes)
+    }
+
+    @Test("skein/1 INIT (Docs/skein-1.md)")
+    func skein1Init() throws {
+        var bytes = ByteBuffer(hex: SpecExamples.skein1ClientINIT)
+        #expect(try ClientFrame.decode(from: &bytes, limits: WireLimits()) == .initialize(magic: "iris-client-magic", version: "skein/1", cluster: ""))
+        var relay = ByteBuffer(hex: SpecExamples.skein1RelayINIT)
+        #expect(try RelayFrame.decode(from: &relay, limits: WireLimits()) == .initialize(magic: "iris-relay-magic", version: "skein/1"))
     }
 }

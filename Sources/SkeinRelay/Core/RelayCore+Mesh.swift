@@ -16,22 +16,48 @@ extension RelayCore {
         }
     }
 
-    /// A remote relay should get no new work: it is suspect, or (`lost`) dead, left, or its
-    /// link broke. When lost, its tunnels fail at this end with a reason. Requests already
-    /// forwarded to it may have reached a member, so they are never sent to a second one:
-    /// their callers get their timeout at the deadline — unless `neverSent`, when the link never
-    /// carried them (it was never established), and they go elsewhere at once.
-    public mutating func relayRemoved(_ id: NodeID, lost: Bool = true, neverSent: Bool = false, now: NIODeadline, actions: inout [RelayAction]) {
-        routing.remove(id)
-        guard lost else { return }
+    /// A remote relay should get no new work, for the reason `loss` says (Docs/mesh.md,
+    /// "Failures"):
+    ///
+    /// - `suspect`: what it already has continues.
+    /// - `linkBroken`, `dead`: lost. Its tunnels fail at this end with a reason. Requests
+    ///   already forwarded to it may have reached a member, so they are never sent to a second
+    ///   one: a `v1.0-draft2` caller gets its timeout at the deadline, a `skein/1` caller
+    ///   "member lost" now.
+    /// - `neverReached`: the link never carried anything (a dial failed): what was forwarded
+    ///   goes elsewhere at once.
+    /// - `left`: it left gracefully and still answers what it holds (it drains, and says
+    ///   "member lost" itself for what it cannot finish), so its requests keep waiting.
+    ///
+    /// Suspect, broken and unreached relays stay known to serve their clusters (they may be back
+    /// in a moment), so a `skein/1` request does not hear "no members" because of them.
+    public mutating func relayUnavailable(_ id: NodeID, _ loss: RelayLoss, now: NIODeadline, actions: inout [RelayAction]) {
+        switch loss {
+        case .suspect, .linkBroken, .neverReached: routing.suspend(id)
+        case .left, .dead: routing.remove(id)
+        }
+        guard loss != .suspect else { return }
+        let neverSent = loss == .neverReached
+        let leaving = loss == .left
         // Nothing more will be sent there: whoever waited for its link goes on.
         relayWritabilityChanged(id, writable: true, actions: &actions)
         dropRelayTunnels(id, neverSent: neverSent, now: now, actions: &actions)
         let forwarded = requests.filter { $0.value.forwardedTo == id }.keys.sorted()
         guard neverSent else {
             // Sent on a link that broke: a member may have them. They are never re-sent, even
-            // if a later dial to the relay fails before carrying anything.
-            for key in forwarded { requests[key]?.mayHaveArrived = true }
+            // if a later dial to the relay fails before carrying anything. A `skein/1` caller
+            // hears "member lost" now; a `v1.0-draft2` caller its timeout at the deadline.
+            for key in forwarded {
+                guard var request = requests[key] else { continue }
+                if request.failFast && !leaving {
+                    requests[key] = nil
+                    remoteInFlight[id, default: 1] -= 1
+                    answer(request, key: key, .memberLost, actions: &actions)
+                } else {
+                    request.mayHaveArrived = true
+                    requests[key] = request
+                }
+            }
             return
         }
         for key in forwarded where requests[key]?.mayHaveArrived == false {
@@ -127,6 +153,9 @@ extension RelayCore {
         switch outcome {
         case .noMembers:
             reroute(key, from: relay, now: now, actions: &actions)
+        case .memberLost where request.failFast:
+            requests[key] = nil
+            answer(request, key: key, .memberLost, actions: &actions)
         case .memberLost:
             // A member had it: never sent to a second one. The caller's timeout comes at the deadline.
             request.forwardedTo = nil
@@ -152,7 +181,7 @@ extension RelayCore {
         // Never back to a relay that declined it: two relays with stale metadata would bounce it
         // between them until its deadline. A routing change clears the list (dispatchWaiting).
         if !dispatch(key, excluding: request.declinedBy, now: now, actions: &actions) {
-            waitingRequests[request.cluster, default: []].append(key)
+            waitForMember(key, actions: &actions)
         }
     }
 }

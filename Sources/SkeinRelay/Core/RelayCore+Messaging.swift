@@ -18,11 +18,13 @@ extension RelayCore {
         }
         let key = makeKey()
         let deadline = deadline(now: now, millis: timeoutMillis)
-        requests[key] = PendingRequest(caller: .local(caller), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        var request = PendingRequest(caller: .local(caller), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        request.failFast = connections[caller]!.dialect == .skein1
+        requests[key] = request
         connections[caller]!.outgoing.insert(key)
         schedule(.request(key), at: deadline)
         if !dispatch(key, now: now, actions: &actions) {
-            waitingRequests[cluster, default: []].append(key)
+            waitForMember(key, actions: &actions)
         }
         pauseIfAtLimit(caller, actions: &actions)
     }
@@ -42,6 +44,22 @@ extension RelayCore {
             return true
         }
         return hasLocal && handOver(key, now: now, actions: &actions)
+    }
+
+    /// A request that no member or relay can take now: a `v1.0-draft2` caller's waits for one
+    /// until its deadline; a `skein/1` caller hears "no members" at once — unless a relay known
+    /// to serve the cluster is only unusable for a moment (suspect, link down), when it waits too.
+    mutating func waitForMember(_ key: UInt64, actions: inout [RelayAction]) {
+        guard let request = requests[key] else { return }
+        if request.failFast && clusters[request.cluster] == nil
+            && !routing.knowsServer(of: request.cluster, excluding: request.declinedBy)
+        {
+            requests[key] = nil
+            pruneWaitingRequests(cluster: request.cluster)
+            answer(request, key: key, .noMembers, actions: &actions)
+        } else {
+            waitingRequests[request.cluster, default: []].append(key)
+        }
     }
 
     /// Sends a pending request to a member of its cluster on this relay; false when none.
@@ -131,17 +149,27 @@ extension RelayCore {
     }
 
     /// Gives a request's caller its one answer (the request is already out of `requests`).
+    /// A local `skein/1` caller hears the distinct failures as REQUEST FAILED; a `v1.0-draft2`
+    /// caller can only hear `timedOut` (the core sends it those only at the deadline).
     mutating func answer(_ request: PendingRequest, key: UInt64, _ outcome: PeerReplyOutcome, actions: inout [RelayAction]) {
         switch request.caller {
         case .local(let caller):
             connections[caller]?.outgoing.remove(key)
-            let answer: RequestOutcome
+            let frame: RelayFrame
+            let id = request.callerRequestID
+            let skein1 = connections[caller]?.dialect == .skein1
             switch outcome {
-            case .success(let body): answer = .success(body)
-            case .fault(let fault): answer = .fault(fault)
-            case .timedOut, .noMembers, .memberLost: answer = .timedOut
+            case .success(let body): frame = .reply(id: id, outcome: .success(body))
+            case .fault(let fault): frame = .reply(id: id, outcome: .fault(fault))
+            case .timedOut: frame = .reply(id: id, outcome: .timedOut)
+            case .noMembers:
+                frame = skein1 ? .requestFailed(id: id, reason: .noMembers, detail: request.cluster) : .reply(id: id, outcome: .timedOut)
+            case .memberLost:
+                frame = skein1
+                    ? .requestFailed(id: id, reason: .memberLost, detail: "the member holding the request was lost")
+                    : .reply(id: id, outcome: .timedOut)
             }
-            actions.append(.send(caller, .reply(id: request.callerRequestID, outcome: answer)))
+            actions.append(.send(caller, frame))
             resumeIfBelowLimit(caller, actions: &actions)
         case .relay(let origin):
             actions.append(.sendPeer(origin, .reply(id: request.callerRequestID, outcome: outcome)))

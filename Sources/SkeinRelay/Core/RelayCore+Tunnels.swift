@@ -67,12 +67,14 @@ extension RelayCore {
         }
         let key = makeKey()
         let deadline = deadline(now: now, millis: timeoutMillis)
-        builds[key] = PendingBuild(initiator: .local(initiator), initiatorTunnelID: tunnelID, cluster: cluster, deadline: deadline)
+        var build = PendingBuild(initiator: .local(initiator), initiatorTunnelID: tunnelID, cluster: cluster, deadline: deadline)
+        build.failFast = conn.dialect == .skein1
+        builds[key] = build
         connections[initiator]!.tunnelIDs[tunnelID] = .building(key)
         connections[initiator]!.outgoing.insert(key)
         schedule(.build(key), at: deadline)
         if !dispatchBuild(key, now: now, actions: &actions) {
-            waitingBuilds[cluster, default: []].append(key)
+            waitForBuildMember(key, actions: &actions)
         }
         pauseIfAtLimit(initiator, actions: &actions)
     }
@@ -92,6 +94,19 @@ extension RelayCore {
             return true
         }
         return hasLocal && offerBuild(key, now: now, actions: &actions)
+    }
+
+    /// A build no member or relay can take now: it waits until its deadline, or (`skein/1`)
+    /// fails at once with "no members".
+    mutating func waitForBuildMember(_ key: UInt64, excluding declined: Set<NodeID> = [], actions: inout [RelayAction]) {
+        guard let build = builds[key] else { return }
+        if build.failFast && clusters[build.cluster] == nil && !routing.knowsServer(of: build.cluster, excluding: declined) {
+            builds[key] = nil
+            pruneWaitingBuilds(cluster: build.cluster)
+            failBuild(build, key: key, failure: .noMembers, detail: build.cluster, actions: &actions)
+        } else {
+            waitingBuilds[build.cluster, default: []].append(key)
+        }
     }
 
     /// Offers a pending build to a member of its cluster here; false when the cluster has none.
@@ -147,20 +162,25 @@ extension RelayCore {
             connections[member]?.memberBuilds[build.memberBuildID] = nil
         }
         pruneWaitingBuilds(cluster: build.cluster)
-        failBuild(build, key: key, reason: "timed out", actions: &actions)
+        failBuild(build, key: key, failure: nil, detail: "timed out", actions: &actions)
     }
 
-    /// Tells a build's initiator that it failed (a local binding hears TUNNEL CONFIRM timedOut,
-    /// the only failure the protocol has; a relay hears the reason).
-    mutating func failBuild(_ build: PendingBuild, key: UInt64, reason: String, actions: inout [RelayAction]) {
+    /// Tells a build's initiator that it failed: a local `v1.0-draft2` binding hears TUNNEL
+    /// CONFIRM timedOut (the only failure that protocol has), a `skein/1` one TUNNEL FAILED with
+    /// `failure` when there is one, and a relay hears the reason.
+    mutating func failBuild(_ build: PendingBuild, key: UInt64, failure: FailureReason?, detail: String, actions: inout [RelayAction]) {
         switch build.initiator {
         case .local(let initiator):
             connections[initiator]?.tunnelIDs[build.initiatorTunnelID] = nil
             connections[initiator]?.outgoing.remove(key)
-            actions.append(.send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .timedOut)))
+            if let failure, connections[initiator]?.dialect == .skein1 {
+                actions.append(.send(initiator, .tunnelFailed(tunnelID: build.initiatorTunnelID, reason: failure, detail: detail)))
+            } else {
+                actions.append(.send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .timedOut)))
+            }
             resumeIfBelowLimit(initiator, actions: &actions)
         case .relay(let origin):
-            actions.append(.sendPeer(origin, .tunnelConfirm(id: build.initiatorTunnelID, outcome: .failed(reason))))
+            actions.append(.sendPeer(origin, .tunnelConfirm(id: build.initiatorTunnelID, outcome: .failed(failure == .noMembers ? Self.noMembers : detail))))
         }
     }
 
@@ -372,11 +392,11 @@ extension RelayCore {
             builds[key]!.forwardedTo = nil
             actions.append(.report(.requestRerouted(cluster: build.cluster, from: relay)))
             if !dispatchBuild(key, excluding: [relay], now: now, actions: &actions) {
-                waitingBuilds[build.cluster, default: []].append(key)
+                waitForBuildMember(key, excluding: [relay], actions: &actions)
             }
-        case .failed:
+        case .failed(let reason):
             builds[key] = nil
-            failBuild(build, key: key, reason: "", actions: &actions)
+            failBuild(build, key: key, failure: reason == "timed out" ? nil : .memberLost, detail: reason, actions: &actions)
         }
     }
 
@@ -416,11 +436,11 @@ extension RelayCore {
             if neverSent {
                 builds[key]!.forwardedTo = nil
                 if !dispatchBuild(key, excluding: [relay], now: now, actions: &actions) {
-                    waitingBuilds[build.cluster, default: []].append(key)
+                    waitForBuildMember(key, actions: &actions)
                 }
             } else {
                 builds[key] = nil
-                failBuild(build, key: key, reason: "", actions: &actions)
+                failBuild(build, key: key, failure: .memberLost, detail: "the relay serving the tunnel was lost", actions: &actions)
             }
         }
         for key in builds.filter({ $0.value.initiator == .relay(relay) }).keys.sorted() {

@@ -28,6 +28,20 @@ public enum RelayAction: Sendable, Equatable {
     case report(RelayEvent)
 }
 
+/// Why a remote relay cannot take new work (`RelayCore.relayUnavailable`).
+public enum RelayLoss: Sendable, Equatable {
+    /// Membership suspects it: no new work, what it has continues.
+    case suspect
+    /// Its peer link ended without a goodbye: what was sent on it may have arrived.
+    case linkBroken
+    /// A dial to it failed: nothing queued for it was ever sent.
+    case neverReached
+    /// It left the mesh gracefully: it still answers what it holds, then goes.
+    case left
+    /// Membership declared it dead, or forgot it.
+    case dead
+}
+
 /// Notable events, for logs and metrics.
 public enum RelayEvent: Sendable, Equatable {
     case handshakeCompleted(ConnectionID, cluster: String)
@@ -67,6 +81,8 @@ public struct RelayCore {
     var tunnels: [UInt64: Tunnel] = [:]
     var nextKey: UInt64 = 0
     var timers = Heap<TimerEntry>()
+    /// Inside `closeAll`: every connection is about to hear the shutdown's reason.
+    var closingAll = false
 
     public init(settings: RelaySettings, zone: String = "", seed: UInt64 = 0) {
         self.settings = settings
@@ -133,8 +149,11 @@ public struct RelayCore {
         }
     }
 
-    /// Ends every connection with `reason` (relay shutdown).
+    /// Ends every connection with `reason` (relay shutdown). Callers hear that reason, not
+    /// "member lost" for members closed before them.
     public mutating func closeAll(reason: String, actions: inout [RelayAction]) {
+        closingAll = true
+        defer { closingAll = false }
         for id in connections.keys.sorted() {
             closeWithReason(id, reason, actions: &actions)
         }
@@ -224,8 +243,8 @@ public struct RelayCore {
             reject(id, "wrong magic \(magic.debugDescription)", actions: &actions)
             return
         }
-        guard version == RelayProtocol.irisVersion else {
-            let reason = "Unsupported protocol. Client: \(version). Relay: \(RelayProtocol.irisVersion)."
+        guard let dialect = ProtocolDialect(version: version) else {
+            let reason = "Unsupported protocol. Client: \(version). Relay: \(RelayProtocol.irisVersion), \(RelayProtocol.skeinVersion)."
             actions.append(.send(id, .deny(magic: RelayProtocol.relayMagic, reason: reason)))
             actions.append(.disconnect(id))
             connections[id]?.phase = .closed
@@ -233,7 +252,8 @@ public struct RelayCore {
             return
         }
         connections[id]!.phase = .open
-        actions.append(.send(id, .initialize(magic: RelayProtocol.relayMagic, version: RelayProtocol.irisVersion)))
+        connections[id]!.dialect = dialect
+        actions.append(.send(id, .initialize(magic: RelayProtocol.relayMagic, version: dialect.version)))
         actions.append(.report(.handshakeCompleted(id, cluster: cluster)))
         if !cluster.isEmpty {
             connections[id]!.cluster = cluster
@@ -301,9 +321,15 @@ public struct RelayCore {
         // Requests handed to this member stay pending: at most once means they are never
         // re-sent, so the caller gets its timeout at the deadline. A relay that forwarded one
         // is told at once ("member lost"); it, too, answers its caller at the deadline.
+        // A `skein/1` caller hears "member lost" at once (Docs/skein-1.md).
         for (_, key) in conn.assigned {
-            if case .relay(let origin)? = requests[key]?.caller, let request = requests.removeValue(forKey: key) {
+            guard let request = requests[key] else { continue }
+            if case .relay(let origin) = request.caller {
+                requests[key] = nil
                 actions.append(.sendPeer(origin, .reply(id: request.callerRequestID, outcome: .memberLost)))
+            } else if request.failFast && !closingAll {
+                requests[key] = nil
+                answer(request, key: key, .memberLost, actions: &actions)
             } else {
                 requests[key]?.assignedTo = nil
             }
@@ -311,7 +337,7 @@ public struct RelayCore {
         for (_, key) in conn.memberBuilds {
             // The member never confirmed: the initiator's build fails now, not at its deadline.
             if let build = builds.removeValue(forKey: key) {
-                failBuild(build, key: key, reason: "the member left before confirming", actions: &actions)
+                failBuild(build, key: key, failure: .memberLost, detail: "the member left before confirming", actions: &actions)
             }
         }
         for (_, slot) in conn.tunnelIDs {
@@ -452,6 +478,8 @@ extension RelayCore {
 
     struct Connection {
         var phase: Phase = .awaitingInit
+        /// The protocol version agreed in INIT.
+        var dialect: ProtocolDialect = .iris
         var detached = false
         /// The cluster this connection is a member of, if any.
         var cluster: String?
@@ -505,6 +533,8 @@ extension RelayCore {
         /// Relays that answered "no members" for it; not asked again until routing changes.
         var declinedBy: Set<NodeID> = []
         var wasHandedOver = false
+        /// The caller wants early, distinct failures (`skein/1`) instead of waiting for the deadline.
+        var failFast = false
 
         var localCaller: ConnectionID? {
             if case .local(let id) = caller { id } else { nil }
@@ -523,6 +553,8 @@ extension RelayCore {
         var memberBuildID: UInt64 = 0
         /// The remote relay the build was forwarded to, until it answers.
         var forwardedTo: NodeID?
+        /// The initiator wants early, distinct failures (`skein/1`).
+        var failFast = false
 
         var localInitiator: ConnectionID? {
             if case .local(let id) = initiator { id } else { nil }

@@ -232,7 +232,7 @@ public final class ClientServer: @unchecked Sendable {
                 actions = batch
             }
             while let relay = unsentTo.popLast() {
-                core.relayRemoved(relay, neverSent: true, now: .now(), actions: &actions)
+                core.relayUnavailable(relay, .neverReached, now: .now(), actions: &actions)
             }
         }
     }
@@ -311,11 +311,11 @@ public final class ClientServer: @unchecked Sendable {
     }
 
     /// What a remote relay serves changed, or it became (un)usable.
-    func relayChanged(_ relay: RemoteRelay?, id: NodeID, lost: Bool = true, neverSent: Bool = false) {
+    func relayChanged(_ relay: RemoteRelay?, id: NodeID, loss: RelayLoss = .dead) {
         if let relay {
             core.relayUpdated(relay, now: .now(), actions: &actions)
         } else {
-            core.relayRemoved(id, lost: lost, neverSent: neverSent, now: .now(), actions: &actions)
+            core.relayUnavailable(id, loss, now: .now(), actions: &actions)
         }
         perform()
         flush()

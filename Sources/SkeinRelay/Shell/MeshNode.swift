@@ -278,7 +278,7 @@ public final class MeshNode: @unchecked Sendable {
             // A link that was up broke. Routing stops using the relay until membership says it
             // is alive again after a short pause (the next frame redials).
             let id = NodeID(bytes: node)
-            clients?.relayChanged(nil, id: id)
+            clients?.relayChanged(nil, id: id, loss: .linkBroken)
             scheduleRoutingRefresh(id)
             guard !left else { return }
             // For membership, a hint to probe now, never a verdict.
@@ -288,7 +288,7 @@ public final class MeshNode: @unchecked Sendable {
             // the relay's process is gone (strong evidence for the membership core).
             let address = MemberAddress(host: host, port: UInt16(port))
             if let member = core.members.first(where: { $0.address == address && $0.id != nodeID }) {
-                clients?.relayChanged(nil, id: member.id, neverSent: true)
+                clients?.relayChanged(nil, id: member.id, loss: .neverReached)
                 scheduleRoutingRefresh(member.id)
             }
             guard !left else { return }
@@ -314,7 +314,12 @@ public final class MeshNode: @unchecked Sendable {
                 id: member.id)
         } else {
             // Suspect: no new work, but what is in flight stays. Dead or left: lost.
-            clients?.relayChanged(nil, id: member.id, lost: member.status == .dead || member.status == .left)
+            let loss: RelayLoss = switch member.status {
+            case .left: .left
+            case .dead: .dead
+            default: .suspect
+            }
+            clients?.relayChanged(nil, id: member.id, loss: loss)
         }
     }
 
@@ -406,7 +411,7 @@ public final class MeshNode: @unchecked Sendable {
         case .joined(let member), .statusChanged(let member, _), .metadataChanged(let member):
             routingChanged(member)
         case .removed(let id):
-            clients?.relayChanged(nil, id: id)
+            clients?.relayChanged(nil, id: id, loss: .dead)
         case .nameConflict:
             break
         }

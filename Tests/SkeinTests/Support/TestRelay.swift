@@ -11,6 +11,16 @@ import Testing
 ///
 /// Every connection a test opens through `connect`/`serve` is closed when the body ends, so a
 /// failing test does not leave sockets behind for the next one.
+extension ConnectionOptions {
+    /// v1.0-draft2, as every Iris binding speaks it: for tests of the Iris behaviour (waiting
+    /// for members, failures only as timeouts).
+    static var iris: ConnectionOptions {
+        var options = ConnectionOptions()
+        options.protocolVersion = .irisDraft2
+        return options
+    }
+}
+
 final class TestRelay: Sendable {
     let port: Int
     let service: RelayService
