@@ -1,5 +1,13 @@
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Limits a decoder enforces before it allocates anything.
 public struct WireLimits: Sendable, Equatable {
     /// Largest binary field (message, request, reply, event, chunk) accepted, in bytes.
@@ -43,37 +51,112 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
 
 // MARK: - Primitive fields
 
+/// Writes fields into memory already reserved in a `ByteBuffer` (`writeRaw`): the encoders' fast
+/// path, one capacity check per frame. Writing a frame field by field through `ByteBuffer`'s own
+/// methods costs a call, a uniqueness check and an exclusivity check per field, and dominated the
+/// cost of encoding small frames.
+public struct RawWriter {
+    @usableFromInline let base: UnsafeMutableRawPointer
+    @usableFromInline var offset = 0
+
+    @inlinable init(base: UnsafeMutableRawPointer) { self.base = base }
+
+    @inlinable public mutating func byte(_ value: UInt8) {
+        base.storeBytes(of: value, toByteOffset: offset, as: UInt8.self)
+        offset += 1
+    }
+
+    @inlinable public mutating func varint(_ value: UInt64) {
+        var v = value
+        while v >= 0x80 {
+            byte(UInt8(truncatingIfNeeded: v) | 0x80)
+            v >>= 7
+        }
+        byte(UInt8(truncatingIfNeeded: v))
+    }
+
+    @inlinable public mutating func integer(_ value: UInt64) {
+        withUnsafeBytes(of: value.bigEndian) { bytes($0) }
+    }
+
+    @inlinable public mutating func bytes(_ source: UnsafeRawBufferPointer) {
+        if let from = source.baseAddress, source.count > 0 {
+            (base + offset).copyMemory(from: from, byteCount: source.count)
+        }
+        offset += source.count
+    }
+
+    /// The readable bytes of `buffer`, without a length.
+    @inlinable public mutating func bytes(_ buffer: ByteBuffer) {
+        buffer.withUnsafeReadableBytes { bytes($0) }
+    }
+
+    /// A string field: varint length, then the UTF-8.
+    @inlinable public mutating func field(_ value: String) {
+        let written: Bool? = value.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
+            varint(UInt64(utf8.count))
+            bytes(UnsafeRawBufferPointer(utf8))
+            return true
+        }
+        if written == nil {
+            let utf8 = Array(value.utf8)
+            varint(UInt64(utf8.count))
+            utf8.withUnsafeBytes { bytes($0) }
+        }
+    }
+
+    /// A binary field: varint length, then the bytes.
+    @inlinable public mutating func binary(_ value: ByteBuffer) {
+        varint(UInt64(value.readableBytes))
+        bytes(value)
+    }
+}
+
 extension ByteBuffer {
+    /// Reserves exactly `count` bytes and lets `body` fill all of them with a `RawWriter`.
+    @inlinable
+    public mutating func writeRaw(count: Int, _ body: (inout RawWriter) -> Void) {
+        writeWithUnsafeMutableBytes(minimumWritableBytes: count) { memory in
+            var writer = RawWriter(base: memory.baseAddress!)
+            body(&writer)
+            precondition(writer.offset == count, "a frame encoder wrote \(writer.offset) bytes, not \(count)")
+            return count
+        }
+    }
+
     /// Writes an unsigned LEB128 varint.
     @inlinable
     public mutating func writeVarint(_ value: UInt64) {
-        var v = value
-        while v >= 0x80 {
-            self.writeInteger(UInt8(truncatingIfNeeded: v) | 0x80)
-            v >>= 7
-        }
-        self.writeInteger(UInt8(truncatingIfNeeded: v))
+        writeRaw(count: varintSize(value)) { $0.varint(value) }
     }
 
     @inlinable
     public mutating func writeBinary(_ value: ByteBuffer) {
-        self.writeVarint(UInt64(value.readableBytes))
-        self.writeImmutableBuffer(value)
+        writeRaw(count: varintSize(UInt64(value.readableBytes)) + value.readableBytes) { $0.binary(value) }
     }
 
     @inlinable
     public mutating func writeField(_ value: String) {
-        var value = value
-        value.withUTF8 { utf8 in
-            self.writeVarint(UInt64(utf8.count))
-            self.writeBytes(utf8)
-        }
+        writeRaw(count: fieldSize(value)) { $0.field(value) }
     }
 
     @inlinable
     public mutating func writeBool(_ value: Bool) {
         self.writeInteger(value ? 1 : 0, as: UInt8.self)
     }
+}
+
+/// Bytes of a string field: its varint length and its UTF-8.
+@inlinable
+public func fieldSize(_ value: String) -> Int {
+    let count = value.utf8.count
+    return varintSize(UInt64(count)) + count
+}
+
+/// Bytes of a binary field: its varint length and its bytes.
+@inlinable
+public func binarySize(_ value: ByteBuffer) -> Int {
+    varintSize(UInt64(value.readableBytes)) + value.readableBytes
 }
 
 /// The number of bytes `writeVarint` uses for `value`.
@@ -153,9 +236,82 @@ struct FieldReader {
             throw .fieldTooLarge(field: field, length: length, limit: limits.maxStringSize)
         }
         guard buffer.readableBytes >= Int(length) else { return nil }
-        let view = buffer.readableBytesView.prefix(Int(length))
-        guard let value = String(validating: view, as: UTF8.self) else { throw .invalidUTF8(field: field) }
+        guard let value = validatedString(count: Int(length)) else { throw .invalidUTF8(field: field) }
         buffer.moveReaderIndex(forwardBy: Int(length))
+        return value
+    }
+
+    /// The next `count` bytes as a String, or nil if they are not valid UTF-8. Decoding through
+    /// a buffer pointer is specialized (`String(validating:)` over a ByteBufferView went through
+    /// unspecialized generic code and the runtime's metadata cache for every field): the bytes
+    /// are valid exactly when the decoded string's UTF-8, with any repairs, is the same bytes.
+    @inlinable
+    func validatedString(count: Int) -> String? {
+        buffer.withUnsafeReadableBytes { raw -> String? in
+            let bytes = UnsafeBufferPointer(rebasing: raw.assumingMemoryBound(to: UInt8.self)[0..<count])
+            var value = String(decoding: bytes, as: UTF8.self)
+            let same = value.withUTF8 { utf8 in
+                utf8.count == count && (count == 0 || memcmp(utf8.baseAddress!, bytes.baseAddress!, count) == 0)
+            }
+            return same ? value : nil
+        }
+    }
+}
+
+/// The last few names (topics, clusters) decoded on one stream, so a flood of frames to one
+/// topic validates and allocates its name once rather than once per frame. Only short names are
+/// kept (at most `maxNameBytes`), so a stream's cache stays small whatever it sends.
+public struct NameCache: Sendable {
+    public static let capacity = 4
+    public static let maxNameBytes = 256
+    @usableFromInline var entries: [(bytes: [UInt8], name: String)] = []
+    @usableFromInline var next = 0
+
+    public init() {}
+
+    /// The cached name whose UTF-8 is exactly `bytes`, if any.
+    @inlinable
+    func lookup(_ bytes: UnsafeRawBufferPointer) -> String? {
+        for entry in entries where entry.bytes.count == bytes.count {
+            let same = entry.bytes.withUnsafeBytes { stored in
+                bytes.count == 0 || memcmp(stored.baseAddress!, bytes.baseAddress!, bytes.count) == 0
+            }
+            if same { return entry.name }
+        }
+        return nil
+    }
+
+    @inlinable
+    mutating func insert(_ bytes: UnsafeRawBufferPointer, _ name: String) {
+        guard bytes.count <= Self.maxNameBytes else { return }
+        if entries.count < Self.capacity {
+            entries.append((Array(bytes), name))
+        } else {
+            entries[next] = (Array(bytes), name)
+            next = (next + 1) % Self.capacity
+        }
+    }
+}
+
+extension FieldReader {
+    /// A string field that names something (topic, cluster): looked up in `cache` first, and
+    /// validated as UTF-8 only when it is not there.
+    @inlinable
+    mutating func name(_ field: String, cache: inout NameCache) throws(WireError) -> String? {
+        guard let length = try varint() else { return nil }
+        guard length <= UInt64(limits.maxStringSize) else {
+            throw .fieldTooLarge(field: field, length: length, limit: limits.maxStringSize)
+        }
+        let count = Int(length)
+        guard buffer.readableBytes >= count else { return nil }
+        let found = buffer.withUnsafeReadableBytes { cache.lookup(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+        if let found {
+            buffer.moveReaderIndex(forwardBy: count)
+            return found
+        }
+        guard let value = validatedString(count: count) else { throw .invalidUTF8(field: field) }
+        buffer.withUnsafeReadableBytes { cache.insert(UnsafeRawBufferPointer(rebasing: $0[0..<count]), value) }
+        buffer.moveReaderIndex(forwardBy: count)
         return value
     }
 }
@@ -165,6 +321,12 @@ struct FieldReader {
 extension ClientFrame {
     /// Decodes one frame from the front of `buffer`, consuming it; `nil` if more bytes are needed.
     public static func decode(from buffer: inout ByteBuffer, limits: WireLimits) throws(WireError) -> ClientFrame? {
+        var names = NameCache()
+        return try decode(from: &buffer, limits: limits, names: &names)
+    }
+
+    /// Decodes one frame, taking cluster and topic names from `names` when they repeat.
+    public static func decode(from buffer: inout ByteBuffer, limits: WireLimits, names: inout NameCache) throws(WireError) -> ClientFrame? {
         guard let op = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return nil }
         guard let opcode = Opcode(rawValue: op) else { throw .unknownOpcode(op) }
         var r = FieldReader(buffer: buffer, limits: limits)
@@ -181,11 +343,11 @@ extension ClientFrame {
         case .close:
             frame = .close
         case .broadcast:
-            guard let cluster = try r.string("cluster"), let message = try r.binary("broadcast message")
+            guard let cluster = try r.name("cluster", cache: &names), let message = try r.binary("broadcast message")
             else { return nil }
             frame = .broadcast(cluster: cluster, message: message)
         case .request:
-            guard let id = try r.varint(), let cluster = try r.string("cluster"),
+            guard let id = try r.varint(), let cluster = try r.name("cluster", cache: &names),
                 let body = try r.binary("request"), let timeout = try r.varint()
             else { return nil }
             frame = .request(id: id, cluster: cluster, body: body, timeoutMillis: timeout)
@@ -205,7 +367,7 @@ extension ClientFrame {
             guard let topic = try r.string("topic") else { return nil }
             frame = .unsubscribe(topic: topic)
         case .publish:
-            guard let topic = try r.string("topic"), let event = try r.binary("event") else { return nil }
+            guard let topic = try r.name("topic", cache: &names), let event = try r.binary("event") else { return nil }
             frame = .publish(topic: topic, event: event)
         case .tunnelInit:
             guard let id = try r.varint(), let cluster = try r.string("cluster"), let timeout = try r.varint()
@@ -231,6 +393,35 @@ extension ClientFrame {
 
     /// Appends the frame's bytes to `buffer`.
     public func encode(into buffer: inout ByteBuffer) {
+        // The frames a binding sends by the million are written in one reservation each.
+        switch self {
+        case .publish(let topic, let event):
+            buffer.writeRaw(count: 1 + fieldSize(topic) + binarySize(event)) {
+                $0.byte(Opcode.publish.rawValue)
+                $0.field(topic)
+                $0.binary(event)
+            }
+            return
+        case .request(let id, let cluster, let body, let timeout):
+            buffer.writeRaw(count: 1 + varintSize(id) + fieldSize(cluster) + binarySize(body) + varintSize(timeout)) {
+                $0.byte(Opcode.request.rawValue)
+                $0.varint(id)
+                $0.field(cluster)
+                $0.binary(body)
+                $0.varint(timeout)
+            }
+            return
+        case .reply(let id, .success(let body)):
+            buffer.writeRaw(count: 1 + varintSize(id) + 1 + binarySize(body)) {
+                $0.byte(Opcode.reply.rawValue)
+                $0.varint(id)
+                $0.byte(1)  // success
+                $0.binary(body)
+            }
+            return
+        default:
+            break
+        }
         buffer.writeInteger(opcode.rawValue)
         switch self {
         case .initialize(let magic, let version, let cluster):
@@ -367,6 +558,41 @@ extension RelayFrame {
 
     /// Appends the frame's bytes to `buffer`.
     public func encode(into buffer: inout ByteBuffer) {
+        // The frames a relay sends by the million are written in one reservation each.
+        switch self {
+        case .publish(let topic, let event):
+            buffer.writeRaw(count: 1 + fieldSize(topic) + binarySize(event)) {
+                $0.byte(Opcode.publish.rawValue)
+                $0.field(topic)
+                $0.binary(event)
+            }
+            return
+        case .broadcast(let message):
+            buffer.writeRaw(count: 1 + binarySize(message)) {
+                $0.byte(Opcode.broadcast.rawValue)
+                $0.binary(message)
+            }
+            return
+        case .request(let id, let body, let timeout):
+            buffer.writeRaw(count: 1 + varintSize(id) + binarySize(body) + varintSize(timeout)) {
+                $0.byte(Opcode.request.rawValue)
+                $0.varint(id)
+                $0.binary(body)
+                $0.varint(timeout)
+            }
+            return
+        case .reply(let id, .success(let body)):
+            buffer.writeRaw(count: 1 + varintSize(id) + 2 + binarySize(body)) {
+                $0.byte(Opcode.reply.rawValue)
+                $0.varint(id)
+                $0.byte(0)  // not timed out
+                $0.byte(1)  // success
+                $0.binary(body)
+            }
+            return
+        default:
+            break
+        }
         buffer.writeInteger(opcode.rawValue)
         switch self {
         case .initialize(let magic, let version):

@@ -137,10 +137,10 @@ public final class MeshNode: @unchecked Sendable {
         links.onFrame = { [unowned self] frame, link in self.linkFrame(frame, link) }
         links.onReadComplete = { [unowned self] _ in self.clients?.peerReadComplete() }
         links.onWritable = { [unowned self] link in
-            if let node = link.peerNodeID { self.clients?.relayWritability(NodeID(bytes: node), writable: true) }
+            if let node = link.peerNode { self.clients?.relayWritability(node, writable: true) }
         }
         links.onUnwritable = { [unowned self] link in
-            if let node = link.peerNodeID { self.clients?.relayWritability(NodeID(bytes: node), writable: false) }
+            if let node = link.peerNode { self.clients?.relayWritability(node, writable: false) }
         }
         links.onLinkDown = { [unowned self] link in self.linkDown(link) }
         clients?.mesh = self
@@ -261,7 +261,7 @@ public final class MeshNode: @unchecked Sendable {
     private func linkFrame(_ frame: PeerFrame, _ link: PeerLink) {
         guard case .membership(let bytes) = frame else {
             // Requests, replies, broadcasts, publishes: the relay core's business.
-            if let node = link.peerNodeID { clients?.receivedPeer(frame, from: NodeID(bytes: node)) }
+            if let node = link.peerNode { clients?.receivedPeer(frame, from: node) }
             return
         }
         guard !left else { return }
@@ -326,7 +326,7 @@ public final class MeshNode: @unchecked Sendable {
     /// Sends a frame to another relay: on its link, or on a new link to its address. False if
     /// the relay is unknown (the frame is dropped).
     func send(_ frame: PeerFrame, to relay: NodeID) -> Bool {
-        if let link = links.link(toNode: relay.bytes) {
+        if let link = links.link(toNode: relay) {
             link.send(frame)
             return true
         }

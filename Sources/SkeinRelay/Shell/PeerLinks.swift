@@ -3,6 +3,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import SkeinCrypto
+import SkeinMembership
 import SkeinWire
 
 /// Settings of the relay-to-relay links (Docs/peer-protocol.md, Docs/relay-settings.md).
@@ -59,7 +60,11 @@ public final class PeerLinks: @unchecked Sendable {
     /// Every link, handshaking or established.
     private var links: [UInt64: PeerLink] = [:]
     /// Established links by the peer's node id, and by the address it listens on.
-    private var byNode: [[UInt8]: PeerLink] = [:]
+    private var byNode: [NodeID: PeerLink] = [:] {
+        didSet { lastLookup = nil }
+    }
+    /// The last answer of `link(toNode:)`: a flood of frames goes to one relay at a time.
+    private var lastLookup: (node: NodeID, link: PeerLink)?
     private var byAddress: [String: PeerLink] = [:]
     private var closing = false
     let metrics = PeerMetrics()
@@ -140,8 +145,11 @@ public final class PeerLinks: @unchecked Sendable {
     }
 
     /// The established link to a peer, if any.
-    public func link(toNode nodeID: [UInt8]) -> PeerLink? {
-        byNode[nodeID]
+    public func link(toNode node: NodeID) -> PeerLink? {
+        if let lastLookup, lastLookup.node == node { return lastLookup.link }
+        guard let link = byNode[node] else { return nil }
+        lastLookup = (node, link)
+        return link
     }
 
     public var establishedLinks: [PeerLink] { Array(byNode.values) }
@@ -227,7 +235,7 @@ public final class PeerLinks: @unchecked Sendable {
     }
 
     func helloReceived(_ link: PeerLink, address: String, name: String) {
-        guard let node = link.peerNodeID else { return }
+        guard let node = link.peerNode else { return }
         // Two relays that dial each other at once end up with two links: both sides keep the
         // one whose initiator has the lower node id, so they agree without talking.
         if let existing = byNode[node], existing !== link {
@@ -264,7 +272,7 @@ public final class PeerLinks: @unchecked Sendable {
 
     func closed(_ link: PeerLink) {
         links[link.id] = nil
-        if let node = link.peerNodeID, byNode[node] === link { byNode[node] = nil }
+        if let node = link.peerNode, byNode[node] === link { byNode[node] = nil }
         if let address = link.advertisedAddress, byAddress[address] === link { byAddress[address] = nil }
         metrics.linksUp.record(byNode.count)
         if link.isEstablished {
@@ -287,6 +295,8 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var advertisedAddress: String?
     public internal(set) var peerName: String?
     public private(set) var peerNodeID: [UInt8]?
+    /// `peerNodeID` as a `NodeID`, made once: frames are routed by it.
+    public private(set) var peerNode: NodeID?
     public private(set) var keyID: KeyID?
     public private(set) var cipher: PeerCipher?
     public private(set) var closeReason: String?
@@ -306,7 +316,6 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     private var outbox: PeerOutbox
     private var inbox: PeerInbox
     private var inbound = ByteBuffer()
-    private var plaintext = ByteBuffer()
     private var flushScheduled = false
     private var lastReceived = NIODeadline.now()
     private var lastSent = NIODeadline.now()
@@ -514,6 +523,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
             handshake = nil
             self.session = session
             peerNodeID = session.peerNodeID
+            peerNode = NodeID(bytes: session.peerNodeID)
             keyID = session.keyID
             cipher = session.cipher
             owner.established(self)
@@ -592,18 +602,34 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         owner.eventLoop.execute { self.flush() }
     }
 
+    /// Output buffers are started at most this large (a few records): big enough for one
+    /// write system call to carry many records, small enough to come from the allocator's heap,
+    /// not from fresh pages of `mmap` that fault on every write.
+    static let outputChunk = 4 * (66_560 + RecordSealer.overhead)
+
     private func flush() {
         flushScheduled = false
         guard var session, let channel, !outbox.isEmpty else { return }
-        let queued = PeerTrafficClass.allCases.reduce(0) { $0 + outbox.queuedBytes($1) }
-        var out = channel.allocator.buffer(capacity: queued + outbox.queuedFrames * 12 + (queued / 65_536 + 1) * RecordSealer.overhead)
-        while outbox.nextRecord(into: &plaintext) {
-            session.sealer.seal(plaintext, into: &out)
-            plaintext.clear()
-            owner.metrics.recordsSealed.increment()
+        var records = 0
+        var unsealed = outbox.totalQueuedBytes
+        var full: [ByteBuffer] = []
+        var out = channel.allocator.buffer(capacity: min(Self.outputChunk, max(unsealed, 0) + 2 * RecordSealer.overhead))
+        // Records are sealed straight from the outbox's queues, a few records per output buffer.
+        // Buffers are written after the outbox is done: a write can re-enter (writability).
+        while outbox.nextRecord({ record in
+            if out.readableBytes > 0 && out.readableBytes + record.count + RecordSealer.overhead > Self.outputChunk {
+                full.append(out)
+                out = channel.allocator.buffer(capacity: min(Self.outputChunk, max(unsealed, 0) + 2 * RecordSealer.overhead))
+            }
+            session.sealer.seal(record, into: &out)
+            unsealed -= record.count
+        }) {
+            records += 1
         }
         self.session = session
+        owner.metrics.recordsSealed.increment(by: records)
         lastSent = .now()
+        for buffer in full { channel.write(buffer, promise: nil) }
         channel.writeAndFlush(out, promise: nil)
     }
 

@@ -104,8 +104,92 @@ public enum PeerFrame: Sendable, Equatable {
 
     public var trafficClass: PeerTrafficClass { kind.trafficClass }
 
+    /// The number of bytes `encodePayload` writes, so a frame's header can be written before its
+    /// payload, in place.
+    public var payloadSize: Int {
+        switch self {
+        case .hello(let address, let name):
+            return fieldSize(address) + fieldSize(name)
+        case .ping, .pong:
+            return 8
+        case .goodbye(let reason):
+            return fieldSize(reason)
+        case .membership(let bytes):
+            return bytes.readableBytes
+        case .request(let id, let cluster, let remaining, let body):
+            return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + body.readableBytes
+        case .reply(let id, let outcome):
+            switch outcome {
+            case .success(let body): return varintSize(id) + 1 + body.readableBytes
+            case .fault(let fault): return varintSize(id) + 1 + fieldSize(fault)
+            case .timedOut, .noMembers, .memberLost: return varintSize(id) + 1
+            }
+        case .broadcast(let name, let body), .publish(let name, let body):
+            return fieldSize(name) + body.readableBytes
+        case .tunnelOpen(let id, let cluster, let remaining):
+            return varintSize(id) + fieldSize(cluster) + varintSize(remaining)
+        case .tunnelConfirm(let id, let outcome):
+            switch outcome {
+            case .built(let farID, let chunkLimit): return varintSize(id) + 1 + varintSize(farID) + varintSize(chunkLimit)
+            case .failed(let reason): return varintSize(id) + 1 + fieldSize(reason)
+            }
+        case .tunnelAllowance(let id, let bytes):
+            return varintSize(id) + varintSize(bytes)
+        case .tunnelClose(let id, let reason):
+            return varintSize(id) + fieldSize(reason)
+        case .tunnelData(let id, let size, let chunk):
+            return varintSize(id) + varintSize(size) + chunk.readableBytes
+        }
+    }
+
     /// Appends the frame's payload (without the type byte and length) to `buffer`.
     public func encodePayload(into buffer: inout ByteBuffer) {
+        if let written = encodeHot(into: &buffer, payloadSize: payloadSize, header: false), written { return }
+        encodeCold(into: &buffer)
+    }
+
+    /// The frames that travel by the million (events, requests, replies, tunnel data) in one
+    /// reservation of `buffer`, with their header if `header`; nil for every other kind.
+    @inline(__always)
+    private func encodeHot(into buffer: inout ByteBuffer, payloadSize: Int, header: Bool) -> Bool? {
+        let headerSize = header ? 1 + varintSize(UInt64(payloadSize)) : 0
+        let kind = self.kind
+        switch self {
+        case .publish(let name, let body), .broadcast(let name, let body):
+            buffer.writeRaw(count: headerSize + payloadSize) {
+                if header { $0.byte(kind.rawValue); $0.varint(UInt64(payloadSize)) }
+                $0.field(name)
+                $0.bytes(body)
+            }
+        case .request(let id, let cluster, let remaining, let body):
+            buffer.writeRaw(count: headerSize + payloadSize) {
+                if header { $0.byte(kind.rawValue); $0.varint(UInt64(payloadSize)) }
+                $0.varint(id)
+                $0.field(cluster)
+                $0.varint(remaining)
+                $0.bytes(body)
+            }
+        case .reply(let id, .success(let body)):
+            buffer.writeRaw(count: headerSize + payloadSize) {
+                if header { $0.byte(kind.rawValue); $0.varint(UInt64(payloadSize)) }
+                $0.varint(id)
+                $0.byte(0)
+                $0.bytes(body)
+            }
+        case .tunnelData(let id, let size, let chunk):
+            buffer.writeRaw(count: headerSize + payloadSize) {
+                if header { $0.byte(kind.rawValue); $0.varint(UInt64(payloadSize)) }
+                $0.varint(id)
+                $0.varint(size)
+                $0.bytes(chunk)
+            }
+        default:
+            return nil
+        }
+        return true
+    }
+
+    private func encodeCold(into buffer: inout ByteBuffer) {
         switch self {
         case .hello(let address, let name):
             buffer.writeField(address)
@@ -170,16 +254,26 @@ public enum PeerFrame: Sendable, Equatable {
 
     /// Appends the whole frame (type, length, payload) to `buffer`, unfragmented.
     public func encode(into buffer: inout ByteBuffer) {
-        var payload = ByteBuffer()
-        encodePayload(into: &payload)
+        encode(into: &buffer, payloadSize: payloadSize)
+    }
+
+    /// `encode(into:)` for a caller that already knows `payloadSize`.
+    public func encode(into buffer: inout ByteBuffer, payloadSize: Int) {
+        if let written = encodeHot(into: &buffer, payloadSize: payloadSize, header: true), written { return }
         buffer.writeInteger(kind.rawValue)
-        buffer.writeVarint(UInt64(payload.readableBytes))
-        buffer.writeImmutableBuffer(payload)
+        buffer.writeVarint(UInt64(payloadSize))
+        encodeCold(into: &buffer)
     }
 
     /// Decodes a whole (reassembled) payload of the given kind. Trailing bytes are an error:
     /// every field is accounted for.
     public static func decode(kind: Kind, payload: ByteBuffer, limits: WireLimits) throws(PeerFrameError) -> PeerFrame {
+        var names = NameCache()
+        return try decode(kind: kind, payload: payload, limits: limits, names: &names)
+    }
+
+    /// Decodes a payload, taking cluster and topic names from `names` when they repeat.
+    public static func decode(kind: Kind, payload: ByteBuffer, limits: WireLimits, names: inout NameCache) throws(PeerFrameError) -> PeerFrame {
         var r = FieldReader(buffer: payload, limits: limits)
         do {
             let frame: PeerFrame?
@@ -199,7 +293,7 @@ public enum PeerFrame: Sendable, Equatable {
             case .membership:
                 frame = .membership(r.buffer.readSlice(length: r.buffer.readableBytes)!)
             case .request:
-                if let id = try r.varint(), let cluster = try r.string("cluster"), let remaining = try r.varint() {
+                if let id = try r.varint(), let cluster = try r.name("cluster", cache: &names), let remaining = try r.varint() {
                     frame = .request(id: id, cluster: cluster, remainingMillis: remaining, body: r.rest())
                 } else {
                     frame = nil
@@ -218,9 +312,9 @@ public enum PeerFrame: Sendable, Equatable {
                     frame = nil
                 }
             case .broadcast:
-                frame = try r.string("cluster").map { .broadcast(cluster: $0, body: r.rest()) }
+                frame = try r.name("cluster", cache: &names).map { .broadcast(cluster: $0, body: r.rest()) }
             case .publish:
-                frame = try r.string("topic").map { .publish(topic: $0, body: r.rest()) }
+                frame = try r.name("topic", cache: &names).map { .publish(topic: $0, body: r.rest()) }
             case .tunnelOpen:
                 if let id = try r.varint(), let cluster = try r.string("cluster"), let remaining = try r.varint() {
                     frame = .tunnelOpen(id: id, cluster: cluster, remainingMillis: remaining)

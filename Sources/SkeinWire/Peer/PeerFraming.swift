@@ -2,12 +2,17 @@ import DequeModule
 import NIOCore
 
 /// Queues frames for one peer link and packs them into record plaintexts (Docs/peer-protocol.md
-/// §5). Pure: the link shell seals each plaintext it returns.
+/// §5). Pure: the link shell seals each plaintext it is handed.
 ///
 /// Every record is filled in class order — control, then interactive, then bulk — and a frame
 /// that does not fit is split into fragments, so a control frame or a request queued behind any
 /// amount of bulk data waits for at most the record being written. When both interactive and
 /// bulk frames wait, a quarter of each record is kept for bulk so tunnels are never starved.
+///
+/// Frames are encoded once, header and payload, into their class's queue. A record that is a
+/// run of whole frames of one class (the common case: a flood of events, or of tunnel chunks) is
+/// handed to the sealer straight from that queue; only records that mix classes or carry a
+/// fragment are gathered into a scratch buffer first.
 public struct PeerOutbox: Sendable {
     /// Largest record plaintext this outbox produces.
     public let maxRecordPlaintext: Int
@@ -15,6 +20,7 @@ public struct PeerOutbox: Sendable {
     public let minimumFragment: Int
 
     private var queues: [ClassQueue]
+    private var scratch = ByteBuffer()
 
     public init(maxRecordPlaintext: Int = 65_536, minimumFragment: Int = 256) {
         precondition(maxRecordPlaintext >= 64 && minimumFragment >= 16 && minimumFragment + 16 <= maxRecordPlaintext / 2)
@@ -23,77 +29,145 @@ public struct PeerOutbox: Sendable {
         self.queues = PeerTrafficClass.allCases.map { _ in ClassQueue() }
     }
 
-    public var isEmpty: Bool { queues.allSatisfy { $0.frames.isEmpty } }
+    public var isEmpty: Bool { queues[0].frames.isEmpty && queues[1].frames.isEmpty && queues[2].frames.isEmpty }
 
-    /// Bytes of frame payload waiting in one class (for backpressure decisions).
+    /// Bytes of frames (headers and payloads) waiting in one class (for backpressure decisions).
     public func queuedBytes(_ trafficClass: PeerTrafficClass) -> Int {
         queues[trafficClass.rawValue].stream.readableBytes
     }
 
+    /// Bytes of frames waiting in all classes.
+    public var totalQueuedBytes: Int {
+        queues[0].stream.readableBytes + queues[1].stream.readableBytes + queues[2].stream.readableBytes
+    }
+
     /// Frames waiting in all classes.
-    public var queuedFrames: Int { queues.reduce(0) { $0 + $1.frames.count } }
+    public var queuedFrames: Int { queues[0].frames.count + queues[1].frames.count + queues[2].frames.count }
 
     public mutating func enqueue(_ frame: PeerFrame) {
         let index = frame.trafficClass.rawValue
+        let length = frame.payloadSize
+        let kind = frame.kind
+        let header = 1 + varintSize(UInt64(length))
         let before = queues[index].stream.writerIndex
-        frame.encodePayload(into: &queues[index].stream)
-        queues[index].frames.append(Pending(kind: frame.kind, remaining: queues[index].stream.writerIndex - before))
+        frame.encode(into: &queues[index].stream, payloadSize: length)
+        assert(queues[index].stream.writerIndex - before == header + length, "payloadSize disagrees with encodePayload for \(kind)")
+        queues[index].frames.append(Pending(kind: kind, header: header, remaining: length))
     }
 
     /// Appends the next record's plaintext to `plaintext`; returns false (appending nothing) when
     /// no frame waits.
     @discardableResult
     public mutating func nextRecord(into plaintext: inout ByteBuffer) -> Bool {
+        nextRecord { plaintext.writeBytes($0) }
+    }
+
+    /// Passes the next record's plaintext to `body` (valid only during the call); returns false
+    /// (calling nothing) when no frame waits.
+    @discardableResult
+    public mutating func nextRecord(_ body: (UnsafeRawBufferPointer) throws -> Void) rethrows -> Bool {
         guard !isEmpty else { return false }
+        var pieces: [Piece] = []
         var space = maxRecordPlaintext
-        fill(.control, space: &space, into: &plaintext)
+        fill(.control, space: &space, into: &pieces)
         let bulkWaiting = !queues[PeerTrafficClass.bulk.rawValue].frames.isEmpty
         let reserve = bulkWaiting ? min(space, maxRecordPlaintext / 4) : 0
         var interactiveSpace = space - reserve
-        fill(.interactive, space: &interactiveSpace, into: &plaintext)
+        fill(.interactive, space: &interactiveSpace, into: &pieces)
         space = interactiveSpace + reserve
-        fill(.bulk, space: &space, into: &plaintext)
-        // Leftover space goes back to interactive frames if bulk did not need it.
-        fill(.interactive, space: &space, into: &plaintext)
+        fill(.bulk, space: &space, into: &pieces)
+        // Leftover space of the reserve goes back to interactive frames if bulk did not need it.
+        if reserve > 0 { fill(.interactive, space: &space, into: &pieces) }
+
+        if pieces.count == 1, case .bytes(let run) = pieces[0] {
+            // A run of whole frames of one class: sealed straight from its queue.
+            try run.withUnsafeReadableBytes(body)
+        } else {
+            scratch.clear()
+            for piece in pieces {
+                switch piece {
+                case .bytes(let bytes):
+                    scratch.writeImmutableBuffer(bytes)
+                case .fragmentHeader(let kind, let continues, let length):
+                    scratch.writeInteger(kind.rawValue | (continues ? PeerInbox.continuesFlag : 0))
+                    scratch.writeVarint(UInt64(length))
+                }
+            }
+            try scratch.withUnsafeReadableBytes(body)
+        }
+        pieces.removeAll()  // release the queues' storage before compacting it
+        for index in queues.indices { queues[index].compactIfNeeded() }
         return true
     }
 
-    private mutating func fill(_ trafficClass: PeerTrafficClass, space: inout Int, into out: inout ByteBuffer) {
+    /// Takes frames of one class for the record being built, within `space`.
+    ///
+    /// A frame that does not fit in what is left of the record is split to fill it (never into a
+    /// fragment under `minimumFragment`) when the frame is larger than a whole record, or when
+    /// this class was given less than a whole record (other classes or the bulk reserve took
+    /// part of it). A frame that would fit in a record of its own is not split just to fill the
+    /// tail of one that this class had to itself: it leads the next record, whole, so a flood of
+    /// frames of one class is sealed as runs of whole frames straight from the queue.
+    private mutating func fill(_ trafficClass: PeerTrafficClass, space: inout Int, into pieces: inout [Piece]) {
         let index = trafficClass.rawValue
+        let hadWholeRecord = space == maxRecordPlaintext
+        var run = 0  // bytes of whole frames (with their queued headers) taken and not yet sliced
         while let head = queues[index].frames.first {
-            let whole = 1 + varintSize(UInt64(head.remaining)) + head.remaining
-            if whole <= space {
-                Self.writeHeader(kind: head.kind, continues: false, length: head.remaining, into: &out)
-                out.writeImmutableBuffer(queues[index].stream.readSlice(length: head.remaining)!)
+            // A frame not yet started is queued with its header; the rest of a split one is not.
+            let whole = head.header > 0 ? head.header + head.remaining : 1 + varintSize(UInt64(head.remaining)) + head.remaining
+            if head.header > 0 && whole <= space {
+                run += whole
+                space -= whole
+                queues[index].frames.removeFirst()
+                continue
+            }
+            if run > 0 {
+                pieces.append(.bytes(queues[index].stream.readSlice(length: run)!))
+                run = 0
+            }
+            if head.header == 0 && whole <= space {
+                // The last piece of a split frame.
+                pieces.append(.fragmentHeader(head.kind, continues: false, length: head.remaining))
+                pieces.append(.bytes(queues[index].stream.readSlice(length: head.remaining)!))
                 queues[index].frames.removeFirst()
                 space -= whole
                 continue
             }
+            if hadWholeRecord && whole <= maxRecordPlaintext { break }
             // Split: fill the rest of this record with a fragment, if it is worth it.
             let header = 1 + varintSize(UInt64(space))
             let chunk = space - header
             guard chunk >= minimumFragment else { break }
-            Self.writeHeader(kind: head.kind, continues: true, length: chunk, into: &out)
-            out.writeImmutableBuffer(queues[index].stream.readSlice(length: chunk)!)
+            if head.header > 0 {
+                queues[index].stream.moveReaderIndex(forwardBy: head.header)
+                queues[index].frames[0].header = 0
+            }
+            pieces.append(.fragmentHeader(head.kind, continues: true, length: chunk))
+            pieces.append(.bytes(queues[index].stream.readSlice(length: chunk)!))
             queues[index].frames[0].remaining -= chunk
             space = 0
             break
         }
-        queues[index].compactIfNeeded()
+        if run > 0 { pieces.append(.bytes(queues[index].stream.readSlice(length: run)!)) }
     }
 
-    private static func writeHeader(kind: PeerFrame.Kind, continues: Bool, length: Int, into out: inout ByteBuffer) {
-        out.writeInteger(kind.rawValue | (continues ? PeerInbox.continuesFlag : 0))
-        out.writeVarint(UInt64(length))
+    private enum Piece {
+        /// Bytes of a class queue, as they go into the record.
+        case bytes(ByteBuffer)
+        /// The header of a fragment (its payload follows as `.bytes`).
+        case fragmentHeader(PeerFrame.Kind, continues: Bool, length: Int)
     }
 
     private struct Pending: Sendable {
         var kind: PeerFrame.Kind
+        /// Bytes of the frame's header in the queue; 0 once a fragment of it has been sent.
+        var header: Int
+        /// Payload bytes not sent yet.
         var remaining: Int
     }
 
     private struct ClassQueue: Sendable {
-        /// Payloads of the queued frames, back to back.
+        /// The queued frames, header and payload, back to back.
         var stream = ByteBuffer()
         var frames = Deque<Pending>()
 
@@ -117,6 +191,7 @@ public struct PeerInbox: Sendable {
     public let maxFrameSize: Int
 
     private var partial: [(kind: PeerFrame.Kind, bytes: ByteBuffer)?]
+    private var names = NameCache()
 
     public init(limits: WireLimits = WireLimits(), maxFrameSize: Int? = nil) {
         self.limits = limits
@@ -150,7 +225,7 @@ public struct PeerInbox: Sendable {
                 if continues {
                     partial[index] = held
                 } else {
-                    frames.append(try PeerFrame.decode(kind: kind, payload: held.bytes, limits: limits))
+                    frames.append(try PeerFrame.decode(kind: kind, payload: held.bytes, limits: limits, names: &names))
                 }
             } else if continues {
                 guard length <= UInt64(maxFrameSize) else { throw .frameTooLarge(length: length, limit: maxFrameSize) }
@@ -161,7 +236,7 @@ public struct PeerInbox: Sendable {
                 partial[index] = (kind, bytes)
             } else {
                 guard length <= UInt64(maxFrameSize) else { throw .frameTooLarge(length: length, limit: maxFrameSize) }
-                frames.append(try PeerFrame.decode(kind: kind, payload: chunk, limits: limits))
+                frames.append(try PeerFrame.decode(kind: kind, payload: chunk, limits: limits, names: &names))
             }
         }
     }
