@@ -1,6 +1,12 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// Release builds of the hot-path targets do without run-time exclusivity checks. Their state
+// lives in classes confined to one event loop, and every access to a class property paid
+// swift_beginAccess/swift_endAccess (12-14% of a relay's CPU at 64 B messages, Docs/benchmarks.md).
+// Debug builds, and so the tests, keep the checks and would trap on an overlapping access.
+let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+
 let package = Package(
     name: "skein",
     platforms: [.macOS(.v14)],
@@ -36,13 +42,15 @@ let package = Package(
             dependencies: [
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
-            ]
+            ],
+            swiftSettings: hotPath
         ),
         // Keys, keyrings, the peer handshake, sealed records and datagrams: libsodium, no I/O.
         // NIOCore for ByteBuffer (records) and NIODeadline (handshake deadlines) only.
         .target(
             name: "SkeinCrypto",
-            dependencies: ["CSodium", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["CSodium", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: hotPath
         ),
         // SWIM + Lifeguard membership: a pure core (no I/O, no clock, no randomness of its own).
         // NIOCore only for NIODeadline/TimeAmount.
@@ -54,7 +62,7 @@ let package = Package(
             ]
         ),
         // Which remote relays serve which clusters and topics, and where a request goes. Pure.
-        .target(name: "SkeinRouting", dependencies: ["SkeinMembership"]),
+        .target(name: "SkeinRouting", dependencies: ["SkeinMembership"], swiftSettings: hotPath),
         // Many membership cores in one process on virtual time: network faults, scenarios, metrics.
         .target(
             name: "SkeinSimulator",
@@ -81,7 +89,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
+            ],
+            swiftSettings: hotPath
         ),
         // The async/await client binding.
         .target(
@@ -91,7 +100,8 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ]
+            ],
+            swiftSettings: hotPath
         ),
         // The command-line tool: thin glue over the libraries.
         .executableTarget(

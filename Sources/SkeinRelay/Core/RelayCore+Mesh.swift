@@ -84,7 +84,7 @@ extension RelayCore {
 
     /// A local connection sent an event to `relay`: pause it if that relay's link is full.
     mutating func noteDelivery(from source: ConnectionID, toRelay relay: NodeID, actions: inout [RelayAction]) {
-        guard blockedRelays[relay] != nil, var conn = connections[source] else { return }
+        guard !blockedRelays.isEmpty, blockedRelays[relay] != nil, var conn = connections[source] else { return }
         let wasReading = conn.isReading
         guard conn.blockedByRelays.insert(relay).inserted else { return }
         connections[source] = conn
@@ -111,7 +111,7 @@ extension RelayCore {
                 actions.append(.send(member, .broadcast(message: body)))
             }
         case .publish(let topic, let body):
-            for subscriber in topics[topic] ?? [] {
+            for subscriber in publishRoute(topic).subscribers {
                 actions.append(.send(subscriber, .publish(topic: topic, event: body)))
             }
         case .tunnelOpen(let id, let cluster, let remaining):

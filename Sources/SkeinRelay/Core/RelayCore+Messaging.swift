@@ -233,14 +233,31 @@ extension RelayCore {
     /// A local client's publish: every subscription here, and one copy to each other relay
     /// with subscribers (which delivers it to its own).
     mutating func publish(from publisher: ConnectionID, topic: String, event: ByteBuffer, actions: inout [RelayAction]) {
-        for relay in routing.relays(subscribedTo: topic) {
+        let route = publishRoute(topic)
+        for relay in route.relays {
             actions.append(.sendPeer(relay, .publish(topic: topic, body: event)))
             noteDelivery(from: publisher, toRelay: relay, actions: &actions)
         }
-        guard let subscribers = topics[topic] else { return }
-        for subscriber in subscribers {
+        for subscriber in route.subscribers {
             actions.append(.send(subscriber, .publish(topic: topic, event: event)))
             noteDelivery(from: publisher, to: subscriber, actions: &actions)
         }
+    }
+
+    /// Where an event on `topic` goes: the remote relays with subscribers and the local
+    /// subscriptions. The last answer is kept until local subscriptions or routing change, so a
+    /// flood of events to one topic looks both up once (names from the decoders are interned, so
+    /// comparing the topic is cheap).
+    mutating func publishRoute(_ topic: String) -> PublishRoute {
+        if let last = lastPublishRoute, last.directoryVersion == directoryVersion, last.routingVersion == routing.version,
+            last.topic == topic
+        {
+            return last
+        }
+        let route = PublishRoute(
+            topic: topic, directoryVersion: directoryVersion, routingVersion: routing.version,
+            relays: routing.relays(subscribedTo: topic), subscribers: topics[topic] ?? [])
+        lastPublishRoute = route
+        return route
     }
 }

@@ -83,6 +83,7 @@ public struct RelayCore {
     var timers = Heap<TimerEntry>()
     /// Inside `closeAll`: every connection is about to hear the shutdown's reason.
     var closingAll = false
+    var lastPublishRoute: PublishRoute?
 
     public init(settings: RelaySettings, zone: String = "", seed: UInt64 = 0) {
         self.settings = settings
@@ -162,8 +163,9 @@ public struct RelayCore {
     // MARK: - Frames
 
     public mutating func received(_ frame: ClientFrame, from id: ConnectionID, now: NIODeadline, actions: inout [RelayAction]) {
-        guard let conn = connections[id], conn.phase != .closed else { return }
-        if conn.phase == .awaitingInit {
+        // Only the phase, read in place: a copy of the record would retain every collection in it.
+        guard let phase = Self.phase(of: &connections[id]), phase != .closed else { return }
+        if phase == .awaitingInit {
             guard case .initialize(let magic, let version, let cluster) = frame else {
                 reject(id, "first frame was \(frame.opcode), not INIT", actions: &actions)
                 return
@@ -204,6 +206,9 @@ public struct RelayCore {
             tunnelClose(from: id, tunnelID: tunnelID, actions: &actions)
         }
     }
+
+    @inline(__always)
+    private static func phase(of connection: inout Connection?) -> Phase? { connection?.phase }
 
     // MARK: - Time
 
@@ -539,6 +544,15 @@ extension RelayCore {
         var localCaller: ConnectionID? {
             if case .local(let id) = caller { id } else { nil }
         }
+    }
+
+    /// `publishRoute`'s answer for one topic, with the versions it is valid for.
+    struct PublishRoute {
+        var topic: String
+        var directoryVersion: UInt64
+        var routingVersion: UInt64
+        var relays: [NodeID]
+        var subscribers: [ConnectionID]
     }
 
     struct PendingBuild {

@@ -21,6 +21,9 @@ public final class ClientServer: @unchecked Sendable {
     private var core: RelayCore
     private var clients: [ConnectionID: ClientChannel] = [:]
     private var dirty: [ClientChannel] = []
+    private var lastClient: ClientChannel?
+    /// When the peer-link read being handled began (see `receivedPeer`).
+    private var peerReadTime: NIODeadline?
     private var actions: [RelayAction] = []
     private var nextConnection: UInt64 = 0
     private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
@@ -190,6 +193,7 @@ public final class ClientServer: @unchecked Sendable {
             core.truncatedInput(client.id, bufferedBytes: unparsedBytes, actions: &actions)
         }
         clients[client.id] = nil
+        if lastClient === client { lastClient = nil }
         client.isClosed = true
         core.connectionClosed(client.id, now: .now(), actions: &actions)
         perform()
@@ -238,15 +242,17 @@ public final class ClientServer: @unchecked Sendable {
     }
 
     private func perform(_ batch: [RelayAction]) {
+        let mesh = self.mesh  // a weak load per frame otherwise
         for action in batch {
             switch action {
             case .send(let id, let frame):
-                guard let client = clients[id], !client.isClosed else { continue }
+                guard let client = client(id), !client.isClosed else { continue }
                 if !client.isDirty {
                     client.isDirty = true
                     dirty.append(client)
                 }
                 frame.encode(into: &client.outbox)
+                if client.outbox.readableBytes >= ClientChannel.writeChunk { client.writeChunk() }
             case .disconnect(let id):
                 guard let client = clients[id], !client.isClosed, !client.isClosing else { continue }
                 client.closeAfterWrites(within: configuration.settings.slowConsumerTimeout)
@@ -260,6 +266,14 @@ public final class ClientServer: @unchecked Sendable {
                 report(event)
             }
         }
+    }
+
+    /// The connection's channel; the last one is remembered, as a flood goes to one subscriber
+    /// at a time.
+    private func client(_ id: ConnectionID) -> ClientChannel? {
+        if let lastClient, lastClient.id == id { return lastClient }
+        lastClient = clients[id]
+        return lastClient
     }
 
     private func report(_ event: RelayEvent) {
@@ -294,7 +308,10 @@ public final class ClientServer: @unchecked Sendable {
     /// A frame from another relay. Output it causes is written by `peerReadComplete`, once per
     /// socket read of the peer link, as client output is once per client read batch.
     func receivedPeer(_ frame: PeerFrame, from relay: NodeID) {
-        core.receivedPeer(frame, from: relay, now: .now(), actions: &actions)
+        // The clock is read once per peer-link read, as it is once per client read batch.
+        let now = peerReadTime ?? .now()
+        peerReadTime = now
+        core.receivedPeer(frame, from: relay, now: now, actions: &actions)
         perform()
     }
 
@@ -307,6 +324,7 @@ public final class ClientServer: @unchecked Sendable {
 
     /// Every frame of one peer-link read has been handled: write what they produced.
     func peerReadComplete() {
+        peerReadTime = nil
         flush()
     }
 
@@ -365,6 +383,8 @@ final class ClientChannel {
     weak var handler: ClientConnectionHandler?
     var outbox: ByteBuffer
     var isDirty = false
+    /// `writeChunk` handed output to the channel that `flush` has not flushed yet.
+    var wroteChunks = false
     var isClosing = false
     var isClosed = false
     private(set) var reading = true
@@ -375,12 +395,33 @@ final class ClientChannel {
         self.outbox = channel.allocator.buffer(capacity: 0)
     }
 
+    /// Output gathered during a batch is handed to the channel in pieces of about this size,
+    /// and flushed at the end of the batch. A peer-link read can carry a megabyte of events for
+    /// one subscriber: one buffer that large would be a fresh `mmap` (page faults on every
+    /// write) and grow by copying; pieces of 64 KiB come from the allocator's heap.
+    static let writeChunk = 1 << 16
+
     func flush() {
         isDirty = false
-        guard outbox.readableBytes > 0, !isClosed else { return }
+        guard outbox.readableBytes > 0, !isClosed else {
+            if wroteChunks && !isClosed { channel.flush() }
+            wroteChunks = false
+            return
+        }
+        wroteChunks = false
         let buffer = outbox
-        outbox = channel.allocator.buffer(capacity: min(max(buffer.readableBytes, 1024), 1 << 16))
+        outbox = channel.allocator.buffer(capacity: min(max(buffer.readableBytes, 1024), Self.writeChunk + 1024))
         channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    /// Hands what is gathered to the channel without flushing it (`flush` at the end of the
+    /// batch writes it). A write may report writability at once, which is what backpressure needs.
+    func writeChunk() {
+        guard !isClosed, !isClosing else { return }
+        let buffer = outbox
+        outbox = channel.allocator.buffer(capacity: Self.writeChunk + 1024)
+        wroteChunks = true
+        channel.write(buffer, promise: nil)
     }
 
     /// Closes once everything queued has been written (the spec's graceful close: deliver what
@@ -424,6 +465,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private let server: ClientServer
     private var client: ClientChannel?
     private var cumulation: ByteBuffer?
+    private var names = NameCache()
 
     init(server: ClientServer) {
         self.server = server
@@ -454,7 +496,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         let now = NIODeadline.now()
         do {
             while client.reading, !client.isClosing, !client.isClosed, cumulation != nil,
-                let frame = try ClientFrame.decode(from: &cumulation!, limits: limits)
+                let frame = try ClientFrame.decode(from: &cumulation!, limits: limits, names: &names)
             {
                 server.received(frame, from: client, now: now)
             }
