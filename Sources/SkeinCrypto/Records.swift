@@ -130,6 +130,18 @@ public struct RecordOpener: Sendable {
     /// bytes are there, before waiting for or allocating anything. Decrypts into a new buffer
     /// (one allocation per record, at most `maxPlaintext` bytes); `buffer` is only read.
     public mutating func next(from buffer: inout ByteBuffer) throws(RecordError) -> ByteBuffer? {
+        var plaintext = ByteBuffer()
+        guard let count = try next(from: &buffer, appendingTo: &plaintext) else { return nil }
+        precondition(plaintext.readableBytes == count)
+        return plaintext
+    }
+
+    /// Like `next(from:)`, but decrypts at the end of `plaintexts` and returns the record's
+    /// plaintext length (nil, appending nothing, when the record is not complete yet). A caller
+    /// that opens every record of a read into one buffer, slices it only afterwards, and clears
+    /// it for the next read reuses its storage whenever the slices are gone: no allocation and
+    /// no fresh pages per record. Nothing is appended unless the record authenticates.
+    public mutating func next(from buffer: inout ByteBuffer, appendingTo plaintexts: inout ByteBuffer) throws(RecordError) -> Int? {
         if let failure { throw failure }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
         guard length >= RecordSealer.tagSize else { return try fail(.authenticationFailed) }
@@ -139,14 +151,12 @@ public struct RecordOpener: Sendable {
 
         let index = direction.advance(plaintextCount: plaintextCount)
         let key = direction.key
-        // Out of place, into a buffer of its own: decrypting in place would write into storage
+        // Out of place, into the caller's buffer: decrypting in place would write into storage
         // that the caller's read buffer pool or earlier records' slices may share, and every
         // such write would copy the whole buffer first.
-        var plaintext = ByteBuffer()
-        plaintext.reserveCapacity(plaintextCount)
         var authentic = false
         buffer.withUnsafeReadableBytes { bytes in
-            plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: plaintextCount) { out in
+            _ = plaintexts.writeWithUnsafeMutableBytes(minimumWritableBytes: plaintextCount) { out in
                 authentic = key.open(
                     bytes.baseAddress! + 4, into: out.baseAddress!, count: plaintextCount,
                     ad: UnsafeRawBufferPointer(rebasing: bytes[0..<4]), index: index)
@@ -155,10 +165,21 @@ public struct RecordOpener: Sendable {
         }
         guard authentic else { return try fail(.authenticationFailed) }
         buffer.moveReaderIndex(forwardBy: 4 + Int(length))
-        return plaintext
+        return plaintextCount
     }
 
-    private mutating func fail(_ error: RecordError) throws(RecordError) -> ByteBuffer? {
+    /// The bytes of the next record (header, ciphertext and tag) once its length header is in
+    /// `buffer`, or nil before that; checked against the limits like `next`.
+    public func nextRecordSize(in buffer: ByteBuffer) throws(RecordError) -> Int? {
+        if let failure { throw failure }
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        guard length >= RecordSealer.tagSize, Int(length) - RecordSealer.tagSize <= direction.settings.maxPlaintext else {
+            return nil  // `next` fails the stream with the reason
+        }
+        return 4 + Int(length)
+    }
+
+    private mutating func fail<T>(_ error: RecordError) throws(RecordError) -> T? {
         failure = error
         throw error
     }

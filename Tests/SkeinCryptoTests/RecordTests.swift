@@ -37,6 +37,27 @@ func sealed(_ sealer: inout RecordSealer, _ plaintexts: [[UInt8]]) -> [[UInt8]] 
         try opener.finish(remaining: wire)
     }
 
+    @Test("records opened into one buffer, back to back; a bad one appends nothing", arguments: ciphers)
+    func openingIntoOneBuffer(cipher: PeerCipher) throws {
+        var (sealer, opener) = makeDirection(cipher: cipher)
+        let plaintexts = [[UInt8](repeating: 1, count: 10), [], [UInt8](repeating: 2, count: 5000), [3]]
+        var wire = ByteBuffer()
+        for plaintext in plaintexts { sealer.seal(plaintext, into: &wire) }
+        #expect(try opener.nextRecordSize(in: wire) == 4 + 10 + 16)
+        var opened = ByteBuffer()
+        var lengths: [Int] = []
+        while let length = try opener.next(from: &wire, appendingTo: &opened) { lengths.append(length) }
+        #expect(lengths == plaintexts.map(\.count))
+        #expect(Array(opened.readableBytesView) == plaintexts.flatMap { $0 })
+        #expect(try opener.nextRecordSize(in: wire) == nil)
+
+        sealer.seal([9, 9, 9], into: &wire)
+        wire.setInteger(wire.getInteger(at: wire.writerIndex - 1, as: UInt8.self)! ^ 1, at: wire.writerIndex - 1)
+        let before = opened.writerIndex
+        #expect(throws: RecordError.authenticationFailed) { try opener.next(from: &wire, appendingTo: &opened) }
+        #expect(opened.writerIndex == before)
+    }
+
     @Test(arguments: ciphers)
     func theRecordLayoutIsLengthThenCiphertextAndTag(cipher: PeerCipher) {
         var (sealer, _) = makeDirection(cipher: cipher)

@@ -162,6 +162,35 @@ struct PeerLinkTests {
         #expect(b.frames.map(\.0).contains(frames[0]))
     }
 
+    @Test("records of every size, straddling socket reads anywhere, arrive intact and in order")
+    func recordsStraddlingReads() async throws {
+        let a = try await PeerNode.start(name: "a", keyring: Keyring(primary: key))
+        let b = try await PeerNode.start(name: "b", keyring: Keyring(primary: key))
+        defer { Task { await a.stop(); await b.stop() } }
+
+        // Sizes from 1 byte to past a whole record, so records of every length cross the
+        // boundaries of whatever reads the socket makes; some batches small, some large.
+        var sent: [PeerFrame] = []
+        for batch in 0..<40 {
+            var frames: [PeerFrame] = []
+            for i in 0..<(batch % 5 == 0 ? 1 : 12) {
+                let n = (batch * 12 + i) &* 7919 % 70_000 + 1
+                let body = ByteBuffer(bytes: (0..<n).map { UInt8(truncatingIfNeeded: $0 &+ batch &* 31 &+ i) })
+                frames.append(i % 3 == 0
+                    ? .tunnelData(id: UInt64(batch), sizeOrContinuation: UInt64(i), chunk: body)
+                    : .publish(topic: "t\(i % 2)", body: body))
+            }
+            sent += frames
+            try await a.send(frames, to: b)
+            if batch % 4 == 0 { try await Task.sleep(for: .milliseconds(2)) }
+        }
+        let count = sent.count
+        await eventually(within: .seconds(30), "b receives every frame") { b.frames.count == count }
+        for kind in [PeerFrame.Kind.tunnelData, .publish] {
+            #expect(b.frames.map(\.0).filter { $0.kind == kind } == sent.filter { $0.kind == kind })
+        }
+    }
+
     @Test("garbage on the peer port ends only that connection")
     func garbageRefused() async throws {
         let a = try await PeerNode.start(name: "a", keyring: Keyring(primary: key))

@@ -316,6 +316,9 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     private var outbox: PeerOutbox
     private var inbox: PeerInbox
     private var inbound = ByteBuffer()
+    private var plaintexts = ByteBuffer()
+    /// `inbound` is a buffer of this link's own holding a partial record, not NIO's read buffer.
+    private var inboundIsOwn = false
     private var flushScheduled = false
     private var lastReceived = NIODeadline.now()
     private var lastSent = NIODeadline.now()
@@ -476,11 +479,28 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         } else if inbound.readableBytes == 0 {
             // The common case: take the read buffer as is and open records in place.
             inbound = buffer
+            inboundIsOwn = false
             openRecords()
         } else {
+            // A record started in an earlier read: copy only what completes it (`inbound` was
+            // sized for the whole record when it was kept), then open the rest of this read
+            // where it lies.
             var buffer = buffer
-            inbound.writeBuffer(&buffer)
-            openRecords()
+            let size = (try? session?.opener.nextRecordSize(in: inbound)) ?? nil
+            let missing = size.map { $0 - inbound.readableBytes } ?? 4
+            var head = buffer.readSlice(length: min(max(missing, 0), buffer.readableBytes))!
+            inbound.writeBuffer(&head)
+            if buffer.readableBytes > 0 && (size == nil || inbound.readableBytes >= size!) {
+                // The pending record (or its header) is complete: open it, then the rest.
+                if size == nil {
+                    inbound.writeBuffer(&buffer)
+                    openRecords()
+                } else {
+                    openRecords(then: buffer)
+                }
+            } else {
+                openRecords()
+            }
         }
     }
 
@@ -549,13 +569,34 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
 
     // MARK: - Records
 
-    private func openRecords() {
+    /// Opens every whole record in `inbound` (and then in `more`, the rest of the same read),
+    /// delivers their frames, and keeps a partial record for the next read.
+    private func openRecords(then more: ByteBuffer? = nil) {
         guard var session, !readFailed else { return }
         var frames: [PeerFrame] = []
+        // Every record of this read is decrypted into one buffer, sliced only once all are in:
+        // cleared here, its storage is reused as soon as the last read's frames are gone.
+        plaintexts.clear()
+        plaintexts.reserveCapacity(inbound.readableBytes + (more?.readableBytes ?? 0))
+        var lengths: [Int] = []
         do {
-            while let record = try session.opener.next(from: &inbound) {
-                owner.metrics.recordsOpened.increment()
-                try inbox.receive(record: record, into: &frames)
+            while let length = try session.opener.next(from: &inbound, appendingTo: &plaintexts) {
+                lengths.append(length)
+            }
+            if var more {
+                if inbound.readableBytes == 0 {
+                    inbound = more
+                    inboundIsOwn = false
+                } else {
+                    inbound.writeBuffer(&more)
+                }
+                while let length = try session.opener.next(from: &inbound, appendingTo: &plaintexts) {
+                    lengths.append(length)
+                }
+            }
+            owner.metrics.recordsOpened.increment(by: lengths.count)
+            for length in lengths {
+                try inbox.receive(record: plaintexts.readSlice(length: length)!, into: &frames)
             }
         } catch {
             self.session = session
@@ -570,12 +611,19 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         // Every frame of an authenticated record is delivered, even on a link that is closing.
         for frame in frames { deliver(frame) }
         if !frames.isEmpty { owner.onReadComplete?(self) }
-        // Keep only a partial record, if any (records are decrypted out of `inbound`, so it is
-        // never written to, and NIO's read buffer pool can reuse its buffers).
+        // Keep only a partial record, if any, in a buffer of its own sized for the whole record
+        // (records are decrypted out of `inbound`, so it is never written to, and NIO's read
+        // buffer pool can reuse its buffers).
         if inbound.readableBytes == 0 {
             inbound = ByteBuffer()
-        } else {
-            inbound.discardReadBytes()
+            inboundIsOwn = false
+        } else if !inboundIsOwn || inbound.readerIndex > 0 {
+            let size = ((try? session.opener.nextRecordSize(in: inbound)) ?? nil) ?? 4
+            var partial = ByteBuffer()
+            partial.reserveCapacity(max(size, inbound.readableBytes))
+            partial.writeBuffer(&inbound)
+            inbound = partial
+            inboundIsOwn = true
         }
     }
 
