@@ -50,6 +50,12 @@ struct ByteWriter {
 
     mutating func raw(_ value: [UInt8]) { bytes.append(contentsOf: value) }
 
+    /// Varint length (0: none), then the encoded metadata body.
+    mutating func inlineMetadata(_ body: [UInt8]?) {
+        varint(UInt64(body?.count ?? 0))
+        if let body { raw(body) }
+    }
+
     static func varintSize(_ value: UInt64) -> Int {
         var size = 1
         var rest = value
@@ -136,6 +142,12 @@ struct ByteReader {
         return Array(bytes[offset..<(offset + count)])
     }
 
+    /// An inline metadata body of at most `limit` bytes; empty when none was carried.
+    mutating func inlineMetadata(max limit: Int) -> [UInt8]? {
+        guard let count = length(max: limit) else { return nil }
+        return raw(count)
+    }
+
     /// A string whose UTF-8 length is at most `limit` and which is valid UTF-8.
     mutating func string(max limit: Int) -> String? {
         guard let count = length(max: limit), remaining >= count else { return nil }
@@ -152,7 +164,7 @@ struct ByteReader {
 /// Limits every decoder enforces; encoders enforce the same ones where user input enters.
 public enum MembershipWireLimits {
     /// The leading byte of every datagram and stream message.
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     /// A member's host (name or literal) in UTF-8 bytes.
     public static let maxHostBytes = 255
     /// A member's name in UTF-8 bytes.

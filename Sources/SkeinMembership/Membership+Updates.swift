@@ -6,7 +6,7 @@ extension Membership {
     /// member that told us, a second source for a metadata pull.
     mutating func apply(_ update: GossipUpdate, learnedFrom: MemberAddress?, now: NIODeadline, into out: inout [MembershipDirective]) {
         switch update {
-        case .alive(let memberID, let incarnation, let memberName, let memberAddress, let metadataVersion, let memberGeneration):
+        case .alive(let memberID, let incarnation, let memberName, let memberAddress, let metadataVersion, let memberGeneration, let body):
             if memberID == id {
                 if incarnation > selfIncarnation {
                     selfIncarnation = incarnation + 1
@@ -17,6 +17,11 @@ extension Membership {
             applyAlive(
                 memberID, incarnation: incarnation, name: memberName, address: memberAddress,
                 metadataVersion: metadataVersion, generation: memberGeneration, update: update, now: now, into: &out)
+            // A small body rides inline: install it instead of pulling. A version has one body,
+            // so it is good even when the update itself was stale (an older incarnation).
+            if let body, let state = table[memberID], metadataVersion > state.heldMetadataVersion {
+                receiveMetadata(memberID, version: metadataVersion, body: body, now: now, into: &out)
+            }
             if let state = table[memberID], state.isLive, state.metadataVersion > state.heldMetadataVersion {
                 requestMetadata(memberID, source: learnedFrom, now: now, into: &out)
             }
@@ -51,7 +56,7 @@ extension Membership {
         guard let teller, let state = table[memberID], state.status == .alive, incarnation < state.incarnation else { return }
         let alive = GossipUpdate.alive(
             id: memberID, incarnation: state.incarnation, name: state.name, address: state.address,
-            metadataVersion: state.metadataVersion, generation: state.generation)
+            metadataVersion: state.metadataVersion, generation: state.generation, metadata: inlineMetadata(of: state))
         emitDatagram(Wire.datagram(sender: id, [.update(alive)]), to: teller, into: &out)
     }
 
@@ -283,6 +288,11 @@ extension Membership {
         for key in sent { broadcastQueue.insert(key) }
     }
 
+    /// The held body of the member's current version, if small enough to ride inline.
+    func inlineMetadata(of state: MemberState) -> [UInt8]? {
+        state.heldMetadataVersion == state.metadataVersion ? inline(state.metadataBytes) : nil
+    }
+
     /// Queued updates not yet fully disseminated (for tests and the simulator).
     public var pendingUpdates: Int { broadcasts.count }
 
@@ -355,9 +365,7 @@ extension Membership {
             sendStream(.metadataResponse(id: id, version: selfMetadataVersion, body: selfMetadataBytes), to: target, into: &out)
             return
         }
-        if let state = table[memberID], let metadata = state.metadata, state.heldMetadataVersion >= version,
-           let body = try? metadata.encoded(limit: settings.maxMetadataBytes)
-        {
+        if let state = table[memberID], let body = state.metadataBytes, state.heldMetadataVersion >= version {
             sendStream(.metadataResponse(id: memberID, version: state.heldMetadataVersion, body: body), to: target, into: &out)
             return
         }
@@ -375,6 +383,7 @@ extension Membership {
         }
         guard var state = table[memberID], version > state.heldMetadataVersion else { return }
         state.metadata = metadata
+        state.metadataBytes = body
         state.heldMetadataVersion = version
         state.metadataVersion = max(state.metadataVersion, version)
         table[memberID] = state

@@ -161,7 +161,7 @@ public struct Membership: Sendable {
         }
         var out: [MembershipDirective] = []
         switch message {
-        case .pushPull(let isRequest, let records):
+        case .pushPull(let isRequest, let records, let withMetadata):
             stats.pushPullsReceived += 1
             let wasAlone = liveOthers == 0
             merge(records, sender: sender, senderAddress: senderAddress, now: now, into: &out)
@@ -169,7 +169,10 @@ public struct Membership: Sendable {
             // than leave it to gossip from the seed.
             if wasAlone && liveOthers > 0 { broadcastDirectly(selfAlive, into: &out) }
             if isRequest {
-                sendStream(.pushPull(isRequest: false, records: stateRecords()), to: senderAddress, into: &out)
+                // A joiner asks for small metadata inline, so it pulls nothing.
+                sendStream(
+                    .pushPull(isRequest: false, records: stateRecords(withMetadata: withMetadata), withMetadata: withMetadata),
+                    to: senderAddress, into: &out)
             }
         case .metadataRequest(let memberID, let version):
             answerMetadataRequest(memberID, version: version, to: senderAddress, into: &out)
@@ -288,7 +291,15 @@ public struct Membership: Sendable {
     }
 
     var selfAlive: GossipUpdate {
-        .alive(id: id, incarnation: selfIncarnation, name: name, address: address, metadataVersion: selfMetadataVersion, generation: generation)
+        .alive(
+            id: id, incarnation: selfIncarnation, name: name, address: address, metadataVersion: selfMetadataVersion,
+            generation: generation, metadata: inline(selfMetadataBytes))
+    }
+
+    /// `body` if it is small enough to ride inline (`maxInlineMetadataBytes`), else nil.
+    func inline(_ body: [UInt8]?) -> [UInt8]? {
+        guard let body, body.count <= settings.maxInlineMetadataBytes else { return nil }
+        return body
     }
 
     /// Someone holds us suspect, dead or left at `incarnation`. If that is current, refute with a
@@ -475,9 +486,11 @@ public struct Membership: Sendable {
             return
         }
         stats.joinAttempts += 1
-        let records = stateRecords()
+        // With small metadata inline both ways: the seed learns ours and we learn everyone's
+        // without a pull per member (a pull is a link, and a handshake, per pair).
+        let records = stateRecords(withMetadata: true)
         for seed in seeds {
-            sendStream(.pushPull(isRequest: true, records: records), to: seed, into: &out)
+            sendStream(.pushPull(isRequest: true, records: records, withMetadata: true), to: seed, into: &out)
             stats.pushPullsSent += 1
         }
         let base = settings.joinRetryInterval.nanoseconds
@@ -496,15 +509,19 @@ public struct Membership: Sendable {
         sendStream(.pushPull(isRequest: true, records: stateRecords()), to: table[partner]!.address, into: &out)
     }
 
-    func stateRecords() -> [StateRecord] {
+    /// Every record, self first. `withMetadata`: held bodies of the current version ride along
+    /// when small (for a joiner); periodic push-pulls carry versions only.
+    func stateRecords(withMetadata: Bool = false) -> [StateRecord] {
         var records = [StateRecord(
             id: id, name: name, address: address, status: .alive, incarnation: selfIncarnation,
-            metadataVersion: selfMetadataVersion, generation: generation)]
+            metadataVersion: selfMetadataVersion, generation: generation,
+            metadata: withMetadata ? inline(selfMetadataBytes) : nil)]
         records.reserveCapacity(table.count + 1)
         for state in table.values {
             records.append(StateRecord(
                 id: state.id, name: state.name, address: state.address, status: state.status,
-                incarnation: state.incarnation, metadataVersion: state.metadataVersion, generation: state.generation))
+                incarnation: state.incarnation, metadataVersion: state.metadataVersion, generation: state.generation,
+                metadata: withMetadata ? inlineMetadata(of: state) : nil))
         }
         // Dictionary order differs between runs (per-instance hash seeds); the receiver applies
         // records in this order, so sort to keep a seed's replay exact.
@@ -521,7 +538,7 @@ public struct Membership: Sendable {
             case .alive:
                 update = .alive(
                     id: record.id, incarnation: record.incarnation, name: record.name, address: record.address,
-                    metadataVersion: record.metadataVersion, generation: record.generation)
+                    metadataVersion: record.metadataVersion, generation: record.generation, metadata: record.metadata)
             case .suspect, .dead:
                 if record.id == id {
                     update = record.status == .dead

@@ -43,6 +43,11 @@ public struct MembershipSettings: Sendable {
     public var reapAfter: TimeAmount
     /// Upper bound of an encoded `MemberMetadata`, enforced on encode and decode.
     public var maxMetadataBytes: Int
+    /// Metadata bodies up to this size ride inline in `alive` updates (gossip, direct
+    /// announcements) and in a joiner's push-pull, so nobody pulls them; larger ones are pulled
+    /// over the stream channel. The largest `alive` (255-byte host and name) plus 512 bytes of
+    /// metadata still fits one `maxDatagramBytes` datagram.
+    public var maxInlineMetadataBytes = 512
     /// Lifeguard LHM ceiling. At the ceiling this member raises no new suspicions.
     public var maxLocalHealth: Int
     /// First delay between join attempts; doubles per attempt up to `joinRetryMaxInterval`.

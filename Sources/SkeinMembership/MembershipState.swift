@@ -12,6 +12,8 @@ struct MemberState: Sendable {
     var generation: UInt64
     var metadata: MemberMetadata?
     var heldMetadataVersion: UInt64 = 0
+    /// `metadata` as it was received (answers pulls, rides inline when small).
+    var metadataBytes: [UInt8]?
     /// Who raised the current suspicion or death (for the buddy system and dead probes).
     var accuser: NodeID?
     var changedAt: NIODeadline

@@ -1,14 +1,18 @@
 /// One membership change as it travels in gossip and push-pull (see `Docs/membership.md`).
 enum GossipUpdate: Equatable, Sendable {
-    /// `generation` orders processes that used the same address (higher is newer).
-    case alive(id: NodeID, incarnation: UInt64, name: String, address: MemberAddress, metadataVersion: UInt64, generation: UInt64)
+    /// `generation` orders processes that used the same address (higher is newer). `metadata`:
+    /// the encoded body of `metadataVersion`, carried inline when it is small (at most
+    /// `MembershipSettings.maxInlineMetadataBytes`), so receivers need no pull.
+    case alive(
+        id: NodeID, incarnation: UInt64, name: String, address: MemberAddress, metadataVersion: UInt64, generation: UInt64,
+        metadata: [UInt8]? = nil)
     case suspect(id: NodeID, incarnation: UInt64, accuser: NodeID)
     case dead(id: NodeID, incarnation: UInt64, accuser: NodeID)
     case left(id: NodeID, incarnation: UInt64)
 
     var id: NodeID {
         switch self {
-        case .alive(let id, _, _, _, _, _), .suspect(let id, _, _), .dead(let id, _, _), .left(let id, _): id
+        case .alive(let id, _, _, _, _, _, _), .suspect(let id, _, _), .dead(let id, _, _), .left(let id, _): id
         }
     }
 }
@@ -32,12 +36,16 @@ struct StateRecord: Equatable, Sendable {
     var incarnation: UInt64
     var metadataVersion: UInt64
     var generation: UInt64
+    /// The encoded body of `metadataVersion` when the sender includes small bodies (a join).
+    var metadata: [UInt8]? = nil
 }
 
 /// Messages over the reliable stream channel: `u8 version | u8 type | id sender | address sender | body`.
 enum StreamMessage: Equatable, Sendable {
     /// `isRequest`: the receiver answers with its own state (`isRequest == false`).
-    case pushPull(isRequest: Bool, records: [StateRecord])
+    /// `withMetadata`: the records carry small metadata bodies inline, and a request asks for
+    /// the same in the answer (a joiner knows no one's metadata yet).
+    case pushPull(isRequest: Bool, records: [StateRecord], withMetadata: Bool = false)
     case metadataRequest(id: NodeID, version: UInt64)
     /// `body == nil`: the answering member does not hold that version.
     case metadataResponse(id: NodeID, version: UInt64, body: [UInt8]?)
@@ -59,6 +67,11 @@ enum WireType {
     static let metadataResponse: UInt8 = 0x22
     static let streamPing: UInt8 = 0x23
     static let streamAck: UInt8 = 0x24
+}
+
+enum PushPullFlags {
+    static let request: UInt8 = 0x01
+    static let metadata: UInt8 = 0x02
 }
 
 enum Wire {
@@ -97,7 +110,7 @@ enum Wire {
 
     static func encode(_ update: GossipUpdate, into writer: inout ByteWriter) {
         switch update {
-        case .alive(let id, let incarnation, let name, let address, let metadataVersion, let generation):
+        case .alive(let id, let incarnation, let name, let address, let metadataVersion, let generation, let metadata):
             writer.u8(WireType.alive)
             writer.id(id)
             writer.varint(incarnation)
@@ -105,6 +118,7 @@ enum Wire {
             writer.u64(generation)
             writer.address(address)
             writer.string(name)
+            writer.inlineMetadata(metadata)
         case .suspect(let id, let incarnation, let accuser):
             writer.u8(WireType.suspect)
             writer.id(id)
@@ -161,9 +175,12 @@ enum Wire {
         case WireType.alive:
             guard let id = reader.id(), let incarnation = reader.varint(), let metadataVersion = reader.varint(),
                   let generation = reader.u64(), let address = reader.address(),
-                  let name = reader.string(max: MembershipWireLimits.maxNameBytes)
+                  let name = reader.string(max: MembershipWireLimits.maxNameBytes),
+                  let metadata = reader.inlineMetadata(max: reader.remaining)
             else { return nil }
-            return .alive(id: id, incarnation: incarnation, name: name, address: address, metadataVersion: metadataVersion, generation: generation)
+            return .alive(
+                id: id, incarnation: incarnation, name: name, address: address, metadataVersion: metadataVersion,
+                generation: generation, metadata: metadata.isEmpty ? nil : metadata)
         case WireType.suspect:
             guard let id = reader.id(), let incarnation = reader.varint(), let accuser = reader.id() else { return nil }
             return .suspect(id: id, incarnation: incarnation, accuser: accuser)
@@ -191,8 +208,8 @@ enum Wire {
         writer.id(sender)
         writer.address(address)
         switch message {
-        case .pushPull(let isRequest, let records):
-            writer.u8(isRequest ? 1 : 0)
+        case .pushPull(let isRequest, let records, let withMetadata):
+            writer.u8((isRequest ? PushPullFlags.request : 0) | (withMetadata ? PushPullFlags.metadata : 0))
             writer.varint(UInt64(records.count))
             for record in records {
                 writer.id(record.id)
@@ -202,6 +219,7 @@ enum Wire {
                 writer.u64(record.generation)
                 writer.address(record.address)
                 writer.string(record.name)
+                writer.inlineMetadata(record.metadata)
             }
         case .metadataRequest(let id, let version):
             writer.id(id)
@@ -226,8 +244,8 @@ enum Wire {
     }
 
     /// Smallest encoded push-pull record: id, status, two 1-byte varints, generation, empty
-    /// host, port, empty name. Bounds the record count before anything is allocated.
-    static let minimumRecordBytes = 16 + 1 + 1 + 1 + 8 + 1 + 2 + 1
+    /// host, port, empty name, no metadata. Bounds the record count before anything is allocated.
+    static let minimumRecordBytes = 16 + 1 + 1 + 1 + 8 + 1 + 2 + 1 + 1
 
     static func decodeStream(_ bytes: [UInt8], maxMetadataBytes: Int) -> (sender: NodeID, address: MemberAddress, message: StreamMessage)? {
         var reader = ByteReader(bytes)
@@ -237,7 +255,7 @@ enum Wire {
         let message: StreamMessage
         switch type {
         case WireType.pushPull:
-            guard let flag = reader.u8(), flag <= 1,
+            guard let flags = reader.u8(), flags & ~(PushPullFlags.request | PushPullFlags.metadata) == 0,
                   let count = reader.length(max: min(MembershipWireLimits.maxPushPullRecords, reader.remaining / minimumRecordBytes))
             else { return nil }
             var records: [StateRecord] = []
@@ -246,13 +264,16 @@ enum Wire {
                 guard let id = reader.id(), let code = reader.u8(), let status = status(code),
                       let incarnation = reader.varint(), let metadataVersion = reader.varint(),
                       let generation = reader.u64(), let memberAddress = reader.address(),
-                      let name = reader.string(max: MembershipWireLimits.maxNameBytes)
+                      let name = reader.string(max: MembershipWireLimits.maxNameBytes),
+                      let metadata = reader.inlineMetadata(max: maxMetadataBytes)
                 else { return nil }
                 records.append(StateRecord(
                     id: id, name: name, address: memberAddress, status: status, incarnation: incarnation,
-                    metadataVersion: metadataVersion, generation: generation))
+                    metadataVersion: metadataVersion, generation: generation, metadata: metadata.isEmpty ? nil : metadata))
             }
-            message = .pushPull(isRequest: flag == 1, records: records)
+            message = .pushPull(
+                isRequest: flags & PushPullFlags.request != 0, records: records,
+                withMetadata: flags & PushPullFlags.metadata != 0)
         case WireType.metadataRequest:
             guard let id = reader.id(), let version = reader.varint() else { return nil }
             message = .metadataRequest(id: id, version: version)

@@ -12,6 +12,7 @@ import Testing
         [.ping(seq: 1, target: b)],
         [.pingReq(seq: .max, target: b, address: address)],
         [.ack(seq: 3), .update(.alive(id: b, incarnation: 300, name: "relay-é", address: address, metadataVersion: .max, generation: 1_700_000_000_000))],
+        [.update(.alive(id: a, incarnation: 1, name: "a", address: address, metadataVersion: 2, generation: 3, metadata: [1, 0, 0, 0, 7]))],
         [.nack(seq: 4), .update(.suspect(id: b, incarnation: 1, accuser: a)), .update(.dead(id: a, incarnation: 2, accuser: b)), .update(.left(id: b, incarnation: 9))],
     ]
 
@@ -21,6 +22,10 @@ import Testing
             StateRecord(id: b, name: "", address: MemberAddress(host: "", port: 0), status: .left, incarnation: 0, metadataVersion: 0, generation: 0),
         ]),
         .pushPull(isRequest: false, records: []),
+        .pushPull(isRequest: true, records: [
+            StateRecord(id: a, name: "a", address: address, status: .alive, incarnation: 1, metadataVersion: 2, generation: 3, metadata: [1, 0, 0, 0, 7]),
+            StateRecord(id: b, name: "b", address: address, status: .dead, incarnation: 4, metadataVersion: 1, generation: 0),
+        ], withMetadata: true),
         .metadataRequest(id: b, version: 5),
         .metadataResponse(id: b, version: 5, body: [1, 0, 0, 0, 0]),
         .metadataResponse(id: b, version: 5, body: nil),
@@ -90,7 +95,7 @@ import Testing
 
     static let bad: [Bad] = [
         Bad(name: "empty datagram", bytes: [], stream: false),
-        Bad(name: "wrong version", bytes: [2] + a.bytes, stream: false),
+        Bad(name: "wrong version", bytes: [MembershipWireLimits.version - 1] + a.bytes, stream: false),
         Bad(name: "unknown message type", bytes: header + [0x7F], stream: false),
         Bad(name: "host length beyond limit", bytes: header + [WireType.pingReq, 0, 0, 0, 1] + b.bytes + [0xFF, 0x7F], stream: false),
         Bad(name: "host length beyond the datagram", bytes: header + [WireType.pingReq, 0, 0, 0, 1] + b.bytes + [200, 65], stream: false),
@@ -98,7 +103,7 @@ import Testing
         Bad(name: "varint overflowing 64 bits", bytes: header + [WireType.left] + b.bytes + Array(repeating: 0xFF, count: 9) + [2], stream: false),
         Bad(name: "invalid UTF-8 name", bytes: header + [WireType.alive] + b.bytes + [0, 0] + Array(repeating: 0, count: 8) + [1, 65, 0, 1, 2, 0xC3, 0x28], stream: false),
         Bad(name: "absurd push-pull record count", bytes: streamHeader + [1, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F], stream: true),
-        Bad(name: "bad push-pull flag", bytes: streamHeader + [2, 0], stream: true),
+        Bad(name: "bad push-pull flag", bytes: streamHeader + [4, 0], stream: true),
         Bad(name: "bad status code", bytes: streamHeader + [1, 1] + b.bytes + [9, 0, 0] + Array(repeating: 0, count: 8) + [0, 0, 0, 0], stream: true),
         Bad(name: "metadata body beyond limit", bytes: [MembershipWireLimits.version, WireType.metadataResponse] + a.bytes + [0, 0, 0] + b.bytes + [1, 1, 0xFF, 0xFF, 0x03], stream: true),
         Bad(name: "unknown stream type", bytes: [MembershipWireLimits.version, 0x66] + a.bytes + [0, 0, 0], stream: true),

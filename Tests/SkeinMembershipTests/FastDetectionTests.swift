@@ -249,8 +249,7 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
         var lone = LoneCore(peers: [2, 3, 4, 5, 6])
         lone.datagrams = []
         lone.gossip([.update(.suspect(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
-        let refutation = DatagramMessage.update(.alive(
-            id: LoneCore.id(1), incarnation: 1, name: "node-1", address: LoneCore.address(1), metadataVersion: 1, generation: 0))
+        let refutation = DatagramMessage.update(LoneCore.selfAlive(incarnation: 1))
         let direct = lone.datagrams.filter { decoded($0.0) == [refutation] }.map(\.1)
         #expect(Set(direct) == Set((2...6).map { LoneCore.address($0) }))
         #expect(direct.count == 5)
@@ -289,7 +288,7 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
         lone.gossip([.update(.suspect(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)  // refuted: 1
         lone.datagrams = []
         lone.gossip([.update(.suspect(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
-        let current = GossipUpdate.alive(id: LoneCore.id(1), incarnation: 1, name: "node-1", address: LoneCore.address(1), metadataVersion: 1, generation: 0)
+        let current = LoneCore.selfAlive(incarnation: 1)
         #expect(lone.datagrams.map(\.1) == [LoneCore.address(3)])
         #expect(lone.datagrams.first.map { decoded($0.0) } == [.update(current)])
     }

@@ -103,13 +103,34 @@ import Testing
 }
 
 @Suite struct MetadataTests {
+    /// Larger than `maxInlineMetadataBytes`: announced by version and pulled.
+    static let large = MemberMetadata(zone: "z", clusters: ["db": 2], topics: Set((0..<60).map { "topic-\($0)" }), load: 7)
+
+    @Test func smallMetadataRidesInlineSoAJoinAndAChangeNeedNoPull() throws {
+        var (mesh, addresses) = Mesh.converged(8)
+        let b = addresses[1]
+        let bID = mesh.node(b).id
+        // Everyone learned everyone's (small) metadata from the join itself.
+        for observer in addresses where observer != b { #expect(mesh.node(observer).member(bID)?.metadata == MemberMetadata(zone: "z")) }
+        let updated = MemberMetadata(zone: "z", clusters: ["db": 2], topics: ["news"], load: 7)
+        #expect(try updated.encoded(limit: 64 * 1024).count <= MembershipSettings.fastLocal.maxInlineMetadataBytes)
+        mesh.perform(try mesh.nodes[b]!.updateMetadata(updated, now: mesh.now), from: b)
+        mesh.run(for: mesh.latency)  // one delivery: the announcement carries the body
+        for observer in addresses where observer != b {
+            #expect(mesh.node(observer).member(bID)?.metadata == updated)
+            #expect(mesh.node(observer).member(bID)?.metadataVersion == 2)
+        }
+        #expect(addresses.allSatisfy { mesh.node($0).stats.metadataPullsSent == 0 })
+    }
+
     @Test func newerVersionIsPulledOnceOverTheStreamChannel() throws {
         var (mesh, addresses) = Mesh.converged(3)
         let b = addresses[1]
         let bID = mesh.node(b).id
         #expect(mesh.node(addresses[0]).member(bID)?.metadata == MemberMetadata(zone: "z"))
         let pullsBefore = mesh.node(addresses[0]).stats.metadataPullsSent
-        let updated = MemberMetadata(zone: "z", clusters: ["db": 2], topics: ["news"], load: 7)
+        let updated = Self.large
+        #expect(try updated.encoded(limit: 64 * 1024).count > MembershipSettings.fastLocal.maxInlineMetadataBytes)
         let directives = try mesh.nodes[b]!.updateMetadata(updated, now: mesh.now)
         mesh.perform(directives, from: b)
         mesh.run(for: .seconds(1))
@@ -123,15 +144,28 @@ import Testing
         #expect(mesh.node(addresses[0]).stats.metadataPullsSent == pullsBefore + 1)
     }
 
+    @Test func aJoinerPullsOnlyTheLargeBodies() throws {
+        var mesh = Mesh()
+        let seed = mesh.add(1)
+        let large = mesh.add(2, metadata: Self.large)
+        let small = mesh.add(3)
+        mesh.joinAll([seed, large], seed: seed)
+        mesh.run(for: .seconds(1))
+        mesh.joinAll([small], seed: seed)
+        mesh.run(for: .seconds(1))
+        #expect(mesh.node(small).member(mesh.node(large).id)?.metadata == Self.large)
+        #expect(mesh.node(small).member(mesh.node(seed).id)?.metadata == MemberMetadata(zone: "z"))
+        #expect(mesh.node(small).stats.metadataPullsSent == 1)
+    }
+
     @Test func failedPullRetriesFromAnotherHolder() throws {
         var (mesh, addresses) = Mesh.converged(3)
         let a = addresses[0], b = addresses[1]
         let bID = mesh.node(b).id
         mesh.cutStreams.insert([a, b])
-        let updated = MemberMetadata(zone: "other")
-        mesh.perform(try mesh.nodes[b]!.updateMetadata(updated, now: mesh.now), from: b)
+        mesh.perform(try mesh.nodes[b]!.updateMetadata(Self.large, now: mesh.now), from: b)
         mesh.run(for: .seconds(2))
-        #expect(mesh.node(a).member(bID)?.metadata == updated)
+        #expect(mesh.node(a).member(bID)?.metadata == Self.large)
         #expect(mesh.node(a).stats.metadataPullRetries >= 1)
     }
 

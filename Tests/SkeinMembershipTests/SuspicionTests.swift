@@ -61,6 +61,13 @@ struct LoneCore {
     }
 
     func status(_ n: UInt64) -> MemberStatus? { core.member(Self.id(n))?.status }
+
+    /// Our own `alive` at `incarnation`, as it goes out: with our (empty, so small) metadata inline.
+    static func selfAlive(incarnation: UInt64) -> GossipUpdate {
+        .alive(
+            id: id(1), incarnation: incarnation, name: "node-1", address: address(1), metadataVersion: 1, generation: 0,
+            metadata: try! MemberMetadata().encoded(limit: 64 * 1024))
+    }
 }
 
 @Suite struct SuspicionTests {
@@ -127,7 +134,7 @@ struct LoneCore {
         #expect(lone.core.localHealth == 1)
         let ack = decoded(lone.datagrams.last!.0)
         #expect(ack.first == .ack(seq: 9))
-        #expect(ack.contains(.update(.alive(id: LoneCore.id(1), incarnation: 1, name: "node-1", address: LoneCore.address(1), metadataVersion: 1, generation: 0))))
+        #expect(ack.contains(.update(LoneCore.selfAlive(incarnation: 1))))
         // Declared dead at the new incarnation: refuted the same way.
         lone.gossip([.update(.dead(id: LoneCore.id(1), incarnation: 1, accuser: LoneCore.id(3)))], from: 3)
         #expect(lone.core.incarnation == 2)
