@@ -367,7 +367,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     /// Queues a frame; it is sealed and written at the end of this event-loop tick together
     /// with every other frame queued in it (one record, one write, when traffic is light).
     public func send(_ frame: PeerFrame) {
-        owner.eventLoop.preconditionInEventLoop()
+        owner.eventLoop.assertInEventLoop()
         guard !isClosed else { return }
         if frame.kind != .ping && frame.kind != .pong && frame.kind != .hello { usefulSinceCheck = true }
         outbox.enqueue(frame)
@@ -685,7 +685,12 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
 
     private func armTimer(at deadline: NIODeadline) {
         timer?.cancel()
-        timer = owner.eventLoop.scheduleTask(deadline: deadline) { [weak self] in self?.timerFired() }
+        // A strong capture, not a weak one: an object that is ever referenced weakly keeps its
+        // reference count in a side table, which makes every retain and release of it (several
+        // per frame sent) take the runtime's slow path. `finish` cancels the timer, and a timer
+        // that fires after the link closed does nothing; so a closed link lives at most until
+        // its timer's deadline.
+        timer = owner.eventLoop.scheduleTask(deadline: deadline) { self.timerFired() }
     }
 
     private func timerFired() {
