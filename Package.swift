@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "SkeinCrypto", targets: ["SkeinCrypto"]),
         .library(name: "SkeinMembership", targets: ["SkeinMembership"]),
         .library(name: "SkeinRouting", targets: ["SkeinRouting"]),
+        .library(name: "SkeinFederation", targets: ["SkeinFederation"]),
         .library(name: "SkeinSimulator", targets: ["SkeinSimulator"]),
     ],
     dependencies: [
@@ -36,10 +37,13 @@ let package = Package(
             pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"])]
         ),
+        // Federation's vocabulary: network names, `name@network`, exports, the config file. Pure.
+        .target(name: "SkeinFederation"),
         // The relay protocol's codecs: pure, no I/O.
         .target(
             name: "SkeinWire",
             dependencies: [
+                "SkeinFederation",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -57,12 +61,13 @@ let package = Package(
         .target(
             name: "SkeinMembership",
             dependencies: [
+                "SkeinFederation",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "HeapModule", package: "swift-collections"),
             ]
         ),
         // Which remote relays serve which clusters and topics, and where a request goes. Pure.
-        .target(name: "SkeinRouting", dependencies: ["SkeinMembership"], swiftSettings: hotPath),
+        .target(name: "SkeinRouting", dependencies: ["SkeinMembership", "SkeinFederation"], swiftSettings: hotPath),
         // Many membership cores in one process on virtual time: network faults, scenarios, metrics.
         .target(
             name: "SkeinSimulator",
@@ -76,6 +81,7 @@ let package = Package(
         .target(
             name: "SkeinRelay",
             dependencies: [
+                "SkeinFederation",
                 "SkeinWire",
                 "SkeinCrypto",
                 "SkeinMembership",
@@ -111,6 +117,7 @@ let package = Package(
                 "SkeinRelay",
                 "SkeinCrypto",
                 "SkeinSimulator",
+                "SkeinFederation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -120,13 +127,14 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .testTarget(name: "SkeinFederationTests", dependencies: ["SkeinFederation"]),
         .testTarget(
             name: "SkeinWireTests",
             dependencies: ["SkeinWire", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "SkeinMembershipTests",
-            dependencies: ["SkeinMembership", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["SkeinMembership", "SkeinFederation", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "SkeinRoutingTests", dependencies: ["SkeinRouting", "SkeinMembership"]),
         .testTarget(
@@ -137,6 +145,9 @@ let package = Package(
             name: "SkeinRelayTests",
             dependencies: [
                 "SkeinRelay",
+                "SkeinFederation",
+                "SkeinRouting",
+                "SkeinMembership",
                 "SkeinCrypto",
                 "SkeinWire",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -185,7 +185,7 @@ func framesSeed() -> [UInt8] {
     var outbox = PeerOutbox(maxRecordPlaintext: 4096)
     for frame: PeerFrame in [
         .hello(address: "10.0.0.1:55556", name: "a"), .ping(token: 1), .membership(ByteBuffer(bytes: [1, 2, 3])),
-        .request(id: 1, cluster: "echo", remainingMillis: 100, body: ByteBuffer(string: "hi")),
+        .request(id: 1, cluster: "echo", remainingMillis: 100, flags: [], body: ByteBuffer(string: "hi")),
         .reply(id: 1, outcome: .fault("no")), .publish(topic: "t", body: ByteBuffer(string: "e")),
         .tunnelConfirm(id: 2, outcome: .built(farID: 3, chunkLimit: 4)), .tunnelData(id: 3, sizeOrContinuation: 1, chunk: ByteBuffer(bytes: [0])),
     ] { outbox.enqueue(frame) }

@@ -1,3 +1,5 @@
+import SkeinFederation
+
 /// What a relay offers the mesh: its zone tag, the clusters and topics its local connections
 /// serve, and a load figure. Versioned: gossip carries only the version, the body is pulled over
 /// the stream channel (see `Docs/membership.md`, "Metadata").
@@ -7,16 +9,24 @@ public struct MemberMetadata: Equatable, Sendable {
     public var clusters: [String: UInt32]
     public var topics: Set<String>
     public var load: UInt32
+    /// The other networks this relay is a gateway to, each with what it exports to this network
+    /// (Docs/federation.md §6). Empty for a relay that is no gateway.
+    public var gateways: [String: [ExportRule]]
 
-    public init(zone: String = "", clusters: [String: UInt32] = [:], topics: Set<String> = [], load: UInt32 = 0) {
+    public init(
+        zone: String = "", clusters: [String: UInt32] = [:], topics: Set<String> = [], load: UInt32 = 0,
+        gateways: [String: [ExportRule]] = [:]
+    ) {
         self.zone = zone
         self.clusters = clusters
         self.topics = topics
         self.load = load
+        self.gateways = gateways
     }
 
     /// Layout: `u8 format(1) | str zone | varint nClusters | (str name, varint count)* |
-    /// varint nTopics | str topic* | varint load`, names sorted so equal values encode equally.
+    /// varint nTopics | str topic* | varint load | varint nGateways | (str network, varint nRules,
+    /// (u8 kinds, str pattern)*)*`, names sorted so equal values encode equally.
     /// Throws when a string exceeds `MembershipWireLimits.maxMetadataStringBytes` or the whole exceeds `limit`.
     public func encoded(limit: Int) throws(MembershipError) -> [UInt8] {
         var writer = ByteWriter(capacity: 64)
@@ -35,6 +45,18 @@ public struct MemberMetadata: Equatable, Sendable {
             writer.string(topic)
         }
         writer.varint(UInt64(load))
+        writer.varint(UInt64(gateways.count))
+        for network in gateways.keys.sorted() {
+            try Self.checked(network)
+            writer.string(network)
+            let rules = gateways[network] ?? []
+            writer.varint(UInt64(rules.count))
+            for rule in rules {
+                try Self.checked(rule.pattern)
+                writer.u8(rule.kinds.rawValue)
+                writer.string(rule.pattern)
+            }
+        }
         guard writer.bytes.count <= limit else {
             throw .metadataTooLarge(size: writer.bytes.count, limit: limit)
         }
@@ -61,8 +83,23 @@ public struct MemberMetadata: Equatable, Sendable {
             guard let topic = reader.string(max: MembershipWireLimits.maxMetadataStringBytes), topics.insert(topic).inserted
             else { return nil }
         }
-        guard let load = reader.varint(), load <= UInt64(UInt32.max), reader.isAtEnd else { return nil }
-        return MemberMetadata(zone: zone, clusters: clusters, topics: topics, load: UInt32(load))
+        guard let load = reader.varint(), load <= UInt64(UInt32.max),
+              let gatewayCount = reader.length(max: reader.remaining / 2)
+        else { return nil }
+        var gateways: [String: [ExportRule]] = [:]
+        for _ in 0..<gatewayCount {
+            guard let network = reader.string(max: MembershipWireLimits.maxMetadataStringBytes),
+                  let ruleCount = reader.length(max: reader.remaining / 2), gateways[network] == nil
+            else { return nil }
+            var rules: [ExportRule] = []
+            for _ in 0..<ruleCount {
+                guard let kinds = reader.u8(), let pattern = reader.string(max: MembershipWireLimits.maxMetadataStringBytes) else { return nil }
+                rules.append(ExportRule(kinds: ExportKinds(rawValue: kinds), pattern: pattern))
+            }
+            gateways[network] = rules
+        }
+        guard reader.isAtEnd else { return nil }
+        return MemberMetadata(zone: zone, clusters: clusters, topics: topics, load: UInt32(load), gateways: gateways)
     }
 
     private static func checked(_ string: String) throws(MembershipError) {

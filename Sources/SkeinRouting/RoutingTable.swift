@@ -1,3 +1,4 @@
+import SkeinFederation
 import SkeinMembership
 
 /// What one remote relay serves, as its membership metadata says.
@@ -10,14 +11,20 @@ public struct RemoteRelay: Sendable, Equatable {
     public var topics: Set<String>
     /// The relay's own load figure (its client connections).
     public var load: UInt32
+    /// Other networks it is a gateway to, with what each exports to this one (Docs/federation.md).
+    public var gateways: [String: ExportTable]
 
-    public init(id: NodeID, name: String, zone: String, clusters: [String: UInt32], topics: Set<String>, load: UInt32) {
+    public init(
+        id: NodeID, name: String, zone: String, clusters: [String: UInt32], topics: Set<String>, load: UInt32,
+        gateways: [String: ExportTable] = [:]
+    ) {
         self.id = id
         self.name = name
         self.zone = zone
         self.clusters = clusters
         self.topics = topics
         self.load = load
+        self.gateways = gateways
     }
 }
 
@@ -42,6 +49,7 @@ public struct RoutingTable: Sendable {
     public private(set) var relays: [NodeID: RemoteRelay] = [:]
     private var byCluster: [String: [NodeID]] = [:]
     private var byTopic: [String: [NodeID]] = [:]
+    private var byGateway: [String: [NodeID]] = [:]
     /// Relays taken out of the choice for a moment (`suspend`), with what they serve.
     private var suspended: [NodeID: RemoteRelay] = [:]
     private var random: SplitMix64
@@ -64,6 +72,7 @@ public struct RoutingTable: Sendable {
         relays[relay.id] = relay
         for (cluster, members) in relay.clusters where members > 0 { byCluster[cluster, default: []].append(relay.id) }
         for topic in relay.topics { byTopic[topic, default: []].append(relay.id) }
+        for network in relay.gateways.keys { byGateway[network, default: []].append(relay.id) }
         version &+= 1
     }
 
@@ -101,6 +110,10 @@ public struct RoutingTable: Sendable {
             byTopic[topic]?.removeAll { $0 == relay.id }
             if byTopic[topic]?.isEmpty == true { byTopic[topic] = nil }
         }
+        for network in relay.gateways.keys {
+            byGateway[network]?.removeAll { $0 == relay.id }
+            if byGateway[network]?.isEmpty == true { byGateway[network] = nil }
+        }
     }
 
     /// Remote relays with at least one member of `cluster`.
@@ -108,6 +121,45 @@ public struct RoutingTable: Sendable {
 
     /// Remote relays with at least one subscription to `topic`.
     public func relays(subscribedTo topic: String) -> [NodeID] { byTopic[topic] ?? [] }
+
+    /// Usable relays of this network that are gateways to `network`.
+    public func gateways(to network: String) -> [NodeID] { byGateway[network] ?? [] }
+
+    /// Whether any relay, usable now or suspended, is a gateway to `network`.
+    public func knowsGateway(to network: String, excluding: Set<NodeID> = []) -> Bool {
+        gateways(to: network).contains { !excluding.contains($0) }
+            || suspended.values.contains { $0.gateways[network] != nil && !excluding.contains($0.id) }
+    }
+
+    /// What `network` exports to this one, as its gateways here advertise it.
+    public func advertisedExports(of network: String) -> ExportTable? {
+        gateways(to: network).first.flatMap { relays[$0]?.gateways[network] }
+    }
+
+    /// Every topic some usable relay subscribes to (for federation's interest sets).
+    public var subscribedTopics: Dictionary<String, [NodeID]>.Keys { byTopic.keys }
+
+    /// Picks a gateway to `network` by power of two choices over requests in flight (for
+    /// requests and tunnel builds, which need no fixed path).
+    public mutating func pickGateway(to network: String, excluding: Set<NodeID> = [], inFlight: (NodeID) -> Int) -> NodeID? {
+        var candidates = gateways(to: network)
+        if !excluding.isEmpty { candidates.removeAll { excluding.contains($0) } }
+        return pickTwo(candidates, inFlight: inFlight)
+    }
+
+    /// Two distinct random candidates, the one with fewer requests in flight; a single candidate
+    /// as it is; nil for none.
+    public mutating func pickTwo(_ candidates: [NodeID], inFlight: (NodeID) -> Int) -> NodeID? {
+        guard !candidates.isEmpty else { return nil }
+        if candidates.count == 1 { return candidates[0] }
+        let i = Int(random.next() % UInt64(candidates.count))
+        var j = Int(random.next() % UInt64(candidates.count - 1))
+        if j >= i { j += 1 }
+        let (a, b) = (candidates[i], candidates[j])
+        let (fa, fb) = (inFlight(a), inFlight(b))
+        if fa != fb { return fa < fb ? a : b }
+        return random.next() & 1 == 0 ? a : b
+    }
 
     /// Picks the remote relay a request for `cluster` goes to, or nil when none serves it:
     /// relays in this zone first (if the policy says so and one serves the cluster), then

@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
 
+import SkeinFederation
 @testable import SkeinMembership
 
 @Suite struct CodecTests {
@@ -52,6 +53,14 @@ import Testing
     @Test func metadataAndNodeIDRoundTrip() throws {
         let metadata = MemberMetadata(zone: "eu-1", clusters: ["db": 3, "thumbnailer": 1], topics: ["a", "b"], load: 42)
         #expect(MemberMetadata.decode(try metadata.encoded(limit: 1024), limit: 1024) == metadata)
+        // A gateway's metadata: the networks it reaches, with what each exports (Docs/federation.md §6).
+        let gateway = MemberMetadata(
+            zone: "eu-1", topics: ["news@us"],
+            gateways: ["us": [ExportRule(kinds: [.request, .tunnel], pattern: "db"), ExportRule(kinds: .subscribe, pattern: "news.*")], "asia": []])
+        let encoded = try gateway.encoded(limit: 1024)
+        #expect(MemberMetadata.decode(encoded, limit: 1024) == gateway)
+        #expect(try gateway.encoded(limit: 1024) == encoded, "equal values encode equally")
+        for cut in 0..<encoded.count { #expect(MemberMetadata.decode(Array(encoded[..<cut]), limit: 1024) == nil) }
         #expect(NodeID(bytes: Self.a.bytes) == Self.a)
         #expect(Self.a.description == "0102030405060708090a0b0c0d0e0f10")
     }

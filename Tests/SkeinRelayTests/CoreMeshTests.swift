@@ -51,7 +51,7 @@ struct CoreMeshTests {
         let (b, _) = d.relay(1, clusters: ["echo": 1])
         let client = d.connect()
         let actions = d.send(.request(id: 5, cluster: "echo", body: Self.hello, timeoutMillis: 1500), from: client)
-        guard case .request(let key, "echo", 1500, Self.hello)? = actions.peerFrames(to: b).first else {
+        guard case .request(let key, "echo", 1500, _, Self.hello)? = actions.peerFrames(to: b).first else {
             Issue.record("expected a forwarded request, got \(actions)")
             return
         }
@@ -80,7 +80,7 @@ struct CoreMeshTests {
         let (b, _) = d.relay(1, clusters: ["echo": 1])
         let client = d.connect()
         let first = d.send(.request(id: 1, cluster: "echo", body: Self.hello, timeoutMillis: 5000), from: client)
-        guard case .request(let key, _, _, _)? = first.peerFrames(to: b).first else { Issue.record("not forwarded"); return }
+        guard case .request(let key, _, _, _, _)? = first.peerFrames(to: b).first else { Issue.record("not forwarded"); return }
         let (c, _) = d.relay(2, clusters: ["echo": 1])
         let rerouted = d.peer(.reply(id: key, outcome: .noMembers), from: b)
         #expect(rerouted.peerFrames(to: c).count == 1, "\(rerouted)")
@@ -126,15 +126,15 @@ struct CoreMeshTests {
     func servesRemoteRequests() {
         var d = CoreDriver()
         let a = NodeID(high: 7, low: 99)
-        #expect(d.peer(.request(id: 3, cluster: "echo", remainingMillis: 1000, body: Self.hello), from: a).peerFrames(to: a)
+        #expect(d.peer(.request(id: 3, cluster: "echo", remainingMillis: 1000, flags: [], body: Self.hello), from: a).peerFrames(to: a)
             == [.reply(id: 3, outcome: .noMembers)])
         let member = d.connect(cluster: "echo")
-        let handed = d.peer(.request(id: 4, cluster: "echo", remainingMillis: 1000, body: Self.hello), from: a)
+        let handed = d.peer(.request(id: 4, cluster: "echo", remainingMillis: 1000, flags: [], body: Self.hello), from: a)
         guard case .request(let memberID, Self.hello, 1000)? = handed.frames(to: member).first else { Issue.record("\(handed)"); return }
         let reply = d.send(.reply(id: memberID, outcome: .success(ByteBuffer(string: "hi"))), from: member)
         #expect(reply.peerFrames(to: a) == [.reply(id: 4, outcome: .success(ByteBuffer(string: "hi")))])
         // A member that leaves holding a request: the origin hears "member lost" at once.
-        let again = d.peer(.request(id: 5, cluster: "echo", remainingMillis: 1000, body: Self.hello), from: a)
+        let again = d.peer(.request(id: 5, cluster: "echo", remainingMillis: 1000, flags: [], body: Self.hello), from: a)
         #expect(again.frames(to: member).count == 1)
         #expect(d.lose(member).peerFrames(to: a) == [.reply(id: 5, outcome: .memberLost)])
     }
@@ -166,7 +166,7 @@ struct CoreMeshTests {
         let (b, _) = d.relay(1, clusters: ["files": 1])
         let client = d.connect()
         let open = d.send(.tunnelInit(tunnelID: 1, cluster: "files", timeoutMillis: 5000), from: client)
-        guard case .tunnelOpen(let key, "files", _)? = open.peerFrames(to: b).first else { Issue.record("\(open)"); return }
+        guard case .tunnelOpen(let key, "files", _, _)? = open.peerFrames(to: b).first else { Issue.record("\(open)"); return }
         let built = d.peer(.tunnelConfirm(id: key, outcome: .built(farID: 77, chunkLimit: 65536)), from: b)
         #expect(built.frames(to: client).first == .tunnelConfirm(tunnelID: 1, outcome: .built(chunkLimit: d.core.settings.effectiveChunkLimit)))
         #expect(built.peerFrames(to: b) == [.tunnelAllowance(id: 77, bytes: d.core.settings.tunnelBuffer)])
@@ -183,7 +183,7 @@ struct CoreMeshTests {
         let (b, _) = d.relay(1, clusters: ["files": 1])
         let client = d.connect()
         let open = d.send(.tunnelInit(tunnelID: 1, cluster: "files", timeoutMillis: 5000), from: client)
-        guard case .tunnelOpen(let key, _, _)? = open.peerFrames(to: b).first else { return }
+        guard case .tunnelOpen(let key, _, _, _)? = open.peerFrames(to: b).first else { return }
         _ = d.peer(.tunnelConfirm(id: key, outcome: .built(farID: 77, chunkLimit: 65536)), from: b)
         let chunk = ByteBuffer(repeating: 1, count: 60_000)
         // B has granted nothing yet: the chunk waits here.

@@ -65,7 +65,7 @@ struct CoreSkein1Tests {
         let (b, _) = d.relay(1, clusters: ["echo": 1])
         let skein = d.connect(dialect: .skein1)
         let sent = d.send(.request(id: 4, cluster: "echo", body: Self.hello, timeoutMillis: 5000), from: skein)
-        guard case .request(let key, _, _, _)? = sent.peerFrames(to: b).first else { Issue.record("not forwarded"); return }
+        guard case .request(let key, _, _, _, _)? = sent.peerFrames(to: b).first else { Issue.record("not forwarded"); return }
         // Left: it drains, so its reply still counts.
         #expect(d.removeRelay(b, .left).frames(to: skein).isEmpty)
         let answer = d.peer(.reply(id: key, outcome: .success(ByteBuffer(string: "drained"))), from: b)
@@ -100,7 +100,7 @@ struct CoreSkein1Tests {
         let (b, _) = d.relay(1, clusters: ["echo": 1])
         let skein = d.connect(dialect: .skein1)
         let sent = d.send(.request(id: 8, cluster: "echo", body: Self.hello, timeoutMillis: 5000), from: skein)
-        guard case .request(let key, _, _, _)? = sent.peerFrames(to: b).first else { Issue.record("not forwarded"); return }
+        guard case .request(let key, _, _, _, _)? = sent.peerFrames(to: b).first else { Issue.record("not forwarded"); return }
         let declined = d.peer(.reply(id: key, outcome: .noMembers), from: b)
         #expect(declined.frames(to: skein) == [.requestFailed(id: 8, reason: .noMembers, detail: "echo")])
     }

@@ -1,4 +1,5 @@
 import NIOCore
+import SkeinFederation
 import SkeinWire
 import Testing
 
@@ -11,18 +12,28 @@ struct PeerFramingTests {
         .goodbye(reason: "relay stopping"),
         .membership(ByteBuffer(bytes: [1, 2, 3, 0, 255])),
         .membership(ByteBuffer()),
-        .request(id: 300, cluster: "echo", remainingMillis: 1500, body: ByteBuffer(string: "hello")),
-        .request(id: 0, cluster: "", remainingMillis: 0, body: ByteBuffer()),
+        .request(id: 300, cluster: "echo", remainingMillis: 1500, flags: [], body: ByteBuffer(string: "hello")),
+        .request(id: 0, cluster: "", remainingMillis: 0, flags: [], body: ByteBuffer()),
         .reply(id: 300, outcome: .success(ByteBuffer(string: "world"))),
         .reply(id: 1, outcome: .fault("boom")),
         .reply(id: 2, outcome: .timedOut),
         .reply(id: 3, outcome: .noMembers),
         .reply(id: 4, outcome: .memberLost),
+        .reply(id: 5, outcome: .refused(.notExported, "db is not exported")),
+        .reply(id: 6, outcome: .refused(.other(200), "")),
+        .request(id: 9, cluster: "db@us", remainingMillis: 7, flags: .failFast, body: ByteBuffer(string: "q")),
+        .gateway(network: "us", exports: [ExportRule(kinds: [.request, .tunnel], pattern: "db"), ExportRule(kinds: .subscribe, pattern: "news.*")]),
+        .gateway(network: "", exports: []),
+        .interest(topics: ["news.eu", "news.us", ""]),
+        .interest(topics: []),
+        .event(topic: "news", body: ByteBuffer(string: "flash")),
         .broadcast(cluster: "echo", body: ByteBuffer(string: "all")),
         .publish(topic: "news", body: ByteBuffer(string: "flash")),
-        .tunnelOpen(id: 7, cluster: "files", remainingMillis: 5000),
+        .tunnelOpen(id: 7, cluster: "files", remainingMillis: 5000, flags: []),
         .tunnelConfirm(id: 7, outcome: .built(farID: 99, chunkLimit: 65536)),
-        .tunnelConfirm(id: 8, outcome: .failed("no members")),
+        .tunnelConfirm(id: 8, outcome: .failed("timed out")),
+        .tunnelConfirm(id: 9, outcome: .refused(.networkUnreachable, "us")),
+        .tunnelOpen(id: 10, cluster: "db@us", remainingMillis: 1, flags: .failFast),
         .tunnelAllowance(id: 7, bytes: 1 << 20),
         .tunnelClose(id: 7, reason: "done"),
         .tunnelData(id: 7, sizeOrContinuation: 11, chunk: ByteBuffer(string: "hello tunnel")),
@@ -64,8 +75,24 @@ struct PeerFramingTests {
         PeerFrame.ping(token: 1).encode(into: &buffer)
         #expect(Array(buffer.readableBytesView) == [0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 1])
         buffer.clear()
-        PeerFrame.request(id: 300, cluster: "a", remainingMillis: 2, body: ByteBuffer(bytes: [9])).encode(into: &buffer)
-        #expect(Array(buffer.readableBytesView) == [0x10, 0x06, 0xac, 0x02, 0x01, 0x61, 0x02, 0x09])
+        PeerFrame.request(id: 300, cluster: "a", remainingMillis: 2, flags: [], body: ByteBuffer(bytes: [9])).encode(into: &buffer)
+        #expect(Array(buffer.readableBytesView) == [0x10, 0x07, 0xac, 0x02, 0x01, 0x61, 0x02, 0x00, 0x09])
+        buffer.clear()
+        // Docs/federation.md §5: GATEWAY us, exporting request|tunnel on db.
+        PeerFrame.gateway(network: "us", exports: [ExportRule(kinds: [.request, .tunnel], pattern: "db")]).encode(into: &buffer)
+        #expect(Array(buffer.readableBytesView) == [0x06, 0x08, 0x02, 0x75, 0x73, 0x01, 0x05, 0x02, 0x64, 0x62])
+    }
+
+    @Test("an export list or interest set longer than its payload could hold is refused before allocation")
+    func hostileCounts() {
+        var inbox = PeerInbox()
+        for kind: UInt8 in [0x06, 0x07] {
+            // A count of 2^40 in a few bytes.
+            var record = ByteBuffer(bytes: [kind, 0x07] + (kind == 0x06 ? [0x00] : []) + [0x80, 0x80, 0x80, 0x80, 0x80, 0x20])
+            if kind == 0x07 { record = ByteBuffer(bytes: [kind, 0x06, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20]) }
+            var frames: [PeerFrame] = []
+            #expect(throws: PeerFrameError.self) { try inbox.receive(record: record, into: &frames) }
+        }
     }
 
     @Test("a message larger than a record is fragmented and reassembled", arguments: [1 << 20, 65_537, 300_000])
@@ -73,7 +100,7 @@ struct PeerFramingTests {
         let big = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31) })
         let frames: [PeerFrame] = [
             .tunnelData(id: 1, sizeOrContinuation: UInt64(size), chunk: big),
-            .request(id: 5, cluster: "c", remainingMillis: 10, body: big),
+            .request(id: 5, cluster: "c", remainingMillis: 10, flags: [], body: big),
         ]
         let (received, records) = try Self.roundTrip(frames)
         #expect(Set(received.map(\.kind)) == [.tunnelData, .request])
@@ -81,7 +108,7 @@ struct PeerFramingTests {
         #expect(records >= 2 * size / 65_536)
         for frame in received {
             switch frame {
-            case .tunnelData(_, _, let chunk), .request(_, _, _, let chunk): #expect(chunk == big)
+            case .tunnelData(_, _, let chunk), .request(_, _, _, _, let chunk): #expect(chunk == big)
             default: Issue.record("unexpected \(frame)")
             }
         }
@@ -103,13 +130,13 @@ struct PeerFramingTests {
             record.clear()
         }
         outbox.enqueue(.ping(token: 42))
-        outbox.enqueue(.request(id: 9, cluster: "echo", remainingMillis: 100, body: ByteBuffer(string: "now")))
+        outbox.enqueue(.request(id: 9, cluster: "echo", remainingMillis: 100, flags: [], body: ByteBuffer(string: "now")))
         frames.removeAll()
         let wrote = outbox.nextRecord(into: &record)
             #expect(wrote)
         try inbox.receive(record: record, into: &frames)
         #expect(frames.contains(.ping(token: 42)))
-        #expect(frames.contains(.request(id: 9, cluster: "echo", remainingMillis: 100, body: ByteBuffer(string: "now"))))
+        #expect(frames.contains(.request(id: 9, cluster: "echo", remainingMillis: 100, flags: [], body: ByteBuffer(string: "now"))))
     }
 
     @Test("bulk data keeps a share of every record while requests flood the link")

@@ -114,7 +114,7 @@ struct PeerOutboxTests {
         .publish(topic: "t", body: ByteBuffer(repeating: 1, count: 3000)),
         .tunnelData(id: 1, sizeOrContinuation: 5, chunk: ByteBuffer(repeating: 2, count: 9000)),
         .membership(ByteBuffer(repeating: 3, count: 2500)),
-        .request(id: 4, cluster: "c", remainingMillis: 9, body: ByteBuffer(repeating: 4, count: 1500)),
+        .request(id: 4, cluster: "c", remainingMillis: 9, flags: [], body: ByteBuffer(repeating: 4, count: 1500)),
         .tunnelClose(id: 1, reason: "done"),
         .reply(id: 4, outcome: .success(ByteBuffer(repeating: 5, count: 700))),
         .goodbye(reason: "bye"),

@@ -1,4 +1,5 @@
 import NIOCore
+import SkeinFederation
 import SkeinMembership
 import SkeinRouting
 import SkeinWire
@@ -14,6 +15,8 @@ extension RelayCore {
         for cluster in relay.clusters.keys where waitingRequests[cluster] != nil || waitingBuilds[cluster] != nil {
             dispatchWaiting(cluster: cluster, now: now, actions: &actions)
         }
+        for target in relay.gateways.keys { dispatchWaitingRemote(network: target, now: now, actions: &actions) }
+        refreshAllInterest(actions: &actions)
     }
 
     /// A remote relay should get no new work, for the reason `loss` says (Docs/mesh.md,
@@ -36,6 +39,7 @@ extension RelayCore {
         case .suspect, .linkBroken, .neverReached: routing.suspend(id)
         case .left, .dead: routing.remove(id)
         }
+        refreshAllInterest(actions: &actions)
         guard loss != .suspect else { return }
         let neverSent = loss == .neverReached
         let leaving = loss == .left
@@ -101,27 +105,50 @@ extension RelayCore {
     /// A frame from another relay's peer link.
     public mutating func receivedPeer(_ frame: PeerFrame, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
         switch frame {
-        case .request(let id, let cluster, let remaining, let body):
-            remoteRequest(from: relay, id: id, cluster: cluster, remainingMillis: remaining, body: body, now: now, actions: &actions)
+        case .request(let id, let cluster, let remaining, let flags, let body):
+            if FederatedName.isRemote(cluster, localNetwork: network) {
+                relayedRemoteRequest(
+                    from: relay, id: id, name: FederatedName(cluster, localNetwork: network), remainingMillis: remaining, flags: flags,
+                    body: body, now: now, actions: &actions)
+            } else {
+                remoteRequest(from: relay, id: id, cluster: cluster, remainingMillis: remaining, body: body, now: now, actions: &actions)
+            }
         case .reply(let id, let outcome):
             remoteReply(from: relay, key: id, outcome: outcome, now: now, actions: &actions)
         case .broadcast(let cluster, let body):
+            if FederatedName.isRemote(cluster, localNetwork: network) {
+                relayedRemoteSend(.broadcast, name: FederatedName(cluster, localNetwork: network), body: body, actions: &actions)
+                return
+            }
             // Delivered to members here only: a broadcast crosses one hop.
             for member in clusters[cluster]?.members ?? [] {
                 actions.append(.send(member, .broadcast(message: body)))
             }
         case .publish(let topic, let body):
+            if publishRouteIsCached(topic) == false, FederatedName.isRemote(topic, localNetwork: network) {
+                relayedRemoteSend(.publish, name: FederatedName(topic, localNetwork: network), body: body, actions: &actions)
+                return
+            }
             for subscriber in publishRoute(topic).subscribers {
                 actions.append(.send(subscriber, .publish(topic: topic, event: body)))
             }
-        case .tunnelOpen(let id, let cluster, let remaining):
-            remoteTunnelOpen(from: relay, id: id, cluster: cluster, remainingMillis: remaining, now: now, actions: &actions)
+            if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: nil, actions: &actions) }
+        case .event(let topic, let body):
+            relayedRemoteEvent(topic: topic, body: body, from: relay, actions: &actions)
+        case .tunnelOpen(let id, let cluster, let remaining, let flags):
+            if FederatedName.isRemote(cluster, localNetwork: network) {
+                relayedRemoteTunnelOpen(
+                    from: relay, id: id, name: FederatedName(cluster, localNetwork: network), remainingMillis: remaining, flags: flags,
+                    now: now, actions: &actions)
+            } else {
+                remoteTunnelOpen(from: relay, id: id, cluster: cluster, remainingMillis: remaining, now: now, actions: &actions)
+            }
         case .tunnelConfirm(let id, let outcome):
             remoteTunnelConfirm(from: relay, key: id, outcome: outcome, now: now, actions: &actions)
         case .tunnelAllowance(let id, _), .tunnelData(let id, _, _), .tunnelClose(let id, _):
             remoteTunnelFrame(frame, from: relay, key: id, actions: &actions)
-        case .hello, .ping, .pong, .goodbye, .membership:
-            break  // Link control and membership are the shell's.
+        case .hello, .ping, .pong, .goodbye, .membership, .gateway, .interest:
+            break  // Link control, membership and gateway control are the shell's.
         }
     }
 
@@ -151,7 +178,9 @@ extension RelayCore {
         }
         remoteInFlight[relay, default: 1] -= 1
         switch outcome {
-        case .noMembers:
+        case .noMembers, .refused(.networkUnreachable, _):
+            request.refusal = outcome
+            requests[key] = request
             reroute(key, from: relay, now: now, actions: &actions)
         case .memberLost where request.failFast:
             requests[key] = nil
@@ -162,7 +191,7 @@ extension RelayCore {
             request.body = nil
             request.wasHandedOver = true
             requests[key] = request
-        case .success, .fault, .timedOut:
+        case .success, .fault, .timedOut, .refused:
             requests[key] = nil
             answer(request, key: key, outcome, actions: &actions)
         }

@@ -1,5 +1,6 @@
 import DequeModule
 import NIOCore
+import SkeinFederation
 import SkeinMembership
 import SkeinWire
 
@@ -20,10 +21,16 @@ extension RelayCore {
         let deadline = deadline(now: now, millis: timeoutMillis)
         var request = PendingRequest(caller: .local(caller), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
         request.failFast = connections[caller]!.dialect == .skein1
+        request.routesHere = true
+        let remote = FederatedName.isRemote(cluster, localNetwork: network) ? FederatedName(cluster, localNetwork: network) : nil
+        request.network = remote?.network
         requests[key] = request
         connections[caller]!.outgoing.insert(key)
         schedule(.request(key), at: deadline)
-        if !dispatch(key, now: now, actions: &actions) {
+        if let remote, let (reason, detail) = exportRefusal(.request, remote) {
+            requests[key] = nil
+            answer(request, key: key, .refused(reason, detail), actions: &actions)
+        } else if !dispatch(key, now: now, actions: &actions) {
             waitForMember(key, actions: &actions)
         }
         pauseIfAtLimit(caller, actions: &actions)
@@ -35,8 +42,11 @@ extension RelayCore {
     /// ever given to members here (one hop, never forwarded again).
     mutating func dispatch(_ key: UInt64, excluding: Set<NodeID> = [], now: NIODeadline, actions: inout [RelayAction]) -> Bool {
         guard let request = requests[key], request.body != nil, request.deadline > now else { return false }
+        if let target = request.network {
+            return dispatchRemote(key, to: target, excluding: excluding, now: now, actions: &actions)
+        }
         let hasLocal = clusters[request.cluster] != nil
-        guard request.localCaller != nil else { return handOver(key, now: now, actions: &actions) }
+        guard request.routesHere else { return handOver(key, now: now, actions: &actions) }
         if hasLocal && settings.routing.preferLocal { return handOver(key, now: now, actions: &actions) }
         let inFlight = remoteInFlight
         if let relay = routing.pick(cluster: request.cluster, excluding: excluding, inFlight: { inFlight[$0, default: 0] }) {
@@ -47,16 +57,26 @@ extension RelayCore {
     }
 
     /// A request that no member or relay can take now: a `v1.0-draft2` caller's waits for one
-    /// until its deadline; a `skein/1` caller hears "no members" at once — unless a relay known
-    /// to serve the cluster is only unusable for a moment (suspect, link down), when it waits too.
+    /// until its deadline; a `skein/1` caller hears "no members" (or, for another network,
+    /// "network unreachable") at once — unless a relay known to serve the cluster (or a gateway)
+    /// is only unusable for a moment (suspect, link down), when it waits too. A request another
+    /// relay routes goes back to it with the reason, so it can choose again.
     mutating func waitForMember(_ key: UInt64, actions: inout [RelayAction]) {
         guard let request = requests[key] else { return }
-        if request.failFast && clusters[request.cluster] == nil
-            && !routing.knowsServer(of: request.cluster, excluding: request.declinedBy)
-        {
+        let fallback: PeerReplyOutcome
+        let known: Bool
+        if let target = request.network {
+            fallback = .refused(.networkUnreachable, Self.unreachable(target))
+            known = routing.knowsGateway(to: target, excluding: request.declinedBy)
+        } else {
+            fallback = .noMembers
+            known = clusters[request.cluster] != nil || routing.knowsServer(of: request.cluster, excluding: request.declinedBy)
+        }
+        if !request.routesHere || (request.failFast && !known) {
             requests[key] = nil
+            if let relay = request.forwardedTo { remoteInFlight[relay, default: 1] -= 1 }
             pruneWaitingRequests(cluster: request.cluster)
-            answer(request, key: key, .noMembers, actions: &actions)
+            answer(request, key: key, request.refusal ?? fallback, actions: &actions)
         } else {
             waitingRequests[request.cluster, default: []].append(key)
         }
@@ -82,12 +102,14 @@ extension RelayCore {
 
     /// Sends a pending request to another relay, which answers with the reply, the member's
     /// fault, or "no members" (then it goes elsewhere). The relay knows it by `key`.
-    private mutating func forward(_ key: UInt64, to relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+    mutating func forward(_ key: UInt64, to relay: NodeID, cluster: String? = nil, now: NIODeadline, actions: inout [RelayAction]) {
         guard var request = requests[key], let body = request.body else { return }
         request.forwardedTo = relay
         requests[key] = request
         remoteInFlight[relay, default: 0] += 1
-        actions.append(.sendPeer(relay, .request(id: key, cluster: request.cluster, remainingMillis: remainingMillis(request.deadline, now), body: body)))
+        let flags: PeerRequestFlags = request.failFast ? .failFast : []
+        actions.append(
+            .sendPeer(relay, .request(id: key, cluster: cluster ?? request.cluster, remainingMillis: remainingMillis(request.deadline, now), flags: flags, body: body)))
     }
 
     /// Milliseconds left, rounded up: a member must never be told 0 ms ("timed out at once")
@@ -168,6 +190,16 @@ extension RelayCore {
                 frame = skein1
                     ? .requestFailed(id: id, reason: .memberLost, detail: "the member holding the request was lost")
                     : .reply(id: id, outcome: .timedOut)
+            case .refused(let reason, let detail):
+                // An Iris caller learns "not exported" as a fault (nothing will change before its
+                // deadline); anything else it can only hear as a timeout.
+                if skein1 {
+                    frame = .requestFailed(id: id, reason: reason, detail: detail)
+                } else if reason == .notExported {
+                    frame = .reply(id: id, outcome: .fault("not exported: \(detail)"))
+                } else {
+                    frame = .reply(id: id, outcome: .timedOut)
+                }
             }
             actions.append(.send(caller, frame))
             resumeIfBelowLimit(caller, actions: &actions)
@@ -194,30 +226,30 @@ extension RelayCore {
     /// A local client's broadcast: every member here, and one copy to each other relay with
     /// members (which delivers it to its own).
     mutating func broadcast(from sender: ConnectionID, cluster: String, message: ByteBuffer, actions: inout [RelayAction]) {
-        let remote = routing.relays(servingCluster: cluster)
-        for relay in remote {
-            actions.append(.sendPeer(relay, .broadcast(cluster: cluster, body: message)))
-            noteDelivery(from: sender, toRelay: relay, actions: &actions)
-        }
-        guard let members = clusters[cluster]?.members else {
-            if remote.isEmpty { actions.append(.report(.broadcastWithoutMembers(cluster: cluster))) }
-            return
-        }
-        for member in members {
-            actions.append(.send(member, .broadcast(message: message)))
-            noteDelivery(from: sender, to: member, actions: &actions)
+        if FederatedName.isRemote(cluster, localNetwork: network) {
+            sendRemote(.broadcast, from: sender, name: FederatedName(cluster, localNetwork: network), body: message, actions: &actions)
+        } else {
+            broadcastHere(cluster: cluster, body: message, from: sender, actions: &actions)
         }
     }
 
     // MARK: - Publish / subscribe
 
     mutating func subscribe(_ id: ConnectionID, topic: String, actions: inout [RelayAction]) {
+        let remote = FederatedName.isRemote(topic, localNetwork: network) ? FederatedName(topic, localNetwork: network) : nil
+        // A `skein/1` subscription to what the other network does not export is refused and not
+        // registered; an Iris one is registered (it will simply never be fed).
+        if let remote, connections[id]!.dialect == .skein1, let (reason, detail) = exportRefusal(.subscribe, remote) {
+            refuse(id, op: .subscribe, name: topic, reason: reason, detail: detail, network: remote.network!, actions: &actions)
+            return
+        }
         guard connections[id]!.topics.insert(topic).inserted else {
             violation(id, "protocol violation: already subscribed to topic \(topic.debugDescription)", actions: &actions)
             return
         }
         topics[topic, default: []].append(id)
         directoryVersion &+= 1
+        if let target = remote?.network { refreshInterest(network: target, actions: &actions) }
     }
 
     mutating func unsubscribe(_ id: ConnectionID, topic: String, actions: inout [RelayAction]) {
@@ -228,11 +260,19 @@ extension RelayCore {
         topics[topic]?.removeAll { $0 == id }
         if topics[topic]?.isEmpty == true { topics[topic] = nil }
         directoryVersion &+= 1
+        if let target = FederatedName(topic, localNetwork: network).network { refreshInterest(network: target, actions: &actions) }
     }
 
-    /// A local client's publish: every subscription here, and one copy to each other relay
-    /// with subscribers (which delivers it to its own).
+    /// A local client's publish: every subscription here, one copy to each other relay with
+    /// subscribers (which delivers it to its own), and, on a gateway, one event to each other
+    /// network subscribed through it. A publish to another network's topic goes there only:
+    /// this network's subscribers of it get it back from that network, once, like every other.
     mutating func publish(from publisher: ConnectionID, topic: String, event: ByteBuffer, actions: inout [RelayAction]) {
+        // A cached route is always one of this network's topics: only a miss needs the name read.
+        if !publishRouteIsCached(topic), FederatedName.isRemote(topic, localNetwork: network) {
+            sendRemote(.publish, from: publisher, name: FederatedName(topic, localNetwork: network), body: event, actions: &actions)
+            return
+        }
         let route = publishRoute(topic)
         for relay in route.relays {
             actions.append(.sendPeer(relay, .publish(topic: topic, body: event)))
@@ -242,7 +282,11 @@ extension RelayCore {
             actions.append(.send(subscriber, .publish(topic: topic, event: event)))
             noteDelivery(from: publisher, to: subscriber, actions: &actions)
         }
+        if !foreign.isEmpty { deliverToInterest(topic: topic, body: event, from: publisher, actions: &actions) }
     }
+
+    /// Whether the last publish route is for `topic` (so `topic` is one of this network's).
+    func publishRouteIsCached(_ topic: String) -> Bool { lastPublishRoute?.topic == topic }
 
     /// Where an event on `topic` goes: the remote relays with subscribers and the local
     /// subscriptions. The last answer is kept until local subscriptions or routing change, so a

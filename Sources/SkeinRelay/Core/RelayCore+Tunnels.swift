@@ -1,5 +1,6 @@
 import DequeModule
 import NIOCore
+import SkeinFederation
 import SkeinMembership
 import SkeinWire
 
@@ -69,11 +70,17 @@ extension RelayCore {
         let deadline = deadline(now: now, millis: timeoutMillis)
         var build = PendingBuild(initiator: .local(initiator), initiatorTunnelID: tunnelID, cluster: cluster, deadline: deadline)
         build.failFast = conn.dialect == .skein1
+        build.routesHere = true
+        let remote = FederatedName.isRemote(cluster, localNetwork: network) ? FederatedName(cluster, localNetwork: network) : nil
+        build.network = remote?.network
         builds[key] = build
         connections[initiator]!.tunnelIDs[tunnelID] = .building(key)
         connections[initiator]!.outgoing.insert(key)
         schedule(.build(key), at: deadline)
-        if !dispatchBuild(key, now: now, actions: &actions) {
+        if let remote, let (reason, detail) = exportRefusal(.tunnel, remote) {
+            builds[key] = nil
+            failBuild(build, key: key, failure: reason, detail: detail, actions: &actions)
+        } else if !dispatchBuild(key, now: now, actions: &actions) {
             waitForBuildMember(key, actions: &actions)
         }
         pauseIfAtLimit(initiator, actions: &actions)
@@ -83,14 +90,18 @@ extension RelayCore {
     /// serving the cluster; false when neither exists.
     mutating func dispatchBuild(_ key: UInt64, excluding: Set<NodeID> = [], now: NIODeadline, actions: inout [RelayAction]) -> Bool {
         guard let build = builds[key], build.deadline > now else { return false }
+        if let target = build.network {
+            return dispatchRemoteBuild(key, to: target, excluding: excluding, now: now, actions: &actions)
+        }
         let hasLocal = clusters[build.cluster] != nil
-        if build.localInitiator == nil || (hasLocal && settings.routing.preferLocal) {
+        if !build.routesHere || (hasLocal && settings.routing.preferLocal) {
             return offerBuild(key, now: now, actions: &actions)
         }
         let inFlight = remoteInFlight
         if let relay = routing.pick(cluster: build.cluster, excluding: excluding, inFlight: { inFlight[$0, default: 0] }) {
             builds[key]!.forwardedTo = relay
-            actions.append(.sendPeer(relay, .tunnelOpen(id: key, cluster: build.cluster, remainingMillis: remainingMillis(build.deadline, now))))
+            let flags: PeerRequestFlags = build.failFast ? .failFast : []
+            actions.append(.sendPeer(relay, .tunnelOpen(id: key, cluster: build.cluster, remainingMillis: remainingMillis(build.deadline, now), flags: flags)))
             return true
         }
         return hasLocal && offerBuild(key, now: now, actions: &actions)
@@ -100,10 +111,20 @@ extension RelayCore {
     /// fails at once with "no members".
     mutating func waitForBuildMember(_ key: UInt64, excluding declined: Set<NodeID> = [], actions: inout [RelayAction]) {
         guard let build = builds[key] else { return }
-        if build.failFast && clusters[build.cluster] == nil && !routing.knowsServer(of: build.cluster, excluding: declined) {
+        let fallback: (FailureReason, String)
+        let known: Bool
+        if let target = build.network {
+            fallback = (.networkUnreachable, Self.unreachable(target))
+            known = routing.knowsGateway(to: target, excluding: declined)
+        } else {
+            fallback = (.noMembers, build.cluster)
+            known = clusters[build.cluster] != nil || routing.knowsServer(of: build.cluster, excluding: declined)
+        }
+        if !build.routesHere || (build.failFast && !known) {
             builds[key] = nil
             pruneWaitingBuilds(cluster: build.cluster)
-            failBuild(build, key: key, failure: .noMembers, detail: build.cluster, actions: &actions)
+            let (reason, detail) = build.refusal ?? fallback
+            failBuild(build, key: key, failure: reason, detail: detail, actions: &actions)
         } else {
             waitingBuilds[build.cluster, default: []].append(key)
         }
@@ -180,7 +201,7 @@ extension RelayCore {
             }
             resumeIfBelowLimit(initiator, actions: &actions)
         case .relay(let origin):
-            actions.append(.sendPeer(origin, .tunnelConfirm(id: build.initiatorTunnelID, outcome: .failed(failure == .noMembers ? Self.noMembers : detail))))
+            actions.append(.sendPeer(origin, .tunnelConfirm(id: build.initiatorTunnelID, outcome: failure.map { .refused($0, detail) } ?? .failed(detail))))
         }
     }
 
@@ -349,7 +370,7 @@ extension RelayCore {
     /// Another relay forwards a build for a member here.
     mutating func remoteTunnelOpen(from relay: NodeID, id: UInt64, cluster: String, remainingMillis: UInt64, now: NIODeadline, actions: inout [RelayAction]) {
         guard remainingMillis > 0, clusters[cluster] != nil else {
-            actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: .failed(remainingMillis > 0 ? Self.noMembers : "timed out"))))
+            actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: remainingMillis > 0 ? .refused(.noMembers, cluster) : .failed("timed out"))))
             return
         }
         let key = makeKey()
@@ -358,15 +379,15 @@ extension RelayCore {
         schedule(.build(key), at: deadline)
         if !offerBuild(key, now: now, actions: &actions) {
             builds[key] = nil
-            actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: .failed(Self.noMembers))))
+            actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: .refused(.noMembers, cluster))))
         }
     }
 
-    static var noMembers: String { "no members" }
-
-    /// The relay a build was forwarded to answered.
+    /// The relay a build was forwarded to answered. The initiator is a local connection, or
+    /// (on a gateway, or on another network's side of one) a relay: then this relay is a hop in
+    /// the middle and holds a tunnel between two relays.
     mutating func remoteTunnelConfirm(from relay: NodeID, key: UInt64, outcome: PeerTunnelOutcome, now: NIODeadline, actions: inout [RelayAction]) {
-        guard let build = builds[key], build.forwardedTo == relay, let initiator = build.localInitiator else {
+        guard let build = builds[key], build.forwardedTo == relay else {
             // Abandoned here (timed out, initiator gone): close the far end it just built.
             if case .built(let farID, _) = outcome {
                 actions.append(.sendPeer(relay, .tunnelClose(id: farID, reason: "tunnel build timed out or was abandoned")))
@@ -377,23 +398,34 @@ extension RelayCore {
         case .built(let farID, _):
             builds[key] = nil
             let buffer = settings.tunnelBuffer
-            connections[initiator]!.outgoing.remove(key)
-            connections[initiator]!.tunnelIDs[build.initiatorTunnelID] = .open(key)
             tunnels[key] = Tunnel(ends: [
-                TunnelEnd(peer: .local(initiator), tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
+                TunnelEnd(peer: build.initiator, tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
                 TunnelEnd(peer: .relay(relay), tunnelID: farID, receiveAllowance: buffer),
             ])
             actions.append(.sendPeer(relay, .tunnelAllowance(id: farID, bytes: buffer)))
-            actions.append(
-                .send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .built(chunkLimit: settings.effectiveChunkLimit))))
-            actions.append(.send(initiator, .tunnelAllow(tunnelID: build.initiatorTunnelID, bytes: buffer)))
-            resumeIfBelowLimit(initiator, actions: &actions)
-        case .failed(let reason) where reason == Self.noMembers:
+            switch build.initiator {
+            case .local(let initiator):
+                connections[initiator]!.outgoing.remove(key)
+                connections[initiator]!.tunnelIDs[build.initiatorTunnelID] = .open(key)
+                actions.append(
+                    .send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .built(chunkLimit: settings.effectiveChunkLimit))))
+                actions.append(.send(initiator, .tunnelAllow(tunnelID: build.initiatorTunnelID, bytes: buffer)))
+                resumeIfBelowLimit(initiator, actions: &actions)
+            case .relay(let origin):
+                actions.append(
+                    .sendPeer(origin, .tunnelConfirm(id: build.initiatorTunnelID, outcome: .built(farID: key, chunkLimit: settings.effectiveChunkLimit))))
+                actions.append(.sendPeer(origin, .tunnelAllowance(id: build.initiatorTunnelID, bytes: buffer)))
+            }
+        case .refused(let reason, let detail) where reason == .noMembers || reason == .networkUnreachable:
             builds[key]!.forwardedTo = nil
+            builds[key]!.refusal = (reason, detail)
             actions.append(.report(.requestRerouted(cluster: build.cluster, from: relay)))
             if !dispatchBuild(key, excluding: [relay], now: now, actions: &actions) {
                 waitForBuildMember(key, excluding: [relay], actions: &actions)
             }
+        case .refused(let reason, let detail):
+            builds[key] = nil
+            failBuild(build, key: key, failure: reason, detail: detail, actions: &actions)
         case .failed(let reason):
             builds[key] = nil
             failBuild(build, key: key, failure: reason == "timed out" ? nil : .memberLost, detail: reason, actions: &actions)

@@ -1,6 +1,7 @@
 import DequeModule
 import HeapModule
 import NIOCore
+import SkeinFederation
 import SkeinMembership
 import SkeinRouting
 import SkeinWire
@@ -54,6 +55,13 @@ public enum RelayEvent: Sendable, Equatable {
     case broadcastWithoutMembers(cluster: String)
     /// A remote relay had no member for a request any more; it went elsewhere (or waits).
     case requestRerouted(cluster: String, from: NodeID)
+    /// Federation: another network's gateway asked for something this network does not export
+    /// to it (Docs/federation.md §2).
+    case federationRefused(network: String, kind: ExportKinds, name: String)
+    /// Federation: a broadcast, publish or event for another network could not be carried.
+    case federationDropped(network: String, reason: String)
+    /// Federation: this relay's first gateway link to a network came up, or its last one went.
+    case federationLinkChanged(network: String, up: Bool)
 }
 
 /// The relay's protocol logic for its local connections: handshake, cluster membership, request
@@ -84,6 +92,13 @@ public struct RelayCore {
     /// Inside `closeAll`: every connection is about to hear the shutdown's reason.
     var closingAll = false
     var lastPublishRoute: PublishRoute?
+    /// Gateways of other networks this relay holds gateway links to (Docs/federation.md).
+    var foreign: [NodeID: ForeignGateway] = [:]
+    /// The interest last sent on each gateway link.
+    var sentInterest: [NodeID: Set<String>] = [:]
+    /// This relay's node id in its network's membership (the shell sets it), to tell whether it
+    /// is the designated gateway.
+    public var localNode = NodeID(high: 0, low: 0)
 
     public init(settings: RelaySettings, zone: String = "", seed: UInt64 = 0) {
         self.settings = settings
@@ -97,7 +112,9 @@ public struct RelayCore {
     public var tunnelCount: Int { tunnels.count }
     /// Names of clusters with at least one member, with member counts.
     public var clusterMembership: [String: Int] { clusters.mapValues(\.members.count) }
-    public var topicSubscriptions: [String: Int] { topics.mapValues(\.count) }
+    /// Topics subscribed to here, with subscription counts: local connections' and, as a
+    /// gateway, other networks' interest (what this relay's metadata advertises).
+    public var topicSubscriptions: [String: Int] { advertisedTopics }
     /// Changes whenever a cluster gains or loses a member or a topic a subscription: the mesh
     /// compares it to know when to advertise new metadata.
     public internal(set) var directoryVersion: UInt64 = 0
@@ -540,6 +557,14 @@ extension RelayCore {
         var wasHandedOver = false
         /// The caller wants early, distinct failures (`skein/1`) instead of waiting for the deadline.
         var failFast = false
+        /// This relay chooses where the request goes (its caller is a local client, or another
+        /// network's gateway); otherwise another relay of this network did, and it is only handed
+        /// to a member here, or (for another network) sent over this relay's gateway links.
+        var routesHere = false
+        /// The other network `cluster` is in (`cluster` is then `name@network`), or nil.
+        var network: String?
+        /// Why the last relay that declined it did, for a `skein/1` caller's early answer.
+        var refusal: PeerReplyOutcome?
 
         var localCaller: ConnectionID? {
             if case .local(let id) = caller { id } else { nil }
@@ -569,6 +594,12 @@ extension RelayCore {
         var forwardedTo: NodeID?
         /// The initiator wants early, distinct failures (`skein/1`).
         var failFast = false
+        /// As for requests: this relay chooses where the build goes.
+        var routesHere = false
+        /// The other network `cluster` is in, or nil.
+        var network: String?
+        /// Why the last relay that declined it did.
+        var refusal: (FailureReason, String)?
 
         var localInitiator: ConnectionID? {
             if case .local(let id) = initiator { id } else { nil }

@@ -25,6 +25,8 @@ public struct RelaySettings: Sendable, Equatable {
     public var slowConsumerTimeout: TimeAmount = .seconds(10)
     /// Where requests go when the mesh offers several relays (Docs/mesh.md).
     public var routing = RoutingPolicy()
+    /// This relay's network and, for a gateway, what it exports (Docs/federation.md).
+    public var federation = FederationPolicy()
 
     public init() {}
 

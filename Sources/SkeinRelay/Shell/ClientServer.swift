@@ -3,6 +3,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import SkeinCrypto
+import SkeinFederation
 import SkeinMembership
 import SkeinRouting
 import SkeinWire
@@ -129,9 +130,9 @@ public final class ClientServer: @unchecked Sendable {
         return core.directoryVersion
     }
 
-    func localDirectory() -> (clusters: [String: Int], topics: [String: Int], connections: Int) {
+    func localDirectory() -> (clusters: [String: Int], topics: [String: Int], connections: Int, gateways: [String: [ExportRule]]) {
         eventLoop.preconditionInEventLoop()
-        return (core.clusterMembership, core.topicSubscriptions, core.connectionCount)
+        return (core.clusterMembership, core.topicSubscriptions, core.connectionCount, core.gatewayAdvertisement)
     }
 
     /// Local clients as `/status` reports them.
@@ -300,6 +301,19 @@ public final class ClientServer: @unchecked Sendable {
         case .requestRerouted(let cluster, let relay):
             metrics.rerouted.increment()
             logger.debug("request rerouted", metadata: ["cluster": "\(cluster)", "from": "\(relay)"])
+        case .federationRefused(let network, let kind, let name):
+            Counter(label: "skein_federation_refused_total", dimensions: [("network", network), ("kind", "\(kind)")]).increment()
+            logger.notice("refused: not exported", metadata: ["network": "\(network)", "kind": "\(kind)", "name": "\(name)"])
+        case .federationDropped(let network, let reason):
+            Counter(label: "skein_federation_dropped_total", dimensions: [("network", network)]).increment()
+            logger.debug("federation: dropped", metadata: ["network": "\(network)", "reason": "\(reason)"])
+        case .federationLinkChanged(let network, let up):
+            if up {
+                logger.info("network reachable", metadata: ["network": "\(network)"])
+            } else {
+                Counter(label: "skein_federation_unreachable_total", dimensions: [("network", network)]).increment()
+                logger.warning("network unreachable: no gateway link left", metadata: ["network": "\(network)"])
+            }
         }
     }
 

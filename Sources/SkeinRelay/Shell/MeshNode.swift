@@ -3,6 +3,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import SkeinCrypto
+import SkeinFederation
 import SkeinMembership
 import SkeinRouting
 import SkeinWire
@@ -310,7 +311,9 @@ public final class MeshNode: @unchecked Sendable {
         guard member.id != nodeID else { return }
         if member.status == .alive, let metadata = member.metadata {
             clients?.relayChanged(
-                RemoteRelay(id: member.id, name: member.name, zone: metadata.zone, clusters: metadata.clusters, topics: metadata.topics, load: metadata.load),
+                RemoteRelay(
+                    id: member.id, name: member.name, zone: metadata.zone, clusters: metadata.clusters, topics: metadata.topics,
+                    load: metadata.load, gateways: metadata.gateways.mapValues(ExportTable.init)),
                 id: member.id)
         } else {
             // Suspect: no new work, but what is in flight stays. Dead or left: lost.
@@ -344,7 +347,8 @@ public final class MeshNode: @unchecked Sendable {
             zone: configuration.zone,
             clusters: local.clusters.mapValues { UInt32(clamping: $0) },
             topics: Set(local.topics.keys),
-            load: UInt32(clamping: local.connections))
+            load: UInt32(clamping: local.connections),
+            gateways: local.gateways)
         do {
             perform(try core.updateMetadata(metadata, now: .now()))
             advertisedDirectory = version

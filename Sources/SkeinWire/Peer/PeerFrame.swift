@@ -1,4 +1,5 @@
 import NIOCore
+import SkeinFederation
 
 /// The peer protocol's version of the frame layer (Docs/peer-protocol.md §5). The handshake
 /// carries the peer protocol version; this layout belongs to version 1.
@@ -23,12 +24,27 @@ public enum PeerReplyOutcome: Sendable, Equatable {
     case noMembers
     /// The member holding the request went away before answering.
     case memberLost
+    /// Federation (Docs/federation.md): the request could not go on, for this reason
+    /// (`networkUnreachable`, `notExported`), with a text for people.
+    case refused(FailureReason, String)
 }
 
 /// How a tunnel build ended at the far relay.
 public enum PeerTunnelOutcome: Sendable, Equatable {
     case built(farID: UInt64, chunkLimit: UInt64)
     case failed(String)
+    /// The build could not go on, for this reason (no members, network unreachable, not
+    /// exported), with a text for people.
+    case refused(FailureReason, String)
+}
+
+/// Flags of a forwarded request or tunnel build.
+public struct PeerRequestFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// The caller wants early, distinct failures (`skein/1`, Docs/skein-1.md) instead of waiting
+    /// for members until the deadline.
+    public static let failFast = PeerRequestFlags(rawValue: 1)
 }
 
 /// One frame of the relay-to-relay link, carried inside sealed records.
@@ -44,12 +60,21 @@ public enum PeerFrame: Sendable, Equatable {
     case pong(token: UInt64)
     case goodbye(reason: String)
     case membership(ByteBuffer)
+    /// Gateway links only (Docs/federation.md §5): the sender's network and what it exports to
+    /// the receiver's.
+    case gateway(network: String, exports: [ExportRule])
+    /// Gateway links only: every topic the sender's network subscribes to through this link.
+    case interest(topics: [String])
     // Interactive class.
-    case request(id: UInt64, cluster: String, remainingMillis: UInt64, body: ByteBuffer)
+    case request(id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags, body: ByteBuffer)
     case reply(id: UInt64, outcome: PeerReplyOutcome)
     case broadcast(cluster: String, body: ByteBuffer)
     case publish(topic: String, body: ByteBuffer)
-    case tunnelOpen(id: UInt64, cluster: String, remainingMillis: UInt64)
+    /// An event published to `topic` of the sender's network, delivered to the receiver's
+    /// interest in it (federation, Docs/federation.md §5): on a gateway link, `topic` is bare; on
+    /// a peer link, from a gateway to the relays of its network, it is `topic@network`.
+    case event(topic: String, body: ByteBuffer)
+    case tunnelOpen(id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags)
     case tunnelConfirm(id: UInt64, outcome: PeerTunnelOutcome)
     case tunnelAllowance(id: UInt64, bytes: UInt64)
     // Bulk class.
@@ -62,10 +87,13 @@ public enum PeerFrame: Sendable, Equatable {
         case pong = 0x02
         case goodbye = 0x03
         case membership = 0x04
+        case gateway = 0x06
+        case interest = 0x07
         case request = 0x10
         case reply = 0x11
         case broadcast = 0x12
         case publish = 0x13
+        case event = 0x14
         case tunnelOpen = 0x20
         case tunnelConfirm = 0x21
         case tunnelAllowance = 0x22
@@ -74,8 +102,8 @@ public enum PeerFrame: Sendable, Equatable {
 
         public var trafficClass: PeerTrafficClass {
             switch self {
-            case .hello, .ping, .pong, .goodbye, .membership: .control
-            case .request, .reply, .broadcast, .publish, .tunnelOpen, .tunnelConfirm, .tunnelAllowance:
+            case .hello, .ping, .pong, .goodbye, .membership, .gateway, .interest: .control
+            case .request, .reply, .broadcast, .publish, .event, .tunnelOpen, .tunnelConfirm, .tunnelAllowance:
                 .interactive
             // A close travels behind the tunnel's data, never ahead of it.
             case .tunnelData, .tunnelClose: .bulk
@@ -90,10 +118,13 @@ public enum PeerFrame: Sendable, Equatable {
         case .pong: .pong
         case .goodbye: .goodbye
         case .membership: .membership
+        case .gateway: .gateway
+        case .interest: .interest
         case .request: .request
         case .reply: .reply
         case .broadcast: .broadcast
         case .publish: .publish
+        case .event: .event
         case .tunnelOpen: .tunnelOpen
         case .tunnelConfirm: .tunnelConfirm
         case .tunnelAllowance: .tunnelAllowance
@@ -116,22 +147,28 @@ public enum PeerFrame: Sendable, Equatable {
             return fieldSize(reason)
         case .membership(let bytes):
             return bytes.readableBytes
-        case .request(let id, let cluster, let remaining, let body):
-            return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + body.readableBytes
+        case .gateway(let network, let exports):
+            return fieldSize(network) + varintSize(UInt64(exports.count)) + exports.reduce(0) { $0 + 1 + fieldSize($1.pattern) }
+        case .interest(let topics):
+            return varintSize(UInt64(topics.count)) + topics.reduce(0) { $0 + fieldSize($1) }
+        case .request(let id, let cluster, let remaining, _, let body):
+            return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + 1 + body.readableBytes
         case .reply(let id, let outcome):
             switch outcome {
             case .success(let body): return varintSize(id) + 1 + body.readableBytes
             case .fault(let fault): return varintSize(id) + 1 + fieldSize(fault)
             case .timedOut, .noMembers, .memberLost: return varintSize(id) + 1
+            case .refused(_, let detail): return varintSize(id) + 2 + fieldSize(detail)
             }
-        case .broadcast(let name, let body), .publish(let name, let body):
+        case .broadcast(let name, let body), .publish(let name, let body), .event(let name, let body):
             return fieldSize(name) + body.readableBytes
-        case .tunnelOpen(let id, let cluster, let remaining):
-            return varintSize(id) + fieldSize(cluster) + varintSize(remaining)
+        case .tunnelOpen(let id, let cluster, let remaining, _):
+            return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + 1
         case .tunnelConfirm(let id, let outcome):
             switch outcome {
             case .built(let farID, let chunkLimit): return varintSize(id) + 1 + varintSize(farID) + varintSize(chunkLimit)
             case .failed(let reason): return varintSize(id) + 1 + fieldSize(reason)
+            case .refused(_, let detail): return varintSize(id) + 2 + fieldSize(detail)
             }
         case .tunnelAllowance(let id, let bytes):
             return varintSize(id) + varintSize(bytes)
@@ -155,18 +192,19 @@ public enum PeerFrame: Sendable, Equatable {
         let headerSize = header ? 1 + varintSize(UInt64(payloadSize)) : 0
         let kind = self.kind
         switch self {
-        case .publish(let name, let body), .broadcast(let name, let body):
+        case .publish(let name, let body), .broadcast(let name, let body), .event(let name, let body):
             buffer.writeRaw(count: headerSize + payloadSize) {
                 if header { $0.byte(kind.rawValue); $0.varint(UInt64(payloadSize)) }
                 $0.field(name)
                 $0.bytes(body)
             }
-        case .request(let id, let cluster, let remaining, let body):
+        case .request(let id, let cluster, let remaining, let flags, let body):
             buffer.writeRaw(count: headerSize + payloadSize) {
                 if header { $0.byte(kind.rawValue); $0.varint(UInt64(payloadSize)) }
                 $0.varint(id)
                 $0.field(cluster)
                 $0.varint(remaining)
+                $0.byte(flags.rawValue)
                 $0.bytes(body)
             }
         case .reply(let id, .success(let body)):
@@ -200,10 +238,21 @@ public enum PeerFrame: Sendable, Equatable {
             buffer.writeField(reason)
         case .membership(let bytes):
             buffer.writeImmutableBuffer(bytes)
-        case .request(let id, let cluster, let remaining, let body):
+        case .gateway(let network, let exports):
+            buffer.writeField(network)
+            buffer.writeVarint(UInt64(exports.count))
+            for rule in exports {
+                buffer.writeInteger(rule.kinds.rawValue)
+                buffer.writeField(rule.pattern)
+            }
+        case .interest(let topics):
+            buffer.writeVarint(UInt64(topics.count))
+            for topic in topics { buffer.writeField(topic) }
+        case .request(let id, let cluster, let remaining, let flags, let body):
             buffer.writeVarint(id)
             buffer.writeField(cluster)
             buffer.writeVarint(remaining)
+            buffer.writeInteger(flags.rawValue)
             buffer.writeImmutableBuffer(body)
         case .reply(let id, let outcome):
             buffer.writeVarint(id)
@@ -220,14 +269,19 @@ public enum PeerFrame: Sendable, Equatable {
                 buffer.writeInteger(UInt8(3))
             case .memberLost:
                 buffer.writeInteger(UInt8(4))
+            case .refused(let reason, let detail):
+                buffer.writeInteger(UInt8(5))
+                buffer.writeInteger(reason.rawValue)
+                buffer.writeField(detail)
             }
-        case .broadcast(let name, let body), .publish(let name, let body):
+        case .broadcast(let name, let body), .publish(let name, let body), .event(let name, let body):
             buffer.writeField(name)
             buffer.writeImmutableBuffer(body)
-        case .tunnelOpen(let id, let cluster, let remaining):
+        case .tunnelOpen(let id, let cluster, let remaining, let flags):
             buffer.writeVarint(id)
             buffer.writeField(cluster)
             buffer.writeVarint(remaining)
+            buffer.writeInteger(flags.rawValue)
         case .tunnelConfirm(let id, let outcome):
             buffer.writeVarint(id)
             switch outcome {
@@ -238,6 +292,10 @@ public enum PeerFrame: Sendable, Equatable {
             case .failed(let reason):
                 buffer.writeInteger(UInt8(1))
                 buffer.writeField(reason)
+            case .refused(let reason, let detail):
+                buffer.writeInteger(UInt8(2))
+                buffer.writeInteger(reason.rawValue)
+                buffer.writeField(detail)
             }
         case .tunnelAllowance(let id, let bytes):
             buffer.writeVarint(id)
@@ -292,9 +350,15 @@ public enum PeerFrame: Sendable, Equatable {
                 frame = try r.string("reason").map { .goodbye(reason: $0) }
             case .membership:
                 frame = .membership(r.buffer.readSlice(length: r.buffer.readableBytes)!)
+            case .gateway:
+                frame = try Self.decodeGateway(&r)
+            case .interest:
+                frame = try Self.decodeInterest(&r)
             case .request:
-                if let id = try r.varint(), let cluster = try r.name("cluster", cache: &names), let remaining = try r.varint() {
-                    frame = .request(id: id, cluster: cluster, remainingMillis: remaining, body: r.rest())
+                if let id = try r.varint(), let cluster = try r.name("cluster", cache: &names), let remaining = try r.varint(),
+                    let flags = r.byte()
+                {
+                    frame = .request(id: id, cluster: cluster, remainingMillis: remaining, flags: PeerRequestFlags(rawValue: flags), body: r.rest())
                 } else {
                     frame = nil
                 }
@@ -306,6 +370,12 @@ public enum PeerFrame: Sendable, Equatable {
                     case 2: frame = .reply(id: id, outcome: .timedOut)
                     case 3: frame = .reply(id: id, outcome: .noMembers)
                     case 4: frame = .reply(id: id, outcome: .memberLost)
+                    case 5:
+                        if let reason = r.byte(), let detail = try r.string("detail") {
+                            frame = .reply(id: id, outcome: .refused(FailureReason(rawValue: reason), detail))
+                        } else {
+                            frame = nil
+                        }
                     default: throw PeerFrameError.malformed(kind, "unknown reply outcome \(tag)")
                     }
                 } else {
@@ -315,9 +385,11 @@ public enum PeerFrame: Sendable, Equatable {
                 frame = try r.name("cluster", cache: &names).map { .broadcast(cluster: $0, body: r.rest()) }
             case .publish:
                 frame = try r.name("topic", cache: &names).map { .publish(topic: $0, body: r.rest()) }
+            case .event:
+                frame = try r.name("topic", cache: &names).map { .event(topic: $0, body: r.rest()) }
             case .tunnelOpen:
-                if let id = try r.varint(), let cluster = try r.string("cluster"), let remaining = try r.varint() {
-                    frame = .tunnelOpen(id: id, cluster: cluster, remainingMillis: remaining)
+                if let id = try r.varint(), let cluster = try r.string("cluster"), let remaining = try r.varint(), let flags = r.byte() {
+                    frame = .tunnelOpen(id: id, cluster: cluster, remainingMillis: remaining, flags: PeerRequestFlags(rawValue: flags))
                 } else {
                     frame = nil
                 }
@@ -331,6 +403,12 @@ public enum PeerFrame: Sendable, Equatable {
                             frame = nil
                         }
                     case 1: frame = try r.string("reason").map { .tunnelConfirm(id: id, outcome: .failed($0)) }
+                    case 2:
+                        if let reason = r.byte(), let detail = try r.string("detail") {
+                            frame = .tunnelConfirm(id: id, outcome: .refused(FailureReason(rawValue: reason), detail))
+                        } else {
+                            frame = nil
+                        }
                     default: throw PeerFrameError.malformed(kind, "unknown tunnel outcome \(tag)")
                     }
                 } else {
@@ -367,6 +445,39 @@ public enum PeerFrame: Sendable, Equatable {
         } catch {
             preconditionFailure("unexpected error \(error)")
         }
+    }
+}
+
+extension PeerFrame {
+    /// Most export rules or interest topics one frame may carry: a bound before allocation.
+    public static let maxListEntries = 65_536
+
+    static func decodeGateway(_ r: inout FieldReader) throws(WireError) -> PeerFrame? {
+        guard let network = try r.string("network"), let count = try r.varint() else { return nil }
+        guard count <= UInt64(min(maxListEntries, r.buffer.readableBytes / 2)) else {
+            throw .fieldTooLarge(field: "export list", length: count, limit: min(maxListEntries, r.buffer.readableBytes / 2))
+        }
+        var exports: [ExportRule] = []
+        exports.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let kinds = r.byte(), let pattern = try r.string("export pattern") else { return nil }
+            exports.append(ExportRule(kinds: ExportKinds(rawValue: kinds), pattern: pattern))
+        }
+        return .gateway(network: network, exports: exports)
+    }
+
+    static func decodeInterest(_ r: inout FieldReader) throws(WireError) -> PeerFrame? {
+        guard let count = try r.varint() else { return nil }
+        guard count <= UInt64(min(maxListEntries, r.buffer.readableBytes)) else {
+            throw .fieldTooLarge(field: "interest list", length: count, limit: min(maxListEntries, r.buffer.readableBytes))
+        }
+        var topics: [String] = []
+        topics.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let topic = try r.string("topic") else { return nil }
+            topics.append(topic)
+        }
+        return .interest(topics: topics)
     }
 }
 

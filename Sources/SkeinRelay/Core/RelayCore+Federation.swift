@@ -1,0 +1,488 @@
+import NIOCore
+import SkeinFederation
+import SkeinMembership
+import SkeinRouting
+import SkeinWire
+
+/// This relay's network and what it exports to the networks it federates with
+/// (Docs/federation.md). Every relay knows its network (to read `name@network`); only gateways
+/// use the exports.
+public struct FederationPolicy: Sendable, Equatable {
+    public var network: String
+    /// What this network exports, per federated network: enforced on everything that enters
+    /// through this relay's gateway links.
+    public var exports: [String: ExportTable]
+
+    public init(network: String = "default", exports: [String: ExportTable] = [:]) {
+        self.network = network
+        self.exports = exports
+    }
+}
+
+/// A gateway of another network this relay holds a gateway link to.
+struct ForeignGateway {
+    var network: String
+    /// What its network exports to this one (its GATEWAY frame).
+    var exports: ExportTable
+    /// Topics of this network its network subscribes to through this link (its INTEREST).
+    var interest: Set<String> = []
+}
+
+// Federation (Docs/federation.md): `name@network` from local clients, from this network's relays
+// to a gateway, and over gateway links into this network; exports; interest for subscriptions.
+extension RelayCore {
+    var network: String { settings.federation.network }
+
+    // MARK: - Gateway links (from the shell)
+
+    /// A gateway link to `node`, a gateway of `network`, is up and said what its network exports.
+    public mutating func gatewayLinked(_ node: NodeID, network: String, exports: [ExportRule], now: NIODeadline, actions: inout [RelayAction]) {
+        let wasReachable = !foreignLinks(to: network).isEmpty
+        foreign[node] = ForeignGateway(network: network, exports: ExportTable(exports))
+        directoryVersion &+= 1  // this relay's gateways changed: its metadata says so
+        if !wasReachable { actions.append(.report(.federationLinkChanged(network: network, up: true))) }
+        refreshInterest(network: network, actions: &actions)
+        dispatchWaitingRemote(network: network, now: now, actions: &actions)
+    }
+
+    /// The gateway link to `node` ended (`loss` says how: broken, or closed with a goodbye).
+    public mutating func gatewayUnlinked(_ node: NodeID, loss: RelayLoss, now: NIODeadline, actions: inout [RelayAction]) {
+        guard let gateway = foreign.removeValue(forKey: node) else { return }
+        sentInterest[node] = nil
+        directoryVersion &+= 1
+        relayUnavailable(node, loss, now: now, actions: &actions)
+        if foreignLinks(to: gateway.network).isEmpty {
+            actions.append(.report(.federationLinkChanged(network: gateway.network, up: false)))
+        }
+        refreshInterest(network: gateway.network, actions: &actions)
+    }
+
+    /// A frame from a linked gateway of another network. Everything that enters is checked
+    /// against this network's exports to that network.
+    public mutating func receivedFromGateway(_ frame: PeerFrame, from node: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+        guard let gateway = foreign[node] else { return }
+        switch frame {
+        case .request(let id, let cluster, let remaining, let flags, let body):
+            foreignRequest(from: node, gateway, id: id, cluster: cluster, remainingMillis: remaining, flags: flags, body: body, now: now, actions: &actions)
+        case .reply(let id, let outcome):
+            receivedPeer(.reply(id: id, outcome: outcome), from: node, now: now, actions: &actions)
+        case .broadcast(let cluster, let body):
+            guard admits(.broadcast, cluster, from: gateway, actions: &actions) else { return }
+            broadcastHere(cluster: cluster, body: body, from: nil, actions: &actions)
+        case .publish(let topic, let body):
+            guard admits(.publish, topic, from: gateway, actions: &actions) else { return }
+            publishHere(topic: topic, body: body, from: nil, actions: &actions)
+        case .event(let topic, let body):
+            // An event of the other network's topic, for this network's interest in it: only from
+            // the link this relay subscribed through, so a change of link never duplicates it.
+            guard designatedLink(to: gateway.network) == node, isDesignatedGateway(for: gateway.network) else {
+                actions.append(.report(.federationDropped(network: gateway.network, reason: "event from a gateway link not subscribed through")))
+                return
+            }
+            deliverRemoteEvent(topic: "\(topic)@\(gateway.network)", body: body, actions: &actions)
+        case .interest(let topics):
+            foreignInterest(from: node, gateway, topics: topics, actions: &actions)
+        case .tunnelOpen(let id, let cluster, let remaining, let flags):
+            foreignTunnelOpen(from: node, gateway, id: id, cluster: cluster, remainingMillis: remaining, flags: flags, now: now, actions: &actions)
+        case .tunnelConfirm, .tunnelAllowance, .tunnelData, .tunnelClose:
+            receivedPeer(frame, from: node, now: now, actions: &actions)
+        case .hello, .ping, .pong, .goodbye, .membership, .gateway:
+            break  // The shell's.
+        }
+    }
+
+    // MARK: - Introspection
+
+    /// The networks this relay is a gateway to (at least one established gateway link), each with
+    /// what it exports to this network: advertised in this relay's metadata.
+    public var gatewayAdvertisement: [String: [ExportRule]] {
+        var out: [String: [ExportRule]] = [:]
+        for node in foreign.keys.sorted() {
+            let gateway = foreign[node]!
+            if out[gateway.network] == nil { out[gateway.network] = gateway.exports.rules }
+        }
+        return out
+    }
+
+    /// Linked gateways of other networks, for `/status`: node, network, whether it is the
+    /// designated link, the interest it registered here and the interest sent to it.
+    public var foreignGatewayStatus: [(node: NodeID, network: String, designated: Bool, theirInterest: Int, ourInterest: Int)] {
+        foreign.keys.sorted().map { node in
+            let gateway = foreign[node]!
+            return (node, gateway.network, designatedLink(to: gateway.network) == node, gateway.interest.count, sentInterest[node]?.count ?? 0)
+        }
+    }
+
+    /// This relay's view of the designated gateway to `network` (itself: `localNode`), if any.
+    public func designatedGateway(to network: String) -> NodeID? {
+        let others = routing.gateways(to: network).min()
+        if !foreignLinks(to: network).isEmpty, others.map({ localNode < $0 }) ?? true { return localNode }
+        return others
+    }
+
+    /// What `network` exports to this one, as far as this relay knows.
+    func knownExports(of network: String) -> ExportTable? {
+        if let own = foreignLinks(to: network).first.flatMap({ foreign[$0]?.exports }) { return own }
+        return routing.advertisedExports(of: network)
+    }
+
+    // MARK: - Choosing links
+
+    /// Established gateway links to `network`, in node id order.
+    func foreignLinks(to network: String) -> [NodeID] {
+        foreign.filter { $0.value.network == network }.keys.sorted()
+    }
+
+    /// The link ordered traffic to `network` takes: to the remote gateway with the lowest node id.
+    func designatedLink(to network: String) -> NodeID? {
+        foreign.lazy.filter { $0.value.network == network }.map(\.key).min()
+    }
+
+    func isDesignatedGateway(for network: String) -> Bool {
+        designatedGateway(to: network) == localNode && !foreignLinks(to: network).isEmpty
+    }
+
+    /// Where a broadcast or publish to `network` goes from this relay, and the name it carries:
+    /// its own designated link (bare name), or the designated gateway of this network.
+    func orderedRoute(to network: String, name: FederatedName) -> (NodeID, String)? {
+        if let link = designatedLink(to: network) { return (link, name.name) }
+        if let gateway = designatedGateway(to: network), gateway != localNode { return (gateway, name.description) }
+        return nil
+    }
+
+    // MARK: - Exports
+
+    /// Whether this network exports `name` for `kind` to the network of `gateway`; a refusal is
+    /// reported (logged and counted by the shell).
+    mutating func admits(_ kind: ExportKinds, _ name: String, from gateway: ForeignGateway, actions: inout [RelayAction]) -> Bool {
+        // No transit: a name of a third network never passes through.
+        if !FederatedName.isRemote(name, localNetwork: network),
+            settings.federation.exports[gateway.network]?.allows(kind, FederatedName(name, localNetwork: network).name) == true
+        {
+            return true
+        }
+        actions.append(.report(.federationRefused(network: gateway.network, kind: kind, name: name)))
+        return false
+    }
+
+    /// The refusal for `kind` on `name` when the other network is known not to export it.
+    func exportRefusal(_ kind: ExportKinds, _ name: FederatedName) -> (FailureReason, String)? {
+        guard let network = name.network, let exports = knownExports(of: network), !exports.allows(kind, name.name) else { return nil }
+        return (.notExported, "\(name.name) is not exported by network \(network) for \(kind)")
+    }
+
+    static func unreachable(_ network: String) -> String { "no gateway to network \(network) is reachable" }
+
+    // MARK: - Requests
+
+    /// Another relay of this network sends a request for `name@network` to this gateway.
+    mutating func relayedRemoteRequest(
+        from relay: NodeID, id: UInt64, name: FederatedName, remainingMillis: UInt64, flags: PeerRequestFlags, body: ByteBuffer,
+        now: NIODeadline, actions: inout [RelayAction]
+    ) {
+        guard let target = name.network, remainingMillis > 0 else {
+            actions.append(.sendPeer(relay, .reply(id: id, outcome: .timedOut)))
+            return
+        }
+        guard !foreignLinks(to: target).isEmpty else {
+            actions.append(.sendPeer(relay, .reply(id: id, outcome: .refused(.networkUnreachable, Self.unreachable(target)))))
+            return
+        }
+        let key = makeKey()
+        let deadline = deadline(now: now, millis: remainingMillis)
+        var request = PendingRequest(caller: .relay(relay), callerRequestID: id, cluster: name.description, deadline: deadline, body: body)
+        request.network = target
+        request.failFast = flags.contains(.failFast)
+        requests[key] = request
+        schedule(.request(key), at: deadline)
+        if !dispatch(key, now: now, actions: &actions) { waitForMember(key, actions: &actions) }
+    }
+
+    /// A request from another network for a cluster of this one: checked against the exports,
+    /// then routed here as if a local client had asked.
+    private mutating func foreignRequest(
+        from node: NodeID, _ gateway: ForeignGateway, id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags,
+        body: ByteBuffer, now: NIODeadline, actions: inout [RelayAction]
+    ) {
+        guard admits(.request, cluster, from: gateway, actions: &actions) else {
+            let detail = "cluster \(cluster) is not exported by network \(network) to \(gateway.network)"
+            actions.append(.sendPeer(node, .reply(id: id, outcome: .refused(.notExported, detail))))
+            return
+        }
+        guard remainingMillis > 0 else {
+            actions.append(.sendPeer(node, .reply(id: id, outcome: .timedOut)))
+            return
+        }
+        let key = makeKey()
+        let deadline = deadline(now: now, millis: remainingMillis)
+        var request = PendingRequest(caller: .relay(node), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        request.routesHere = true
+        request.failFast = flags.contains(.failFast)
+        requests[key] = request
+        schedule(.request(key), at: deadline)
+        if !dispatch(key, now: now, actions: &actions) { waitForMember(key, actions: &actions) }
+    }
+
+    /// Sends a request for another network on: over this relay's own gateway link to it, or (when
+    /// this relay routes it, and is no gateway to it) to a gateway of this network.
+    mutating func dispatchRemote(_ key: UInt64, to target: String, excluding: Set<NodeID>, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
+        guard let request = requests[key] else { return false }
+        let inFlight = remoteInFlight
+        let links = foreignLinks(to: target).filter { !excluding.contains($0) }
+        if let link = routing.pickTwo(links, inFlight: { inFlight[$0, default: 0] }) {
+            forward(key, to: link, cluster: FederatedName(request.cluster, localNetwork: network).name, now: now, actions: &actions)
+            return true
+        }
+        guard request.routesHere,
+            let gateway = routing.pickGateway(to: target, excluding: excluding, inFlight: { inFlight[$0, default: 0] })
+        else { return false }
+        forward(key, to: gateway, cluster: request.cluster, now: now, actions: &actions)
+        return true
+    }
+
+    /// Requests and builds for `network` that waited for a gateway: they go now.
+    mutating func dispatchWaitingRemote(network target: String, now: NIODeadline, actions: inout [RelayAction]) {
+        let suffix = "@\(target)"
+        for cluster in waitingRequests.keys.filter({ $0.hasSuffix(suffix) }) + waitingBuilds.keys.filter({ $0.hasSuffix(suffix) }) {
+            dispatchWaiting(cluster: cluster, now: now, actions: &actions)
+        }
+    }
+
+    // MARK: - Broadcast and publish
+
+    /// A local client's broadcast or publish to `name@network`: one copy on the ordered route, so
+    /// FIFO per sender holds across the federation.
+    mutating func sendRemote(
+        _ kind: ExportKinds, from sender: ConnectionID, name: FederatedName, body: ByteBuffer, actions: inout [RelayAction]
+    ) {
+        guard let target = name.network else { return }
+        let op: Opcode = kind == .broadcast ? .broadcast : .publish
+        if let (reason, detail) = exportRefusal(kind, name) {
+            refuse(sender, op: op, name: name.description, reason: reason, detail: detail, network: target, actions: &actions)
+            return
+        }
+        guard let (next, carried) = orderedRoute(to: target, name: name) else {
+            refuse(sender, op: op, name: name.description, reason: .networkUnreachable, detail: Self.unreachable(target), network: target, actions: &actions)
+            return
+        }
+        actions.append(.sendPeer(next, kind == .broadcast ? .broadcast(cluster: carried, body: body) : .publish(topic: carried, body: body)))
+        noteDelivery(from: sender, toRelay: next, actions: &actions)
+    }
+
+    /// A relay of this network sends a broadcast or publish for `name@network` to this gateway.
+    mutating func relayedRemoteSend(_ kind: ExportKinds, name: FederatedName, body: ByteBuffer, actions: inout [RelayAction]) {
+        guard let target = name.network else { return }
+        guard let link = designatedLink(to: target) else {
+            actions.append(.report(.federationDropped(network: target, reason: Self.unreachable(target))))
+            return
+        }
+        actions.append(.sendPeer(link, kind == .broadcast ? .broadcast(cluster: name.name, body: body) : .publish(topic: name.name, body: body)))
+    }
+
+    /// Tells a local client its broadcast, publish or subscribe was not carried out: `skein/1`
+    /// hears REFUSED; for `v1.0-draft2` it is only counted.
+    mutating func refuse(
+        _ id: ConnectionID, op: Opcode, name: String, reason: FailureReason, detail: String, network target: String,
+        actions: inout [RelayAction]
+    ) {
+        actions.append(.report(.federationDropped(network: target, reason: detail)))
+        if connections[id]?.dialect == .skein1 {
+            actions.append(.send(id, .refused(opcode: op.rawValue, name: name, reason: reason, detail: detail)))
+        }
+    }
+
+    /// A broadcast into this network's `cluster`: every member here and one copy to each relay
+    /// of this network with members (`sender`, a local connection, is paused by full outputs).
+    mutating func broadcastHere(cluster: String, body: ByteBuffer, from sender: ConnectionID?, actions: inout [RelayAction]) {
+        let remote = routing.relays(servingCluster: cluster)
+        for relay in remote {
+            actions.append(.sendPeer(relay, .broadcast(cluster: cluster, body: body)))
+            if let sender { noteDelivery(from: sender, toRelay: relay, actions: &actions) }
+        }
+        guard let members = clusters[cluster]?.members else {
+            if remote.isEmpty { actions.append(.report(.broadcastWithoutMembers(cluster: cluster))) }
+            return
+        }
+        for member in members {
+            actions.append(.send(member, .broadcast(message: body)))
+            if let sender { noteDelivery(from: sender, to: member, actions: &actions) }
+        }
+    }
+
+    /// A publish into this network's `topic`: every subscription here, one copy to each relay of
+    /// this network with subscribers, and one event to each other network subscribed through
+    /// this gateway.
+    mutating func publishHere(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
+        for relay in routing.relays(subscribedTo: topic) {
+            actions.append(.sendPeer(relay, .publish(topic: topic, body: body)))
+            if let publisher { noteDelivery(from: publisher, toRelay: relay, actions: &actions) }
+        }
+        deliverLocally(topic: topic, body: body, from: publisher, actions: &actions)
+    }
+
+    /// A published event for the subscriptions on this relay, and for other networks' interest.
+    mutating func deliverLocally(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
+        if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: publisher, actions: &actions) }
+        guard let subscribers = topics[topic] else { return }
+        for subscriber in subscribers {
+            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
+            if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
+        }
+    }
+
+    /// One event to each other network that subscribes to `topic` through this gateway.
+    mutating func deliverToInterest(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
+        for (node, gateway) in foreign where gateway.interest.contains(topic) {
+            actions.append(.sendPeer(node, .event(topic: topic, body: body)))
+            if let publisher { noteDelivery(from: publisher, toRelay: node, actions: &actions) }
+        }
+    }
+
+    /// An event of another network's topic (`topic@network`) arriving at this network's
+    /// designated gateway: to its subscribers here and once to each relay with subscribers.
+    mutating func deliverRemoteEvent(topic: String, body: ByteBuffer, actions: inout [RelayAction]) {
+        for relay in routing.relays(subscribedTo: topic) {
+            actions.append(.sendPeer(relay, .event(topic: topic, body: body)))
+        }
+        for subscriber in topics[topic] ?? [] {
+            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
+        }
+    }
+
+    /// A `topic@network` event from another relay of this network: delivered here only if that
+    /// relay is the designated gateway to the network, so a change of gateway never duplicates.
+    mutating func relayedRemoteEvent(topic: String, body: ByteBuffer, from relay: NodeID, actions: inout [RelayAction]) {
+        let name = FederatedName(topic, localNetwork: network)
+        guard let target = name.network, designatedGateway(to: target) == relay else {
+            actions.append(.report(.federationDropped(network: name.network ?? network, reason: "event from a relay that is not the designated gateway")))
+            return
+        }
+        for subscriber in topics[topic] ?? [] {
+            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
+        }
+    }
+
+    // MARK: - Subscriptions (interest)
+
+    /// Another network's complete set of topics it subscribes to through `node`.
+    private mutating func foreignInterest(from node: NodeID, _ gateway: ForeignGateway, topics wanted: [String], actions: inout [RelayAction]) {
+        var accepted: Set<String> = []
+        for topic in wanted where admits(.subscribe, topic, from: gateway, actions: &actions) {
+            accepted.insert(topic)
+        }
+        guard accepted != gateway.interest else { return }
+        foreign[node]!.interest = accepted
+        directoryVersion &+= 1  // this relay now subscribes to them on the other network's behalf
+    }
+
+    /// Recomputes what this relay, as a gateway, asks `network` for: the designated gateway sends
+    /// every `topic@network` subscribed to anywhere in this network on its designated link;
+    /// every other link, and every gateway that is not designated, asks for nothing.
+    mutating func refreshInterest(network target: String, actions: inout [RelayAction]) {
+        let links = foreignLinks(to: target)
+        guard !links.isEmpty || sentInterest.keys.contains(where: { foreign[$0]?.network == target }) else { return }
+        var wanted: Set<String> = []
+        if isDesignatedGateway(for: target) {
+            let suffix = "@\(target)"
+            let exports = knownExports(of: target)
+            for topic in topics.keys where topic.hasSuffix(suffix) { wanted.insert(String(topic.dropLast(suffix.count))) }
+            for topic in routing.subscribedTopics where topic.hasSuffix(suffix) { wanted.insert(String(topic.dropLast(suffix.count))) }
+            if let exports { wanted = wanted.filter { exports.allows(.subscribe, $0) } }
+        }
+        let link = designatedLink(to: target)
+        for node in links {
+            let set = node == link ? wanted : []
+            guard sentInterest[node, default: []] != set else { continue }
+            sentInterest[node] = set
+            actions.append(.sendPeer(node, .interest(topics: set.sorted())))
+        }
+    }
+
+    /// After anything that may change who is designated or what is subscribed to.
+    mutating func refreshAllInterest(actions: inout [RelayAction]) {
+        guard !foreign.isEmpty else { return }
+        for target in Set(foreign.values.map(\.network)).sorted() {
+            refreshInterest(network: target, actions: &actions)
+        }
+    }
+
+    /// Topics subscribed to on this relay for its metadata: its own connections' and, as a
+    /// gateway, other networks' interest.
+    var advertisedTopics: [String: Int] {
+        var out = topics.mapValues(\.count)
+        for gateway in foreign.values {
+            for topic in gateway.interest { out[topic, default: 0] += 1 }
+        }
+        return out
+    }
+
+    // MARK: - Tunnels
+
+    /// Another relay of this network opens a tunnel to `name@network` through this gateway.
+    mutating func relayedRemoteTunnelOpen(
+        from relay: NodeID, id: UInt64, name: FederatedName, remainingMillis: UInt64, flags: PeerRequestFlags, now: NIODeadline,
+        actions: inout [RelayAction]
+    ) {
+        guard let target = name.network, remainingMillis > 0 else {
+            actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: .failed("timed out"))))
+            return
+        }
+        guard !foreignLinks(to: target).isEmpty else {
+            actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: .refused(.networkUnreachable, Self.unreachable(target)))))
+            return
+        }
+        let key = makeKey()
+        let deadline = deadline(now: now, millis: remainingMillis)
+        var build = PendingBuild(initiator: .relay(relay), initiatorTunnelID: id, cluster: name.description, deadline: deadline)
+        build.network = target
+        build.failFast = flags.contains(.failFast)
+        builds[key] = build
+        schedule(.build(key), at: deadline)
+        if !dispatchBuild(key, now: now, actions: &actions) { waitForBuildMember(key, actions: &actions) }
+    }
+
+    /// A tunnel from another network to a cluster of this one.
+    private mutating func foreignTunnelOpen(
+        from node: NodeID, _ gateway: ForeignGateway, id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags,
+        now: NIODeadline, actions: inout [RelayAction]
+    ) {
+        guard admits(.tunnel, cluster, from: gateway, actions: &actions) else {
+            let detail = "cluster \(cluster) is not exported by network \(network) to \(gateway.network) for tunnels"
+            actions.append(.sendPeer(node, .tunnelConfirm(id: id, outcome: .refused(.notExported, detail))))
+            return
+        }
+        guard remainingMillis > 0 else {
+            actions.append(.sendPeer(node, .tunnelConfirm(id: id, outcome: .failed("timed out"))))
+            return
+        }
+        let key = makeKey()
+        let deadline = deadline(now: now, millis: remainingMillis)
+        var build = PendingBuild(initiator: .relay(node), initiatorTunnelID: id, cluster: cluster, deadline: deadline)
+        build.routesHere = true
+        build.failFast = flags.contains(.failFast)
+        builds[key] = build
+        schedule(.build(key), at: deadline)
+        if !dispatchBuild(key, now: now, actions: &actions) { waitForBuildMember(key, actions: &actions) }
+    }
+
+    /// Sends a build for another network on, as `dispatchRemote` does a request.
+    mutating func dispatchRemoteBuild(_ key: UInt64, to target: String, excluding: Set<NodeID>, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
+        guard let build = builds[key] else { return false }
+        let inFlight = remoteInFlight
+        let flags: PeerRequestFlags = build.failFast ? .failFast : []
+        let remaining = remainingMillis(build.deadline, now)
+        let links = foreignLinks(to: target).filter { !excluding.contains($0) }
+        if let link = routing.pickTwo(links, inFlight: { inFlight[$0, default: 0] }) {
+            builds[key]!.forwardedTo = link
+            let bare = FederatedName(build.cluster, localNetwork: network).name
+            actions.append(.sendPeer(link, .tunnelOpen(id: key, cluster: bare, remainingMillis: remaining, flags: flags)))
+            return true
+        }
+        guard build.routesHere,
+            let gateway = routing.pickGateway(to: target, excluding: excluding, inFlight: { inFlight[$0, default: 0] })
+        else { return false }
+        builds[key]!.forwardedTo = gateway
+        actions.append(.sendPeer(gateway, .tunnelOpen(id: key, cluster: build.cluster, remainingMillis: remaining, flags: flags)))
+        return true
+    }
+}
