@@ -172,14 +172,16 @@ struct MembersCommand: AsyncParsableCommand {
             printError("the relay's /members answer is not the expected JSON")
             throw ExitCode(ExitStatus.internalError)
         }
-        var rows = [["NAME", "NODE", "ADDRESS", "STATUS", "INC", "ZONE", "CLUSTERS"]]
+        var rows = [["NAME", "NODE", "ADDRESS", "STATUS", "INC", "ZONE", "CLUSTERS", "GATEWAY TO"]]
         for m in members {
             let clusters = (m["clusters"] as? [String: Any])?.keys.sorted().joined(separator: ",") ?? "?"
+            let gateways = (m["gateways"] as? [String: Any])?.keys.sorted().joined(separator: ",") ?? "?"
             let name = (m["name"] as? String ?? "") + ((m["self"] as? Bool) == true ? " *" : "")
             rows.append([
                 name, String((m["node"] as? String ?? "").prefix(12)), m["address"] as? String ?? "",
                 m["status"] as? String ?? "", "\(m["incarnation"] as? Int ?? 0)",
                 (m["zone"] as? String).map { $0.isEmpty ? "-" : $0 } ?? "?", clusters.isEmpty ? "-" : clusters,
+                gateways.isEmpty ? "-" : gateways,
             ])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }

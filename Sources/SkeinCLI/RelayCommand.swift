@@ -9,6 +9,7 @@ import Glibc
 #endif
 import ServiceLifecycle
 import SkeinCrypto
+import SkeinFederation
 import SkeinRelay
 
 struct RelayCommand: AsyncParsableCommand {
@@ -24,7 +25,13 @@ struct RelayCommand: AsyncParsableCommand {
             mesh: relays reach each other on that address (TCP peer links and UDP gossip share
             it), find each other through --seed, and trust each other only if they hold the same
             network key (--key-file, repeatable: the first key is primary, the others accepted).
-            SIGHUP reloads the key files. Federation is not built yet.
+            SIGHUP reloads the key files.
+
+            A relay can also be a gateway to other networks (Docs/federation.md): give each
+            federation in a file (--federation-config) or one with flags (--federation,
+            --federation-listen, --federation-gateway, --federation-key-file, --export). Clients
+            then address the other network's clusters and topics as name@network, and get only
+            what it exports.
             """)
 
     @Flag(name: .long, help: "Development mode: a single-relay network with a throwaway random key.")
@@ -97,6 +104,19 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Membership timings: lan (default) or fast (loopback and fast local networks).", valueName: "profile"))
     var gossipProfile = "lan"
 
+    @Option(name: .long, help: ArgumentHelp("This gateway's federations, in a file (format: Docs/federation.md). SIGHUP reloads their key files.", valueName: "path"))
+    var federationConfig: String?
+    @Option(name: .long, help: ArgumentHelp("Federate with this network (one federation by flags; more in --federation-config).", valueName: "network"))
+    var federation: String?
+    @Option(name: .long, help: ArgumentHelp("Where this gateway listens for --federation's gateways.", valueName: "host:port"))
+    var federationListen: String?
+    @Option(name: .long, help: ArgumentHelp("A gateway of --federation's network; repeatable. Any one up is enough.", valueName: "host:port"))
+    var federationGateway: [String] = []
+    @Option(name: .long, help: ArgumentHelp("The federation key shared by both networks' gateways (see `skein keygen`); repeatable: the first is primary.", valueName: "path"))
+    var federationKeyFile: [String] = []
+    @Option(name: .long, help: ArgumentHelp("Export to --federation's network: KINDS:PATTERN, kinds request, broadcast, tunnel, subscribe, publish (comma-separated), pattern a name or a * glob; repeatable. Nothing is exported by default.", valueName: "kinds:pattern"))
+    var export: [String] = []
+
     func validate() throws {
         if bind == nil && (!seed.isEmpty || advertise != nil) {
             throw ValidationError("--seed and --advertise need --bind HOST:PORT (the address for relay-to-relay traffic)")
@@ -110,6 +130,20 @@ struct RelayCommand: AsyncParsableCommand {
         if let advertise, splitHostPort(advertise) == nil { throw ValidationError("--advertise must be host:port, not \(advertise)") }
         for s in seed where splitHostPort(s) == nil { throw ValidationError("--seed must be host:port, not \(s)") }
         guard ["lan", "fast"].contains(gossipProfile) else { throw ValidationError("--gossip-profile must be lan or fast") }
+        if let network, !NetworkName.isValid(network) {
+            throw ValidationError("--network must be 1–\(NetworkName.maxLength) bytes of A–Z a–z 0–9 . _ - (it ends name@network addresses)")
+        }
+        if federation == nil && (federationListen != nil || !federationGateway.isEmpty || !federationKeyFile.isEmpty || !export.isEmpty) {
+            throw ValidationError("--federation-listen, --federation-gateway, --federation-key-file and --export describe --federation NETWORK: give it")
+        }
+        do {
+            for rule in export { _ = try FederationConfig.exportFlag(rule) }
+            if let flagged = try flagFederation() {
+                try FederationConfig.validate([flagged], localNetwork: network ?? (dev ? "dev" : "default"))
+            }
+        } catch {
+            throw ValidationError("\(error)")
+        }
         if let name, name.isEmpty || name.utf8.count > 255 { throw ValidationError("--name must be 1…255 bytes") }
         if dev && !keyFile.isEmpty {
             throw ValidationError("--dev generates its own key; do not combine it with --key-file")
@@ -196,6 +230,23 @@ struct RelayCommand: AsyncParsableCommand {
             configuration.mesh = mesh
         }
         if !noAdmin { configuration.admin = (adminHost, adminPort) }
+        configuration.settings.federation.network = networkName
+        let federations: [GatewayConfiguration]
+        do {
+            federations = try loadFederations(localNetwork: networkName)
+        } catch {
+            printError("cannot use the federation configuration: \(error)")
+            throw ExitCode(78)  // EX_CONFIG
+        }
+        configuration.federations = federations
+        for federation in federations {
+            configuration.settings.federation.exports[federation.spec.network] = federation.spec.exports
+            logger.info("federation", metadata: [
+                "network": "\(federation.spec.network)", "listen": "\(federation.spec.listen ?? "")",
+                "gateways": "\(federation.spec.gateways)", "key-id": "\(federation.keyring.primaryID)",
+                "exports": "\(federation.spec.exports.rules.map(\.description))",
+            ])
+        }
 
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
@@ -206,8 +257,16 @@ struct RelayCommand: AsyncParsableCommand {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         let keyFiles = keyFile
+        let federationKeys = federations.map { ($0.spec.network, $0.spec.keyFiles) }
         let reloader = Task {
             for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                for (network, files) in federationKeys {
+                    do {
+                        await relay.reload(federation: network, keyring: try Keyring.load(fromFiles: files))
+                    } catch {
+                        logger.error("SIGHUP: keeping the current federation keyring", metadata: ["federation": "\(network)", "error": "\(error)"])
+                    }
+                }
                 guard !keyFiles.isEmpty else {
                     logger.warning("SIGHUP: a --dev relay has no key files to reload")
                     continue
@@ -225,6 +284,43 @@ struct RelayCommand: AsyncParsableCommand {
         } catch {
             printError("\(error)")
             throw ExitCode(ExitStatus.unavailable)
+        }
+    }
+}
+
+extension RelayCommand {
+    /// The federation the flags describe, if any.
+    func flagFederation() throws -> FederationSpec? {
+        guard let federation else { return nil }
+        return FederationSpec(
+            network: federation, listen: federationListen, gateways: federationGateway, keyFiles: federationKeyFile,
+            exports: ExportTable(try export.map { try FederationConfig.exportFlag($0) }))
+    }
+
+    /// Every federation from the file and the flags, checked, with their keyrings loaded.
+    func loadFederations(localNetwork: String) throws -> [GatewayConfiguration] {
+        var specs: [FederationSpec] = []
+        if let federationConfig {
+            let text: String
+            do {
+                text = try String(contentsOfFile: federationConfig, encoding: .utf8)
+            } catch {
+                throw FederationConfigError(line: nil, "cannot read \(federationConfig): \(error.localizedDescription)")
+            }
+            do {
+                specs += try FederationConfig.parse(text)
+            } catch {
+                throw FederationConfigError(line: nil, "\(federationConfig): \(error)")
+            }
+        }
+        if let flagged = try flagFederation() { specs.append(flagged) }
+        try FederationConfig.validate(specs, localNetwork: localNetwork)
+        return try specs.map { spec in
+            do {
+                return GatewayConfiguration(spec: spec, keyring: try Keyring.load(fromFiles: spec.keyFiles))
+            } catch {
+                throw FederationConfigError(line: nil, "federation \(spec.network): \(error)")
+            }
         }
     }
 }

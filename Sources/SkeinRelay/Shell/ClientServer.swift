@@ -32,7 +32,11 @@ public final class ClientServer: @unchecked Sendable {
     private let metrics = RelayMetrics()
     let limits: WireLimits
     /// The relay's part of the mesh, once it runs (on the event loop).
-    weak var mesh: MeshNode?
+    weak var mesh: MeshNode? {
+        didSet { if let mesh { core.localNode = mesh.nodeID } }
+    }
+    /// The relay's federations, if it is a gateway (on the event loop).
+    var gateways: [GatewayNode] = []
     /// Relays whose frames could not be sent (no link, no address): their requests go elsewhere.
     private var unsentTo: [NodeID] = []
 
@@ -262,7 +266,9 @@ public final class ClientServer: @unchecked Sendable {
             case .resumeReading(let id):
                 clients[id]?.setReading(true)
             case .sendPeer(let relay, let frame):
-                if mesh?.send(frame, to: relay) != true { unsentTo.append(relay) }
+                if mesh?.send(frame, to: relay) != true, !gateways.contains(where: { $0.send(frame, to: relay) }) {
+                    unsentTo.append(relay)
+                }
             case .report(let event):
                 report(event)
             }
@@ -351,6 +357,35 @@ public final class ClientServer: @unchecked Sendable {
         }
         perform()
         flush()
+    }
+
+    // MARK: - Federation (on the event loop)
+
+    func gatewayLinked(_ node: NodeID, network: String, exports: [ExportRule]) {
+        core.gatewayLinked(node, network: network, exports: exports, now: .now(), actions: &actions)
+        perform()
+        flush()
+    }
+
+    func gatewayUnlinked(_ node: NodeID, loss: RelayLoss) {
+        core.gatewayUnlinked(node, loss: loss, now: .now(), actions: &actions)
+        perform()
+        flush()
+    }
+
+    /// A frame from another network's gateway; its output is written by `peerReadComplete`.
+    func receivedFromGateway(_ frame: PeerFrame, from node: NodeID) {
+        core.receivedFromGateway(frame, from: node, now: .now(), actions: &actions)
+        perform()
+    }
+
+    /// The federation part of `/status`: each federation's links and exports, and this relay's
+    /// view of every network's designated gateway.
+    var federationStatus: JSON {
+        let rows = core.foreignGatewayStatus
+        return .array(gateways.map { gateway in
+            gateway.statusJSON(core: rows, theirExports: core.gatewayAdvertisement[gateway.network])
+        })
     }
 
     /// Remote relays and this relay's requests in flight to each, for `/status`.

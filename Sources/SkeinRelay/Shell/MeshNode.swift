@@ -555,6 +555,9 @@ extension Member {
             ("clusters", metadata.map { m in .object(m.clusters.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }) } ?? .null),
             ("topics", metadata.map { m in .array(m.topics.sorted().map { .string($0) }) } ?? .null),
             ("load", metadata.map { .int(Int64($0.load)) } ?? .null),
+            ("gateways", metadata.map { m in
+                .object(m.gateways.sorted { $0.key < $1.key }.map { ($0.key, .array($0.value.map { .string("\($0)") })) })
+            } ?? .null),
             ("metadataVersion", .int(Int64(clamping: metadataVersion))),
         ])
     }

@@ -154,6 +154,11 @@ public final class PeerLinks: @unchecked Sendable {
 
     public var establishedLinks: [PeerLink] { Array(byNode.values) }
 
+    /// Whether a dial to `address` is under way.
+    func pendingDial(to address: String) -> Bool {
+        links.values.contains { $0.dialedAddress == address && !$0.isClosed }
+    }
+
     private func dial(_ address: String) -> PeerLink {
         let placeholder = makeLink(channel: nil, initiator: true, dialedAddress: address)
         guard let (host, port) = splitHostPort(address) else {

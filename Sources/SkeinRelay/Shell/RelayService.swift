@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import SkeinCrypto
+import SkeinFederation
 
 /// Everything `skein relay` can be told. Docs/relay-settings.md documents each field and flag.
 public struct RelayConfiguration: Sendable {
@@ -29,6 +30,9 @@ public struct RelayConfiguration: Sendable {
     public var keyring: Keyring?
     /// Relay-to-relay membership and links, or nil for a relay on its own.
     public var mesh: MeshConfiguration?
+    /// The networks this relay is a gateway to (Docs/federation.md); empty for most relays.
+    /// `settings.federation` holds the network name and the exports they enforce.
+    public var federations: [GatewayConfiguration] = []
 
     public init() {}
 }
@@ -46,6 +50,7 @@ public final class RelayService: Service, Sendable {
     private let metricsText: (@Sendable () -> [UInt8])?
     private let adminServer = NIOLockedValueBox<AdminServer?>(nil)
     private let meshNode = NIOLockedValueBox<MeshNode?>(nil)
+    private let gatewayNodes = NIOLockedValueBox<[GatewayNode]>([])
     private let keyringBox: NIOLockedValueBox<Keyring?>
 
     /// The relay's part of the mesh, once it runs (nil without `configuration.mesh`).
@@ -74,12 +79,14 @@ public final class RelayService: Service, Sendable {
                     clients: server, eventLoop: server.eventLoop, logger: logger)
                 meshNode.withLockedValue { $0 = node }
             }
+            try await startGateways()
             if let admin = server.configuration.admin {
                 let server = try await startAdmin(host: admin.host, port: admin.port)
                 adminServer.withLockedValue { $0 = server }
             }
         } catch {
             ready.finish()
+            for gateway in gateways { await gateway.close() }
             await mesh?.leave(within: .zero)
             await mesh?.close()
             await server.stopListening()
@@ -89,7 +96,7 @@ public final class RelayService: Service, Sendable {
         try await mesh?.run()
         ready.yield(await server.boundPort ?? -1)
         ready.finish()
-        logger.info("relay ready", metadata: ["protocol": "v1.0-draft2"])
+        logger.info("relay ready", metadata: ["protocol": "v1.0-draft2", "extensions": "skein/1"])
 
         try? await gracefulShutdown()
 
@@ -104,6 +111,7 @@ public final class RelayService: Service, Sendable {
             try? await Task.sleep(for: .milliseconds(20))
         }
         await server.closeAll(reason: "relay shutting down")
+        for gateway in gateways { await gateway.close() }
         let closeDeadline = ContinuousClock.now + .seconds(2)
         while await server.connectionCount > 0, ContinuousClock.now < closeDeadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(10))
@@ -115,6 +123,27 @@ public final class RelayService: Service, Sendable {
 }
 
 extension RelayService {
+    /// The relay's federations, once they run.
+    public var gateways: [GatewayNode] { gatewayNodes.withLockedValue { $0 } }
+
+    private func startGateways() async throws {
+        let configuration = server.configuration
+        guard !configuration.federations.isEmpty else { return }
+        let nodeID = mesh?.nodeID.bytes ?? SecureRandom.bytes(16)
+        let name = configuration.mesh?.name ?? "relay"
+        var started: [GatewayNode] = []
+        for federation in configuration.federations {
+            let exports = configuration.settings.federation.exports[federation.spec.network] ?? ExportTable()
+            let gateway = try await GatewayNode.start(
+                federation, localNetwork: configuration.network, exports: exports, nodeID: nodeID, name: name,
+                clients: server, logger: logger)
+            started.append(gateway)
+            gatewayNodes.withLockedValue { $0 = started }
+        }
+        let all = started
+        try await server.eventLoop.submit { self.server.gateways = all }.get()
+    }
+
     private func startAdmin(host: String, port: Int) async throws -> AdminServer {
         do {
             return try await AdminServer.start(host: host, port: port, group: group, logger: logger) { [self] request in
@@ -159,11 +188,16 @@ extension RelayService {
         var fields: [(String, JSON)] = [
             ("relay", .object([
                 ("protocol", .string("v1.0-draft2")),
+                ("extensions", .array([.string("skein/1")])),
                 ("network", .string(configuration.network)),
                 ("keys", .array(currentKeyIDs.map { .string($0) })),
             ])),
             ("clients", clients),
         ]
+        if !gateways.isEmpty {
+            let federation = (try? await server.eventLoop.submit { self.server.federationStatus }.get()) ?? .null
+            fields.append(("federation", federation))
+        }
         if let mesh {
             let address = await mesh.address
             fields.append(("mesh", .object([
@@ -187,5 +221,12 @@ extension RelayService {
         keyringBox.withLockedValue { $0 = keyring }
         await mesh?.update(keyring: keyring)
         logger.info("keyring reloaded", metadata: ["keys": "\(keyring.keyIDs.map(\.description))"])
+    }
+
+    /// Replaces the federation keyring of the federation with `network` (SIGHUP).
+    public func reload(federation network: String, keyring: Keyring) async {
+        guard let gateway = gateways.first(where: { $0.network == network }) else { return }
+        try? await server.eventLoop.submit { gateway.update(keyring: keyring) }.get()
+        logger.info("federation keyring reloaded", metadata: ["federation": "\(network)", "keys": "\(keyring.keyIDs.map(\.description))"])
     }
 }
