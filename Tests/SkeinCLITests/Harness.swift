@@ -191,8 +191,9 @@ final class Scope: @unchecked Sendable {
     /// A fresh path inside the scratch directory.
     func path(_ name: String) -> URL { directory.appendingPathComponent(name) }
 
-    /// Starts `skein ARGS…` in the background.
-    func spawn(_ arguments: [String], name: String? = nil, stdin: Input = .none, stdout: Pipe? = nil) throws -> Child {
+    /// Starts `skein ARGS…` in the background; with `namespace`, inside that network namespace
+    /// (`ip netns exec`, which execs the binary: the child's pid is skein's own).
+    func spawn(_ arguments: [String], name: String? = nil, stdin: Input = .none, stdout: Pipe? = nil, namespace: String? = nil) throws -> Child {
         let index = lock.withLock { () -> Int in
             counter += 1
             return counter
@@ -205,8 +206,13 @@ final class Scope: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
 
         let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
+        if let namespace {
+            process.executableURL = URL(fileURLWithPath: try NetworkNamespaces.ipTool())
+            process.arguments = ["netns", "exec", namespace, binary.path] + arguments
+        } else {
+            process.executableURL = binary
+            process.arguments = arguments
+        }
         process.currentDirectoryURL = directory
         process.standardOutput = try stdout ?? FileHandle(forWritingTo: outURL)
         process.standardError = try FileHandle(forWritingTo: errURL)
@@ -229,8 +235,8 @@ final class Scope: @unchecked Sendable {
     }
 
     /// Runs `skein ARGS…` to completion (killing it after `limit`).
-    func run(_ arguments: [String], stdin: Input = .none, within limit: Duration = .seconds(10)) async throws -> Outcome {
-        let child = try spawn(arguments, stdin: stdin)
+    func run(_ arguments: [String], stdin: Input = .none, within limit: Duration = .seconds(10), namespace: String? = nil) async throws -> Outcome {
+        let child = try spawn(arguments, stdin: stdin, namespace: namespace)
         let status = try await child.waitForExit(within: limit)
         return Outcome(status: status, stdout: child.stdout, stderr: child.stderr)
     }
