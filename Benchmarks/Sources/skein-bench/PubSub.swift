@@ -41,7 +41,7 @@ private func runSubscribers(_ f: Flags) async throws {
         let subscription = try await connection.subscribe(topic: subj)
         let state = SubscriberState()
         let id = ByteBuffer(string: "\(getpid())-\(i)")
-        let readyTopic = subj + ".ready"
+        let readyTopic = f.string("ready", subj + ".ready")
         Task {
             var count = 0
             do {
@@ -141,12 +141,16 @@ private func runPublishers(_ f: Flags) async throws {
         // The relay handles one connection's frames in order, so an event this connection
         // publishes to itself after its data comes back only once the relay has taken all of
         // the data: the equivalent of nats.go's Flush() (a PING/PONG round trip).
-        let topic = "\(subj).flush.\(getpid()).\(i)"
+        // This network's topic even when `subj` is another network's (`name@network`).
+        let local = subj.lastIndex(of: "@").map { String(subj[..<$0]) } ?? subj
+        let topic = "\(local).flush.\(getpid()).\(i)"
         flushSubscriptions.append((topic, try await connection.subscribe(topic: topic)))
         connections.append(connection)
     }
 
-    let readySubscription = try await connections[0].subscribe(topic: subj + ".ready")
+    // `-ready` names the readiness topic where the two sides spell it differently (across a
+    // federation the publisher says `t.ready@us`, the subscriber `t.ready`).
+    let readySubscription = try await connections[0].subscribe(topic: f.string("ready", subj + ".ready"))
     let readyIDs = Mutex<Set<String>>([])
     let readyTask = Task {
         for try await answer in readySubscription {
