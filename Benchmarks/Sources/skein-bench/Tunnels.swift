@@ -68,7 +68,9 @@ func runTunnelSender(_ f: Flags) async throws {
     let total = UInt64(n * size)
 
     let connection = try await Skein.connect(to: url)
-    let tunnel = try await connection.tunnel(cluster: subj, timeout: .seconds(10))
+    // Routes are proven before the clock: with skein/1 a relay that does not know of the
+    // receiver yet (its metadata is still travelling) answers "no members" at once, so retry.
+    let tunnel = try await openWhenRouted(connection, cluster: subj, within: .seconds(10))
     try await tunnel.send("probe")
     guard let echo = try await tunnel.receive(), String(buffer: echo) == "probe" else {
         throw BenchError.failed("tunnel probe not echoed")
@@ -119,4 +121,16 @@ func runIdle(_ f: Flags) async throws {
     say("READY")
     await sleepTask(seconds: life)
     withExtendedLifetime(connections) {}
+}
+
+/// Opens a tunnel, retrying "no members" every 50 ms until `within` has passed.
+private func openWhenRouted(_ connection: SkeinConnection, cluster: String, within: Duration) async throws -> Tunnel {
+    let deadline = ContinuousClock.now + within
+    while true {
+        do {
+            return try await connection.tunnel(cluster: cluster, timeout: .seconds(10))
+        } catch SkeinError.noMembers where ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
 }
