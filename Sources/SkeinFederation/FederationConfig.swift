@@ -111,6 +111,10 @@ public enum FederationConfig {
                 throw FederationConfigError(line: nil, "federation \(name): give the address this gateway listens on for \(name)'s gateways (listen HOST:PORT)")
             }
             guard isHostPort(listen) else { throw FederationConfigError(line: nil, "federation \(name): listen must be host:port, not \(listen)") }
+            guard !isWildcard(listen) else {
+                throw FederationConfigError(
+                    line: nil, "federation \(name): listen \(listen) is a wildcard address; give the address \(name)'s gateways dial (it is told to them)")
+            }
             guard !spec.gateways.isEmpty else {
                 throw FederationConfigError(line: nil, "federation \(name): give at least one of \(name)'s gateways (gateway HOST:PORT)")
             }
@@ -121,6 +125,12 @@ public enum FederationConfig {
                 throw FederationConfigError(line: nil, "federation \(name): give the federation key (key-file PATH; create one with `skein keygen`)")
             }
         }
+    }
+
+    static func isWildcard(_ hostPort: String) -> Bool {
+        guard let colon = hostPort.lastIndex(of: ":") else { return false }
+        let host = hostPort[..<colon]
+        return host == "0.0.0.0" || host == "::" || host == "[::]"
     }
 
     static func isHostPort(_ text: String) -> Bool {

@@ -147,9 +147,10 @@ public struct RoutingTable: Sendable {
         return pickTwo(candidates, inFlight: inFlight)
     }
 
-    /// Two distinct random candidates, the one with fewer requests in flight; a single candidate
-    /// as it is; nil for none.
-    public mutating func pickTwo(_ candidates: [NodeID], inFlight: (NodeID) -> Int) -> NodeID? {
+    /// Power of two choices: two distinct random candidates, the one with fewer requests in
+    /// flight wins, then the one with the lower `load`, then either; a single candidate as it
+    /// is; nil for none.
+    public mutating func pickTwo(_ candidates: [NodeID], inFlight: (NodeID) -> Int, load: (NodeID) -> Double = { _ in 0 }) -> NodeID? {
         guard !candidates.isEmpty else { return nil }
         if candidates.count == 1 { return candidates[0] }
         let i = Int(random.next() % UInt64(candidates.count))
@@ -158,6 +159,8 @@ public struct RoutingTable: Sendable {
         let (a, b) = (candidates[i], candidates[j])
         let (fa, fb) = (inFlight(a), inFlight(b))
         if fa != fb { return fa < fb ? a : b }
+        let (la, lb) = (load(a), load(b))
+        if la != lb { return la < lb ? a : b }
         return random.next() & 1 == 0 ? a : b
     }
 
@@ -174,20 +177,12 @@ public struct RoutingTable: Sendable {
             let near = candidates.filter { relays[$0]?.zone == localZone }
             if !near.isEmpty { candidates = near }
         }
-        if candidates.count == 1 { return candidates[0] }
-        let i = Int(random.next() % UInt64(candidates.count))
-        var j = Int(random.next() % UInt64(candidates.count - 1))
-        if j >= i { j += 1 }
-        let (a, b) = (candidates[i], candidates[j])
-        let (fa, fb) = (inFlight(a), inFlight(b))
-        if fa != fb { return fa < fb ? a : b }
-        let (la, lb) = (loadPerMember(a, cluster), loadPerMember(b, cluster))
-        if la != lb { return la < lb ? a : b }
-        return random.next() & 1 == 0 ? a : b
+        let known = self.relays
+        return pickTwo(candidates, inFlight: inFlight, load: { Self.loadPerMember(known[$0], cluster) })
     }
 
-    private func loadPerMember(_ id: NodeID, _ cluster: String) -> Double {
-        guard let relay = relays[id] else { return .infinity }
+    private static func loadPerMember(_ relay: RemoteRelay?, _ cluster: String) -> Double {
+        guard let relay else { return .infinity }
         return Double(relay.load) / Double(max(1, relay.clusters[cluster] ?? 1))
     }
 }

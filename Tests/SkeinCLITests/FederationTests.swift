@@ -359,6 +359,45 @@ struct FederationTests {
         }
     }
 
+    @Test("256 MiB through a tunnel from eu into us with a slow reader: complete, in order, every relay on the path bounded")
+    func bulkTunnelAcrossTheFederation() async throws {
+        try await withTwoNetworks { net in
+            let total = 256 << 20
+            let messageSize = 1 << 20
+            let received = NIOLockedValueBox((bytes: 0, ok: true))
+            let member = try await Skein.serve(cluster: "db", to: net["u3"].endpoint, request: { $0.body }, tunnel: { tunnel in
+                var expected: UInt8 = 0
+                var count = 0
+                while let message = try? await tunnel.receive() {
+                    let view = message.readableBytesView
+                    let ok = message.readableBytes == messageSize
+                        && stride(from: view.startIndex, to: view.endIndex, by: 4096).allSatisfy { view[$0] == expected } && view.last == expected
+                    received.withLockedValue { $0.bytes += message.readableBytes; $0.ok = $0.ok && ok }
+                    expected &+= 1
+                    count += 1
+                    if count % 16 == 0 { try? await Task.sleep(for: .milliseconds(20)) }  // a slow reader
+                }
+            })
+            let client = try await connect(net["e3"])
+            _ = try await firstAnswer(client, "db@us")
+            let tunnel = try await client.tunnel(cluster: "db@us", timeout: .seconds(5))
+            let path = ["e3", "e1", "e2", "u1", "u2", "u3"]
+            var peak: [String: Int] = [:]
+            for i in 0..<(total / messageSize) {
+                try await tunnel.send(ByteBuffer(repeating: UInt8(truncatingIfNeeded: i), count: messageSize))
+                if i % 16 == 0 { for name in path { peak[name] = max(peak[name] ?? 0, rssKiB(pid: net[name].child.pid)) } }
+            }
+            try await tunnel.close()
+            try await waitFor("the member to receive everything", within: .seconds(120)) { received.withLockedValue { $0.bytes } == total }
+            #expect(received.withLockedValue { $0.ok }, "in order and intact")
+            // Flow control is hop by hop with each hop's 4 MiB tunnel buffer, so end to end: no relay
+            // on the path holds more than a few buffers, far below the 256 MiB that went through.
+            for (name, rss) in peak { #expect(rss < 200 * 1024, "relay \(name) peaked at \(rss / 1024) MiB") }
+            try await client.close()
+            try await member.close()
+        }
+    }
+
     @Test("relays of eu cannot join us's membership, nor us's eu's: another key is refused, and says so")
     func keysSeparateNetworks() async throws {
         try await withTwoNetworks { net in

@@ -138,6 +138,7 @@ struct ConfigTests {
         (FederationSpec(network: "u s", listen: "a:1", gateways: ["b:1"], keyFiles: ["k"]), "network name is"),
         (FederationSpec(network: "us", listen: "a", gateways: ["b:1"], keyFiles: ["k"]), "listen must be host:port"),
         (FederationSpec(network: "us", listen: "a:1", gateways: ["b:99999"], keyFiles: ["k"]), "gateway must be host:port"),
+        (FederationSpec(network: "us", listen: "0.0.0.0:7001", gateways: ["b:1"], keyFiles: ["k"]), "wildcard"),
     ] as [(FederationSpec, String)])
     func validation(_ spec: FederationSpec, _ fragment: String) {
         do {

@@ -157,12 +157,22 @@ extension RelayCore {
             return
         }
         connections[member]!.tunnelIDs[tunnelID] = .open(key)
+        open(build, key: key, far: .local(member), farID: tunnelID, actions: &actions)
+    }
+
+    /// A build was accepted by `far` (a member here, or the next relay on the way, which knows
+    /// the tunnel as `farID`): the tunnel opens, the initiator hears it is built, and each side
+    /// is granted this relay's tunnel buffer.
+    private mutating func open(_ build: PendingBuild, key: UInt64, far: TunnelPeer, farID: UInt64, actions: inout [RelayAction]) {
         let buffer = settings.tunnelBuffer
         tunnels[key] = Tunnel(ends: [
             TunnelEnd(peer: build.initiator, tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
-            TunnelEnd(peer: .local(member), tunnelID: tunnelID, receiveAllowance: buffer),
+            TunnelEnd(peer: far, tunnelID: farID, receiveAllowance: buffer),
         ])
-        actions.append(.send(member, .tunnelAllow(tunnelID: tunnelID, bytes: buffer)))
+        switch far {
+        case .local(let member): actions.append(.send(member, .tunnelAllow(tunnelID: farID, bytes: buffer)))
+        case .relay(let relay): actions.append(.sendPeer(relay, .tunnelAllowance(id: farID, bytes: buffer)))
+        }
         switch build.initiator {
         case .local(let initiator):
             connections[initiator]!.outgoing.remove(key)
@@ -397,25 +407,7 @@ extension RelayCore {
         switch outcome {
         case .built(let farID, _):
             builds[key] = nil
-            let buffer = settings.tunnelBuffer
-            tunnels[key] = Tunnel(ends: [
-                TunnelEnd(peer: build.initiator, tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
-                TunnelEnd(peer: .relay(relay), tunnelID: farID, receiveAllowance: buffer),
-            ])
-            actions.append(.sendPeer(relay, .tunnelAllowance(id: farID, bytes: buffer)))
-            switch build.initiator {
-            case .local(let initiator):
-                connections[initiator]!.outgoing.remove(key)
-                connections[initiator]!.tunnelIDs[build.initiatorTunnelID] = .open(key)
-                actions.append(
-                    .send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .built(chunkLimit: settings.effectiveChunkLimit))))
-                actions.append(.send(initiator, .tunnelAllow(tunnelID: build.initiatorTunnelID, bytes: buffer)))
-                resumeIfBelowLimit(initiator, actions: &actions)
-            case .relay(let origin):
-                actions.append(
-                    .sendPeer(origin, .tunnelConfirm(id: build.initiatorTunnelID, outcome: .built(farID: key, chunkLimit: settings.effectiveChunkLimit))))
-                actions.append(.sendPeer(origin, .tunnelAllowance(id: build.initiatorTunnelID, bytes: buffer)))
-            }
+            open(build, key: key, far: .relay(relay), farID: farID, actions: &actions)
         case .refused(let reason, let detail) where reason == .noMembers || reason == .networkUnreachable:
             builds[key]!.forwardedTo = nil
             builds[key]!.refusal = (reason, detail)

@@ -52,6 +52,8 @@ public final class GatewayNode: @unchecked Sendable {
     private var stopped = false
 
     public var network: String { configuration.spec.network }
+    /// `skein_federation_links{network}`: established gateway links.
+    private var linksGauge: Recorder { Recorder(label: "skein_federation_links", dimensions: [("network", network)], aggregate: false) }
 
     /// Listens on the federation's `listen` address and starts dialing its gateways.
     public static func start(
@@ -152,6 +154,7 @@ public final class GatewayNode: @unchecked Sendable {
             linked[node] = link
             if isNew {
                 logger.info("gateway link up", metadata: ["peer": "\(link.peerName ?? "?")", "address": "\(link.advertisedAddress ?? "?")", "node": "\(node)"])
+                linksGauge.record(linked.count)
             }
             clients?.gatewayLinked(node, network: network, exports: rules)
         case .membership:
@@ -171,6 +174,7 @@ public final class GatewayNode: @unchecked Sendable {
         if let bytes = link.peerNodeID, linked[NodeID(bytes: bytes)] === link {
             let node = NodeID(bytes: bytes)
             linked[node] = nil
+            linksGauge.record(linked.count)
             logger.log(
                 level: link.closedGracefully ? .info : .warning, "gateway link down",
                 metadata: ["peer": "\(link.peerName ?? "?")", "reason": "\(link.closeReason ?? "closed")"])
