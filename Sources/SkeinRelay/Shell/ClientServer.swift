@@ -247,7 +247,7 @@ public final class ClientServer: @unchecked Sendable {
     }
 
     private func perform(_ batch: [RelayAction]) {
-        let mesh = self.mesh  // a weak load per frame otherwise
+        var mesh: MeshNode?  // a weak load: only once a frame goes to another relay
         for action in batch {
             switch action {
             case .send(let id, let frame):
@@ -266,6 +266,7 @@ public final class ClientServer: @unchecked Sendable {
             case .resumeReading(let id):
                 clients[id]?.setReading(true)
             case .sendPeer(let relay, let frame):
+                if mesh == nil { mesh = self.mesh }
                 if mesh?.send(frame, to: relay) != true, !gateways.contains(where: { $0.send(frame, to: relay) }) {
                     unsentTo.append(relay)
                 }
@@ -328,11 +329,14 @@ public final class ClientServer: @unchecked Sendable {
     /// A frame from another relay. Output it causes is written by `peerReadComplete`, once per
     /// socket read of the peer link, as client output is once per client read batch.
     func receivedPeer(_ frame: PeerFrame, from relay: NodeID) {
-        // The clock is read once per peer-link read, as it is once per client read batch.
+        // The clock is read once per peer-link read, as it is once per client read batch, and
+        // the actions of a read's frames are carried out together at its end (`peerReadComplete`):
+        // nothing else runs on the loop in between, and nothing needs pausing per frame (the
+        // link's frames are already read). Anything that performs meanwhile performs them too,
+        // in order.
         let now = peerReadTime ?? .now()
         peerReadTime = now
         core.receivedPeer(frame, from: relay, now: now, actions: &actions)
-        perform()
     }
 
     /// A peer link's socket filled up (false) or drained (true).
@@ -345,6 +349,7 @@ public final class ClientServer: @unchecked Sendable {
     /// Every frame of one peer-link read has been handled: write what they produced.
     func peerReadComplete() {
         peerReadTime = nil
+        perform()
         flush()
     }
 
