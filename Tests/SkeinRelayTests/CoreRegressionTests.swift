@@ -132,4 +132,35 @@ struct CoreTimerTests {
         #expect(fired.frames(to: client).contains(.tunnelConfirm(tunnelID: 1, outcome: .timedOut)))
         #expect(fired.frames(to: client).contains(.reply(id: 7, outcome: .timedOut)))
     }
+
+    @Test("a connection remembered as open stops being served the moment it is closed, however it closes")
+    func rememberedOpenConnectionCloses() {
+        var d = CoreDriver()
+        let subscriber = d.connect()
+        _ = d.send(.subscribe(topic: "t"), from: subscriber)
+        // Closed by a violation after a flood made it the remembered connection.
+        let violator = d.connect()
+        #expect(d.send(.publish(topic: "t", event: buffer("1")), from: violator).frames(to: subscriber).count == 1)
+        _ = d.malformed(violator, .unknownOpcode(0xff))
+        #expect(d.send(.publish(topic: "t", event: buffer("2")), from: violator).isEmpty)
+        // Closed by its own CLOSE.
+        let closer = d.connect()
+        #expect(d.send(.publish(topic: "t", event: buffer("3")), from: closer).frames(to: subscriber).count == 1)
+        _ = d.send(.close, from: closer)
+        #expect(d.send(.publish(topic: "t", event: buffer("4")), from: closer).isEmpty)
+        // Gone (socket closed).
+        let lost = d.connect()
+        #expect(d.send(.publish(topic: "t", event: buffer("5")), from: lost).frames(to: subscriber).count == 1)
+        _ = d.lose(lost)
+        #expect(d.send(.publish(topic: "t", event: buffer("6")), from: lost).isEmpty)
+        // A slow consumer closed by its timer while another connection is the remembered one.
+        let slow = d.connect()
+        _ = d.send(.subscribe(topic: "u"), from: slow)
+        let publisher = d.connect()
+        _ = d.writability(slow, false)
+        _ = d.send(.publish(topic: "t", event: buffer("7")), from: slow)
+        #expect(d.advance(d.core.settings.slowConsumerTimeout + .milliseconds(1)).disconnected.contains(slow))
+        #expect(d.send(.publish(topic: "t", event: buffer("8")), from: slow).isEmpty)
+        #expect(d.send(.publish(topic: "t", event: buffer("9")), from: publisher).frames(to: subscriber).count == 1)
+    }
 }

@@ -92,6 +92,8 @@ public struct RelayCore {
     /// Inside `closeAll`: every connection is about to hear the shutdown's reason.
     var closingAll = false
     var lastPublishRoute: PublishRoute?
+    /// The connection `received` last found open (`markClosed` and `connectionClosed` forget it).
+    var lastOpen: ConnectionID?
     /// Gateways of other networks this relay holds gateway links to (Docs/federation.md).
     var foreign: [NodeID: ForeignGateway] = [:]
     /// The interest last sent on each gateway link.
@@ -134,6 +136,7 @@ public struct RelayCore {
         guard let conn = connections[id] else { return }
         detach(id, reason: "remote connection closed", actions: &actions)
         connections[id] = nil
+        lastOpen = nil
         // A close the relay already decided (graceful CLOSE, violation, shutdown) was reported then.
         if conn.phase != .closed {
             actions.append(.report(.connectionClosed(id, graceful: false)))
@@ -180,22 +183,27 @@ public struct RelayCore {
     // MARK: - Frames
 
     public mutating func received(_ frame: ClientFrame, from id: ConnectionID, now: NIODeadline, actions: inout [RelayAction]) {
-        // Only the phase, read in place: a copy of the record would retain every collection in it.
-        guard let phase = Self.phase(of: &connections[id]), phase != .closed else { return }
-        if phase == .awaitingInit {
-            guard case .initialize(let magic, let version, let cluster) = frame else {
-                reject(id, "first frame was \(frame.opcode), not INIT", actions: &actions)
+        // A flood comes from one connection at a time: the last one found open is remembered
+        // (until any connection closes), so its record is not looked up per frame.
+        if lastOpen != id {
+            // Only the phase, read in place: a copy of the record would retain every collection in it.
+            guard let phase = Self.phase(of: &connections[id]), phase != .closed else { return }
+            if phase == .awaitingInit {
+                guard case .initialize(let magic, let version, let cluster) = frame else {
+                    reject(id, "first frame was \(frame.opcode), not INIT", actions: &actions)
+                    return
+                }
+                handshake(id, magic: magic, version: version, cluster: cluster, now: now, actions: &actions)
                 return
             }
-            handshake(id, magic: magic, version: version, cluster: cluster, now: now, actions: &actions)
-            return
+            lastOpen = id
         }
         switch frame {
         case .initialize:
             violation(id, "protocol violation: INIT sent twice", actions: &actions)
         case .close:
             detach(id, reason: "remote connection closed", actions: &actions)
-            connections[id]?.phase = .closed
+            markClosed(id)
             actions.append(.send(id, .close(reason: "")))
             actions.append(.disconnect(id))
             actions.append(.report(.connectionClosed(id, graceful: true)))
@@ -226,6 +234,13 @@ public struct RelayCore {
 
     @inline(__always)
     private static func phase(of connection: inout Connection?) -> Phase? { connection?.phase }
+
+    /// Every change of a connection's phase to closed goes through here, so `lastOpen` is never
+    /// a closed (or gone) connection.
+    mutating func markClosed(_ id: ConnectionID) {
+        connections[id]?.phase = .closed
+        lastOpen = nil
+    }
 
     // MARK: - Time
 
@@ -269,7 +284,7 @@ public struct RelayCore {
             let reason = "Unsupported protocol. Client: \(version). Relay: \(RelayProtocol.irisVersion), \(RelayProtocol.skeinVersion)."
             actions.append(.send(id, .deny(magic: RelayProtocol.relayMagic, reason: reason)))
             actions.append(.disconnect(id))
-            connections[id]?.phase = .closed
+            markClosed(id)
             actions.append(.report(.handshakeRejected(id, reason: reason)))
             return
         }
@@ -287,7 +302,7 @@ public struct RelayCore {
 
     /// Closes a connection that never became a protocol peer: no CLOSE frame, just the socket.
     private mutating func reject(_ id: ConnectionID, _ reason: String, actions: inout [RelayAction]) {
-        connections[id]?.phase = .closed
+        markClosed(id)
         actions.append(.report(.handshakeRejected(id, reason: reason)))
         actions.append(.disconnect(id))
     }
@@ -309,7 +324,7 @@ public struct RelayCore {
         if conn.phase == .open {
             actions.append(.send(id, .close(reason: reason)))
         }
-        connections[id]?.phase = .closed
+        markClosed(id)
         actions.append(.disconnect(id))
     }
 
