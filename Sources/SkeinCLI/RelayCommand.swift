@@ -76,6 +76,9 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Close a connection whose output stays blocked this long.", valueName: "ms"))
     var slowConsumerTimeout = 10_000
 
+    @Option(name: .long, help: ArgumentHelp("Close a blocked connection once this many bytes from other relays wait for it.", valueName: "bytes"))
+    var slowConsumerBytes = Int(RelaySettings().slowConsumerBytes)
+
     @Option(name: .long, help: ArgumentHelp("On shutdown, time allowed for in-flight requests.", valueName: "ms"))
     var drainTimeout = 5000
 
@@ -162,6 +165,7 @@ struct RelayCommand: AsyncParsableCommand {
             (maxMessageSize, "--max-message-size"), (tunnelChunkLimit, "--tunnel-chunk-limit"), (tunnelBuffer, "--tunnel-buffer"),
             (maxPendingRequests, "--max-pending-requests"), (maxTunnels, "--max-tunnels"), (sendBuffer, "--send-buffer"),
             (handshakeTimeout, "--handshake-timeout"), (slowConsumerTimeout, "--slow-consumer-timeout"),
+            (slowConsumerBytes, "--slow-consumer-bytes"),
         ] where value <= 0 {
             throw ValidationError("\(flag) must be positive")
         }
@@ -218,6 +222,7 @@ struct RelayCommand: AsyncParsableCommand {
         configuration.settings.maxPendingRequests = maxPendingRequests
         configuration.settings.maxTunnelsPerConnection = maxTunnels
         configuration.settings.slowConsumerTimeout = .milliseconds(Int64(slowConsumerTimeout))
+        configuration.settings.slowConsumerBytes = UInt64(slowConsumerBytes)
 
         configuration.network = networkName
         configuration.keyring = keyring

@@ -160,6 +160,45 @@ struct CoreMeshTests {
         #expect(fromB.frames(to: subscriber) == [.publish(topic: "news", event: Self.hello)])
     }
 
+    @Test("events from another relay for a blocked subscriber: queued up to slowConsumerBytes, then it is closed as a slow consumer")
+    func slowConsumerOfRemoteEvents() {
+        var d = CoreDriver { $0.slowConsumerBytes = 3000; $0.slowConsumerTimeout = .seconds(10) }
+        let (b, _) = d.relay(1)
+        let slow = d.connect()
+        let fine = d.connect()
+        let member = d.connect(cluster: "all")
+        _ = d.send(.subscribe(topic: "news"), from: slow)
+        _ = d.send(.subscribe(topic: "news"), from: fine)
+        let event = ByteBuffer(repeating: 1, count: 1000)
+        // Unblocked, nothing is counted.
+        for _ in 0..<10 { #expect(d.peer(.publish(topic: "news", body: event), from: b).frames(to: slow).count == 1) }
+        _ = d.writability(slow, false)
+        for _ in 0..<3 {
+            let out = d.peer(.publish(topic: "news", body: event), from: b)
+            #expect(out.frames(to: slow) == [.publish(topic: "news", event: event)])
+            #expect(out.reports.isEmpty)
+        }
+        // Draining resets the count.
+        _ = d.writability(slow, true)
+        _ = d.writability(slow, false)
+        for _ in 0..<3 { #expect(d.peer(.publish(topic: "news", body: event), from: b).reports.isEmpty) }
+        // The 3001st byte: closed, with the reason, reported; the other subscriber is untouched.
+        let over = d.peer(.publish(topic: "news", body: event), from: b)
+        #expect(over.frames(to: fine) == [.publish(topic: "news", event: event)])
+        #expect(over.reports == [.slowConsumer(slow)])
+        #expect(over.closeReason(of: slow) == "slow consumer: more than 3000 bytes from other relays queued while its output was blocked")
+        #expect(d.core.topicSubscriptions == ["news": 1])
+        #expect(d.peer(.publish(topic: "news", body: event), from: b).frames(to: slow).isEmpty)
+        // Broadcasts from another relay count the same way, for members.
+        _ = d.writability(member, false)
+        for _ in 0..<3 { #expect(d.peer(.broadcast(cluster: "all", body: event), from: b).reports.isEmpty) }
+        #expect(d.peer(.broadcast(cluster: "all", body: event), from: b).reports == [.slowConsumer(member)])
+        // A blocked connection that goes away leaves no count behind.
+        _ = d.lose(slow)
+        _ = d.lose(member)
+        #expect(d.core.blockedConnections == 0)
+    }
+
     @Test("a suspect relay gets no new work but keeps its tunnels; a lost one's tunnels fail with a reason")
     func suspectVersusLost() {
         var d = CoreDriver()

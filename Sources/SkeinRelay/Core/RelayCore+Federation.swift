@@ -357,9 +357,11 @@ extension RelayCore {
             actions.append(.report(.federationDropped(network: name.network ?? network, reason: "event from a relay that is not the designated gateway")))
             return
         }
-        for subscriber in topics[topic] ?? [] {
+        let subscribers = topics[topic] ?? []
+        for subscriber in subscribers {
             actions.append(.send(subscriber, .publish(topic: topic, event: body)))
         }
+        if blockedConnections > 0 { queuedWhileBlocked(subscribers, bytes: body.readableBytes, actions: &actions) }
     }
 
     // MARK: - Subscriptions (interest)

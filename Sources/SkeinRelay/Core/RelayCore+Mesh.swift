@@ -96,6 +96,25 @@ extension RelayCore {
         if wasReading { actions.append(.pauseReading(source)) }
     }
 
+    /// Events or broadcasts from another relay were just queued for `receivers`. The link is not
+    /// paused for one receiver (it carries every kind of traffic between the two relays), so a
+    /// receiver whose output is blocked takes at most `slowConsumerBytes` of them; past that it is
+    /// closed as a slow consumer at once (reported, counted, never silent), as it would be at
+    /// `slowConsumerTimeout`. So a flat-out publisher on another relay cannot grow this relay's
+    /// memory without bound for a subscriber that does not read.
+    mutating func queuedWhileBlocked<C: Collection<ConnectionID>>(_ receivers: C, bytes: Int, actions: inout [RelayAction]) {
+        for id in receivers {
+            guard let conn = connections[id], !conn.writable, conn.phase == .open else { continue }
+            let queued = conn.queuedWhileBlocked + UInt64(bytes)
+            connections[id]!.queuedWhileBlocked = queued
+            guard queued > settings.slowConsumerBytes else { continue }
+            actions.append(.report(.slowConsumer(id)))
+            closeWithReason(
+                id, "slow consumer: more than \(settings.slowConsumerBytes) bytes from other relays queued while its output was blocked",
+                actions: &actions)
+        }
+    }
+
     /// The relays this one knows serve clusters or topics.
     public var remoteRelays: [NodeID: RemoteRelay] { routing.relays }
 
@@ -121,17 +140,21 @@ extension RelayCore {
                 return
             }
             // Delivered to members here only: a broadcast crosses one hop.
-            for member in clusters[cluster]?.members ?? [] {
+            let members = clusters[cluster]?.members ?? []
+            for member in members {
                 actions.append(.send(member, .broadcast(message: body)))
             }
+            if blockedConnections > 0 { queuedWhileBlocked(members, bytes: body.readableBytes, actions: &actions) }
         case .publish(let topic, let body):
             if publishRouteIsCached(topic) == false, FederatedName.isRemote(topic, localNetwork: network) {
                 relayedRemoteSend(.publish, name: FederatedName(topic, localNetwork: network), body: body, actions: &actions)
                 return
             }
-            for subscriber in publishRoute(topic).subscribers {
+            let subscribers = publishRoute(topic).subscribers
+            for subscriber in subscribers {
                 actions.append(.send(subscriber, .publish(topic: topic, event: body)))
             }
+            if blockedConnections > 0 { queuedWhileBlocked(subscribers, bytes: body.readableBytes, actions: &actions) }
             if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: nil, actions: &actions) }
         case .event(let topic, let body):
             relayedRemoteEvent(topic: topic, body: body, from: relay, actions: &actions)

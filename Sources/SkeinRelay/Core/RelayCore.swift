@@ -94,6 +94,8 @@ public struct RelayCore {
     var lastPublishRoute: PublishRoute?
     /// The connection `received` last found open (`markClosed` and `connectionClosed` forget it).
     var lastOpen: ConnectionID?
+    /// Connections whose output is blocked (not writable) now.
+    var blockedConnections = 0
     /// Gateways of other networks this relay holds gateway links to (Docs/federation.md).
     var foreign: [NodeID: ForeignGateway] = [:]
     /// The interest last sent on each gateway link.
@@ -137,6 +139,7 @@ public struct RelayCore {
         detach(id, reason: "remote connection closed", actions: &actions)
         connections[id] = nil
         lastOpen = nil
+        if !conn.writable { blockedConnections -= 1 }
         // A close the relay already decided (graceful CLOSE, violation, shutdown) was reported then.
         if conn.phase != .closed {
             actions.append(.report(.connectionClosed(id, graceful: false)))
@@ -158,6 +161,8 @@ public struct RelayCore {
     public mutating func writabilityChanged(_ id: ConnectionID, writable: Bool, now: NIODeadline, actions: inout [RelayAction]) {
         guard var conn = connections[id], conn.writable != writable else { return }
         conn.writable = writable
+        conn.queuedWhileBlocked = 0
+        blockedConnections += writable ? -1 : 1
         if writable {
             let waiters = conn.blockedSources
             conn.blockedSources = []
@@ -535,6 +540,9 @@ extension RelayCore {
         /// Backpressure: whether this connection's output is below its high-water mark.
         var writable = true
         var blockedSince: NIODeadline?
+        /// Bytes from other relays queued for it since its output became blocked
+        /// (`RelaySettings.slowConsumerBytes`).
+        var queuedWhileBlocked: UInt64 = 0
         /// Connections paused because they sent to this one while it was not writable.
         var blockedSources: Set<ConnectionID> = []
         /// Destinations whose full output keeps this connection paused.

@@ -23,6 +23,12 @@ public struct RelaySettings: Sendable, Equatable {
     /// A connection whose output has been blocked (above the send buffer high-water mark) for
     /// this long is closed as a slow consumer.
     public var slowConsumerTimeout: TimeAmount = .seconds(10)
+    /// Bytes of events and broadcasts from other relays queued for a connection while its output
+    /// is blocked; one more and it is closed as a slow consumer at once. Local senders to a
+    /// blocked connection are paused instead; a peer link carries every kind of traffic between
+    /// two relays and is not paused for one subscriber, so this bounds what a flat-out publisher
+    /// on another relay can pile up here before `slowConsumerTimeout`.
+    public var slowConsumerBytes: UInt64 = 64 << 20
     /// Where requests go when the mesh offers several relays (Docs/mesh.md).
     public var routing = RoutingPolicy()
     /// This relay's network and, for a gateway, what it exports (Docs/federation.md).
