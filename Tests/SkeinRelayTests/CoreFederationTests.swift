@@ -136,13 +136,27 @@ struct CoreFederationOriginTests {
     @Test("events of another network's topic are accepted only from the designated gateway")
     func eventsFromDesignatedOnly() {
         var d = CoreDriver(network: "eu", node: 50)
-        let (g3, _) = d.relay(3, gateways: ["us": usExports])
-        let (g7, _) = d.relay(7, gateways: ["us": usExports])
+        let news = ExportTable([ExportRule(kinds: [.subscribe, .publish], pattern: "news.*")])
+        let (g3, _) = d.relay(3, gateways: ["us": news])
+        let (g7, _) = d.relay(7, gateways: ["us": news])
         let subscriber = d.connect()
         _ = d.send(.subscribe(topic: "news.eu@us"), from: subscriber)
         let event = PeerFrame.event(topic: "news.eu@us", body: ByteBuffer(string: "flash"))
         #expect(d.peer(event, from: g3).frames(to: subscriber) == [.publish(topic: "news.eu@us", event: ByteBuffer(string: "flash"))])
         #expect(d.peer(event, from: g7).frames(to: subscriber).isEmpty, "a second gateway's copy would be a duplicate")
+        // Route caches never confuse the two directions: a local publish to the same name after
+        // events came in still goes to the other network, not straight to the subscriber here.
+        let publisher = d.connect()
+        for _ in 0..<3 {
+            let sent = d.send(.publish(topic: "news.eu@us", event: Self.q), from: publisher)
+            #expect(sent.peerFrames(to: g3) == [.publish(topic: "news.eu@us", body: Self.q)])
+            #expect(sent.frames(to: subscriber).isEmpty)
+            _ = d.peer(event, from: g3)
+        }
+        // And a local topic published between them stays local.
+        _ = d.send(.subscribe(topic: "local"), from: subscriber)
+        #expect(d.send(.publish(topic: "local", event: Self.q), from: publisher).frames(to: subscriber) == [.publish(topic: "local", event: Self.q)])
+        #expect(d.send(.publish(topic: "news.eu@us", event: Self.q), from: publisher).peerFrames(to: g3).count == 1)
     }
 }
 

@@ -38,7 +38,15 @@ extension RelayCore {
     /// A gateway link to `node`, a gateway of `network`, is up and said what its network exports.
     public mutating func gatewayLinked(_ node: NodeID, network: String, exports: [ExportRule], now: NIODeadline, actions: inout [RelayAction]) {
         let wasReachable = !foreignLinks(to: network).isEmpty
-        foreign[node] = ForeignGateway(network: network, exports: ExportTable(exports))
+        if let previous = foreign[node] {
+            foreignByNetwork[previous.network]?.removeAll { $0 == node }
+            foreign[node] = ForeignGateway(network: network, exports: ExportTable(exports), interest: previous.interest)
+        } else {
+            foreign[node] = ForeignGateway(network: network, exports: ExportTable(exports))
+        }
+        foreignByNetwork[network, default: []].append(node)
+        foreignByNetwork[network]!.sort()
+        federationVersion &+= 1
         directoryVersion &+= 1  // this relay's gateways changed: its metadata says so
         if !wasReachable { actions.append(.report(.federationLinkChanged(network: network, up: true))) }
         refreshInterest(network: network, actions: &actions)
@@ -48,6 +56,9 @@ extension RelayCore {
     /// The gateway link to `node` ended (`loss` says how: broken, or closed with a goodbye).
     public mutating func gatewayUnlinked(_ node: NodeID, loss: RelayLoss, now: NIODeadline, actions: inout [RelayAction]) {
         guard let gateway = foreign.removeValue(forKey: node) else { return }
+        foreignByNetwork[gateway.network]?.removeAll { $0 == node }
+        if foreignByNetwork[gateway.network]?.isEmpty == true { foreignByNetwork[gateway.network] = nil }
+        federationVersion &+= 1
         sentInterest[node] = nil
         directoryVersion &+= 1
         relayUnavailable(node, loss, now: now, actions: &actions)
@@ -67,10 +78,10 @@ extension RelayCore {
         case .reply(let id, let outcome):
             receivedPeer(.reply(id: id, outcome: outcome), from: node, now: now, actions: &actions)
         case .broadcast(let cluster, let body):
-            guard admits(.broadcast, cluster, from: gateway, actions: &actions) else { return }
+            guard admits(.broadcast, cluster, from: node, gateway, actions: &actions) else { return }
             broadcastHere(cluster: cluster, body: body, from: nil, actions: &actions)
         case .publish(let topic, let body):
-            guard admits(.publish, topic, from: gateway, actions: &actions) else { return }
+            guard admits(.publish, topic, from: node, gateway, actions: &actions) else { return }
             publishHere(topic: topic, body: body, from: nil, actions: &actions)
         case .event(let topic, let body):
             // An event of the other network's topic, for this network's interest in it: only from
@@ -130,12 +141,12 @@ extension RelayCore {
 
     /// Established gateway links to `network`, in node id order.
     func foreignLinks(to network: String) -> [NodeID] {
-        foreign.filter { $0.value.network == network }.keys.sorted()
+        foreignByNetwork[network] ?? []
     }
 
     /// The link ordered traffic to `network` takes: to the remote gateway with the lowest node id.
     func designatedLink(to network: String) -> NodeID? {
-        foreign.lazy.filter { $0.value.network == network }.map(\.key).min()
+        foreignByNetwork[network]?.first
     }
 
     func isDesignatedGateway(for network: String) -> Bool {
@@ -154,15 +165,20 @@ extension RelayCore {
 
     /// Whether this network exports `name` for `kind` to the network of `gateway`; a refusal is
     /// reported (logged and counted by the shell).
-    mutating func admits(_ kind: ExportKinds, _ name: String, from gateway: ForeignGateway, actions: inout [RelayAction]) -> Bool {
-        // No transit: a name of a third network never passes through.
-        if !FederatedName.isRemote(name, localNetwork: network),
-            settings.federation.exports[gateway.network]?.allows(kind, FederatedName(name, localNetwork: network).name) == true
-        {
-            return true
+    mutating func admits(_ kind: ExportKinds, _ name: String, from node: NodeID, _ gateway: ForeignGateway, actions: inout [RelayAction]) -> Bool {
+        // Exports are fixed for the relay's life: the last decision holds for the same question
+        // (a flood of events to one topic is checked once).
+        let allowed: Bool
+        if let last = lastAdmission, last.node == node, last.kind == kind, last.name == name {
+            allowed = last.allowed
+        } else {
+            // No transit: a name of a third network never passes through.
+            allowed = !FederatedName.isRemote(name, localNetwork: network)
+                && settings.federation.exports[gateway.network]?.allows(kind, FederatedName(name, localNetwork: network).name) == true
+            lastAdmission = (node, kind, name, allowed)
         }
-        actions.append(.report(.federationRefused(network: gateway.network, kind: kind, name: name)))
-        return false
+        if !allowed { actions.append(.report(.federationRefused(network: gateway.network, kind: kind, name: name))) }
+        return allowed
     }
 
     /// The refusal for `kind` on `name` when the other network is known not to export it.
@@ -204,7 +220,7 @@ extension RelayCore {
         from node: NodeID, _ gateway: ForeignGateway, id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags,
         body: ByteBuffer, now: NIODeadline, actions: inout [RelayAction]
     ) {
-        guard admits(.request, cluster, from: gateway, actions: &actions) else {
+        guard admits(.request, cluster, from: node, gateway, actions: &actions) else {
             let detail = "cluster \(cluster) is not exported by network \(network) to \(gateway.network)"
             actions.append(.sendPeer(node, .reply(id: id, outcome: .refused(.notExported, detail))))
             return
@@ -256,17 +272,32 @@ extension RelayCore {
         _ kind: ExportKinds, from sender: ConnectionID, name: FederatedName, body: ByteBuffer, actions: inout [RelayAction]
     ) {
         guard let target = name.network else { return }
-        let op: Opcode = kind == .broadcast ? .broadcast : .publish
-        if let (reason, detail) = exportRefusal(kind, name) {
-            refuse(sender, op: op, name: name.description, reason: reason, detail: detail, network: target, actions: &actions)
-            return
+        let text = name.description
+        let route: RemoteSendRoute
+        if let last = lastRemoteSend, last.name == text, last.kind == kind, last.federationVersion == federationVersion,
+            last.routingVersion == routing.version
+        {
+            route = last
+        } else {
+            let outcome: Result<(next: NodeID, carried: String), RemoteSendRefusal>
+            if let (reason, detail) = exportRefusal(kind, name) {
+                outcome = .failure(RemoteSendRefusal(reason: reason, detail: detail))
+            } else if let (next, carried) = orderedRoute(to: target, name: name) {
+                outcome = .success((next, carried))
+            } else {
+                outcome = .failure(RemoteSendRefusal(reason: .networkUnreachable, detail: Self.unreachable(target)))
+            }
+            route = RemoteSendRoute(name: text, kind: kind, federationVersion: federationVersion, routingVersion: routing.version, outcome: outcome)
+            lastRemoteSend = route
         }
-        guard let (next, carried) = orderedRoute(to: target, name: name) else {
-            refuse(sender, op: op, name: name.description, reason: .networkUnreachable, detail: Self.unreachable(target), network: target, actions: &actions)
-            return
+        switch route.outcome {
+        case .failure(let refusal):
+            let op: Opcode = kind == .broadcast ? .broadcast : .publish
+            refuse(sender, op: op, name: text, reason: refusal.reason, detail: refusal.detail, network: target, actions: &actions)
+        case .success(let (next, carried)):
+            actions.append(.sendPeer(next, kind == .broadcast ? .broadcast(cluster: carried, body: body) : .publish(topic: carried, body: body)))
+            noteDelivery(from: sender, toRelay: next, actions: &actions)
         }
-        actions.append(.sendPeer(next, kind == .broadcast ? .broadcast(cluster: carried, body: body) : .publish(topic: carried, body: body)))
-        noteDelivery(from: sender, toRelay: next, actions: &actions)
     }
 
     /// A relay of this network sends a broadcast or publish for `name@network` to this gateway.
@@ -313,11 +344,16 @@ extension RelayCore {
     /// this network with subscribers, and one event to each other network subscribed through
     /// this gateway.
     mutating func publishHere(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
-        for relay in routing.relays(subscribedTo: topic) {
+        let route = publishRoute(topic)
+        for relay in route.relays {
             actions.append(.sendPeer(relay, .publish(topic: topic, body: body)))
             if let publisher { noteDelivery(from: publisher, toRelay: relay, actions: &actions) }
         }
-        deliverLocally(topic: topic, body: body, from: publisher, actions: &actions)
+        for subscriber in route.subscribers {
+            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
+            if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
+        }
+        if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: publisher, actions: &actions) }
     }
 
     /// A published event for the subscriptions on this relay, and for other networks' interest.
@@ -340,6 +376,7 @@ extension RelayCore {
 
     /// An event of another network's topic (`topic@network`) arriving at this network's
     /// designated gateway: to its subscribers here and once to each relay with subscribers.
+    /// (Not through `publishRoute`: its cache must only ever hold this network's topics.)
     mutating func deliverRemoteEvent(topic: String, body: ByteBuffer, actions: inout [RelayAction]) {
         for relay in routing.relays(subscribedTo: topic) {
             actions.append(.sendPeer(relay, .event(topic: topic, body: body)))
@@ -352,7 +389,7 @@ extension RelayCore {
     /// A `topic@network` event from another relay of this network: delivered here only if that
     /// relay is the designated gateway to the network, so a change of gateway never duplicates.
     mutating func relayedRemoteEvent(topic: String, body: ByteBuffer, from relay: NodeID, actions: inout [RelayAction]) {
-        let name = FederatedName(topic, localNetwork: network)
+        let name = remoteName(topic)
         guard let target = name.network, designatedGateway(to: target) == relay else {
             actions.append(.report(.federationDropped(network: name.network ?? network, reason: "event from a relay that is not the designated gateway")))
             return
@@ -364,12 +401,20 @@ extension RelayCore {
         if blockedConnections > 0 { queuedWhileBlocked(subscribers, bytes: body.readableBytes, actions: &actions) }
     }
 
+    /// `text` as a name, remembering the last one read (a flood names one topic).
+    mutating func remoteName(_ text: String) -> FederatedName {
+        if let last = lastRemoteName, last.text == text { return last.name }
+        let name = FederatedName(text, localNetwork: network)
+        lastRemoteName = (text, name)
+        return name
+    }
+
     // MARK: - Subscriptions (interest)
 
     /// Another network's complete set of topics it subscribes to through `node`.
     private mutating func foreignInterest(from node: NodeID, _ gateway: ForeignGateway, topics wanted: [String], actions: inout [RelayAction]) {
         var accepted: Set<String> = []
-        for topic in wanted where admits(.subscribe, topic, from: gateway, actions: &actions) {
+        for topic in wanted where admits(.subscribe, topic, from: node, gateway, actions: &actions) {
             accepted.insert(topic)
         }
         guard accepted != gateway.interest else { return }
@@ -448,7 +493,7 @@ extension RelayCore {
         from node: NodeID, _ gateway: ForeignGateway, id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags,
         now: NIODeadline, actions: inout [RelayAction]
     ) {
-        guard admits(.tunnel, cluster, from: gateway, actions: &actions) else {
+        guard admits(.tunnel, cluster, from: node, gateway, actions: &actions) else {
             let detail = "cluster \(cluster) is not exported by network \(network) to \(gateway.network) for tunnels"
             actions.append(.sendPeer(node, .tunnelConfirm(id: id, outcome: .refused(.notExported, detail))))
             return

@@ -136,7 +136,7 @@ extension RelayCore {
             remoteReply(from: relay, key: id, outcome: outcome, now: now, actions: &actions)
         case .broadcast(let cluster, let body):
             if FederatedName.isRemote(cluster, localNetwork: network) {
-                relayedRemoteSend(.broadcast, name: FederatedName(cluster, localNetwork: network), body: body, actions: &actions)
+                relayedRemoteSend(.broadcast, name: remoteName(cluster), body: body, actions: &actions)
                 return
             }
             // Delivered to members here only: a broadcast crosses one hop.
@@ -147,7 +147,7 @@ extension RelayCore {
             if blockedConnections > 0 { queuedWhileBlocked(members, bytes: body.readableBytes, actions: &actions) }
         case .publish(let topic, let body):
             if publishRouteIsCached(topic) == false, FederatedName.isRemote(topic, localNetwork: network) {
-                relayedRemoteSend(.publish, name: FederatedName(topic, localNetwork: network), body: body, actions: &actions)
+                relayedRemoteSend(.publish, name: remoteName(topic), body: body, actions: &actions)
                 return
             }
             let subscribers = publishRoute(topic).subscribers

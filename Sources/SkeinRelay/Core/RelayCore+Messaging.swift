@@ -270,7 +270,7 @@ extension RelayCore {
     mutating func publish(from publisher: ConnectionID, topic: String, event: ByteBuffer, actions: inout [RelayAction]) {
         // A cached route is always one of this network's topics: only a miss needs the name read.
         if !publishRouteIsCached(topic), FederatedName.isRemote(topic, localNetwork: network) {
-            sendRemote(.publish, from: publisher, name: FederatedName(topic, localNetwork: network), body: event, actions: &actions)
+            sendRemote(.publish, from: publisher, name: remoteName(topic), body: event, actions: &actions)
             return
         }
         let route = publishRoute(topic)
@@ -285,7 +285,8 @@ extension RelayCore {
         if !foreign.isEmpty { deliverToInterest(topic: topic, body: event, from: publisher, actions: &actions) }
     }
 
-    /// Whether the last publish route is for `topic` (so `topic` is one of this network's).
+    /// Whether the last publish route is for `topic` (so `topic` is one of this network's: only
+    /// this network's topics are ever routed through `publishRoute`).
     func publishRouteIsCached(_ topic: String) -> Bool { lastPublishRoute?.topic == topic }
 
     /// Where an event on `topic` goes: the remote relays with subscribers and the local

@@ -98,6 +98,16 @@ public struct RelayCore {
     var blockedConnections = 0
     /// Gateways of other networks this relay holds gateway links to (Docs/federation.md).
     var foreign: [NodeID: ForeignGateway] = [:]
+    /// The same links by network, in node id order (the first is the designated link).
+    var foreignByNetwork: [String: [NodeID]] = [:]
+    /// Bumped whenever gateway links or what they say change, so cached federation routes expire.
+    var federationVersion: UInt64 = 0
+    /// The last broadcast or publish to another network: where it went, or why it could not.
+    var lastRemoteSend: RemoteSendRoute?
+    /// The last `name@network` read (`remoteName`).
+    var lastRemoteName: (text: String, name: FederatedName)?
+    /// The last export decision for what a gateway link sent in.
+    var lastAdmission: (node: NodeID, kind: ExportKinds, name: String, allowed: Bool)?
     /// The interest last sent on each gateway link.
     var sentInterest: [NodeID: Set<String>] = [:]
     /// This relay's node id in its network's membership (the shell sets it), to tell whether it
@@ -595,6 +605,20 @@ extension RelayCore {
     }
 
     /// `publishRoute`'s answer for one topic, with the versions it is valid for.
+    struct RemoteSendRoute {
+        var name: String
+        var kind: ExportKinds
+        var federationVersion: UInt64
+        var routingVersion: UInt64
+        /// The next hop and the name the frame carries there, or the refusal.
+        var outcome: Result<(next: NodeID, carried: String), RemoteSendRefusal>
+    }
+
+    struct RemoteSendRefusal: Error {
+        var reason: FailureReason
+        var detail: String
+    }
+
     struct PublishRoute {
         var topic: String
         var directoryVersion: UInt64

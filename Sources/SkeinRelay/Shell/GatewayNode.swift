@@ -65,8 +65,9 @@ public final class GatewayNode: @unchecked Sendable {
             throw MeshStartupError.badAddress(spec.listen ?? "")
         }
         let eventLoop = clients.eventLoop
-        var logger = logger
-        logger[metadataKey: "federation"] = "\(spec.network)"
+        var tagged = logger
+        tagged[metadataKey: "federation"] = "\(spec.network)"
+        let logger = tagged
         let links = PeerLinks(
             identity: PeerIdentity(network: NetworkName.federation(localNetwork, spec.network), nodeID: nodeID, name: name, address: listen),
             keyring: configuration.keyring, settings: configuration.links, eventLoop: eventLoop, logger: logger)
