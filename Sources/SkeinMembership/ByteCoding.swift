@@ -6,6 +6,12 @@ struct ByteWriter {
         bytes.reserveCapacity(capacity)
     }
 
+    /// Continues `bytes` (which is left empty until `bytes` is handed back), without a copy.
+    init(taking bytes: inout [UInt8]) {
+        self.bytes = bytes
+        bytes = []
+    }
+
     mutating func u8(_ value: UInt8) { bytes.append(value) }
 
     mutating func u16(_ value: UInt16) {

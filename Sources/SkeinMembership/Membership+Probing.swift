@@ -16,13 +16,12 @@ extension Membership {
     mutating func nextProbeTarget() -> NodeID? {
         for pass in 0..<2 {
             while probeIndex < probeOrder.count {
-                let candidate = probeOrder[probeIndex]
+                let row = probeOrder[probeIndex]
                 probeIndex += 1
-                if let state = table[candidate], state.isLive { return candidate }
+                if let state = table.state(atRow: row), state.isLive { return state.id }
             }
             guard pass == 0 else { break }
-            probeOrder = table.values.filter(\.isLive).map(\.id)
-            probeOrder.sort()
+            probeOrder = table.rows.indices.compactMap { table.rows[$0]?.isLive == true ? Int32($0) : nil }
             probeOrder.shuffle(using: &random)
             probeIndex = 0
         }
@@ -30,15 +29,16 @@ extension Membership {
     }
 
     mutating func insertIntoProbeOrder(_ memberID: NodeID) {
+        guard let row = table.row(of: memberID) else { return }
         let position = Int.random(in: probeIndex...probeOrder.count, using: &random)
-        probeOrder.insert(memberID, at: position)
+        probeOrder.insert(row, at: position)
     }
 
     /// Direct ping now; at `probeTimeout` (scaled) indirect pings and a stream ping; verdict at
     /// `probeInterval` (scaled). One outstanding probe per target.
     mutating func startProbe(_ target: NodeID, kind: ProbeKind, now: NIODeadline, into out: inout [MembershipDirective]) {
         guard probing[target] == nil, let state = table[target] else { return }
-        if kind != .dead { table[target]!.lastProbeAt = now }
+        if kind != .dead { noteProbe(of: target, now: now) }
         let seq = nextSequence()
         probes[seq] = Probe(target: target, kind: kind)
         probing[target] = seq
@@ -46,9 +46,9 @@ extension Membership {
         let buddy: GossipUpdate?
         switch state.status {
         case .suspect:
-            buddy = .suspect(id: target, incarnation: state.incarnation, accuser: state.accuser ?? id)
+            buddy = .suspect(id: target, incarnation: state.incarnation, accuser: accusers[target] ?? id)
         case .dead:
-            buddy = .dead(id: target, incarnation: state.incarnation, accuser: state.accuser ?? id)
+            buddy = .dead(id: target, incarnation: state.incarnation, accuser: accusers[target] ?? id)
         case .alive, .left:
             buddy = nil
         }
@@ -58,6 +58,13 @@ extension Membership {
             schedule(.probeIndirect(seq), at: now + scaled(settings.probeTimeout))
         }
         schedule(.probeEnd(seq), at: now + scaled(settings.probeInterval))
+    }
+
+    /// Remembers when `target`'s probe started, for one probe interval (all `probeOnSuspicion`
+    /// asks); older entries are dropped once there are many, so the table stays small.
+    mutating func noteProbe(of target: NodeID, now: NIODeadline) {
+        lastProbed[target] = now
+        if lastProbed.count > 64 { lastProbed = lastProbed.filter { now - $0.value < settings.probeInterval } }
     }
 
     mutating func probeIndirect(_ seq: UInt32, now: NIODeadline, into out: inout [MembershipDirective]) {
@@ -86,14 +93,15 @@ extension Membership {
             var tries = 0
             while chosen.count < k && tries < 8 * k {
                 tries += 1
-                let candidate = probeOrder[Int.random(in: 0..<probeOrder.count, using: &random)]
-                guard candidate != target, table[candidate]?.status == .alive, !chosen.contains(candidate) else { continue }
-                chosen.append(candidate)
+                let row = probeOrder[Int.random(in: 0..<probeOrder.count, using: &random)]
+                guard let candidate = table.state(atRow: row), candidate.id != target, candidate.status == .alive,
+                      !chosen.contains(candidate.id)
+                else { continue }
+                chosen.append(candidate.id)
             }
             if chosen.count == k { return chosen }
         }
-        var helpers = table.values.filter { $0.status == .alive && $0.id != target }.map(\.id)
-        helpers.sort()
+        var helpers = table.filter { $0.status == .alive && $0.id != target }.map(\.id)
         helpers.shuffle(using: &random)
         return Array(helpers.prefix(k))
     }
@@ -145,8 +153,8 @@ extension Membership {
             var buddy: GossipUpdate?
             if let state = table[sender] {
                 switch state.status {
-                case .suspect: buddy = .suspect(id: sender, incarnation: state.incarnation, accuser: state.accuser ?? id)
-                case .dead: buddy = .dead(id: sender, incarnation: state.incarnation, accuser: state.accuser ?? id)
+                case .suspect: buddy = .suspect(id: sender, incarnation: state.incarnation, accuser: accusers[sender] ?? id)
+                case .dead: buddy = .dead(id: sender, incarnation: state.incarnation, accuser: accusers[sender] ?? id)
                 case .alive, .left: buddy = nil
                 }
             }
@@ -164,7 +172,7 @@ extension Membership {
         relayed[ourSeq] = RelayedProbe(requesterSeq: seq, requester: from)
         var buddy: GossipUpdate?
         if let state = table[target], state.status == .suspect {
-            buddy = .suspect(id: target, incarnation: state.incarnation, accuser: state.accuser ?? id)
+            buddy = .suspect(id: target, incarnation: state.incarnation, accuser: accusers[target] ?? id)
         }
         sendDatagram([.ping(seq: ourSeq, target: target)], buddy: buddy, to: targetAddress, into: &out)
         schedule(.relayNack(ourSeq), at: now + settings.probeTimeout)
@@ -176,16 +184,15 @@ extension Membership {
     mutating func probeNextDead(now: NIODeadline, into out: inout [MembershipDirective]) {
         for pass in 0..<2 {
             while deadIndex < deadOrder.count {
-                let candidate = deadOrder[deadIndex]
+                let row = deadOrder[deadIndex]
                 deadIndex += 1
-                if table[candidate]?.status == .dead {
-                    startProbe(candidate, kind: .dead, now: now, into: &out)
+                if let candidate = table.state(atRow: row), candidate.status == .dead {
+                    startProbe(candidate.id, kind: .dead, now: now, into: &out)
                     return
                 }
             }
             guard pass == 0 else { return }
-            deadOrder = table.values.filter { $0.status == .dead }.map(\.id)
-            deadOrder.sort()
+            deadOrder = table.rows.indices.compactMap { table.rows[$0]?.status == .dead ? Int32($0) : nil }
             deadOrder.shuffle(using: &random)
             deadIndex = 0
         }

@@ -6,7 +6,8 @@ extension Membership {
     /// member that told us, a second source for a metadata pull.
     mutating func apply(_ update: GossipUpdate, learnedFrom: MemberAddress?, now: NIODeadline, into out: inout [MembershipDirective]) {
         switch update {
-        case .alive(let memberID, let incarnation, let memberName, let memberAddress, let metadataVersion, let memberGeneration, let body):
+        case .alive(let identity, let incarnation, let metadataVersion, let body):
+            let memberID = identity.id
             if memberID == id {
                 if incarnation > selfIncarnation {
                     selfIncarnation = incarnation + 1
@@ -14,9 +15,7 @@ extension Membership {
                 }
                 return
             }
-            applyAlive(
-                memberID, incarnation: incarnation, name: memberName, address: memberAddress,
-                metadataVersion: metadataVersion, generation: memberGeneration, update: update, now: now, into: &out)
+            applyAlive(identity, incarnation: incarnation, metadataVersion: metadataVersion, body: body, now: now, into: &out)
             // A small body rides inline: install it instead of pulling. A version has one body,
             // so it is good even when the update itself was stale (an older incarnation).
             if let body, let state = table[memberID], metadataVersion > state.heldMetadataVersion {
@@ -55,60 +54,61 @@ extension Membership {
     private mutating func correctStaleAccusation(_ memberID: NodeID, incarnation: UInt64, teller: MemberAddress?, into out: inout [MembershipDirective]) {
         guard let teller, let state = table[memberID], state.status == .alive, incarnation < state.incarnation else { return }
         let alive = GossipUpdate.alive(
-            id: memberID, incarnation: state.incarnation, name: state.name, address: state.address,
-            metadataVersion: state.metadataVersion, generation: state.generation, metadata: inlineMetadata(of: state))
+            state.identity, incarnation: state.incarnation, metadataVersion: state.metadataVersion, metadata: inlineMetadata(of: state))
         emitDatagram(Wire.datagram(sender: id, [.update(alive)]), to: teller, into: &out)
     }
 
     private mutating func applyAlive(
-        _ memberID: NodeID, incarnation: UInt64, name memberName: String, address memberAddress: MemberAddress,
-        metadataVersion: UInt64, generation memberGeneration: UInt64, update: GossipUpdate, now: NIODeadline,
+        _ identity: MemberIdentity, incarnation: UInt64, metadataVersion: UInt64, body: [UInt8]?, now: NIODeadline,
         into out: inout [MembershipDirective]
     ) {
+        let memberID = identity.id
         // Another id at our own address is a previous process of ours: never a member.
-        guard memberAddress != address else { return }
+        guard identity.address != address else { return }
         if var state = table[memberID] {
             guard incarnation > state.incarnation else { return }
             let previous = state.status
-            if state.address != memberAddress {
-                guard claim(memberAddress, for: memberID, generation: memberGeneration, now: now, into: &out) else { return }
-                if byAddress[state.address] == memberID { byAddress[state.address] = nil }
+            let moved = state.address != identity.address
+            if moved {
+                guard claim(identity.address, for: memberID, generation: identity.generation, now: now, into: &out) else { return }
             }
+            let renamed = state.name != identity.name
+            // Keep the identity we hold while it is the same: one object however many updates.
+            if state.identity != identity { state.identity = identity }
             state.incarnation = incarnation
-            state.name = memberName
-            state.address = memberAddress
-            state.generation = memberGeneration
             state.metadataVersion = max(state.metadataVersion, metadataVersion)
             state.status = .alive
-            state.accuser = nil
             if previous != .alive { state.changedAt = now }
             table[memberID] = state
+            if moved { table.designate(address: identity.address, holder: memberID) }
+            if renamed { checkName(of: state, into: &out) }
+            accusers[memberID] = nil
             if previous == .dead || previous == .left { liveOthers += 1 }
             suspicions[memberID] = nil
-            enqueue(update)
+            enqueue(.alive(state.identity, incarnation: incarnation, metadataVersion: metadataVersion, metadata: body))
             if previous != .alive {
                 if previous == .dead || previous == .left { insertIntoProbeOrder(memberID) }
                 out.append(.event(.statusChanged(state.member, from: previous)))
             }
             return
         }
-        guard claim(memberAddress, for: memberID, generation: memberGeneration, now: now, into: &out) else { return }
+        guard claim(identity.address, for: memberID, generation: identity.generation, now: now, into: &out) else { return }
         let state = MemberState(
-            id: memberID, name: memberName, address: memberAddress, status: .alive, incarnation: incarnation,
-            metadataVersion: metadataVersion, generation: memberGeneration, changedAt: now)
+            identity: identity, status: .alive, incarnation: incarnation, metadataVersion: metadataVersion, changedAt: now)
         table[memberID] = state
+        table.designate(address: identity.address, holder: memberID)
         liveOthers += 1
         insertIntoProbeOrder(memberID)
-        enqueue(update)
+        enqueue(.alive(identity, incarnation: incarnation, metadataVersion: metadataVersion, metadata: body))
         out.append(.event(.joined(state.member)))
         checkName(of: state, into: &out)
     }
 
-    /// Gives `memberAddress` to `memberID`. A live member already there is a previous process
+    /// May `memberID` take `memberAddress`? A live member already there is a previous process
     /// and is superseded (marked left at once) unless its generation is newer, in which case the
-    /// claim is stale and refused.
+    /// claim is stale and refused. The caller then designates the new holder.
     private mutating func claim(_ memberAddress: MemberAddress, for memberID: NodeID, generation memberGeneration: UInt64, now: NIODeadline, into out: inout [MembershipDirective]) -> Bool {
-        if let holder = byAddress[memberAddress], holder != memberID, let holderState = table[holder] {
+        if let holder = table.holder(of: memberAddress), holder != memberID, let holderState = table[holder] {
             if holderState.status != .left {
                 guard memberGeneration >= holderState.generation else { return false }
                 stats.superseded += 1
@@ -117,7 +117,6 @@ extension Membership {
                     update: .left(id: holder, incarnation: holderState.incarnation), now: now, into: &out)
             }
         }
-        byAddress[memberAddress] = memberID
         return true
     }
 
@@ -130,19 +129,23 @@ extension Membership {
             }
             return
         }
-        if let holder = byName[state.name], holder != state.id, let holderState = table[holder], holderState.isLive {
+        if let holder = table.holder(ofName: state.name), holder != state.id, let holderState = table[holder], holderState.isLive {
             if holderState.address != state.address, reportedConflicts.insert([holder, state.id]).inserted {
                 out.append(.event(.nameConflict(existing: holderState.member, new: state.member)))
             }
             return
         }
-        byName[state.name] = state.id
+        table.designate(name: state.name, holder: state.id)
     }
 
     private mutating func applySuspect(_ memberID: NodeID, incarnation: UInt64, accuser: NodeID, update: GossipUpdate, now: NIODeadline, into out: inout [MembershipDirective]) {
         guard var state = table[memberID], state.isLive, incarnation >= state.incarnation else { return }
         if state.status == .suspect && incarnation == state.incarnation {
+            // Beyond K confirmations the timeout is at its minimum: further ones change nothing
+            // and are neither kept nor re-gossiped (as in memberlist), so a suspicion heard by
+            // all of a large mesh costs K entries, not n.
             guard var suspicion = suspicions[memberID], accuser != suspicion.firstAccuser,
+                  suspicion.confirmers.count < suspicion.expectedConfirmations,
                   suspicion.confirmers.insert(accuser).inserted
             else { return }
             suspicions[memberID] = suspicion
@@ -155,9 +158,9 @@ extension Membership {
         let previous = state.status
         state.status = .suspect
         state.incarnation = incarnation
-        state.accuser = accuser
         state.changedAt = now
         table[memberID] = state
+        accusers[memberID] = accuser
         let minimum = suspicionMinimum(settings.suspicionMinimum)
         let maximum = TimeAmount.nanoseconds(minimum.nanoseconds * Int64(settings.suspicionMaxMultiplier))
         let expected = min(settings.indirectProbes, max(0, liveCount - 2))
@@ -193,7 +196,7 @@ extension Membership {
         guard localHealth < settings.maxLocalHealth, probing[memberID] == nil, let state = table[memberID],
               state.status == .suspect
         else { return }
-        if let last = state.lastProbeAt, now - last < settings.probeInterval { return }
+        if let last = lastProbed[memberID], now - last < settings.probeInterval { return }
         stats.suspicionProbesSent += 1
         startProbe(memberID, kind: .suspicion, now: now, into: &out)
     }
@@ -236,9 +239,10 @@ extension Membership {
         let previous = state.status
         state.status = status
         state.incarnation = incarnation
-        state.accuser = accuser
         state.changedAt = now
         table[memberID] = state
+        accusers[memberID] = accuser
+        if status == .dead { recentlyDead.append(memberID) }
         if previous == .alive || previous == .suspect { liveOthers -= 1 }
         suspicions[memberID] = nil
         pulls[memberID] = nil
@@ -250,11 +254,11 @@ extension Membership {
     // MARK: Dissemination
 
     /// Queues `update` for piggybacking; it replaces any queued update about the same member.
+    /// The update itself is kept, not its bytes: an `alive` holds the member's shared identity,
+    /// so a queue of n updates copies no names or addresses. It is encoded each time it is sent.
     mutating func enqueue(_ update: GossipUpdate) {
-        var writer = ByteWriter(capacity: 48)
-        Wire.encode(update, into: &writer)
         broadcastOrder += 1
-        broadcasts[update.id] = Broadcast(bytes: writer.bytes, transmits: 0, order: broadcastOrder)
+        broadcasts[update.id] = Broadcast(update: update, transmits: 0, order: broadcastOrder)
         broadcastQueue.insert(BroadcastKey(transmits: 0, order: broadcastOrder, id: update.id))
     }
 
@@ -266,15 +270,16 @@ extension Membership {
         var setAside: [BroadcastKey] = []
         while let key = broadcastQueue.popMin() {
             guard let entry = broadcasts[key.id], entry.order == key.order, entry.transmits == key.transmits else { continue }
-            let room = settings.maxDatagramBytes - bytes.count
-            if key.id == skipping || entry.bytes.count > room {
+            let before = bytes.count
+            if key.id != skipping { Wire.encode(entry.update, into: &bytes) }
+            if key.id == skipping || bytes.count > settings.maxDatagramBytes {
+                bytes.removeLast(bytes.count - before)
                 setAside.append(key)
                 // Smallest update is a `left` (18 bytes): stop once nothing can fit, or after a
                 // few misses so a full datagram costs O(log q), not O(q).
-                if room < 18 || setAside.count >= 8 { break }
+                if settings.maxDatagramBytes - before < 18 || setAside.count >= 8 { break }
                 continue
             }
-            bytes += entry.bytes
             stats.updatesPiggybacked += 1
             let transmits = entry.transmits + 1
             if transmits >= limit {
@@ -290,7 +295,7 @@ extension Membership {
 
     /// The held body of the member's current version, if small enough to ride inline.
     func inlineMetadata(of state: MemberState) -> [UInt8]? {
-        state.heldMetadataVersion == state.metadataVersion ? inline(state.metadataBytes) : nil
+        state.heldMetadataVersion == state.metadataVersion ? inline(state.body?.bytes) : nil
     }
 
     /// Queued updates not yet fully disseminated (for tests and the simulator).
@@ -365,8 +370,8 @@ extension Membership {
             sendStream(.metadataResponse(id: id, version: selfMetadataVersion, body: selfMetadataBytes), to: target, into: &out)
             return
         }
-        if let state = table[memberID], let body = state.metadataBytes, state.heldMetadataVersion >= version {
-            sendStream(.metadataResponse(id: memberID, version: state.heldMetadataVersion, body: body), to: target, into: &out)
+        if let state = table[memberID], let body = state.body, body.version >= version {
+            sendStream(.metadataResponse(id: memberID, version: body.version, body: body.bytes), to: target, into: &out)
             return
         }
         sendStream(.metadataResponse(id: memberID, version: version, body: nil), to: target, into: &out)
@@ -382,9 +387,7 @@ extension Membership {
             return
         }
         guard var state = table[memberID], version > state.heldMetadataVersion else { return }
-        state.metadata = metadata
-        state.metadataBytes = body
-        state.heldMetadataVersion = version
+        state.body = MetadataBody(version: version, metadata: metadata, bytes: body)
         state.metadataVersion = max(state.metadataVersion, version)
         table[memberID] = state
         if let pull = pulls[memberID], version >= pull.version { pulls[memberID] = nil }

@@ -18,16 +18,24 @@ public struct Membership: Sendable {
     var selfMetadataBytes: [UInt8]
     var hasLeft = false
 
-    var table: [NodeID: MemberState] = [:]
-    var byAddress: [MemberAddress: NodeID] = [:]
-    var byName: [String: NodeID] = [:]
+    let selfIdentity: MemberIdentity
+    var table = MemberTable()
+    /// Who raised the current suspicion or death of a member (buddy system, dead probes).
+    var accusers: [NodeID: NodeID] = [:]
+    /// When we last started a probe of a member (regular, hint or suspicion-triggered), for
+    /// the last `probeInterval` only (see `probeOnSuspicion`).
+    var lastProbed: [NodeID: NIODeadline] = [:]
+    /// Members declared dead within `gossipToTheDead` (still gossip targets), oldest first.
+    var recentlyDead: [NodeID] = []
     var reportedConflicts: Set<[NodeID]> = []
     var suspicions: [NodeID: Suspicion] = [:]
     var random: MembershipRandom
 
-    var probeOrder: [NodeID] = []
+    /// Rows of the live members in this round's random order (entries of rows that changed
+    /// hands or went down since are skipped; a reused row may come up twice in a round).
+    var probeOrder: [Int32] = []
     var probeIndex = 0
-    var deadOrder: [NodeID] = []
+    var deadOrder: [Int32] = []
     var deadIndex = 0
     var probes: [UInt32: Probe] = [:]
     var probing: [NodeID: UInt32] = [:]
@@ -62,10 +70,17 @@ public struct Membership: Sendable {
     ///   - generation: orders successive processes at the same address (higher = newer). The shell
     ///     passes its wall-clock start time in milliseconds; with equal generations the id learned
     ///     later wins. See `Docs/membership.md`, "Rejoin".
+    ///   - knownMembers: start as a member of a converged mesh that knows these members (our own
+    ///     entry, if any, is skipped): each alive at incarnation 0 with its metadata held, and
+    ///     no events for them. Our probe round and push-pull timers start at random phases, as
+    ///     in a core that has been running for a while. This is the state a completed join
+    ///     leaves; a simulator uses it to start large meshes without simulating their joins
+    ///     (`Docs/simulator.md`, "Bootstrap"). Empty (the default): we know no one.
     /// - Throws: when `metadata` or `name`/`address` exceed their limits.
     public init(
         id: NodeID, name: String, address: MemberAddress, metadata: MemberMetadata,
-        settings: MembershipSettings, seed: UInt64, now: NIODeadline, generation: UInt64 = 0
+        settings: MembershipSettings, seed: UInt64, now: NIODeadline, generation: UInt64 = 0,
+        knownMembers: [KnownMember] = []
     ) throws(MembershipError) {
         guard name.utf8.count <= MembershipWireLimits.maxNameBytes else { throw .nameTooLong(name.utf8.count) }
         guard address.host.utf8.count <= MembershipWireLimits.maxHostBytes else { throw .hostTooLong(address.host.utf8.count) }
@@ -77,10 +92,23 @@ public struct Membership: Sendable {
         self.selfMetadata = metadata
         self.selfMetadataBytes = try metadata.encoded(limit: settings.maxMetadataBytes)
         self.random = MembershipRandom(seed: seed)
-        self.byName[name] = id
+        self.selfIdentity = MemberIdentity(id: id, name: name, address: address, generation: generation)
         probeRoundAt = now + settings.probeInterval
         pushPullAt = now + settings.pushPullInterval
         deadProbeAt = now + settings.deadProbeInterval
+        if !knownMembers.isEmpty {
+            table.reserveCapacity(knownMembers.count)
+            for known in knownMembers where known.id != id && known.identity.address != address {
+                table.appendKnown(MemberState(
+                    identity: known.identity, status: .alive, incarnation: 0, metadataVersion: known.body.version,
+                    body: known.body, changedAt: now), hashes: known.hashes)
+            }
+            liveOthers = table.count
+            _ = nextProbeTarget()
+            probeIndex = 0
+            probeRoundAt = now + .nanoseconds(Int64.random(in: 1...settings.probeInterval.nanoseconds, using: &random))
+            pushPullAt = now + .nanoseconds(Int64.random(in: 1...pushPullInterval.nanoseconds, using: &random))
+        }
         schedule(.probeRound, at: probeRoundAt)
         schedule(.pushPull, at: pushPullAt)
         schedule(.deadProbe, at: deadProbeAt)
@@ -92,7 +120,7 @@ public struct Membership: Sendable {
     public var members: [Member] {
         var out = [selfMember]
         out.reserveCapacity(table.count + 1)
-        for state in table.values { out.append(state.member) }
+        for state in table { out.append(state.member) }
         return out
     }
 
@@ -198,7 +226,7 @@ public struct Membership: Sendable {
         guard !hasLeft else { return [] }
         defer { armGossip(now: now) }
         var out: [MembershipDirective] = []
-        if refused, let target = byAddress[to], let seq = probing[target], let probe = probes[seq],
+        if refused, let target = table.holder(of: to), let seq = probing[target], let probe = probes[seq],
            probe.indirectSent, probe.kind != .dead
         {
             probes[seq]!.refused = true
@@ -244,7 +272,7 @@ public struct Membership: Sendable {
 
     /// ICMP port unreachable for `address`: treated exactly like `linkBroken` for its member.
     public mutating func unreachable(_ address: MemberAddress, now: NIODeadline) -> [MembershipDirective] {
-        guard let memberID = byAddress[address] else { return [] }
+        guard let memberID = table.holder(of: address) else { return [] }
         return linkBroken(memberID, now: now)
     }
 
@@ -291,9 +319,7 @@ public struct Membership: Sendable {
     }
 
     var selfAlive: GossipUpdate {
-        .alive(
-            id: id, incarnation: selfIncarnation, name: name, address: address, metadataVersion: selfMetadataVersion,
-            generation: generation, metadata: inline(selfMetadataBytes))
+        .alive(selfIdentity, incarnation: selfIncarnation, metadataVersion: selfMetadataVersion, metadata: inline(selfMetadataBytes))
     }
 
     /// `body` if it is small enough to ride inline (`maxInlineMetadataBytes`), else nil.
@@ -323,14 +349,37 @@ public struct Membership: Sendable {
     /// at random; also queued for gossip, which reaches the rest and repairs losses.
     mutating func broadcastDirectly(_ update: GossipUpdate, into out: inout [MembershipDirective]) {
         enqueue(update)
-        var live = table.values.filter(\.isLive).map(\.id)
-        live.sort()
-        if live.count > settings.directBroadcastLimit { live.shuffle(using: &random) }
+        let targets = liveOthers > settings.directBroadcastLimit
+            ? randomLive(settings.directBroadcastLimit, where: { $0.isLive })
+            : table.filter(\.isLive).map(\.address)
         let payload = Wire.datagram(sender: id, [.update(update)])
-        for target in live.prefix(settings.directBroadcastLimit) {
+        for target in targets {
             stats.directBroadcastsSent += 1
-            emitDatagram(payload, to: table[target]!.address, into: &out)
+            emitDatagram(payload, to: target, into: &out)
         }
+    }
+
+    /// Up to `count` distinct random live members satisfying `accept`, drawn from the probe
+    /// order (which holds every live member): O(count), not a scan of the table. Falls back to
+    /// a scan when draws keep missing (a table of mostly dead members).
+    mutating func randomLive(_ count: Int, where accept: (MemberState) -> Bool) -> [MemberAddress] {
+        var chosen: Set<Int32> = []
+        var out: [MemberAddress] = []
+        var misses = 0
+        while out.count < count, !probeOrder.isEmpty, misses < 4 * count + 16 {
+            let row = probeOrder[Int.random(in: 0..<probeOrder.count, using: &random)]
+            guard let state = table.state(atRow: row), accept(state), chosen.insert(row).inserted else {
+                misses += 1
+                continue
+            }
+            out.append(state.address)
+        }
+        if out.count < count {
+            var rest = table.filter(accept).map(\.address).filter { !out.contains($0) }
+            rest.shuffle(using: &random)
+            out += rest.prefix(count - out.count)
+        }
+        return out
     }
 
     mutating func adjustHealth(_ delta: Int) {
@@ -435,10 +484,11 @@ public struct Membership: Sendable {
     }
 
     mutating func remove(_ memberID: NodeID) {
-        guard let state = table.removeValue(forKey: memberID) else { return }
+        guard let state = table[memberID] else { return }
+        table[memberID] = nil
         if state.isLive { liveOthers -= 1 }
-        if byAddress[state.address] == memberID { byAddress[state.address] = nil }
-        if byName[state.name] == memberID { byName[state.name] = nil }
+        accusers[memberID] = nil
+        lastProbed[memberID] = nil
         suspicions[memberID] = nil
         pulls[memberID] = nil
         broadcasts[memberID] = nil
@@ -460,22 +510,51 @@ public struct Membership: Sendable {
     /// for less than `gossipToTheDead`, so a falsely dead one hears it and refutes).
     mutating func gossipRound(now: NIODeadline, into out: inout [MembershipDirective]) {
         guard !broadcasts.isEmpty else { return }
-        var targets = table.values.filter { state in
-            state.isLive || (state.status == .dead && now - state.changedAt < settings.gossipToTheDead)
-        }.map(\.id)
-        targets.sort()
-        let fanout = min(settings.gossipFanout, targets.count)
-        for i in 0..<fanout {
-            targets.swapAt(i, Int.random(in: i..<targets.count, using: &random))
-        }
-        for target in targets.prefix(fanout) {
+        for target in gossipTargets(now: now) {
             var bytes = Wire.datagramHeader(sender: id)
             let headerBytes = bytes.count
             piggyback(into: &bytes, skipping: nil)
             guard bytes.count > headerBytes else { break }
             stats.gossipDatagramsSent += 1
-            emitDatagram(bytes, to: table[target]!.address, into: &out)
+            emitDatagram(bytes, to: target, into: &out)
         }
+    }
+
+    /// `gossipFanout` distinct members drawn uniformly from the live ones and those dead for
+    /// less than `gossipToTheDead`: O(fanout) draws from the probe order and `recentlyDead`.
+    mutating func gossipTargets(now: NIODeadline) -> [MemberAddress] {
+        while let first = recentlyDead.first,
+              table[first].map({ $0.status != .dead || now - $0.changedAt >= settings.gossipToTheDead }) ?? true
+        {
+            recentlyDead.removeFirst()
+        }
+        let candidates = liveOthers + recentlyDead.count
+        let fanout = min(settings.gossipFanout, candidates)
+        guard candidates > 4 * fanout else {
+            var all = table.filter { $0.isLive || ($0.status == .dead && now - $0.changedAt < settings.gossipToTheDead) }.map(\.address)
+            for i in 0..<min(fanout, all.count) { all.swapAt(i, Int.random(in: i..<all.count, using: &random)) }
+            return Array(all.prefix(fanout))
+        }
+        var out: [MemberAddress] = []
+        var deadPicked: Set<Int> = []
+        var misses = 0
+        while out.count < fanout && misses < 64 {
+            let draw = Int.random(in: 0..<candidates, using: &random)
+            if draw < recentlyDead.count {
+                if deadPicked.insert(draw).inserted, let state = table[recentlyDead[draw]], state.status == .dead,
+                   now - state.changedAt < settings.gossipToTheDead, !out.contains(state.address)
+                {
+                    out.append(state.address)
+                } else {
+                    misses += 1
+                }
+            } else if let address = randomLive(1, where: { $0.isLive }).first, !out.contains(address) {
+                out.append(address)
+            } else {
+                misses += 1
+            }
+        }
+        return out
     }
 
     // MARK: Join and push-pull
@@ -501,31 +580,25 @@ public struct Membership: Sendable {
     }
 
     mutating func periodicPushPull(into out: inout [MembershipDirective]) {
-        var candidates = table.values.filter { $0.status == .alive }.map(\.id)
-        guard !candidates.isEmpty else { return }
-        candidates.sort()
-        let partner = candidates[Int.random(in: 0..<candidates.count, using: &random)]
+        guard let partner = randomLive(1, where: { $0.status == .alive }).first else { return }
         stats.pushPullsSent += 1
-        sendStream(.pushPull(isRequest: true, records: stateRecords()), to: table[partner]!.address, into: &out)
+        sendStream(.pushPull(isRequest: true, records: stateRecords()), to: partner, into: &out)
     }
 
     /// Every record, self first. `withMetadata`: held bodies of the current version ride along
     /// when small (for a joiner); periodic push-pulls carry versions only.
     func stateRecords(withMetadata: Bool = false) -> [StateRecord] {
         var records = [StateRecord(
-            id: id, name: name, address: address, status: .alive, incarnation: selfIncarnation,
-            metadataVersion: selfMetadataVersion, generation: generation,
+            identity: selfIdentity, status: .alive, incarnation: selfIncarnation, metadataVersion: selfMetadataVersion,
             metadata: withMetadata ? inline(selfMetadataBytes) : nil)]
         records.reserveCapacity(table.count + 1)
-        for state in table.values {
+        for state in table {
             records.append(StateRecord(
-                id: state.id, name: state.name, address: state.address, status: state.status,
-                incarnation: state.incarnation, metadataVersion: state.metadataVersion, generation: state.generation,
-                metadata: withMetadata ? inlineMetadata(of: state) : nil))
+                identity: state.identity, status: state.status, incarnation: state.incarnation,
+                metadataVersion: state.metadataVersion, metadata: withMetadata ? inlineMetadata(of: state) : nil))
         }
-        // Dictionary order differs between runs (per-instance hash seeds); the receiver applies
-        // records in this order, so sort to keep a seed's replay exact.
-        records[1...].sort { $0.id < $1.id }
+        // By id, so that a record's place says nothing about when we learned it.
+        records[1...].sort { $0.identity.id < $1.identity.id }
         return records
     }
 
@@ -536,9 +609,7 @@ public struct Membership: Sendable {
             let update: GossipUpdate
             switch record.status {
             case .alive:
-                update = .alive(
-                    id: record.id, incarnation: record.incarnation, name: record.name, address: record.address,
-                    metadataVersion: record.metadataVersion, generation: record.generation, metadata: record.metadata)
+                update = .alive(record.identity, incarnation: record.incarnation, metadataVersion: record.metadataVersion, metadata: record.metadata)
             case .suspect, .dead:
                 if record.id == id {
                     update = record.status == .dead

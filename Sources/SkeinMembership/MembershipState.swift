@@ -1,34 +1,6 @@
 import HeapModule
 import NIOCore
 
-/// One remote member's row. Self is kept apart (`Membership.selfIncarnation` & co.).
-struct MemberState: Sendable {
-    var id: NodeID
-    var name: String
-    var address: MemberAddress
-    var status: MemberStatus
-    var incarnation: UInt64
-    var metadataVersion: UInt64
-    var generation: UInt64
-    var metadata: MemberMetadata?
-    var heldMetadataVersion: UInt64 = 0
-    /// `metadata` as it was received (answers pulls, rides inline when small).
-    var metadataBytes: [UInt8]?
-    /// Who raised the current suspicion or death (for the buddy system and dead probes).
-    var accuser: NodeID?
-    var changedAt: NIODeadline
-    /// When our last probe of it started (regular, hint or suspicion-triggered).
-    var lastProbeAt: NIODeadline?
-
-    var member: Member {
-        Member(
-            id: id, name: name, address: address, status: status, incarnation: incarnation,
-            metadataVersion: metadataVersion, metadata: metadata)
-    }
-
-    var isLive: Bool { status == .alive || status == .suspect }
-}
-
 /// Lifeguard's dynamic suspicion timeout for one suspect.
 struct Suspicion: Sendable {
     var start: NIODeadline
@@ -112,7 +84,7 @@ struct RelayedProbe: Sendable {
 }
 
 struct Broadcast: Sendable {
-    var bytes: [UInt8]
+    var update: GossipUpdate
     var transmits: Int
     var order: UInt64
 }

@@ -1,18 +1,28 @@
 /// One membership change as it travels in gossip and push-pull (see `Docs/membership.md`).
+/// An `alive` holds the member's identity by reference: queued for gossip it costs no copy of
+/// the name and address (nor, with `metadata`, of the body: arrays are shared).
 enum GossipUpdate: Equatable, Sendable {
-    /// `generation` orders processes that used the same address (higher is newer). `metadata`:
-    /// the encoded body of `metadataVersion`, carried inline when it is small (at most
-    /// `MembershipSettings.maxInlineMetadataBytes`), so receivers need no pull.
-    case alive(
-        id: NodeID, incarnation: UInt64, name: String, address: MemberAddress, metadataVersion: UInt64, generation: UInt64,
-        metadata: [UInt8]? = nil)
+    /// `metadata`: the encoded body of `metadataVersion`, carried inline when it is small (at
+    /// most `MembershipSettings.maxInlineMetadataBytes`), so receivers need no pull.
+    case alive(MemberIdentity, incarnation: UInt64, metadataVersion: UInt64, metadata: [UInt8]?)
     case suspect(id: NodeID, incarnation: UInt64, accuser: NodeID)
     case dead(id: NodeID, incarnation: UInt64, accuser: NodeID)
     case left(id: NodeID, incarnation: UInt64)
 
+    /// `generation` orders processes that used the same address (higher is newer).
+    static func alive(
+        id: NodeID, incarnation: UInt64, name: String, address: MemberAddress, metadataVersion: UInt64, generation: UInt64,
+        metadata: [UInt8]? = nil
+    ) -> GossipUpdate {
+        .alive(
+            MemberIdentity(id: id, name: name, address: address, generation: generation), incarnation: incarnation,
+            metadataVersion: metadataVersion, metadata: metadata)
+    }
+
     var id: NodeID {
         switch self {
-        case .alive(let id, _, _, _, _, _, _), .suspect(let id, _, _), .dead(let id, _, _), .left(let id, _): id
+        case .alive(let identity, _, _, _): identity.id
+        case .suspect(let id, _, _), .dead(let id, _, _), .left(let id, _): id
         }
     }
 }
@@ -29,15 +39,31 @@ enum DatagramMessage: Equatable, Sendable {
 
 /// Member record of a push-pull exchange.
 struct StateRecord: Equatable, Sendable {
-    var id: NodeID
-    var name: String
-    var address: MemberAddress
+    var identity: MemberIdentity
     var status: MemberStatus
     var incarnation: UInt64
     var metadataVersion: UInt64
-    var generation: UInt64
     /// The encoded body of `metadataVersion` when the sender includes small bodies (a join).
-    var metadata: [UInt8]? = nil
+    var metadata: [UInt8]?
+
+    init(identity: MemberIdentity, status: MemberStatus, incarnation: UInt64, metadataVersion: UInt64, metadata: [UInt8]?) {
+        self.identity = identity
+        self.status = status
+        self.incarnation = incarnation
+        self.metadataVersion = metadataVersion
+        self.metadata = metadata
+    }
+
+    init(
+        id: NodeID, name: String, address: MemberAddress, status: MemberStatus, incarnation: UInt64, metadataVersion: UInt64,
+        generation: UInt64, metadata: [UInt8]? = nil
+    ) {
+        self.init(
+            identity: MemberIdentity(id: id, name: name, address: address, generation: generation), status: status,
+            incarnation: incarnation, metadataVersion: metadataVersion, metadata: metadata)
+    }
+
+    var id: NodeID { identity.id }
 }
 
 /// Messages over the reliable stream channel: `u8 version | u8 type | id sender | address sender | body`.
@@ -108,16 +134,23 @@ enum Wire {
         return writer.bytes
     }
 
+    /// Appends `update` to a datagram being built.
+    static func encode(_ update: GossipUpdate, into bytes: inout [UInt8]) {
+        var writer = ByteWriter(taking: &bytes)
+        encode(update, into: &writer)
+        bytes = writer.bytes
+    }
+
     static func encode(_ update: GossipUpdate, into writer: inout ByteWriter) {
         switch update {
-        case .alive(let id, let incarnation, let name, let address, let metadataVersion, let generation, let metadata):
+        case .alive(let identity, let incarnation, let metadataVersion, let metadata):
             writer.u8(WireType.alive)
-            writer.id(id)
+            writer.id(identity.id)
             writer.varint(incarnation)
             writer.varint(metadataVersion)
-            writer.u64(generation)
-            writer.address(address)
-            writer.string(name)
+            writer.u64(identity.generation)
+            writer.address(identity.address)
+            writer.string(identity.name)
             writer.inlineMetadata(metadata)
         case .suspect(let id, let incarnation, let accuser):
             writer.u8(WireType.suspect)
@@ -212,13 +245,13 @@ enum Wire {
             writer.u8((isRequest ? PushPullFlags.request : 0) | (withMetadata ? PushPullFlags.metadata : 0))
             writer.varint(UInt64(records.count))
             for record in records {
-                writer.id(record.id)
+                writer.id(record.identity.id)
                 writer.u8(statusCode(record.status))
                 writer.varint(record.incarnation)
                 writer.varint(record.metadataVersion)
-                writer.u64(record.generation)
-                writer.address(record.address)
-                writer.string(record.name)
+                writer.u64(record.identity.generation)
+                writer.address(record.identity.address)
+                writer.string(record.identity.name)
                 writer.inlineMetadata(record.metadata)
             }
         case .metadataRequest(let id, let version):

@@ -54,6 +54,23 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
         #expect(mesh.node(a).stats.gossipDatagramsSent == sent)
     }
 
+    @Test func aLargeTableDrawsGossipTargetsWithoutScanningIt() throws {
+        let known = ConvergedStartTests.known(2000)
+        var core = try Membership(
+            id: known[0].id, name: "node-1", address: Mesh.address(1), metadata: MemberMetadata(zone: "z"), settings: .lan,
+            seed: 9, now: .uptimeNanoseconds(1_000_000_000), knownMembers: known)
+        var targets: [MemberAddress: Int] = [:]
+        for round in 0..<300 {
+            core.enqueue(.left(id: NodeID(high: 9, low: UInt64(round)), incarnation: 0))
+            let drawn = core.gossipTargets(now: .uptimeNanoseconds(1_000_000_000))
+            #expect(drawn.count == MembershipSettings.lan.gossipFanout)
+            #expect(Set(drawn).count == drawn.count)
+            for target in drawn { targets[target, default: 0] += 1 }
+        }
+        #expect(!targets.keys.contains(Mesh.address(1)))
+        #expect(targets.count > 700)  // 900 draws over 1,999 members: spread, not a few favourites
+    }
+
     @Test func deadMembersStayGossipTargetsForGossipToTheDead() {
         var lone = LoneCore(peers: [2, 3])
         lone.gossip([.update(.dead(id: LoneCore.id(2), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
@@ -97,8 +114,7 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
         let bID = mesh.node(b).id, cID = mesh.node(c).id, dID = mesh.node(d).id
         // Wait until a has not probed b for a probe interval, then b stops.
         for _ in 0..<1000 {
-            let state = mesh.node(a).table[bID]!
-            if mesh.node(a).probing[bID] == nil, let last = state.lastProbeAt, mesh.now - last >= .milliseconds(100) { break }
+            if mesh.node(a).probing[bID] == nil, let last = mesh.node(a).lastProbed[bID], mesh.now - last >= .milliseconds(100) { break }
             mesh.run(for: .milliseconds(1))
         }
         mesh.pause(b)

@@ -7,7 +7,7 @@ import Testing
 /// indirect helpers, and the order of push-pull records.
 @Suite struct ScaleTests {
     func scannedLiveOthers(_ node: Membership) -> Int {
-        node.table.values.filter(\.isLive).count
+        node.table.filter(\.isLive).count
     }
 
     @Test func liveCounterFollowsDeathLeaveRejoinAndReaping() {

@@ -102,6 +102,17 @@ struct LoneCore {
         #expect(lone.status(2) == .dead)
     }
 
+    @Test func confirmationsBeyondKAreNeitherKeptNorRegossiped() {
+        var lone = LoneCore(peers: Array(2...10))
+        lone.gossip([.update(.suspect(id: LoneCore.id(2), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
+        for accuser in 4...10 as ClosedRange<UInt64> {
+            lone.gossip([.update(.suspect(id: LoneCore.id(2), incarnation: 0, accuser: LoneCore.id(accuser)))], from: accuser)
+        }
+        let k = MembershipSettings.fastLocal.indirectProbes
+        #expect(lone.core.suspicions[LoneCore.id(2)]?.confirmers.count == k)
+        #expect(lone.core.stats.suspicionConfirmations == k)
+    }
+
     @Test func enoughConfirmationsReachTheMinimumTimeout() {
         var lone = LoneCore(peers: [2, 3, 4])
         let start = lone.now
