@@ -20,6 +20,8 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "Seed of the run.") var seed: UInt64 = 1
     @Option(help: "Membership settings: lan (1 s probes) or fast (100 ms).") var profile = "lan"
     @Option(help: "join-burst: members that join at once (default: a fifth of --members).") var joiners: Int?
+    @Option(help: "How the initial members meet: joins (all join member 0, then the run) or converged (start from the converged view).")
+    var bootstrap = "joins"
     @Flag(name: .customLong("unreachable-hints"), help: "Datagrams to crashed members produce ICMP-like unreachable hints.")
     var unreachableHints = false
     @Flag(help: "Print the report as one JSON object.") var json = false
@@ -29,6 +31,7 @@ struct SimulateCommand: ParsableCommand {
             throw ValidationError("unknown scenario '\(scenario)'; one of: \(Scenario.presetNames.joined(separator: ", "))")
         }
         guard SimulationProfile(rawValue: profile) != nil else { throw ValidationError("--profile must be lan or fast") }
+        guard SimulationBootstrap(rawValue: bootstrap) != nil else { throw ValidationError("--bootstrap must be joins or converged") }
         guard members >= 1 else { throw ValidationError("--members must be at least 1") }
         if let loss, !(0...100).contains(loss) { throw ValidationError("--loss must be within 0...100") }
         guard delayMilliseconds >= 0, jitterMilliseconds >= 0 else { throw ValidationError("delays must not be negative") }
@@ -43,6 +46,7 @@ struct SimulateCommand: ParsableCommand {
         else { throw ExitCode(64) }
         scenario = scenario.delay(.nanoseconds(Int64(delayMilliseconds * 1e6)), jitter: .nanoseconds(Int64(jitterMilliseconds * 1e6)))
         scenario.network.unreachableHints = unreachableHints
+        scenario.bootstrap = SimulationBootstrap(rawValue: bootstrap) ?? .joins
         let clock = ContinuousClock()
         let started = clock.now
         var simulation = Simulation(scenario)

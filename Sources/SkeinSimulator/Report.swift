@@ -35,6 +35,8 @@ public struct SimulationReport: Sendable, Equatable {
     public var members: Int
     public var profile: String
     public var seed: UInt64
+    /// `SimulationBootstrap`'s raw value: "joins" or "converged".
+    public var bootstrap: String
     public var loss: Double
     /// Length of the measured phase.
     public var seconds: Double
@@ -85,7 +87,8 @@ public struct SimulationReport: Sendable, Equatable {
     public var table: String {
         var rows: [(String, String)] = [
             ("scenario", scenario), ("members", "\(members) (\(membersAtEnd) up at end)"), ("profile", profile),
-            ("seed", "\(seed)"), ("datagram loss", percent(loss)), ("measured time", seconds(seconds)),
+            ("seed", "\(seed)"), ("bootstrap", bootstrap == "converged" ? "converged view" : "all join member 0"),
+            ("datagram loss", percent(loss)), ("measured time", seconds(seconds)),
         ]
         for convergence in convergences {
             rows.append(("converged after \(convergence.label)", convergence.seconds.map(seconds) ?? "never"))
@@ -132,7 +135,7 @@ public struct SimulationReport: Sendable, Equatable {
         let convergenceJSON = convergences.map { "{\"label\":\"\($0.label)\",\"seconds\":\(number($0.seconds))}" }.joined(separator: ",")
         let fields: [(String, String)] = [
             ("scenario", "\"\(scenario)\""), ("members", "\(members)"), ("membersAtEnd", "\(membersAtEnd)"),
-            ("profile", "\"\(profile)\""), ("seed", "\(seed)"), ("loss", number(loss)), ("seconds", number(seconds)),
+            ("profile", "\"\(profile)\""), ("seed", "\(seed)"), ("bootstrap", "\"\(bootstrap)\""), ("loss", number(loss)), ("seconds", number(seconds)),
             ("convergences", "[\(convergenceJSON)]"),
             ("crashDetection", detection(crashDetection)), ("leaveDetection", detection(leaveDetection)),
             ("metadataPropagation", detection(metadataPropagation)), ("joinDetection", detection(joinDetection)),

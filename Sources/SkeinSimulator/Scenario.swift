@@ -16,6 +16,19 @@ public enum SimulationProfile: String, Sendable, CaseIterable {
     }
 }
 
+/// How the initial members come to know each other before the measured phase.
+public enum SimulationBootstrap: String, Sendable, CaseIterable {
+    /// Every initial member joins through member 0 at time zero (push-pulls, gossip, metadata
+    /// pulls); the measured phase starts once all see all alive. What a mass start costs.
+    case joins
+    /// Every initial member starts from the converged view (everyone alive, metadata held, no
+    /// updates left to spread), as a completed bootstrap leaves it, and the measured phase
+    /// starts at once. The members' immutable parts (names, addresses, metadata bodies) are
+    /// shared between their cores. How 10,000 members fit one machine; joins are measured by
+    /// the scenario's own `join` actions instead.
+    case converged
+}
+
 /// Something that happens to the simulated mesh at a given time. Members are numbered by slot:
 /// the initial members are 0 ..< `Scenario.members`, joiners get the next numbers in order.
 public enum SimulationAction: Sendable, Equatable {
@@ -52,9 +65,10 @@ public struct ScheduledAction: Sendable, Equatable {
 /// A simulation: members, settings, network, actions over time, and a seed that makes it exact.
 /// Builder style: `Scenario(name: "x", members: 100).loss(0.05).crash(member: 3, at: .seconds(5))`.
 ///
-/// A run has two phases. **Bootstrap**: every initial member joins through member 0 at time zero;
-/// the run waits until all see all alive (at most `bootstrapLimit`). **Measured**: `duration`
-/// long, with the actions at their offsets from its start.
+/// A run has two phases. **Bootstrap** (`bootstrap`): every initial member joins through member 0
+/// at time zero and the run waits until all see all alive (at most `bootstrapLimit`), or, with
+/// `.converged`, every member starts from the converged view. **Measured**: `duration` long,
+/// with the actions at their offsets from its start.
 public struct Scenario: Sendable {
     public var name: String
     public var members: Int
@@ -64,6 +78,7 @@ public struct Scenario: Sendable {
     public var duration: TimeAmount
     public var seed: UInt64
     public var bootstrapLimit: TimeAmount
+    public var bootstrap: SimulationBootstrap
     public var actions: [ScheduledAction]
 
     public init(name: String, members: Int, profile: SimulationProfile = .fast, seconds: Int64 = 10, seed: UInt64 = 1) {
@@ -75,6 +90,7 @@ public struct Scenario: Sendable {
         self.duration = .seconds(seconds)
         self.seed = seed
         self.bootstrapLimit = .nanoseconds(profile.settings.probeInterval.nanoseconds * 120)
+        self.bootstrap = .joins
         self.actions = []
     }
 
@@ -91,6 +107,7 @@ public struct Scenario: Sendable {
     public func duration(_ duration: TimeAmount) -> Scenario { with { $0.duration = duration } }
     public func seed(_ seed: UInt64) -> Scenario { with { $0.seed = seed } }
     public func bootstrapLimit(_ limit: TimeAmount) -> Scenario { with { $0.bootstrapLimit = limit } }
+    public func bootstrap(_ bootstrap: SimulationBootstrap) -> Scenario { with { $0.bootstrap = bootstrap } }
     public func settings(_ settings: MembershipSettings) -> Scenario { with { $0.settings = settings } }
     public func at(_ time: TimeAmount, _ action: SimulationAction) -> Scenario { with { $0.actions.append(ScheduledAction(at: time, action)) } }
 

@@ -58,27 +58,67 @@ public struct Simulation {
         aliveBits = [UInt64](repeating: 0, count: words)
         report = SimulationReport(
             scenario: scenario.name, members: scenario.members, profile: scenario.profile.rawValue, seed: scenario.seed,
-            loss: scenario.network.datagramLoss, seconds: Double(scenario.duration.nanoseconds) / 1e9)
+            bootstrap: scenario.bootstrap.rawValue, loss: scenario.network.datagramLoss,
+            seconds: Double(scenario.duration.nanoseconds) / 1e9)
         cores.reserveCapacity(capacity)
-        for _ in 0..<scenario.members { _ = addSlot() }
+        switch scenario.bootstrap {
+        case .joins:
+            for _ in 0..<scenario.members { _ = addSlot() }
+        case .converged:
+            startConverged()
+        }
     }
+
+    /// The metadata every member starts with.
+    static let initialMetadata = MemberMetadata(zone: "sim")
+
+    /// Every initial member starts from the converged view: processes first (ids), then one
+    /// `KnownMember` per member, shared by every core (so names, addresses and metadata bodies
+    /// exist once, not once per core), then the cores; everyone sees everyone alive.
+    mutating func startConverged() {
+        let members = scenario.members
+        for _ in 0..<members { _ = addSlot(withCore: false) }
+        let known = (0..<members).map { slot in
+            try! KnownMember(
+                id: processes[currentProcess[slot]].id, name: name(of: slot), address: addresses[slot], generation: 0,
+                metadata: Self.initialMetadata, maxMetadataBytes: scenario.settings.maxMetadataBytes)
+        }
+        for slot in 0..<members {
+            cores[slot] = try! Membership(
+                id: known[slot].id, name: name(of: slot), address: addresses[slot], metadata: Self.initialMetadata,
+                settings: scenario.settings, seed: random.next(), now: now, generation: 0, knownMembers: known)
+            scheduleWakeup(slot)
+        }
+        // Everyone sees everyone else alive: the bits of every (observer, subject) pair.
+        for observer in 0..<members {
+            for subject in 0..<members where subject != observer {
+                let bit = observer * capacity + subject
+                aliveBits[bit >> 6] |= 1 << UInt64(bit & 63)
+            }
+            aliveCount[observer] = members - 1
+        }
+    }
+
+    func name(of slot: Int) -> String { "relay-\(slot)" }
 
     // MARK: Running
 
     /// Bootstrap (every member joins through member 0, until all see all alive or
     /// `bootstrapLimit`), then the measured phase with the scenario's actions.
     public mutating func run() -> SimulationReport {
-        let seed = addresses[0]
-        for slot in 1..<max(1, scenario.members) {
-            call(slot) { core, now in core.join(seeds: [seed], now: now) }
+        if scenario.bootstrap == .joins {
+            let seed = addresses[0]
+            for slot in 1..<max(1, scenario.members) {
+                call(slot) { core, now in core.join(seeds: [seed], now: now) }
+            }
+            convergenceWatches.append((label: "bootstrap", start: 0, reached: nil))
+            startSampling()
+            let bootstrapEnd = scenario.bootstrapLimit.nanoseconds
+            while convergenceWatches[0].reached == nil, let next = queue.min, next.at <= bootstrapEnd {
+                step()
+            }
+            time = min(max(time, convergenceWatches[0].reached ?? bootstrapEnd), bootstrapEnd)
         }
-        convergenceWatches.append((label: "bootstrap", start: 0, reached: nil))
-        startSampling()
-        let bootstrapEnd = scenario.bootstrapLimit.nanoseconds
-        while convergenceWatches[0].reached == nil, let next = queue.min, next.at <= bootstrapEnd {
-            step()
-        }
-        time = min(max(time, convergenceWatches[0].reached ?? bootstrapEnd), bootstrapEnd)
         measuredStart = time
         let firstAction = scenario.actions.map(\.at.nanoseconds).min() ?? scenario.duration.nanoseconds
         restWindow = (measuredStart, measuredStart + min(firstAction, scenario.duration.nanoseconds))
@@ -146,8 +186,8 @@ public struct Simulation {
     /// At most one live wakeup per slot: a new one only when the core wants to wake earlier than
     /// the one queued; later ones are found stale when they pop (their time no longer matches).
     mutating func scheduleWakeup(_ slot: Int) {
-        guard let core = cores[slot] else { return }
-        let raw = core.nextWakeup.uptimeNanoseconds
+        // Read through the optional: binding `cores[slot]` would copy the whole core.
+        guard let raw = cores[slot]?.nextWakeup.uptimeNanoseconds else { return }
         guard raw < UInt64(Int64.max) else { return }
         let at = max(time, Int64(raw) - Int64(Self.clockBase))
         guard at < wakeupAt[slot] else { return }
@@ -246,8 +286,9 @@ public struct Simulation {
 
     // MARK: Members
 
-    /// A new address with a new process (not yet joined).
-    mutating func addSlot() -> Int {
+    /// A new address with a new process (not yet joined); `withCore: false` leaves creating
+    /// its core to the caller (the converged bootstrap).
+    mutating func addSlot(withCore: Bool = true) -> Int {
         let slot = cores.count
         let host = "10.\((slot + 1) >> 16 & 0xFF).\((slot + 1) >> 8 & 0xFF).\((slot + 1) & 0xFF)"
         let address = MemberAddress(host: host, port: 7946)
@@ -260,11 +301,11 @@ public struct Simulation {
         tickOnResume.append(false)
         backlogs.append([])
         aliveCount.append(0)
-        startProcess(at: slot)
+        startProcess(at: slot, withCore: withCore)
         return slot
     }
 
-    mutating func startProcess(at slot: Int) {
+    mutating func startProcess(at slot: Int, withCore: Bool = true) {
         let id = NodeID(high: random.next(), low: random.next())
         let process = processes.count
         processes.append(Process(slot: slot, id: id))
@@ -276,8 +317,9 @@ public struct Simulation {
         tickOnResume[slot] = false
         backlogs[slot] = []
         clearAliveBits(of: slot)
+        guard withCore else { return }
         cores[slot] = try! Membership(
-            id: id, name: "relay-\(slot)", address: addresses[slot], metadata: MemberMetadata(zone: "sim"),
+            id: id, name: name(of: slot), address: addresses[slot], metadata: Self.initialMetadata,
             settings: scenario.settings, seed: random.next(), now: now, generation: UInt64(time / 1_000_000))
         scheduleWakeup(slot)
     }

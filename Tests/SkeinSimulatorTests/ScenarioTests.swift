@@ -20,6 +20,25 @@ import Testing
         #expect(report.falseDeathVictims == 0)
     }
 
+    @Test func aConvergedBootstrapStartsAtOnceAndBehavesLikeAJoinedMesh() {
+        var simulation = Simulation(
+            Scenario(name: "crash", members: 400, profile: .fast, seconds: 6, seed: 7)
+                .bootstrap(.converged)
+                .loss(0.05)
+                .crash(member: 100, at: .milliseconds(200))
+                .join(count: 20, through: 0, at: .seconds(3)))
+        let report = simulation.run()
+        #expect(report.bootstrap == "converged")
+        #expect(report.convergence("bootstrap") == nil)
+        #expect(simulation.measuredStart == 0)
+        let detection = try! #require(report.crashDetection)
+        #expect(detection.observers == 399)
+        #expect(detection.seenByAll)
+        #expect(report.falseDeaths == 0)
+        #expect(report.convergence("join")?.seconds != nil)
+        #expect(report.membersAtEnd == 419)
+    }
+
     @Test func twoHalvesHealIntoOneViewAfterThePartition() {
         var simulation = Simulation(
             Scenario(name: "partition", members: 20, profile: .fast, seconds: 12, seed: 3)
