@@ -175,8 +175,17 @@ extension Membership {
             buddy = .suspect(id: target, incarnation: state.incarnation, accuser: accusers[target] ?? id)
         }
         sendDatagram([.ping(seq: ourSeq, target: target)], buddy: buddy, to: targetAddress, into: &out)
-        schedule(.relayNack(ourSeq), at: now + settings.probeTimeout)
+        schedule(.relayNack(ourSeq), at: now + nackDelay)
         schedule(.relayEnd(ourSeq), at: now + settings.probeInterval)
+    }
+
+    /// How long a helper waits for the target's ack before it nacks: four fifths of the time the
+    /// prober has left between its ping-reqs and its verdict (`probeInterval − probeTimeout`,
+    /// 400 ms on the LAN), so the nack is there before the verdict counts it (waiting a whole
+    /// `probeTimeout`, as memberlist does, lands it just after, and every prober of a stopped
+    /// member would blame its own network: Lifeguard's health +k for nothing).
+    var nackDelay: TimeAmount {
+        .nanoseconds((settings.probeInterval.nanoseconds - settings.probeTimeout.nanoseconds) * 4 / 5)
     }
 
     /// Every `deadProbeInterval`, ping the next dead member (round-robin), carrying its death

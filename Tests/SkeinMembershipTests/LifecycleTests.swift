@@ -187,6 +187,19 @@ import Testing
 }
 
 @Suite struct HealthAndDisseminationTests {
+    @Test func theHelpersNacksArriveBeforeTheVerdictSoAHealthyProberKeepsItsHealth() {
+        var (mesh, addresses) = Mesh.converged(6)
+        let prober = addresses[0], stopped = addresses[5]
+        mesh.pause(stopped)  // SIGSTOP: no answers, and its stream port still accepts
+        let stoppedID = mesh.node(stopped).id
+        mesh.call(prober) { $0.linkBroken(stoppedID, now: $1) }  // probe it now
+        mesh.run(for: MembershipSettings.fastLocal.probeInterval + .milliseconds(5))
+        #expect(mesh.node(prober).stats.nacksReceived >= 3)
+        #expect(mesh.node(prober).member(stoppedID)?.status == .suspect)
+        #expect(mesh.node(prober).localHealth == 0)
+        mesh.resume(stopped)
+    }
+
     @Test func localHealthRisesOnMissedAcksStretchesTheProbeIntervalAndFallsAgain() {
         var (mesh, addresses) = Mesh.converged(4)
         let a = addresses[0]
