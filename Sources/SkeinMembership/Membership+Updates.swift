@@ -15,13 +15,24 @@ extension Membership {
                 }
                 return
             }
+            var state = table[memberID]
+            // Most gossip repeats what we know (each update is heard about λ·log n times): one
+            // lookup settles it, and only metadata we lack may still need work.
+            if let known = state, incarnation <= known.incarnation, body == nil || metadataVersion <= known.heldMetadataVersion {
+                if known.isLive, known.metadataVersion > known.heldMetadataVersion {
+                    requestMetadata(memberID, source: learnedFrom, now: now, into: &out)
+                }
+                return
+            }
             applyAlive(identity, incarnation: incarnation, metadataVersion: metadataVersion, body: body, now: now, into: &out)
+            state = table[memberID]
             // A small body rides inline: install it instead of pulling. A version has one body,
             // so it is good even when the update itself was stale (an older incarnation).
-            if let body, let state = table[memberID], metadataVersion > state.heldMetadataVersion {
+            if let body, let current = state, metadataVersion > current.heldMetadataVersion {
                 receiveMetadata(memberID, version: metadataVersion, body: body, now: now, into: &out)
+                state = table[memberID]
             }
-            if let state = table[memberID], state.isLive, state.metadataVersion > state.heldMetadataVersion {
+            if let current = state, current.isLive, current.metadataVersion > current.heldMetadataVersion {
                 requestMetadata(memberID, source: learnedFrom, now: now, into: &out)
             }
         case .suspect(let memberID, let incarnation, let accuser):
