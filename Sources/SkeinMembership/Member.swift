@@ -75,6 +75,8 @@ public struct MembershipStats: Sendable, Equatable {
     public var accusationsWithheld = 0
     public var suspicionConfirmations = 0
     public var refutations = 0
+    /// Accusations of us heard while starving and not refuted (yet): see "Stalls" in Docs/membership.md.
+    public var refutationsWithheld = 0
     public var deathsDeclared = 0
     public var deadProbesSent = 0
     public var superseded = 0

@@ -36,11 +36,11 @@ extension Membership {
                 requestMetadata(memberID, source: learnedFrom, now: now, into: &out)
             }
         case .suspect(let memberID, let incarnation, let accuser):
-            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
+            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, now: now, into: &out) }
             correctStaleAccusation(memberID, incarnation: incarnation, teller: learnedFrom, into: &out)
             applySuspect(memberID, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
         case .dead(let memberID, let incarnation, let accuser):
-            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
+            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, now: now, into: &out) }
             correctStaleAccusation(memberID, incarnation: incarnation, teller: learnedFrom, into: &out)
             guard var state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
             if state.status == .dead {
@@ -51,7 +51,7 @@ extension Membership {
             markDown(memberID, status: .dead, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
         case .left(let memberID, let incarnation):
             if memberID == id {
-                if !hasLeft { heardAccusation(incarnation: incarnation, from: learnedFrom, into: &out) }
+                if !hasLeft { heardAccusation(incarnation: incarnation, from: learnedFrom, now: now, into: &out) }
                 return
             }
             guard let state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }

@@ -56,6 +56,14 @@ public struct Membership: Sendable {
     var lastGossipAt: NIODeadline?
     /// After a stall (see `MembershipStats.stalls`), no accusations and no death verdicts until then.
     var stalledUntil: NIODeadline?
+    /// Our stalls within the last `starvationWindow`, oldest first.
+    var recentStalls: [NIODeadline] = []
+    /// The highest incarnation at which we were declared dead while starving: refuted once we
+    /// have run a `starvationWindow` without a stall (see "Stalls" in Docs/membership.md).
+    var withheldDeath: UInt64?
+    var withheldDeathReleaseAt: NIODeadline?
+    /// The armed `stallWatch` timer: every `stallWatchInterval` for a `starvationWindow` after a stall.
+    var stallWatchAt: NIODeadline?
     var lastMetadataAnnounceAt: NIODeadline?
     var joinRetryAt: NIODeadline?
     var joinAttempts = 0
@@ -252,6 +260,18 @@ public struct Membership: Sendable {
             stats.stalls += 1
             stalledUntil = now + settings.probeInterval
             adjustHealth(+1)
+            if now - first.deadline >= starvationStallMinimum {
+                recentStalls.append(now)
+                let window = starvationWindow
+                recentStalls.removeAll { now - $0 >= window }
+                if withheldDeath != nil { armWithheldDeathRelease(now: now) }
+            }
+            // Keep a timer running for a window, so that a process that keeps being starved
+            // keeps finding its timers late even when it has little else scheduled.
+            if stallWatchAt == nil {
+                stallWatchAt = now + stallWatchInterval
+                schedule(.stallWatch, at: stallWatchAt!)
+            }
         }
         while let first = timers.min, first.deadline <= now {
             _ = timers.removeMin()
@@ -333,7 +353,22 @@ public struct Membership: Sendable {
     /// running everywhere). A stale accusation means whoever told us (`from`) missed our last
     /// refutation, and gossip, which has moved on, may not reach it before its own timer runs
     /// out: answer it directly with our current alive, and queue that for gossip again.
-    mutating func heardAccusation(incarnation accused: UInt64, from: MemberAddress?, into out: inout [MembershipDirective]) {
+    ///
+    /// An accusation heard while we are starving (`starving`: our own timers keep firing late,
+    /// so we get CPU in scraps) is not refuted yet: a refutation would bring us back only to be
+    /// found unresponsive and accused again, over and over (Serf's starved agents flap so). We
+    /// let the accusation run its course, stay dead until we have run `starvationWindow`
+    /// without a stall, and then refute once. A pause (one stall: SIGSTOP, then SIGCONT)
+    /// refutes at once.
+    mutating func heardAccusation(
+        incarnation accused: UInt64, from: MemberAddress?, now: NIODeadline, into out: inout [MembershipDirective]
+    ) {
+        if accused >= selfIncarnation, withheldDeath != nil || starving(now: now) {
+            withheldDeath = max(withheldDeath ?? 0, accused)
+            stats.refutationsWithheld += 1
+            armWithheldDeathRelease(now: now)
+            return
+        }
         if accused >= selfIncarnation {
             selfIncarnation = accused + 1
             stats.refutations += 1
@@ -343,6 +378,32 @@ public struct Membership: Sendable {
         }
         enqueue(selfAlive)
         if let from { emitDatagram(Wire.datagram(sender: id, [.update(selfAlive)]), to: from, into: &out) }
+    }
+
+    /// Ten probe intervals (10 s on the LAN): the span over which two stalls mean starvation,
+    /// and how long a starved member must run without one before it refutes its death.
+    var starvationWindow: TimeAmount { .nanoseconds(settings.probeInterval.nanoseconds * 10) }
+
+    /// One probe timeout (500 ms on the LAN): the stall watch's period.
+    var stallWatchInterval: TimeAmount { settings.probeTimeout }
+
+    /// The lateness from which a stall counts towards starvation: a probe timeout, and never
+    /// less than 250 ms, whatever the profile. Shorter stalls are what a busy or loaded machine
+    /// does to a healthy process (a fast-profile relay moving a gigabyte stalls by 50–200 ms),
+    /// and such a process must keep refuting.
+    var starvationStallMinimum: TimeAmount { max(settings.probeTimeout, .milliseconds(250)) }
+
+    /// At least three stalls of `starvationStallMinimum` within the last `starvationWindow`:
+    /// not one pause, but a process that keeps losing the CPU for longer than a probe timeout.
+    func starving(now: NIODeadline) -> Bool {
+        recentStalls.filter { now - $0 < starvationWindow }.count >= 3
+    }
+
+    mutating func armWithheldDeathRelease(now: NIODeadline) {
+        let at = (recentStalls.last ?? now) + starvationWindow
+        guard withheldDeathReleaseAt != at else { return }
+        withheldDeathReleaseAt = at
+        schedule(.releaseWithheldDeath, at: at)
     }
 
     /// `update` in one datagram to every live member, up to `directBroadcastLimit` of them chosen
@@ -451,6 +512,19 @@ public struct Membership: Sendable {
             sendDatagram([.nack(seq: relay.requesterSeq)], to: relay.requester, into: &out)
         case .relayEnd(let seq):
             relayed[seq] = nil
+        case .stallWatch:
+            guard deadline == stallWatchAt else { return }
+            if let last = recentStalls.last, now - last < starvationWindow {
+                stallWatchAt = now + stallWatchInterval
+                schedule(.stallWatch, at: stallWatchAt!)
+            } else {
+                stallWatchAt = nil
+            }
+        case .releaseWithheldDeath:
+            guard deadline == withheldDeathReleaseAt, let withheld = withheldDeath else { return }
+            withheldDeathReleaseAt = nil
+            withheldDeath = nil
+            heardAccusation(incarnation: withheld, from: nil, now: now, into: &out)
         case .pushPull:
             guard deadline == pushPullAt else { return }
             pushPullAt = now + pushPullInterval

@@ -130,6 +130,10 @@ enum TimerKind: Sendable {
     case deadProbe
     case joinRetry
     case metadataPull(NodeID)
+    /// A starving member may refute the death it heard (see `Membership.heardAccusation`).
+    case releaseWithheldDeath
+    /// Runs for a while after a stall: its lateness tells a starved process from a paused one.
+    case stallWatch
     case reap(NodeID)
 }
 

@@ -243,6 +243,60 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
 @Suite struct LossTests {
     /// 40% of datagrams lost everywhere, and TCP segments too (retransmitted after 200 ms,
     /// doubling): suspicions come and go, but every one is refuted before its minimum.
+    @Test func aStarvingMemberStaysDeadUntilItRunsAWindowWithoutAStallThenRefutesOnce() {
+        var settings = MembershipSettings.fastLocal
+        settings.probeInterval = .milliseconds(100)
+        var lone = LoneCore(peers: [2, 3, 4], settings: settings)
+        let window = TimeAmount.milliseconds(1000)  // ten probe intervals
+        // Starved: its timers fire 300 ms late, three times within the window.
+        for _ in 0..<3 {
+            lone.now = lone.core.nextWakeup + .milliseconds(300)
+            lone.record(lone.core.tick(now: lone.now))
+        }
+        #expect(lone.core.stats.stalls == 3)
+        lone.datagrams = []
+        lone.gossip([.update(.dead(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
+        #expect(lone.core.incarnation == 0)
+        #expect(lone.core.stats.refutationsWithheld == 1)
+        #expect(!lone.datagrams.contains { decoded($0.0).contains(.update(LoneCore.selfAlive(incarnation: 1))) })
+        // Nor a suspicion: refuting it would bring us back as surely as refuting the death.
+        lone.gossip([.update(.suspect(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(2)))], from: 2)
+        #expect(lone.core.incarnation == 0)
+        #expect(lone.core.stats.refutationsWithheld == 2)
+        // Running on time for a whole window after the last stall: one refutation, to everyone.
+        let lastStall = lone.now
+        lone.datagrams = []
+        lone.advance(to: lastStall + window - .milliseconds(1))
+        #expect(lone.core.incarnation == 0)
+        lone.advance(to: lastStall + window + .milliseconds(1))
+        #expect(lone.core.incarnation == 1)
+        let refutation = DatagramMessage.update(LoneCore.selfAlive(incarnation: 1))
+        #expect(Set(lone.datagrams.filter { decoded($0.0) == [refutation] }.map(\.1)) == Set([2, 3, 4].map { LoneCore.address($0) }))
+    }
+
+    @Test func aBusyMemberWhoseTimersRunAFewTensOfMillisecondsLateStillRefutes() {
+        var settings = MembershipSettings.fastLocal
+        settings.probeInterval = .milliseconds(100)
+        var lone = LoneCore(peers: [2, 3], settings: settings)
+        for _ in 0..<5 {
+            lone.now = lone.core.nextWakeup + .milliseconds(120)
+            lone.record(lone.core.tick(now: lone.now))
+        }
+        #expect(lone.core.stats.stalls == 5)
+        lone.gossip([.update(.suspect(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
+        #expect(lone.core.incarnation == 1)
+        #expect(lone.core.stats.refutationsWithheld == 0)
+    }
+
+    @Test func aPauseRefutesADeathAtOnce() {
+        var lone = LoneCore(peers: [2, 3])
+        lone.now = lone.core.nextWakeup + .milliseconds(250)
+        lone.record(lone.core.tick(now: lone.now))
+        lone.gossip([.update(.dead(id: LoneCore.id(1), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
+        #expect(lone.core.incarnation == 1)
+        #expect(lone.core.stats.refutationsWithheld == 0)
+    }
+
     @Test func fortyPercentLossDeclaresNoHealthyMemberDead() {
         var (mesh, addresses) = Mesh.converged(30, settings: .lan)
         mesh.lossRate = 0.4
