@@ -451,6 +451,8 @@ public final class MeshNode: @unchecked Sendable {
                         ("localHealth", .int(Int64(self.core.localHealth))),
                         ("udpFailedWhileStreamWorked", .int(Int64(self.core.stats.udpFailedWhileStreamWorked))),
                         ("suspicionsRaised", .int(Int64(self.core.stats.suspicionsRaised))),
+                        ("accusationsWithheld", .int(Int64(self.core.stats.accusationsWithheld))),
+                        ("stalls", .int(Int64(self.core.stats.stalls))),
                         ("malformedDropped", .int(Int64(self.core.stats.malformedDropped))),
                     ])),
                 ])
