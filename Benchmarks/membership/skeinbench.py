@@ -540,10 +540,10 @@ def sc_tags(c, size, timeout, rng, settle=3.0):
         cl.close()
 
 
-def status_changes(c, name, t0, observers):
+def status_changes(c, name, t0, observers, until=None):
     per = {i: 0 for i in observers}
     for e in c.ev(None, subject=name, since=t0, observers=set(observers)):
-        if e[2] in ("suspect", "failed", "alive", "leave"):
+        if e[2] in ("suspect", "failed", "alive", "leave") and (until is None or e[0] < until):
             per[e[1]] += 1
     return per
 
@@ -609,6 +609,8 @@ def sc_starve(c, quota_pct, window, rng, settle):
     with open(f"{CG}/cpu.cfs_quota_us", "w") as f:
         f.write(str(max(1000, int(period * quota_pct / 100))))
     raised0 = {i: c.stats_sum([i], "suspicionsRaised") for i in idx}
+    stalls0 = c.stats_sum([victim], "stalls")
+    withheld0 = c.stats_sum([victim], "accusationsWithheld")
     inc0 = c.self_incarnation(victim)
     t0 = now()
     for tid in os.listdir(f"/proc/{c.pid(victim)}/task"):
@@ -624,12 +626,30 @@ def sc_starve(c, quota_pct, window, rng, settle):
                 f.write(tid)
         except OSError:
             pass
+    t1 = now()
+
+    def down_at_end():
+        # observers whose latest word on the victim is suspect or dead
+        out = set()
+        for i in obs:
+            evs = [e for e in c.ev(None, subject=name, since=t0, observers={i})
+                   if e[2] in ("suspect", "failed", "alive")]
+            if evs and evs[-1][2] != "alive":
+                out.add(i)
+        return out
+    # A starved relay that was declared dead comes back once it has run a while unstarved
+    # (Skein: 10 s without a stall): wait for that (at most 30 s) and time it.
+    wait_until(lambda: not down_at_end(), 30)
+    still_down = down_at_end()
+    back = [e[0] for e in c.ev("alive", subject=name, since=t1, observers=set(obs))]
     time.sleep(settle)
     fail = c.ev("failed", since=t0)
     raised1 = {i: c.stats_sum([i], "suspicionsRaised") for i in idx}
+    stalls1 = c.stats_sum([victim], "stalls")
+    withheld1 = c.stats_sum([victim], "accusationsWithheld")
     with open(f"{CG}/cpu.stat") as f:
         cst = dict(l.split() for l in f.read().splitlines())
-    per = status_changes(c, name, t0, obs)
+    per = status_changes(c, name, t0, obs, until=t1)
     inc1 = c.self_incarnation(victim)
     return {"scenario": "starve", "quota_pct": quota_pct, "period_us": period, "window_s": window,
             "nr_throttled": int(cst.get("nr_throttled", 0)),
@@ -643,7 +663,10 @@ def sc_starve(c, quota_pct, window, rng, settle):
             "distinct_healthy_declared_failed": len({e[3] for e in fail if e[3] != name}),
             "victim_state_changes_max_per_observer": max(per.values()) if per else 0,
             "victim_state_changes_median_per_observer": statistics.median(per.values()) if per else 0,
-            "victim_refutes": (inc1 - inc0) if inc0 is not None and inc1 is not None else None}
+            "victim_refutes": (inc1 - inc0) if inc0 is not None and inc1 is not None else None,
+            "victim_stalls": stalls1 - stalls0, "victim_accusations_withheld": withheld1 - withheld0,
+            "alive_everywhere_after_starvation_s": round(max(back) - t1, 3) if back and not still_down else
+            (0.0 if not still_down else None)}
 
 
 def sc_loss(c, pct, window, settle):

@@ -55,13 +55,23 @@ def measures(r):
                         r.get("all_clear_after_cont_s")))
         out.append((f"{p}: healthy declared dead", r.get("collateral_false_failed")))
     elif s == "starve":
-        out += [("starve: dead verdicts about victim", r.get("failed_events_about_victim")),
-                ("starve: healthy declared dead (distinct)", r.get("distinct_healthy_declared_failed")),
-                ("starve: suspicions raised by victim", r.get("suspicions_raised_by_victim")),
-                ("starve: suspicions raised by others", r.get("suspicions_raised_by_others"))]
+        # The quota per CFS period says how hard: 2 % of 100 ms barely throttles an idle agent,
+        # 0.1 % of 1 s (1 ms of CPU a second) is less than an idle agent needs.
+        p = f"starve {r.get('quota_pct', 0):g}% of {r.get('period_us', 100000) / 1000:g} ms"
+        out += [(f"{p}: periods throttled", r.get("nr_throttled")),
+                (f"{p}: dead verdicts about victim", r.get("failed_events_about_victim")),
+                (f"{p}: healthy declared dead (distinct)", r.get("distinct_healthy_declared_failed")),
+                (f"{p}: suspicions raised by victim", r.get("suspicions_raised_by_victim")),
+                (f"{p}: suspicions raised by others", r.get("suspicions_raised_by_others"))]
         if "victim_state_changes_max_per_observer" in r:
-            out.append(("starve: victim state changes, max per observer",
+            out.append((f"{p}: victim state changes, max per observer",
                         r["victim_state_changes_max_per_observer"]))
+        if "alive_everywhere_after_starvation_s" in r:
+            out.append((f"{p}: alive everywhere after the quota is lifted (s)",
+                        r["alive_everywhere_after_starvation_s"]))
+        if "victim_stalls" in r:
+            out.append((f"{p}: victim's stalls / accusations withheld",
+                        f"{r['victim_stalls']} / {r['victim_accusations_withheld']}"))
     elif s == "loss":
         p = f"loss {r['udp_loss_pct']:g}%{' +TCP' if r.get('tcp_too') else ''}"
         out += [(f"{p}: suspicions raised", r.get("suspicions")),
