@@ -133,6 +133,31 @@ struct CoreFederationOriginTests {
         #expect(d.send(.publish(topic: "orders@us", event: Self.q), from: client).frames(to: subscriber).isEmpty)
     }
 
+    @Test("a flood's remembered route follows the network: per kind, and moved or ended by a gateway's loss")
+    func rememberedRemoteRoute() {
+        var d = CoreDriver(network: "eu", node: 50)
+        let (g3, _) = d.relay(3, gateways: ["us": usExports])
+        let (g7, _) = d.relay(7, gateways: ["us": usExports])
+        let client = d.connect(dialect: .skein1)
+        let event = ByteBuffer(string: "e")
+        #expect(d.send(.publish(topic: "orders@us", event: event), from: client).peerFrames(to: g3) == [.publish(topic: "orders@us", body: event)])
+        // The same name as a broadcast is another decision: us exports orders for publish only.
+        let broadcast = d.send(.broadcast(cluster: "orders@us", message: event), from: client)
+        #expect(broadcast.frames(to: client) == [.refused(opcode: 0x03, name: "orders@us", reason: .notExported, detail: "orders is not exported by network us for broadcast")])
+        #expect(broadcast.peerFrames(to: g3).isEmpty)
+        #expect(d.send(.publish(topic: "orders@us", event: event), from: client).peerFrames(to: g3) == [.publish(topic: "orders@us", body: event)])
+        // The designated gateway goes: the next publish takes the other one.
+        var actions: [RelayAction] = []
+        d.core.relayUnavailable(g3, .dead, now: d.now, actions: &actions)
+        let moved = d.send(.publish(topic: "orders@us", event: event), from: client)
+        #expect(moved.peerFrames(to: g7) == [.publish(topic: "orders@us", body: event)])
+        #expect(moved.peerFrames(to: g3).isEmpty)
+        // The last one goes: network unreachable, said at once.
+        d.core.relayUnavailable(g7, .dead, now: d.now, actions: &actions)
+        let none = d.send(.publish(topic: "orders@us", event: event), from: client)
+        #expect(none.frames(to: client) == [.refused(opcode: 0x08, name: "orders@us", reason: .networkUnreachable, detail: "no gateway to network us is reachable")])
+    }
+
     @Test("events of another network's topic are accepted only from the designated gateway")
     func eventsFromDesignatedOnly() {
         var d = CoreDriver(network: "eu", node: 50)

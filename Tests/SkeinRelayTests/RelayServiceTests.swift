@@ -43,7 +43,9 @@ struct RelayServiceTests {
 
     @Test("graceful shutdown lets an in-flight request finish, then closes with a reason")
     func drain() async throws {
-        let service = Self.makeService()
+        // A drain timeout a loaded machine cannot reach before the member answers: the drain
+        // ends when the request does, so it costs nothing.
+        let service = Self.makeService(drainTimeout: .seconds(60))
         let logger = Logger(label: "skein.relay.test") { _ in SwiftLogNoOpLogHandler() }
         let group = ServiceGroup(services: [service], logger: logger)
         try await withThrowingTaskGroup(of: Void.self) { tasks in

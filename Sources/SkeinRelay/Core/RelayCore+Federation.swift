@@ -266,19 +266,19 @@ extension RelayCore {
 
     // MARK: - Broadcast and publish
 
-    /// A local client's broadcast or publish to `name@network`: one copy on the ordered route, so
-    /// FIFO per sender holds across the federation.
+    /// A local client's broadcast or publish to `text`, a `name@network`: one copy on the ordered
+    /// route, so FIFO per sender holds across the federation. The route is remembered by the
+    /// text as the client wrote it (decoded names are interned, so a flood compares one pointer):
+    /// a flood reads the name and its exports once.
     mutating func sendRemote(
-        _ kind: ExportKinds, from sender: ConnectionID, name: FederatedName, body: ByteBuffer, actions: inout [RelayAction]
+        _ kind: ExportKinds, from sender: ConnectionID, text: String, body: ByteBuffer, actions: inout [RelayAction]
     ) {
-        guard let target = name.network else { return }
-        let text = name.description
         let route: RemoteSendRoute
-        if let last = lastRemoteSend, last.name == text, last.kind == kind, last.federationVersion == federationVersion,
-            last.routingVersion == routing.version
-        {
-            route = last
+        if remoteSendIsCached(text, kind) {
+            route = lastRemoteSend!
         } else {
+            let name = remoteName(text)
+            guard let target = name.network else { return }
             let outcome: Result<(next: NodeID, carried: String), RemoteSendRefusal>
             if let (reason, detail) = exportRefusal(kind, name) {
                 outcome = .failure(RemoteSendRefusal(reason: reason, detail: detail))
@@ -287,17 +287,27 @@ extension RelayCore {
             } else {
                 outcome = .failure(RemoteSendRefusal(reason: .networkUnreachable, detail: Self.unreachable(target)))
             }
-            route = RemoteSendRoute(name: text, kind: kind, federationVersion: federationVersion, routingVersion: routing.version, outcome: outcome)
+            route = RemoteSendRoute(
+                name: text, kind: kind, network: target, federationVersion: federationVersion, routingVersion: routing.version,
+                outcome: outcome)
             lastRemoteSend = route
         }
         switch route.outcome {
         case .failure(let refusal):
             let op: Opcode = kind == .broadcast ? .broadcast : .publish
-            refuse(sender, op: op, name: text, reason: refusal.reason, detail: refusal.detail, network: target, actions: &actions)
+            refuse(sender, op: op, name: text, reason: refusal.reason, detail: refusal.detail, network: route.network, actions: &actions)
         case .success(let (next, carried)):
             actions.append(.sendPeer(next, kind == .broadcast ? .broadcast(cluster: carried, body: body) : .publish(topic: carried, body: body)))
             noteDelivery(from: sender, toRelay: next, actions: &actions)
         }
+    }
+
+    /// Whether the last remote send's route is for `text` and still valid (so `text` is another
+    /// network's name: only those are routed through `sendRemote`).
+    func remoteSendIsCached(_ text: String, _ kind: ExportKinds) -> Bool {
+        guard let last = lastRemoteSend else { return false }
+        return last.name == text && last.kind == kind && last.federationVersion == federationVersion
+            && last.routingVersion == routing.version
     }
 
     /// A relay of this network sends a broadcast or publish for `name@network` to this gateway.

@@ -226,8 +226,8 @@ extension RelayCore {
     /// A local client's broadcast: every member here, and one copy to each other relay with
     /// members (which delivers it to its own).
     mutating func broadcast(from sender: ConnectionID, cluster: String, message: ByteBuffer, actions: inout [RelayAction]) {
-        if FederatedName.isRemote(cluster, localNetwork: network) {
-            sendRemote(.broadcast, from: sender, name: FederatedName(cluster, localNetwork: network), body: message, actions: &actions)
+        if remoteSendIsCached(cluster, .broadcast) || FederatedName.isRemote(cluster, localNetwork: network) {
+            sendRemote(.broadcast, from: sender, text: cluster, body: message, actions: &actions)
         } else {
             broadcastHere(cluster: cluster, body: message, from: sender, actions: &actions)
         }
@@ -268,9 +268,9 @@ extension RelayCore {
     /// network subscribed through it. A publish to another network's topic goes there only:
     /// this network's subscribers of it get it back from that network, once, like every other.
     mutating func publish(from publisher: ConnectionID, topic: String, event: ByteBuffer, actions: inout [RelayAction]) {
-        // A cached route is always one of this network's topics: only a miss needs the name read.
-        if !publishRouteIsCached(topic), FederatedName.isRemote(topic, localNetwork: network) {
-            sendRemote(.publish, from: publisher, name: remoteName(topic), body: event, actions: &actions)
+        // Either cached route says which network's topic it is: only a miss of both reads the name.
+        if !publishRouteIsCached(topic), remoteSendIsCached(topic, .publish) || FederatedName.isRemote(topic, localNetwork: network) {
+            sendRemote(.publish, from: publisher, text: topic, body: event, actions: &actions)
             return
         }
         let route = publishRoute(topic)

@@ -604,10 +604,12 @@ extension RelayCore {
         }
     }
 
-    /// `publishRoute`'s answer for one topic, with the versions it is valid for.
+    /// `sendRemote`'s answer for one `name@network`, with the versions it is valid for.
     struct RemoteSendRoute {
+        /// The name as the client wrote it, `name@network`.
         var name: String
         var kind: ExportKinds
+        var network: String
         var federationVersion: UInt64
         var routingVersion: UInt64
         /// The next hop and the name the frame carries there, or the refusal.

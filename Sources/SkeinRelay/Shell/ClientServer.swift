@@ -301,10 +301,11 @@ public final class ClientServer: @unchecked Sendable {
             case .resumeReading(let id):
                 clients[id]?.setReading(true)
             case .sendPeer(let relay, let frame):
+                // Gateway links first: the mesh would look another network's relay up in this
+                // network's membership (a copy of it, per frame) before giving up on it.
+                if !gateways.isEmpty, gateways.contains(where: { $0.send(frame, to: relay) }) { continue }
                 if mesh == nil { mesh = self.mesh }
-                if mesh?.send(frame, to: relay) != true, !gateways.contains(where: { $0.send(frame, to: relay) }) {
-                    unsentTo.append(relay)
-                }
+                if mesh?.send(frame, to: relay) != true { unsentTo.append(relay) }
             case .report(let event):
                 report(event)
             }
