@@ -111,6 +111,8 @@ def fmt(xs):
     bad = len(xs) - len(got)
     if not got:
         return f"incomplete ×{bad}"
+    if any(isinstance(x, str) for x in got):  # a pair such as "stalls / withheld": as recorded
+        return ", ".join(map(str, got)) + f" (n={len(got)})"
     med, mx = statistics.median(got), max(got)
     s = f"{med:.3g}" if med == mx or len(got) == 1 else f"{med:.3g} / {mx:.3g}"
     s += f" (n={len(got)})"
