@@ -414,10 +414,13 @@ public final class ClientServer: @unchecked Sendable {
         flush()
     }
 
-    /// A frame from another network's gateway; its output is written by `peerReadComplete`.
+    /// A frame from another network's gateway. As with `receivedPeer`, the clock is read once
+    /// per link read and the actions of the read's frames are carried out together by
+    /// `peerReadComplete`.
     func receivedFromGateway(_ frame: PeerFrame, from node: NodeID) {
-        core.receivedFromGateway(frame, from: node, now: .now(), actions: &actions)
-        perform()
+        let now = peerReadTime ?? .now()
+        peerReadTime = now
+        core.receivedFromGateway(frame, from: node, now: now, actions: &actions)
     }
 
     /// The federation part of `/status`: each federation's links and exports, and this relay's
