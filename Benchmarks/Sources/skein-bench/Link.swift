@@ -25,12 +25,16 @@ func runLinkBench(_ flags: Flags) async throws {
     let payload = ByteBuffer(repeating: 0x5a, count: size)
 
     let result: (seconds: Double, cpuSeconds: Double)
+    // The link variant's PeerLinks live until the event loops are shut down: their links refer
+    // to them (unowned) until their channels are gone, which closeAll does not wait for.
+    var peerLinks: [PeerLinks] = []
+    defer { withExtendedLifetime(peerLinks) {} }
     do {
         switch variant {
         case "raw", "seal1":
             result = try await streamBench(sealed: variant == "seal1", payload: payload, count: count, sender: sender, receiver: receiver)
         case "link":
-            result = try await linkBench(payload: payload, count: count, sender: sender, receiver: receiver)
+            result = try await linkBench(payload: payload, count: count, sender: sender, receiver: receiver, keepingAlive: &peerLinks)
         default:
             throw BenchError.usage("bad -variant \(variant) (raw, seal1, link)")
         }
@@ -179,7 +183,9 @@ private func streamBench(sealed: Bool, payload: ByteBuffer, count: Int, sender: 
 
 // MARK: - The peer link
 
-private func linkBench(payload: ByteBuffer, count: Int, sender: any EventLoop, receiver: any EventLoop) async throws -> (Double, Double) {
+private func linkBench(
+    payload: ByteBuffer, count: Int, sender: any EventLoop, receiver: any EventLoop, keepingAlive peerLinks: inout [PeerLinks]
+) async throws -> (Double, Double) {
     let keyring = Keyring(primary: NetworkKey.generate())
     var logger = Logger(label: "bench")
     logger.logLevel = .error
@@ -193,6 +199,7 @@ private func linkBench(payload: ByteBuffer, count: Int, sender: any EventLoop, r
     }
     let (a, _) = try await node("a", sender)
     let (b, bAddress) = try await node("b", receiver)
+    peerLinks += [a, b]
     let done = receiver.makePromise(of: Void.self)
     let received = try await receiver.submit { NIOLoopBoundBox(0, eventLoop: receiver) }.get()
     try await receiver.submit {
