@@ -204,14 +204,11 @@ extension RelayCore {
             actions.append(.sendPeer(relay, .reply(id: id, outcome: .refused(.networkUnreachable, Self.unreachable(target)))))
             return
         }
-        let key = makeKey()
         let deadline = deadline(now: now, millis: remainingMillis)
         var request = PendingRequest(caller: .relay(relay), callerRequestID: id, cluster: name.description, deadline: deadline, body: body)
         request.network = target
         request.failFast = flags.contains(.failFast)
-        requests[key] = request
-        schedule(.request(key), at: deadline)
-        if !dispatch(key, now: now, actions: &actions) { waitForMember(key, actions: &actions) }
+        route(request, now: now, actions: &actions)
     }
 
     /// A request from another network for a cluster of this one: checked against the exports,
@@ -229,14 +226,11 @@ extension RelayCore {
             actions.append(.sendPeer(node, .reply(id: id, outcome: .timedOut)))
             return
         }
-        let key = makeKey()
         let deadline = deadline(now: now, millis: remainingMillis)
         var request = PendingRequest(caller: .relay(node), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
         request.routesHere = true
         request.failFast = flags.contains(.failFast)
-        requests[key] = request
-        schedule(.request(key), at: deadline)
-        if !dispatch(key, now: now, actions: &actions) { waitForMember(key, actions: &actions) }
+        route(request, now: now, actions: &actions)
     }
 
     /// Sends a request for another network on: over this relay's own gateway link to it, or (when
@@ -262,6 +256,23 @@ extension RelayCore {
         for cluster in waitingRequests.keys.filter({ $0.hasSuffix(suffix) }) + waitingBuilds.keys.filter({ $0.hasSuffix(suffix) }) {
             dispatchWaiting(cluster: cluster, now: now, actions: &actions)
         }
+    }
+
+    /// Keeps a request another relay handed over until its deadline and sends it on its way,
+    /// waiting for a member while there is none.
+    private mutating func route(_ request: PendingRequest, now: NIODeadline, actions: inout [RelayAction]) {
+        let key = makeKey()
+        requests[key] = request
+        schedule(.request(key), at: request.deadline)
+        if !dispatch(key, now: now, actions: &actions) { waitForMember(key, actions: &actions) }
+    }
+
+    /// `route` for a tunnel build.
+    private mutating func route(_ build: PendingBuild, now: NIODeadline, actions: inout [RelayAction]) {
+        let key = makeKey()
+        builds[key] = build
+        schedule(.build(key), at: build.deadline)
+        if !dispatchBuild(key, now: now, actions: &actions) { waitForBuildMember(key, actions: &actions) }
     }
 
     // MARK: - Broadcast and publish
@@ -488,14 +499,11 @@ extension RelayCore {
             actions.append(.sendPeer(relay, .tunnelConfirm(id: id, outcome: .refused(.networkUnreachable, Self.unreachable(target)))))
             return
         }
-        let key = makeKey()
         let deadline = deadline(now: now, millis: remainingMillis)
         var build = PendingBuild(initiator: .relay(relay), initiatorTunnelID: id, cluster: name.description, deadline: deadline)
         build.network = target
         build.failFast = flags.contains(.failFast)
-        builds[key] = build
-        schedule(.build(key), at: deadline)
-        if !dispatchBuild(key, now: now, actions: &actions) { waitForBuildMember(key, actions: &actions) }
+        route(build, now: now, actions: &actions)
     }
 
     /// A tunnel from another network to a cluster of this one.
@@ -512,14 +520,11 @@ extension RelayCore {
             actions.append(.sendPeer(node, .tunnelConfirm(id: id, outcome: .failed("timed out"))))
             return
         }
-        let key = makeKey()
         let deadline = deadline(now: now, millis: remainingMillis)
         var build = PendingBuild(initiator: .relay(node), initiatorTunnelID: id, cluster: cluster, deadline: deadline)
         build.routesHere = true
         build.failFast = flags.contains(.failFast)
-        builds[key] = build
-        schedule(.build(key), at: deadline)
-        if !dispatchBuild(key, now: now, actions: &actions) { waitForBuildMember(key, actions: &actions) }
+        route(build, now: now, actions: &actions)
     }
 
     /// Sends a build for another network on, as `dispatchRemote` does a request.
