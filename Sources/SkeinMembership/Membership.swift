@@ -380,7 +380,7 @@ public struct Membership: Sendable {
         if let from { emitDatagram(Wire.datagram(sender: id, [.update(selfAlive)]), to: from, into: &out) }
     }
 
-    /// Ten probe intervals (10 s on the LAN): the span over which two stalls mean starvation,
+    /// Ten probe intervals (10 s on the LAN): the span over which three stalls mean starvation,
     /// and how long a starved member must run without one before it refutes its death.
     var starvationWindow: TimeAmount { .nanoseconds(settings.probeInterval.nanoseconds * 10) }
 
