@@ -1,11 +1,11 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Release builds of the hot-path targets do without run-time exclusivity checks. Their state
-// lives in classes confined to one event loop, and every access to a class property paid
-// swift_beginAccess/swift_endAccess (12-14% of a relay's CPU at 64 B messages, Docs/benchmarks.md).
-// Debug builds, and so the tests, keep the checks and would trap on an overlapping access.
-let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+// No target carries unsafe flags: SwiftPM refuses them in a versioned dependency, and `Skein` is
+// one. The hot path still pays no run-time exclusivity checks: the stored properties of the
+// shells' classes (each confined to one event loop, or behind a lock) are declared
+// `@exclusivity(unchecked)` where they are declared, which SwiftPM allows. Everything else keeps
+// Swift's checks in every configuration (Docs/architecture.md, "Exclusivity").
 
 let package = Package(
     name: "skein",
@@ -46,15 +46,13 @@ let package = Package(
                 "SkeinFederation",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
-            ],
-            swiftSettings: hotPath
+            ]
         ),
         // Keys, keyrings, the peer handshake, sealed records and datagrams: libsodium, no I/O.
         // NIOCore for ByteBuffer (records) and NIODeadline (handshake deadlines) only.
         .target(
             name: "SkeinCrypto",
-            dependencies: ["CSodium", .product(name: "NIOCore", package: "swift-nio")],
-            swiftSettings: hotPath
+            dependencies: ["CSodium", .product(name: "NIOCore", package: "swift-nio")]
         ),
         // SWIM + Lifeguard membership: a pure core (no I/O, no clock, no randomness of its own).
         // NIOCore only for NIODeadline/TimeAmount.
@@ -67,7 +65,7 @@ let package = Package(
             ]
         ),
         // Which remote relays serve which clusters and topics, and where a request goes. Pure.
-        .target(name: "SkeinRouting", dependencies: ["SkeinMembership", "SkeinFederation"], swiftSettings: hotPath),
+        .target(name: "SkeinRouting", dependencies: ["SkeinMembership", "SkeinFederation"]),
         // Many membership cores in one process on virtual time: network faults, scenarios, metrics.
         .target(
             name: "SkeinSimulator",
@@ -95,8 +93,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            swiftSettings: hotPath
+            ]
         ),
         // The async/await client binding.
         .target(
@@ -106,8 +103,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ],
-            swiftSettings: hotPath
+            ]
         ),
         // The command-line tool: thin glue over the libraries.
         .executableTarget(

@@ -10,33 +10,33 @@ final class InboundHandler: ChannelInboundHandler {
 
     private let connection: SkeinConnection
     private let handler: (any ClusterHandler)?
-    private var handshake: EventLoopPromise<SkeinConnection>?
-    private var handshakeDone = false
-    private var cumulation: ByteBuffer?
+    @exclusivity(unchecked) private var handshake: EventLoopPromise<SkeinConnection>?
+    @exclusivity(unchecked) private var handshakeDone = false
+    @exclusivity(unchecked) private var cumulation: ByteBuffer?
     private let limits: WireLimits
-    private var closeReason: String?
-    private var failed: SkeinError?
+    @exclusivity(unchecked) private var closeReason: String?
+    @exclusivity(unchecked) private var failed: SkeinError?
 
     // Member side: bounded handler concurrency and a bounded queue behind it.
-    private var runningHandlers = 0
+    @exclusivity(unchecked) private var runningHandlers = 0
     /// Requests waiting for a free handler, with the deadline they arrived with: time spent
     /// here counts against it.
-    private var queuedRequests: Deque<(id: UInt64, body: ByteBuffer, deadline: ContinuousClock.Instant)> = []
-    private var broadcastFeed: EventFeed?
-    private var pausedFeeds: Set<ObjectIdentifier> = []
+    @exclusivity(unchecked) private var queuedRequests: Deque<(id: UInt64, body: ByteBuffer, deadline: ContinuousClock.Instant)> = []
+    @exclusivity(unchecked) private var broadcastFeed: EventFeed?
+    @exclusivity(unchecked) private var pausedFeeds: Set<ObjectIdentifier> = []
     /// Where handlers run: nil for the global executor, or this connection's event loop.
     private var handlerExecutor: (any TaskExecutor)? {
         connection.options.handlerExecution == .eventLoop ? connection.executor : nil
     }
-    private var batchFeed: EventFeed?
-    private var batch: [ByteBuffer] = []
-    private var reading = true
+    @exclusivity(unchecked) private var batchFeed: EventFeed?
+    @exclusivity(unchecked) private var batch: [ByteBuffer] = []
+    @exclusivity(unchecked) private var reading = true
     /// This side sent CLOSE: read everything from now on, full feeds or not, so the relay's
     /// answer and end of stream get through (a paused connection would never see them).
-    private var closing = false
-    private var channel: (any Channel)?
+    @exclusivity(unchecked) private var closing = false
+    @exclusivity(unchecked) private var channel: (any Channel)?
     private let relay: RelayEndpoint
-    private var handshakeTimer: Scheduled<Void>?
+    @exclusivity(unchecked) private var handshakeTimer: Scheduled<Void>?
 
     init(
         connection: SkeinConnection, handler: (any ClusterHandler)?, handshake: EventLoopPromise<SkeinConnection>,

@@ -17,7 +17,7 @@ final class EventFeed: @unchecked Sendable {
     // @unchecked: `source` is Sendable; `isPaused` is only touched on the event loop;
     // `iterated` is behind its lock.
     let source: FeedProducer.Source
-    var isPaused = false
+    @exclusivity(unchecked) var isPaused = false
     /// The sequence allows one iterator; later iterations end at once instead of trapping.
     private let iterated = NIOLockedValueBox(false)
 
@@ -71,7 +71,7 @@ struct FeedDelegate: NIOAsyncSequenceProducerDelegate {
 /// Lets a delegate refer to the feed that owns it without a retain cycle.
 final class ObjectIdentifierBox: @unchecked Sendable {
     // @unchecked: written once, before the feed is shared.
-    weak var feed: EventFeed?
+    @exclusivity(unchecked) weak var feed: EventFeed?
 }
 
 /// The events of one topic, in publish order per publisher. Iterate it to receive events;

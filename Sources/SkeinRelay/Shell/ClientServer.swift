@@ -19,26 +19,26 @@ public final class ClientServer: @unchecked Sendable {
     public let eventLoop: any EventLoop
     let configuration: RelayConfiguration
     let logger: Logger
-    private var core: RelayCore
-    private var clients: [ConnectionID: ClientChannel] = [:]
-    private var dirty: [ClientChannel] = []
-    private var lastClient: ClientChannel?
+    @exclusivity(unchecked) private var core: RelayCore
+    @exclusivity(unchecked) private var clients: [ConnectionID: ClientChannel] = [:]
+    @exclusivity(unchecked) private var dirty: [ClientChannel] = []
+    @exclusivity(unchecked) private var lastClient: ClientChannel?
     /// When the peer-link read being handled began (see `receivedPeer`).
-    private var peerReadTime: NIODeadline?
-    private var actions: [RelayAction] = []
-    private var nextConnection: UInt64 = 0
-    private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
-    private var listeners: [any Channel] = []
+    @exclusivity(unchecked) private var peerReadTime: NIODeadline?
+    @exclusivity(unchecked) private var actions: [RelayAction] = []
+    @exclusivity(unchecked) private var nextConnection: UInt64 = 0
+    @exclusivity(unchecked) private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
+    @exclusivity(unchecked) private var listeners: [any Channel] = []
     private let metrics = RelayMetrics()
     let limits: WireLimits
     /// The relay's part of the mesh, once it runs (on the event loop).
-    weak var mesh: MeshNode? {
+    @exclusivity(unchecked) weak var mesh: MeshNode? {
         didSet { if let mesh { core.localNode = mesh.nodeID } }
     }
     /// The relay's federations, if it is a gateway (on the event loop).
-    var gateways: [GatewayNode] = []
+    @exclusivity(unchecked) var gateways: [GatewayNode] = []
     /// Relays whose frames could not be sent (no link, no address): their requests go elsewhere.
-    private var unsentTo: [NodeID] = []
+    @exclusivity(unchecked) private var unsentTo: [NodeID] = []
 
     public init(configuration: RelayConfiguration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -473,14 +473,14 @@ final class ClientChannel {
     let id: ConnectionID
     let channel: any Channel
     /// Set by the handler, so a resumed connection can decode what it had already read.
-    weak var handler: ClientConnectionHandler?
-    var outbox: ByteBuffer
-    var isDirty = false
+    @exclusivity(unchecked) weak var handler: ClientConnectionHandler?
+    @exclusivity(unchecked) var outbox: ByteBuffer
+    @exclusivity(unchecked) var isDirty = false
     /// `writeChunk` handed output to the channel that `flush` has not flushed yet.
-    var wroteChunks = false
-    var isClosing = false
-    var isClosed = false
-    private(set) var reading = true
+    @exclusivity(unchecked) var wroteChunks = false
+    @exclusivity(unchecked) var isClosing = false
+    @exclusivity(unchecked) var isClosed = false
+    @exclusivity(unchecked) private(set) var reading = true
 
     init(id: ConnectionID, channel: any Channel) {
         self.id = id
@@ -556,9 +556,9 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
     private let server: ClientServer
-    private var client: ClientChannel?
-    private var cumulation: ByteBuffer?
-    private var names = NameCache()
+    @exclusivity(unchecked) private var client: ClientChannel?
+    @exclusivity(unchecked) private var cumulation: ByteBuffer?
+    @exclusivity(unchecked) private var names = NameCache()
 
     init(server: ClientServer) {
         self.server = server

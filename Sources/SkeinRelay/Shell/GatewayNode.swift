@@ -43,13 +43,13 @@ public final class GatewayNode: @unchecked Sendable {
     public let localNetwork: String
     let eventLoop: any EventLoop
     let logger: Logger
-    private weak var clients: ClientServer?
+    @exclusivity(unchecked) private weak var clients: ClientServer?
     private let exports: [ExportRule]
     /// Links whose GATEWAY arrived: the relay core knows them.
-    private var linked: [NodeID: PeerLink] = [:]
-    private var dialing: [String: (failures: Int, next: NIODeadline)] = [:]
-    private var ticker: RepeatedTask?
-    private var stopped = false
+    @exclusivity(unchecked) private var linked: [NodeID: PeerLink] = [:]
+    @exclusivity(unchecked) private var dialing: [String: (failures: Int, next: NIODeadline)] = [:]
+    @exclusivity(unchecked) private var ticker: RepeatedTask?
+    @exclusivity(unchecked) private var stopped = false
 
     public var network: String { configuration.spec.network }
     /// `skein_federation_links{network}`: established gateway links.

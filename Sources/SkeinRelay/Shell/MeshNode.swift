@@ -51,19 +51,19 @@ public final class MeshNode: @unchecked Sendable {
     public let links: PeerLinks
     let logger: Logger
     private let clients: ClientServer?
-    private var core: Membership
-    private var sealer: DatagramSealer
-    private var opener: DatagramOpener
-    private var udp: (any Channel)?
-    private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
-    private var metadataTask: RepeatedTask?
-    private var advertisedDirectory: UInt64 = .max
-    private var socketAddresses: [MemberAddress: SocketAddress] = [:]
-    private var left = false
+    @exclusivity(unchecked) private var core: Membership
+    @exclusivity(unchecked) private var sealer: DatagramSealer
+    @exclusivity(unchecked) private var opener: DatagramOpener
+    @exclusivity(unchecked) private var udp: (any Channel)?
+    @exclusivity(unchecked) private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
+    @exclusivity(unchecked) private var metadataTask: RepeatedTask?
+    @exclusivity(unchecked) private var advertisedDirectory: UInt64 = .max
+    @exclusivity(unchecked) private var socketAddresses: [MemberAddress: SocketAddress] = [:]
+    @exclusivity(unchecked) private var left = false
     private let metrics = MeshMetrics()
 
     /// Every membership event, on the event loop, the moment the core decides it.
-    public var onEvent: ((MembershipEvent) -> Void)?
+    @exclusivity(unchecked) public var onEvent: ((MembershipEvent) -> Void)?
 
     /// Binds TCP and UDP on the configured address (the same port for both; with port 0 the
     /// TCP listener picks it and UDP follows, retried if that UDP port is taken) and creates the

@@ -53,36 +53,36 @@ public final class PeerLinks: @unchecked Sendable {
     public private(set) var identity: PeerIdentity
     public let settings: PeerLinkSettings
     let logger: Logger
-    private(set) var keyring: Keyring
-    private var replayCache = HandshakeReplayCache()
-    private var listener: (any Channel)?
-    private var nextLinkID: UInt64 = 0
+    @exclusivity(unchecked) private(set) var keyring: Keyring
+    @exclusivity(unchecked) private var replayCache = HandshakeReplayCache()
+    @exclusivity(unchecked) private var listener: (any Channel)?
+    @exclusivity(unchecked) private var nextLinkID: UInt64 = 0
     /// Every link, handshaking or established.
-    private var links: [UInt64: PeerLink] = [:]
+    @exclusivity(unchecked) private var links: [UInt64: PeerLink] = [:]
     /// Established links by the peer's node id, and by the address it listens on.
-    private var byNode: [NodeID: PeerLink] = [:] {
+    @exclusivity(unchecked) private var byNode: [NodeID: PeerLink] = [:] {
         didSet { lastLookup = nil }
     }
     /// The last answer of `link(toNode:)`: a flood of frames goes to one relay at a time.
-    private var lastLookup: (node: NodeID, link: PeerLink)?
-    private var byAddress: [String: PeerLink] = [:]
-    private var closing = false
+    @exclusivity(unchecked) private var lastLookup: (node: NodeID, link: PeerLink)?
+    @exclusivity(unchecked) private var byAddress: [String: PeerLink] = [:]
+    @exclusivity(unchecked) private var closing = false
     let metrics = PeerMetrics()
 
     /// Called on the event loop for every frame a peer sends (HELLO, PING and PONG are
     /// handled here and not passed on).
-    public var onFrame: ((PeerFrame, PeerLink) -> Void)?
+    @exclusivity(unchecked) public var onFrame: ((PeerFrame, PeerLink) -> Void)?
     /// A link finished its handshake and its HELLO: it is addressable.
-    public var onLinkUp: ((PeerLink) -> Void)?
+    @exclusivity(unchecked) public var onLinkUp: ((PeerLink) -> Void)?
     /// A link closed; `link.closeReason` says why.
-    public var onLinkDown: ((PeerLink) -> Void)?
+    @exclusivity(unchecked) public var onLinkDown: ((PeerLink) -> Void)?
     /// A link's socket can take more bytes again after `isWritable` was false (backpressure).
-    public var onWritable: ((PeerLink) -> Void)?
+    @exclusivity(unchecked) public var onWritable: ((PeerLink) -> Void)?
     /// A link's socket crossed its high-water mark: `isWritable` is false until `onWritable`.
-    public var onUnwritable: ((PeerLink) -> Void)?
+    @exclusivity(unchecked) public var onUnwritable: ((PeerLink) -> Void)?
     /// Every frame of one socket read has been passed to `onFrame`: a consumer that gathers
     /// output per frame flushes it here, once per read rather than once per frame.
-    public var onReadComplete: ((PeerLink) -> Void)?
+    @exclusivity(unchecked) public var onReadComplete: ((PeerLink) -> Void)?
 
     public init(identity: PeerIdentity, keyring: Keyring, settings: PeerLinkSettings, eventLoop: any EventLoop, logger: Logger) {
         self.identity = identity
@@ -299,42 +299,42 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     /// The address the peer listens on, from its HELLO.
     public internal(set) var advertisedAddress: String?
     public internal(set) var peerName: String?
-    public private(set) var peerNodeID: [UInt8]?
+    @exclusivity(unchecked) public private(set) var peerNodeID: [UInt8]?
     /// `peerNodeID` as a `NodeID`, made once: frames are routed by it.
-    public private(set) var peerNode: NodeID?
-    public private(set) var keyID: KeyID?
-    public private(set) var cipher: PeerCipher?
-    public private(set) var closeReason: String?
-    public private(set) var isClosed = false
+    @exclusivity(unchecked) public private(set) var peerNode: NodeID?
+    @exclusivity(unchecked) public private(set) var keyID: KeyID?
+    @exclusivity(unchecked) public private(set) var cipher: PeerCipher?
+    @exclusivity(unchecked) public private(set) var closeReason: String?
+    @exclusivity(unchecked) public private(set) var isClosed = false
     /// The dial failed with ECONNREFUSED: nothing listens at the address (the relay's process
     /// is gone; a stopped one's kernel would still accept).
     public internal(set) var connectionRefused = false
     /// The link ended with a goodbye, either way (idle, duplicate, leaving, key retired): not a
     /// failure, and nothing in flight was lost.
-    public private(set) var closedGracefully = false
-    var rejectedHandshake = false
+    @exclusivity(unchecked) public private(set) var closedGracefully = false
+    @exclusivity(unchecked) var rejectedHandshake = false
 
     unowned let owner: PeerLinks
-    private(set) var channel: (any Channel)?
-    private var handshake: Handshake?
-    private var session: PeerSession?
-    private var outbox: PeerOutbox
-    private var inbox: PeerInbox
-    private var inbound = ByteBuffer()
-    private var plaintexts = ByteBuffer()
+    @exclusivity(unchecked) private(set) var channel: (any Channel)?
+    @exclusivity(unchecked) private var handshake: Handshake?
+    @exclusivity(unchecked) private var session: PeerSession?
+    @exclusivity(unchecked) private var outbox: PeerOutbox
+    @exclusivity(unchecked) private var inbox: PeerInbox
+    @exclusivity(unchecked) private var inbound = ByteBuffer()
+    @exclusivity(unchecked) private var plaintexts = ByteBuffer()
     /// `inbound` is a buffer of this link's own holding a partial record, not NIO's read buffer.
-    private var inboundIsOwn = false
-    private var flushScheduled = false
-    private var lastReceived = NIODeadline.now()
-    private var lastSent = NIODeadline.now()
+    @exclusivity(unchecked) private var inboundIsOwn = false
+    @exclusivity(unchecked) private var flushScheduled = false
+    @exclusivity(unchecked) private var lastReceived = NIODeadline.now()
+    @exclusivity(unchecked) private var lastSent = NIODeadline.now()
     /// The last frame other than HELLO, PING and PONG, either way; `usefulSinceCheck` marks
     /// one since the timer last looked, so the clock is read per timer tick, not per frame.
-    private var lastUseful = NIODeadline.now()
-    private var usefulSinceCheck = false
-    private var timer: Scheduled<Void>?
-    private var pingToken: UInt64 = 0
-    private var started = false
-    private var readFailed = false
+    @exclusivity(unchecked) private var lastUseful = NIODeadline.now()
+    @exclusivity(unchecked) private var usefulSinceCheck = false
+    @exclusivity(unchecked) private var timer: Scheduled<Void>?
+    @exclusivity(unchecked) private var pingToken: UInt64 = 0
+    @exclusivity(unchecked) private var started = false
+    @exclusivity(unchecked) private var readFailed = false
 
     private enum Handshake {
         case initiator(HandshakeInitiator)
