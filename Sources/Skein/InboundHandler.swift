@@ -177,8 +177,15 @@ final class InboundHandler: ChannelInboundHandler {
             connection.shared.withLockedValue({ $0.tunnels[id] })?.allowed(bytes)
         case .tunnelTransfer(let id, let size, let chunk):
             guard let tunnel = connection.shared.withLockedValue({ $0.tunnels[id] }) else { return }
-            if let problem = tunnel.received(sizeOrContinuation: size, chunk: chunk, maxMessageSize: limits.maxMessageSize) {
+            switch tunnel.received(sizeOrContinuation: size, chunk: chunk, limit: connection.options.maxTunnelMessageSize) {
+            case nil:
+                break
+            case .violation(let problem):
                 violation(problem, context: context)
+            case .tooLarge(let size, let limit):
+                // Only this tunnel ends: the relay is told, and its later chunks find no tunnel.
+                tunnel.fail(.messageTooLarge(size: Int(clamping: size), limit: limit))
+                connection.sendNow(.tunnelClose(tunnelID: id))
             }
         case .tunnelClose(let id, let reason):
             connection.shared.withLockedValue({ $0.tunnels[id] })?.closedByRelay(reason: reason)

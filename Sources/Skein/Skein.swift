@@ -97,9 +97,15 @@ public struct ConnectionOptions: Sendable {
     /// Output the binding buffers before `publish`, `broadcast` and tunnel sends wait.
     public var sendBufferHighWater = 4 << 20
     /// Largest message accepted from the relay, and sent to it: a larger request, reply,
-    /// broadcast, event or tunnel message fails alone with `messageTooLarge` (the relay's own
-    /// limit, 32 MiB by default, would end the whole connection).
+    /// broadcast or event fails alone with `messageTooLarge` (the relay's own limit, 32 MiB by
+    /// default, would end the whole connection). Tunnel messages are not bound by it.
     public var maxMessageSize = 32 << 20
+    /// Largest tunnel message this binding assembles for `receive()`. Tunnel messages travel in
+    /// chunks and may be of any size; the relay holds only what the allowance covers. Here a
+    /// message is handed to the application whole, so it is held whole, and a `ByteBuffer`
+    /// holds at most 4 GiB − 1 bytes (the default). A larger message ends that tunnel alone,
+    /// with `messageTooLarge`.
+    public var maxTunnelMessageSize = Int(UInt32.max)
     /// How long `connect` waits for the relay's answer.
     public var handshakeTimeout: Duration = .seconds(5)
     /// Event loop group to use; nil uses the shared singleton.

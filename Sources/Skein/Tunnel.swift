@@ -58,7 +58,7 @@ public final class Tunnel: AsyncSequence, Sendable {
         /// Allowance to return for the message being assembled. A message larger than the
         /// window could never complete if its chunks were only granted back on consumption, so
         /// they are granted back at once while nothing complete waits for the application.
-        /// Memory stays bounded: at most one such message (≤ maxMessageSize) beyond the window.
+        /// Memory stays bounded: at most one such message (≤ maxTunnelMessageSize) beyond the window.
         mutating func takePartialGrant() -> UInt64 {
             guard partial != nil, messages.isEmpty, phase == .open else { return 0 }
             defer { partialBytes = 0 }
@@ -73,12 +73,11 @@ public final class Tunnel: AsyncSequence, Sendable {
 
     // MARK: - Application side
 
-    /// Sends one message (any size up to the connection's `maxMessageSize`).
+    /// Sends one message, of any size: it travels as chunks of at most the relay's chunk limit,
+    /// each sent once the relay allows it, so neither this process nor the relay ever holds
+    /// more of it than the windows. (`maxMessageSize` bounds requests, replies and events, not
+    /// tunnel messages, as in every Iris binding.)
     public func send(_ message: ByteBuffer) async throws {
-        let limit = connection.options.maxMessageSize
-        guard message.readableBytes <= limit else {
-            throw SkeinError.messageTooLarge(size: message.readableBytes, limit: limit)
-        }
         try await sendLock.withLock {
             var remaining = message
             let total = UInt64(message.readableBytes)
@@ -94,8 +93,31 @@ public final class Tunnel: AsyncSequence, Sendable {
         }
     }
 
+    /// Sends one message, giving up with `SkeinError.timedOut` if it is not all handed to the
+    /// relay within `timeout` (the Iris bindings' `Send(message, timeout)`). A message given up
+    /// part way leaves the tunnel usable: the next message starts with a first chunk, and the
+    /// receiver discards the unfinished one, as the protocol says.
+    public func send(_ message: ByteBuffer, timeout: Duration) async throws {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await self.send(message)
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return false
+            }
+            defer { group.cancelAll() }
+            guard try await group.next()! else { throw SkeinError.timedOut }
+        }
+    }
+
     public func send(_ message: String) async throws {
         try await send(ByteBuffer(string: message))
+    }
+
+    public func send(_ message: String, timeout: Duration) async throws {
+        try await send(ByteBuffer(string: message), timeout: timeout)
     }
 
     /// The next whole message; nil once the tunnel is closed gracefully (by either side).
@@ -245,9 +267,18 @@ public final class Tunnel: AsyncSequence, Sendable {
         waiter?.resume()
     }
 
-    /// A chunk arrived. Returns an error text if the relay broke the chunking rules.
-    func received(sizeOrContinuation: UInt64, chunk: ByteBuffer, maxMessageSize: Int) -> String? {
-        var violation: String?
+    /// What a chunk did that the tunnel cannot take.
+    enum ChunkProblem: Equatable {
+        /// The relay broke the chunking rules: the connection ends.
+        case violation(String)
+        /// A message larger than this binding holds (`ConnectionOptions.maxTunnelMessageSize`):
+        /// only this tunnel ends.
+        case tooLarge(size: UInt64, limit: Int)
+    }
+
+    /// A chunk arrived.
+    func received(sizeOrContinuation: UInt64, chunk: ByteBuffer, limit maxMessageSize: Int) -> ChunkProblem? {
+        var violation: ChunkProblem?
         var grant: UInt64 = 0
         let delivery = state.withLockedValue { state -> (CheckedContinuation<ByteBuffer?, any Error>, ByteBuffer)? in
             guard state.phase == .open || state.phase == .closing else { return nil }
@@ -262,18 +293,20 @@ public final class Tunnel: AsyncSequence, Sendable {
                     state.partialBytes = 0
                 }
                 guard sizeOrContinuation <= UInt64(maxMessageSize) else {
-                    violation = "tunnel message of \(sizeOrContinuation) bytes exceeds the limit of \(maxMessageSize)"
+                    violation = .tooLarge(size: sizeOrContinuation, limit: maxMessageSize)
                     return nil
                 }
                 guard UInt64(chunk.readableBytes) <= sizeOrContinuation || (sizeOrContinuation == 0 && chunk.readableBytes == 0) else {
-                    violation = "tunnel chunk of \(chunk.readableBytes) bytes for a message of \(sizeOrContinuation)"
+                    violation = .violation("tunnel chunk of \(chunk.readableBytes) bytes for a message of \(sizeOrContinuation)")
                     return nil
                 }
                 if UInt64(chunk.readableBytes) == sizeOrContinuation {
                     state.partial = nil
                     state.messages.append((chunk, wire))
                 } else {
-                    var partial = ByteBufferAllocator().buffer(capacity: Int(sizeOrContinuation))
+                    // Grown as chunks come rather than reserved whole: a first chunk's size is
+                    // only a claim until the rest arrives.
+                    var partial = ByteBufferAllocator().buffer(capacity: Int(Swift.min(sizeOrContinuation, 16 << 20)))
                     partial.writeBuffer(&chunk)
                     state.partial = partial
                     state.partialExpected = Int(sizeOrContinuation)
@@ -281,7 +314,7 @@ public final class Tunnel: AsyncSequence, Sendable {
                 }
             } else {
                 guard state.partial!.readableBytes + chunk.readableBytes <= state.partialExpected else {
-                    violation = "tunnel chunks overrun their message's size"
+                    violation = .violation("tunnel chunks overrun their message's size")
                     return nil
                 }
                 state.partial!.writeBuffer(&chunk)

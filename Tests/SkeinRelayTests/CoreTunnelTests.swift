@@ -130,11 +130,30 @@ struct CoreTunnelTests {
         _ = member
     }
 
-    @Test("a message larger than the maximum message size is a violation")
-    func messageTooLarge() {
-        var (d, initiator, _) = Self.built { $0.wire.maxMessageSize = 1000 }
-        let out = d.send(.tunnelTransfer(tunnelID: 7, sizeOrContinuation: 1001, chunk: bytes(10)), from: initiator)
-        #expect(out.violations.count == 1)
+    @Test("a tunnel message of any size the length field carries is forwarded chunk by chunk, never assembled")
+    func messageOfAnySize() {
+        var (d, initiator, member) = Self.built { $0.wire.maxMessageSize = 1000 }
+        _ = d.send(.tunnelAllow(tunnelID: 42, bytes: 64 << 20), from: member)
+        for size: UInt64 in [1001, 64 << 20, 1 << 30, UInt64(1) << 62] {
+            let out = d.send(.tunnelTransfer(tunnelID: 7, sizeOrContinuation: size, chunk: bytes(10)), from: initiator)
+            #expect(out.violations.isEmpty, "a message of \(size) bytes")
+            #expect(out.frames(to: member) == [.tunnelTransfer(tunnelID: 42, sizeOrContinuation: size, chunk: bytes(10))])
+        }
+    }
+
+    @Test("a sender that gives up part way: its next message's first chunk is forwarded as is, the tunnel stays usable")
+    func newFirstChunkMidMessage() {
+        var (d, initiator, member) = Self.built()
+        _ = d.send(.tunnelAllow(tunnelID: 42, bytes: 64 << 20), from: member)
+        _ = d.send(.tunnelTransfer(tunnelID: 7, sizeOrContinuation: 200_000, chunk: bytes(65536)), from: initiator)
+        // The sender timed out after one chunk and sends a new, whole message.
+        let next = d.send(.tunnelTransfer(tunnelID: 7, sizeOrContinuation: 5, chunk: bytes(5)), from: initiator)
+        #expect(next.violations.isEmpty)
+        #expect(next.effects == [
+            .send(member, .tunnelTransfer(tunnelID: 42, sizeOrContinuation: 5, chunk: bytes(5))),
+            .send(initiator, .tunnelAllow(tunnelID: 7, bytes: 5)),
+        ])
+        #expect(d.core.tunnelCount == 1)
     }
 
     @Test("the chunk limit never exceeds the maximum message size")

@@ -108,6 +108,53 @@ struct TunnelTests {
         }
     }
 
+    @Test func tunnelMessagesAreNotBoundByMaxMessageSize() async throws {
+        // maxMessageSize bounds requests, replies and events; a tunnel message may be larger, in
+        // both directions, as with every Iris binding.
+        try await TestRelay.run { relay in
+            var options = ConnectionOptions()
+            options.maxMessageSize = 1 << 20
+            let accepted = Accepted()
+            _ = try await relay.serve("big", options: options, tunnel: accepted.handle)
+            let client = try await relay.connect(options: options)
+            let tunnel = try await client.tunnel(cluster: "big", timeout: .seconds(5))
+            let member = try await accepted.first()
+            let message = ByteBuffer(repeating: 0x17, count: 3 << 20)
+            let sending = Task { try await tunnel.send(message) }
+            #expect(try await within(.seconds(20), "the 3 MiB message") { try await member.receive() } == message)
+            try await within(.seconds(5), "the send") { try await sending.value }
+            accepted.done.open()
+        }
+    }
+
+    @Test func aTunnelMessageOverTheReceiversLimitEndsOnlyThatTunnel() async throws {
+        try await TestRelay.run { relay in
+            var limited = ConnectionOptions()
+            limited.maxTunnelMessageSize = 1 << 20
+            let accepted = Accepted()
+            _ = try await relay.serve("big", options: limited, request: { $0.body }, tunnel: accepted.handle)
+            let client = try await relay.connect()
+            let tunnel = try await client.tunnel(cluster: "big", timeout: .seconds(5))
+            let member = try await accepted.first()
+            let sending = Task { try await tunnel.send(ByteBuffer(repeating: 1, count: (1 << 20) + 1)) }
+            do {
+                _ = try await within(.seconds(10), "the member's receive") { try await member.receive() }
+                Issue.record("the member received a message over its limit")
+            } catch let error as SkeinError {
+                #expect(error == .messageTooLarge(size: (1 << 20) + 1, limit: 1 << 20))
+            }
+            // The initiator learns that the tunnel is gone; the member's connection still serves.
+            _ = try? await sending.value
+            let end = try await within(.seconds(10), "the initiator's tunnel to end") { () -> String in
+                do { return try await tunnel.receive() == nil ? "closed" : "a message" } catch { return "failed: \(error)" }
+            }
+            #expect(end != "a message")
+            let reply = try await client.request(cluster: "big", "still here", timeout: .seconds(5))
+            #expect(reply.text == "still here")
+            accepted.done.open()
+        }
+    }
+
     @Test func messageLargerThanTheReceiversWindow() async throws {
         // A message bigger than the receiving binding's window must still get through: the
         // receiver has to return allowance for the chunks of a message it is assembling.

@@ -244,10 +244,8 @@ extension RelayCore {
             violation(id, "protocol violation: tunnel chunk of \(chunkSize) bytes exceeds the chunk limit of \(settings.effectiveChunkLimit)", actions: &actions)
             return
         }
-        guard sizeOrContinuation <= UInt64(settings.wire.maxMessageSize) else {
-            violation(id, "protocol violation: tunnel message of \(sizeOrContinuation) bytes exceeds the limit of \(settings.wire.maxMessageSize)", actions: &actions)
-            return
-        }
+        // A tunnel message may be of any size the length field carries: the relay forwards its
+        // chunks and never assembles it, so only the chunk and the allowance bound its memory.
         switch connections[id]!.tunnelIDs[tunnelID] {
         case nil:
             return  // Data racing a close: dropped.
