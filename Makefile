@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   installs what is missing, builds, starts a dev relay and shows every pattern
-#   make test   installs what is missing, builds, runs the whole test suite, then 20 s of
+#   make test   installs what is missing, builds, checks that a package can depend on Skein by
+#               URL and version (Tests/Consumer/run), runs the whole test suite, then 20 s of
 #               fuzzing of every decoder that reads bytes from another relay (Fuzz/run)
 SHELL := /bin/bash
 SWIFT ?= swift
@@ -31,6 +32,7 @@ demo: build
 # and the federation's two networks in network namespaces (six relays per test, needs root).
 test: deps
 	$(SWIFT) build --build-tests
+	Tests/Consumer/run .build/debug/skein
 	$(SWIFT) test --skip-build --skip SkeinCLITests --skip SkeinSimulatorTests --skip SkeinMembershipTests
 	$(SWIFT) test --skip-build --filter 'SkeinMembershipTests|SkeinSimulatorTests'
 	$(SWIFT) test --skip-build --filter SkeinCLITests --skip 'SkeinCLITests.FederationTests'
