@@ -52,11 +52,17 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Loopback address to listen on; repeatable.", valueName: "address"))
     var clientHost: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Largest message (request, reply, event, tunnel message), in bytes.", valueName: "bytes"))
+    @Option(name: .long, help: ArgumentHelp("Largest request, reply, broadcast or event, in bytes (tunnel messages may be of any size).", valueName: "bytes"))
     var maxMessageSize = RelaySettings().wire.maxMessageSize
+
+    @Option(name: .long, help: ArgumentHelp("Largest string field (cluster, topic, fault, reason), in bytes.", valueName: "bytes"))
+    var maxStringSize = RelaySettings().wire.maxStringSize
 
     @Option(name: .long, help: ArgumentHelp("Close connections that send no INIT within this time.", valueName: "ms"))
     var handshakeTimeout = 5000
+
+    @Option(name: .long, help: ArgumentHelp("Longest request or tunnel-build timeout honoured; longer ones are clamped to it.", valueName: "ms"))
+    var maxTimeout = 86_400_000
 
     @Option(name: .long, help: ArgumentHelp("Largest tunnel chunk, in bytes.", valueName: "bytes"))
     var tunnelChunkLimit = Int(RelaySettings().tunnelChunkLimit)
@@ -162,9 +168,9 @@ struct RelayCommand: AsyncParsableCommand {
         }
         guard (0...65535).contains(clientPort) else { throw ValidationError("--client-port must be 0…65535") }
         for (value, flag) in [
-            (maxMessageSize, "--max-message-size"), (tunnelChunkLimit, "--tunnel-chunk-limit"), (tunnelBuffer, "--tunnel-buffer"),
+            (maxMessageSize, "--max-message-size"), (maxStringSize, "--max-string-size"), (tunnelChunkLimit, "--tunnel-chunk-limit"), (tunnelBuffer, "--tunnel-buffer"),
             (maxPendingRequests, "--max-pending-requests"), (maxTunnels, "--max-tunnels"), (sendBuffer, "--send-buffer"),
-            (handshakeTimeout, "--handshake-timeout"), (slowConsumerTimeout, "--slow-consumer-timeout"),
+            (handshakeTimeout, "--handshake-timeout"), (maxTimeout, "--max-timeout"), (slowConsumerTimeout, "--slow-consumer-timeout"),
             (slowConsumerBytes, "--slow-consumer-bytes"),
         ] where value <= 0 {
             throw ValidationError("\(flag) must be positive")
@@ -216,7 +222,9 @@ struct RelayCommand: AsyncParsableCommand {
         configuration.sendBufferHighWater = sendBuffer
         configuration.drainTimeout = .milliseconds(Int64(drainTimeout))
         configuration.settings.wire.maxMessageSize = maxMessageSize
+        configuration.settings.wire.maxStringSize = maxStringSize
         configuration.settings.handshakeTimeout = .milliseconds(Int64(handshakeTimeout))
+        configuration.settings.maxTimeout = .milliseconds(Int64(maxTimeout))
         configuration.settings.tunnelChunkLimit = UInt64(tunnelChunkLimit)
         configuration.settings.tunnelBuffer = UInt64(tunnelBuffer)
         configuration.settings.maxPendingRequests = maxPendingRequests

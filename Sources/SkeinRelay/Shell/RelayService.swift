@@ -5,6 +5,7 @@ import NIOPosix
 import ServiceLifecycle
 import SkeinCrypto
 import SkeinFederation
+import SkeinWire
 
 /// Everything `skein relay` can be told. Docs/relay-settings.md documents each field and flag.
 public struct RelayConfiguration: Sendable {
@@ -69,10 +70,20 @@ public final class RelayService: Service, Sendable {
     /// The admin endpoint's bound port, once the relay listens.
     public var adminPort: Int? { adminServer.withLockedValue { $0?.port } }
 
+    /// A link's field limits, raised to carry every field the relay's clients may send.
+    static func linkLimits(_ limits: WireLimits, carrying clients: WireLimits) -> WireLimits {
+        var limits = limits
+        limits.maxMessageSize = max(limits.maxMessageSize, clients.maxMessageSize)
+        limits.maxStringSize = max(limits.maxStringSize, clients.maxStringSize)
+        return limits
+    }
+
     public func run() async throws {
         do {
             try await server.start()
-            if let mesh = server.configuration.mesh {
+            if var mesh = server.configuration.mesh {
+                // Whatever a client may send must cross a link too.
+                mesh.links.limits = Self.linkLimits(mesh.links.limits, carrying: server.configuration.settings.wire)
                 guard let keyring = server.configuration.keyring else { throw MeshStartupError.noKeyring }
                 let node = try await MeshNode.start(
                     configuration: mesh, network: server.configuration.network, keyring: keyring,
@@ -132,7 +143,8 @@ extension RelayService {
         let nodeID = mesh?.nodeID.bytes ?? SecureRandom.bytes(16)
         let name = configuration.mesh?.name ?? "relay"
         var started: [GatewayNode] = []
-        for federation in configuration.federations {
+        for var federation in configuration.federations {
+            federation.links.limits = Self.linkLimits(federation.links.limits, carrying: configuration.settings.wire)
             let exports = configuration.settings.federation.exports[federation.spec.network] ?? ExportTable()
             let gateway = try await GatewayNode.start(
                 federation, localNetwork: configuration.network, exports: exports, nodeID: nodeID, name: name,
