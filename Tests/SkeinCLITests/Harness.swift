@@ -344,3 +344,16 @@ func identical(_ a: Data, _ b: Data) -> Bool { a == b }
 extension Data {
     var text: String { String(decoding: self, as: UTF8.self) }
 }
+
+// MARK: - Text output
+
+/// The cells of one line of `skein status`/`skein members` text: columns are two or more spaces apart.
+func cells(_ line: some StringProtocol) -> [String] {
+    line.trimmingCharacters(in: .whitespaces).components(separatedBy: "  ")
+        .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+}
+
+/// Lines of text output, empty lines kept.
+func lines(_ text: String) -> [String] {
+    text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+}
