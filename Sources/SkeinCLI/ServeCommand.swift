@@ -8,11 +8,7 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve a cluster: answer its requests, print its broadcasts, accept its tunnels.",
         discussion: """
-            With --echo every request is answered with its own body and every tunnel echoes its
-            messages. With `-- CMD ARGS…` each request runs CMD with the body on stdin; its stdout
-            is the reply, and a non-zero exit is a fault carrying its stderr. Each tunnel runs CMD
-            too, with the tunnel's messages on stdin and its stdout sent back through the tunnel.
-            Prints `ready` to stderr once serving. SIGINT/SIGTERM leave the cluster gracefully.
+            With --echo every request is answered with its own body and every tunnel echoes its messages. With `-- CMD ARGS…` each request runs CMD with the body on stdin; its stdout is the reply, and a non-zero exit is a fault carrying its stderr. Each tunnel runs CMD too, with the tunnel's messages on stdin and its stdout sent back through the tunnel. Prints `ready` to stderr once serving. SIGINT/SIGTERM leave the cluster gracefully.
             """)
 
     @OptionGroup var client: ClientOptions
