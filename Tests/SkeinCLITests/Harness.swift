@@ -193,7 +193,8 @@ final class Scope: @unchecked Sendable {
 
     /// Starts `skein ARGS…` in the background; with `namespace`, inside that network namespace
     /// (`ip netns exec`, which execs the binary: the child's pid is skein's own).
-    func spawn(_ arguments: [String], name: String? = nil, stdin: Input = .none, stdout: Pipe? = nil, namespace: String? = nil) throws -> Child {
+    /// `stdout`: a Pipe or FileHandle to use instead of the child's stdout file.
+    func spawn(_ arguments: [String], name: String? = nil, stdin: Input = .none, stdout: Any? = nil, namespace: String? = nil) throws -> Child {
         let index = lock.withLock { () -> Int in
             counter += 1
             return counter
@@ -214,7 +215,7 @@ final class Scope: @unchecked Sendable {
             process.arguments = arguments
         }
         process.currentDirectoryURL = directory
-        process.standardOutput = try stdout ?? FileHandle(forWritingTo: outURL)
+        process.standardOutput = try stdout ?? FileHandle(forWritingTo: outURL) as Any
         process.standardError = try FileHandle(forWritingTo: errURL)
         switch stdin {
         case .none:
