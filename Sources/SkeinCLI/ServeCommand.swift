@@ -147,9 +147,18 @@ func runProcess(_ command: [String], input: ByteBuffer, timeout: Duration) async
             process.standardInput = stdin
             process.standardOutput = stdout
             process.standardError = stderr
+            // Dispatch's worker threads block nearly every signal, and a process spawned from one
+            // inherits that mask: the command then never saw SIGTERM, not even from the killer below
+            // at the request's timeout, and outlived it. Spawn it with no signal blocked.
+            var unblocked = sigset_t()
+            var previous = sigset_t()
+            sigemptyset(&unblocked)
+            pthread_sigmask(SIG_SETMASK, &unblocked, &previous)
             do {
                 try process.run()
+                pthread_sigmask(SIG_SETMASK, &previous, nil)
             } catch {
+                pthread_sigmask(SIG_SETMASK, &previous, nil)
                 continuation.resume(throwing: SkeinFault("cannot run \(command[0]): \(error)"))
                 return
             }

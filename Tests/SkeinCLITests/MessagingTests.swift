@@ -106,6 +106,22 @@ struct MessagingTests {
         }
     }
 
+    @Test("serve -- CMD: a command slower than the request's timeout is stopped (it does not block SIGTERM)")
+    func serveStopsSlowCommand() async throws {
+        try await withScope { scope in
+            let relay = try await scope.startRelay()
+            let pidFile = scope.path("slow.pid").path
+            _ = try await scope.serve(["slow", "--", "sh", "-c", "echo $$ >\"$0\"; exec sleep 60", pidFile], relay: relay)
+            let outcome = try await scope.run(["request", "slow", "x", "--timeout", "300"] + relay.flag)
+            #expect(outcome.status == 3, "\(outcome.stderr)")
+            let text = try String(contentsOfFile: pidFile, encoding: .utf8)
+            let pid = try #require(Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+            // serve sends SIGTERM when the request's time is up; a command spawned with the signal
+            // blocked (as from a Dispatch thread) would sleep its full minute.
+            try await waitFor("the slow command (pid \(pid)) to be stopped", within: .seconds(10)) { kill(pid, 0) != 0 }
+        }
+    }
+
     @Test("serve -- cat answers a 1 MiB request (the command's output is read while its input is written)")
     func serveCommandLargeBody() async throws {
         try await withScope { scope in
