@@ -9,6 +9,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [ -s "$work/slow.pid" ]; then kill "$(cat "$work/slow.pid")" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -32,14 +33,19 @@ wait_for "$work/m1.err" ready; wait_for "$work/m2.err" ready
 
 step "request/reply: balanced across the members"
 for i in 1 2 3 4; do
-    printf 'skein request echo "hello %s" -> ' "$i"; "$skein" request echo "hello $i" $relay; echo
+    # $(…) is not a terminal: the reply comes byte-exact, with no newline of skein's own.
+    printf 'skein request echo "hello %s" -> %s\n' "$i" "$("$skein" request echo "hello $i" $relay)"
 done
 
-step "a fault from a member (exit 1) and a timeout (exit 3)"
+step "a fault from a member (exit 1), a timeout (exit 3), and a cluster with no members (exit 6)"
 "$skein" serve faulty $relay -- sh -c 'echo "disk full" >&2; exit 2' >/dev/null 2>"$work/m3.err" & pids+=($!)
-wait_for "$work/m3.err" ready
+# A member slower than the request's timeout: the relay gives up after 300 ms. Its command
+# writes its pid first, so cleanup can stop it even if it outlives its `skein serve`.
+"$skein" serve slow $relay -- sh -c 'echo $$ >"$0"; exec sleep 3' "$work/slow.pid" >/dev/null 2>"$work/m5.err" & pids+=($!)
+wait_for "$work/m3.err" ready; wait_for "$work/m5.err" ready
 "$skein" request faulty x $relay || echo "(exit $?)"
-"$skein" request nobody x --timeout 300 $relay || echo "(exit $?)"
+"$skein" request slow x --timeout 300 $relay || echo "(exit $?)"
+"$skein" request nobody x $relay || echo "(exit $?)"
 
 step "broadcast: every member prints it"
 "$skein" broadcast echo "attention, members" $relay

@@ -35,14 +35,29 @@ struct AdminOptions: ParsableArguments {
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show the local relay's state: network, keys, clients, peer links.",
-        discussion: "Reads GET /status from the relay's admin endpoint and prints it as JSON (Docs/operations.md).")
+        abstract: "Show the local relay's state: network, keys, clients, peer links, federations.",
+        discussion: """
+            Reads GET /status from the relay's admin endpoint and prints it as sections for people: the relay, its local clients, its mesh and peer links, and each federation with its gateway links. With --json, prints the endpoint's JSON as is (one line; its shape is in Docs/operations.md and fields are only ever added within a major version).
+            """)
 
     @OptionGroup var admin: AdminOptions
 
+    @Flag(name: .long, help: "Print the endpoint's JSON instead of text.")
+    var json = false
+
     func run() async throws {
         let body = try await admin.get("/status")
-        FileHandle.standardOutput.write(Data(body))
+        if json {
+            FileHandle.standardOutput.write(Data(body))
+            return
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+            let text = AdminText.status(object, style: .standardOutput)
+        else {
+            printError("the relay's /status answer is not the expected JSON")
+            throw ExitCode(ExitStatus.internalError)
+        }
+        FileHandle.standardOutput.write(Data(text.utf8))
     }
 }
 
@@ -125,9 +140,7 @@ struct JoinCommand: AsyncParsableCommand {
         commandName: "join",
         abstract: "Tell the local relay to join (more of) the mesh through these relays.",
         discussion: """
-            For a relay already running with --bind: it contacts the seeds (any one alive is
-            enough) and merges their view of the mesh, as --seed does at start. Sends POST /join
-            to the relay's admin endpoint.
+            For a relay already running with --bind: it contacts the seeds (any one alive is enough) and merges their view of the mesh, as --seed does at start. Sends POST /join to the relay's admin endpoint.
             """)
 
     @OptionGroup var admin: AdminOptions
@@ -150,14 +163,12 @@ struct MembersCommand: AsyncParsableCommand {
         commandName: "members",
         abstract: "List every relay the local relay knows: name, node id, address, status, clusters.",
         discussion: """
-            Reads GET /members from the relay's admin endpoint. Statuses: alive, suspect, dead,
-            left. With --json, prints the endpoint's JSON as is (its shape is in
-            Docs/operations.md and stable within a major version).
+            Reads GET /members from the relay's admin endpoint and prints a table, one row per relay (`*` marks this one), then a summary line such as "5 members: 3 alive, 1 suspect, 1 dead". Statuses: alive, suspect, dead, left; suspect and dead rows are marked in upper case with a `!` (and in colour on a terminal, unless NO_COLOR is set). With --json, prints the endpoint's JSON as is (its shape is in Docs/operations.md and stable within a major version).
             """)
 
     @OptionGroup var admin: AdminOptions
 
-    @Flag(name: .long, help: "Print JSON instead of a table.")
+    @Flag(name: .long, help: "Print the endpoint's JSON instead of a table.")
     var json = false
 
     func run() async throws {
@@ -167,27 +178,11 @@ struct MembersCommand: AsyncParsableCommand {
             return
         }
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-            let members = object["members"] as? [[String: Any]]
+            let text = AdminText.members(object, style: .standardOutput)
         else {
             printError("the relay's /members answer is not the expected JSON")
             throw ExitCode(ExitStatus.internalError)
         }
-        var rows = [["NAME", "NODE", "ADDRESS", "STATUS", "INC", "ZONE", "CLUSTERS", "GATEWAY TO"]]
-        for m in members {
-            let clusters = (m["clusters"] as? [String: Any])?.keys.sorted().joined(separator: ",") ?? "?"
-            let gateways = (m["gateways"] as? [String: Any])?.keys.sorted().joined(separator: ",") ?? "?"
-            let name = (m["name"] as? String ?? "") + ((m["self"] as? Bool) == true ? " *" : "")
-            rows.append([
-                name, String((m["node"] as? String ?? "").prefix(12)), m["address"] as? String ?? "",
-                m["status"] as? String ?? "", "\(m["incarnation"] as? Int ?? 0)",
-                (m["zone"] as? String).map { $0.isEmpty ? "-" : $0 } ?? "?", clusters.isEmpty ? "-" : clusters,
-                gateways.isEmpty ? "-" : gateways,
-            ])
-        }
-        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
-        for row in rows {
-            let line = zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
-            print(line.trimmingCharacters(in: .whitespaces))
-        }
+        FileHandle.standardOutput.write(Data(text.utf8))
     }
 }

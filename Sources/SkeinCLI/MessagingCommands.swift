@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import NIOCore
 import Skein
 
@@ -6,7 +7,9 @@ struct RequestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "request",
         abstract: "Send a request to one member of a cluster and print its reply.",
-        discussion: "The reply body goes to stdout as is. A fault goes to stderr (exit 1); a timeout exits 3.")
+        discussion: """
+            The reply body goes to stdout as is; on a terminal a newline follows a reply that does not end in one, so the prompt starts on a line of its own (piped or redirected, the bytes are exact). A fault goes to stderr (exit 1); a timeout exits 3.
+            """)
 
     @OptionGroup var client: ClientOptions
     @Argument(help: "The cluster to ask.") var cluster: String
@@ -30,6 +33,10 @@ struct RequestCommand: AsyncParsableCommand {
             }
             try? await connection.close()
             writeStdout(reply)
+            // For people at a terminal only: a pipe or file gets the reply's bytes exactly.
+            if isatty(STDOUT_FILENO) == 1, reply.readableBytes > 0, reply.getInteger(at: reply.writerIndex - 1, as: UInt8.self) != UInt8(ascii: "\n") {
+                writeStdout(ByteBuffer(string: "\n"))
+            }
         } catch {
             throw ExitStatus.fail(error)
         }

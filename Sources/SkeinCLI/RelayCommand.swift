@@ -17,21 +17,11 @@ struct RelayCommand: AsyncParsableCommand {
         commandName: "relay",
         abstract: "Run the relay daemon (one per host).",
         discussion: """
-            Serves the Iris relay protocol v1.0-draft2 to local applications on 127.0.0.1 and ::1.
-            SIGTERM or SIGINT drain in-flight requests (up to --drain-timeout), close every
-            connection with a reason, and exit 0. Every flag is described in Docs/relay-settings.md.
+            Serves the Iris relay protocol v1.0-draft2 to local applications on 127.0.0.1 and ::1. SIGTERM or SIGINT drain in-flight requests (up to --drain-timeout), close every connection with a reason, and exit 0. Every flag is described in Docs/relay-settings.md.
 
-            Without --bind the relay is a network of its own. With --bind HOST:PORT it joins the
-            mesh: relays reach each other on that address (TCP peer links and UDP gossip share
-            it), find each other through --seed, and trust each other only if they hold the same
-            network key (--key-file, repeatable: the first key is primary, the others accepted).
-            SIGHUP reloads the key files.
+            Without --bind the relay is a network of its own. With --bind HOST:PORT it joins the mesh: relays reach each other on that address (TCP peer links and UDP gossip share it), find each other through --seed, and trust each other only if they hold the same network key (--key-file, repeatable: the first key is primary, the others accepted). SIGHUP reloads the key files.
 
-            A relay can also be a gateway to other networks (Docs/federation.md): give each
-            federation in a file (--federation-config) or one with flags (--federation,
-            --federation-listen, --federation-gateway, --federation-key-file, --export). Clients
-            then address the other network's clusters and topics as name@network, and get only
-            what it exports.
+            A relay can also be a gateway to other networks (Docs/federation.md): give each federation in a file (--federation-config) or one with flags (--federation, --federation-listen, --federation-gateway, --federation-key-file, --export). Clients then address the other network's clusters and topics as name@network, and get only what it exports.
             """)
 
     @Flag(name: .long, help: "Development mode: a single-relay network with a throwaway random key.")

@@ -8,11 +8,7 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve a cluster: answer its requests, print its broadcasts, accept its tunnels.",
         discussion: """
-            With --echo every request is answered with its own body and every tunnel echoes its
-            messages. With `-- CMD ARGS…` each request runs CMD with the body on stdin; its stdout
-            is the reply, and a non-zero exit is a fault carrying its stderr. Each tunnel runs CMD
-            too, with the tunnel's messages on stdin and its stdout sent back through the tunnel.
-            Prints `ready` to stderr once serving. SIGINT/SIGTERM leave the cluster gracefully.
+            With --echo every request is answered with its own body and every tunnel echoes its messages. With `-- CMD ARGS…` each request runs CMD with the body on stdin; its stdout is the reply, and a non-zero exit is a fault carrying its stderr. Each tunnel runs CMD too, with the tunnel's messages on stdin and its stdout sent back through the tunnel. Prints `ready` to stderr once serving. SIGINT/SIGTERM leave the cluster gracefully.
             """)
 
     @OptionGroup var client: ClientOptions
@@ -151,9 +147,18 @@ func runProcess(_ command: [String], input: ByteBuffer, timeout: Duration) async
             process.standardInput = stdin
             process.standardOutput = stdout
             process.standardError = stderr
+            // Dispatch's worker threads block nearly every signal, and a process spawned from one
+            // inherits that mask: the command then never saw SIGTERM, not even from the killer below
+            // at the request's timeout, and outlived it. Spawn it with no signal blocked.
+            var unblocked = sigset_t()
+            var previous = sigset_t()
+            sigemptyset(&unblocked)
+            pthread_sigmask(SIG_SETMASK, &unblocked, &previous)
             do {
                 try process.run()
+                pthread_sigmask(SIG_SETMASK, &previous, nil)
             } catch {
+                pthread_sigmask(SIG_SETMASK, &previous, nil)
                 continuation.resume(throwing: SkeinFault("cannot run \(command[0]): \(error)"))
                 return
             }

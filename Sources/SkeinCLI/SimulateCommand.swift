@@ -7,8 +7,7 @@ struct SimulateCommand: ParsableCommand {
         commandName: "simulate",
         abstract: "Run a membership scenario on many virtual relays in this process, on virtual time.",
         discussion: """
-            Scenarios: \(Scenario.presetNames.joined(separator: ", ")). The same seed gives the same
-            run. The metrics and every flag are described in Docs/simulator.md.
+            Scenarios: \(Scenario.presetNames.joined(separator: ", ")). The same seed gives the same run. The metrics and every flag are described in Docs/simulator.md.
             """)
 
     @Argument(help: "The scenario preset.") var scenario: String

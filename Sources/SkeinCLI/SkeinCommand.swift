@@ -6,15 +6,23 @@ struct SkeinCommand: AsyncParsableCommand {
         commandName: "skein",
         abstract: "Skein: a decentralized, service-addressed messaging mesh.",
         discussion: """
-            Applications address clusters and topics by name, never machines. Run `skein relay`
-            on every host; use the other commands (or `import Skein`) to talk to the local relay.
+            Applications address clusters and topics by name, never machines. Run `skein relay` on every host; use the other commands (or `import Skein`) to talk to the local relay.
 
-            Exit codes: 0 success; 1 the member answered with a fault; 3 timed out;
-            4 the relay is unreachable or closed the connection; 5 protocol violation;
-            6 no members; 7 member lost; 8 network unreachable; 9 not exported (the relay's
-            early, distinct failures: Docs/skein-1.md); 64 usage error; 70 internal error; 73 keygen cannot create the key file;
-            78 the relay cannot use its key file or configuration; 141 standard output was
-            closed (as for SIGPIPE).
+            Exit codes:
+              0    success
+              1    the member answered with a fault
+              3    timed out
+              4    the relay is unreachable or closed the connection
+              5    protocol violation
+              6    no members (the relay's early, distinct failures 6-9: Docs/skein-1.md)
+              7    member lost
+              8    network unreachable
+              9    not exported
+              64   usage error
+              70   internal error
+              73   keygen cannot create the key file
+              78   the relay cannot use its key file or configuration
+              141  standard output was closed (as for SIGPIPE)
             """,
         version: SkeinVersion.description,
         subcommands: [

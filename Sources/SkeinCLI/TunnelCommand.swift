@@ -7,10 +7,7 @@ struct TunnelCommand: AsyncParsableCommand {
         commandName: "tunnel",
         abstract: "Pipe stdin and stdout through a tunnel to one member of a cluster, like netcat.",
         discussion: """
-            Each read from stdin (up to 64 KiB) is sent as one message; every message received is
-            written to stdout. At end of stdin the tunnel stays open until the member closes it or
-            nothing has arrived for --linger milliseconds, then closes. When the member closes the
-            tunnel first, the command exits 0 without waiting for the end of stdin.
+            Each read from stdin (up to 64 KiB) is sent as one message; every message received is written to stdout. At end of stdin the tunnel stays open until the member closes it or nothing has arrived for --linger milliseconds, then closes. When the member closes the tunnel first, the command exits 0 without waiting for the end of stdin.
             """)
 
     @OptionGroup var client: ClientOptions

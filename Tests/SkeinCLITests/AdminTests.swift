@@ -3,14 +3,36 @@ import Testing
 
 @Suite("Admin endpoint", .timeLimit(.minutes(1)))
 struct AdminTests {
-    @Test("skein status prints the relay's state as JSON")
+    @Test("skein status prints the relay's state as aligned sections; --json prints the endpoint's JSON")
     func status() async throws {
         try await withScope { scope in
             let relay = try await scope.startRelay()
             let adminPort = try #require(relay.adminPort, "the relay logged no admin endpoint")
             let server = try await scope.serve(["echo", "--echo"], relay: relay)
             _ = server
-            let outcome = try await scope.run(["status", "--admin", "127.0.0.1:\(adminPort)"])
+
+            let text = try await scope.run(["status", "--admin", "127.0.0.1:\(adminPort)"])
+            #expect(text.status == 0, "\(text.stderr)")
+            let output = lines(text.stdoutText)
+            #expect(output.first == "Relay", "\(text.stdoutText)")
+            #expect(output.contains { cells($0) == ["network", "dev"] }, "\(text.stdoutText)")
+            #expect(output.contains { cells($0).first == "keys" && cells($0).count == 2 })
+            #expect(output.contains("Clients"))
+            #expect(output.contains { cells($0) == ["connections", "1"] }, "\(text.stdoutText)")
+            #expect(output.contains { cells($0) == ["clusters", "echo (1)"] }, "\(text.stdoutText)")
+            #expect(output.contains { cells($0) == ["topics", "-"] })
+            #expect(!output.contains("Mesh"), "a relay without --bind has no mesh section")
+            #expect(!text.stdoutText.contains("{"), "not JSON")
+            #expect(!text.stdoutText.contains("\u{1B}"), "no colour when stdout is not a terminal")
+            // The values of a section start in one column.
+            let clientRows = output.drop { $0 != "Clients" }.dropFirst().prefix { !$0.isEmpty }
+            #expect(clientRows.count == 5)
+            let valueColumns = Set(clientRows.map { row in
+                row.distance(from: row.startIndex, to: row.range(of: cells(row)[1], options: .backwards)!.lowerBound)
+            })
+            #expect(valueColumns.count == 1, "\(clientRows)")
+
+            let outcome = try await scope.run(["status", "--json", "--admin", "127.0.0.1:\(adminPort)"])
             #expect(outcome.status == 0, "\(outcome.stderr)")
             let json = try JSONSerialization.jsonObject(with: outcome.stdout) as? [String: Any]
             let relayInfo = try #require(json?["relay"] as? [String: Any])

@@ -70,7 +70,7 @@ struct FederationConfigTests {
             #expect(answer.status == 0 && answer.stdoutText == "across", "\(answer.stderr)")
             let refused = try await scope.run(["request", "cache@us", "x"] + eu.flag)
             #expect(refused.status == 9, "not exported: \(refused.stderr)")
-            let status = try await scope.run(["status", "--admin", "127.0.0.1:\(eu.adminPort!)"])
+            let status = try await scope.run(["status", "--json", "--admin", "127.0.0.1:\(eu.adminPort!)"])
             let object = try JSONSerialization.jsonObject(with: status.stdout) as? [String: Any]
             let federation = (object?["federation"] as? [[String: Any]])?.first
             #expect(federation?["network"] as? String == "us")
@@ -78,6 +78,20 @@ struct FederationConfigTests {
             #expect(federation?["theyExport"] as? [String] == ["request db"])
             #expect(federation?["weExport"] as? [String] == [])
             #expect((federation?["links"] as? [[String: Any]])?.count == 1)
+
+            // The same for people: a section per federation, and its gateway links as a table.
+            let text = try await scope.run(["status", "--admin", "127.0.0.1:\(eu.adminPort!)"])
+            #expect(text.status == 0, "\(text.stderr)")
+            let output = lines(text.stdoutText)
+            #expect(output.contains("Federation with us"), "\(text.stdoutText)")
+            #expect(output.contains { cells($0) == ["reachable", "yes"] }, "\(text.stdoutText)")
+            #expect(output.contains { cells($0) == ["they export", "request db"] }, "\(text.stdoutText)")
+            #expect(output.contains { cells($0) == ["we export", "nothing"] }, "\(text.stdoutText)")
+            #expect(output.contains { cells($0) == ["listen", euListen] }, "\(text.stdoutText)")
+            let linkHeader = try #require(output.firstIndex { cells($0).first == "GATEWAY" }, "\(text.stdoutText)")
+            #expect(cells(output[linkHeader]).contains("DESIGNATED"))
+            let link = cells(output[linkHeader + 1])
+            #expect(link.dropFirst().first == usListen, "\(text.stdoutText)")
         }
     }
 }

@@ -154,7 +154,7 @@ final class TwoNetworks: @unchecked Sendable {
     /// `/status` of a relay.
     func status(_ name: String) async throws -> [String: Any] {
         let relay = self[name]
-        let outcome = try await scope.run(["status", "--admin", "127.0.0.1:\(relay.adminPort)"], namespace: relay.namespace)
+        let outcome = try await scope.run(["status", "--json", "--admin", "127.0.0.1:\(relay.adminPort)"], namespace: relay.namespace)
         guard outcome.status == 0, let object = try JSONSerialization.jsonObject(with: outcome.stdout) as? [String: Any] else {
             throw HarnessError("status of \(name): status \(outcome.status): \(outcome.stderr)")
         }

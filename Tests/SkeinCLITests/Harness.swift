@@ -193,7 +193,8 @@ final class Scope: @unchecked Sendable {
 
     /// Starts `skein ARGS…` in the background; with `namespace`, inside that network namespace
     /// (`ip netns exec`, which execs the binary: the child's pid is skein's own).
-    func spawn(_ arguments: [String], name: String? = nil, stdin: Input = .none, stdout: Pipe? = nil, namespace: String? = nil) throws -> Child {
+    /// `stdout`: a Pipe or FileHandle to use instead of the child's stdout file.
+    func spawn(_ arguments: [String], name: String? = nil, stdin: Input = .none, stdout: Any? = nil, namespace: String? = nil) throws -> Child {
         let index = lock.withLock { () -> Int in
             counter += 1
             return counter
@@ -214,7 +215,7 @@ final class Scope: @unchecked Sendable {
             process.arguments = arguments
         }
         process.currentDirectoryURL = directory
-        process.standardOutput = try stdout ?? FileHandle(forWritingTo: outURL)
+        process.standardOutput = try stdout ?? FileHandle(forWritingTo: outURL) as Any
         process.standardError = try FileHandle(forWritingTo: errURL)
         switch stdin {
         case .none:
@@ -343,4 +344,17 @@ func identical(_ a: Data, _ b: Data) -> Bool { a == b }
 
 extension Data {
     var text: String { String(decoding: self, as: UTF8.self) }
+}
+
+// MARK: - Text output
+
+/// The cells of one line of `skein status`/`skein members` text: columns are two or more spaces apart.
+func cells(_ line: some StringProtocol) -> [String] {
+    line.trimmingCharacters(in: .whitespaces).components(separatedBy: "  ")
+        .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+}
+
+/// Lines of text output, empty lines kept.
+func lines(_ text: String) -> [String] {
+    text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
 }

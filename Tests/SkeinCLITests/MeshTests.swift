@@ -213,6 +213,7 @@ struct MeshTests {
             #expect(lines.first?.hasPrefix("NAME") == true)
             #expect(lines.contains { $0.hasPrefix("a *") && $0.contains("rack-1") && $0.contains("alive") })
             #expect(lines.contains { $0.hasPrefix("b ") && $0.contains("thumbnails") && $0.contains("alive") })
+            #expect(lines.last == "2 members: 2 alive", "\(table.stdoutText)")
             let json = try await scope.run(["members", "--json", "--admin", "127.0.0.1:\(a.adminPort)"])
             let object = try JSONSerialization.jsonObject(with: json.stdout) as? [String: Any]
             let members = try #require(object?["members"] as? [[String: Any]])
@@ -228,6 +229,60 @@ struct MeshTests {
                 let b = try await a.members().first { $0["name"] as? String == "b" }
                 return (b?["clusters"] as? [String: Any])?.isEmpty == true
             }
+        }
+    }
+
+    @Test("skein members marks a relay killed with -9 dead and counts it; skein status lists the peer links")
+    func membersMarksDead() async throws {
+        try await withScope { scope in
+            let key = try scope.keyFile("net.key", keys: [NetworkKey.generate()])
+            let a = try await scope.startMeshRelay("a", keyFile: key)
+            let b = try await scope.startMeshRelay("b", keyFile: key, seeds: [a])
+            let c = try await scope.startMeshRelay("c", keyFile: key, seeds: [a])
+            let relays = [a, b, c]
+            for relay in relays { try await waitAllSee(relays, relay.name, "alive") }
+            let admin = ["--admin", "127.0.0.1:\(a.adminPort)"]
+
+            // status: the mesh section and one row per peer link, under its header.
+            try await waitFor("a's status to list links to b and c") {
+                let status = try await scope.run(["status"] + admin)
+                let output = lines(status.stdoutText)
+                guard status.status == 0, output.contains("Mesh"), output.contains(where: { cells($0) == ["name", "a"] }),
+                    output.contains(where: { cells($0).first == "PEER" && cells($0).last == "CIPHER" })
+                else { return false }
+                return [b, c].allSatisfy { peer in
+                    output.contains { cells($0).first == peer.name && cells($0).dropFirst().first == peer.meshAddress }
+                }
+            }
+
+            let before = try await scope.run(["members"] + admin)
+            #expect(before.status == 0, "\(before.stderr)")
+            #expect(lines(before.stdoutText).filter { !$0.isEmpty }.last == "3 members: 3 alive", "\(before.stdoutText)")
+            #expect(!before.stdoutText.contains("!"), "no row is marked while all are alive")
+
+            c.child.send(SIGKILL)
+            var table = ""
+            try await waitFor("a's table to show c dead") {
+                let outcome = try await scope.run(["members"] + admin)
+                table = outcome.stdoutText
+                return outcome.status == 0 && lines(table).contains { $0.hasPrefix("c ") && $0.contains("DEAD !") }
+            }
+            let output = lines(table).filter { !$0.isEmpty }
+            #expect(output.last == "3 members: 2 alive, 1 dead", "\(table)")
+            #expect(!table.contains("\u{1B}"), "no colour when stdout is not a terminal")
+            // The marker sits in the STATUS column, aligned with the header.
+            let header = try #require(output.first)
+            let deadRow = try #require(output.first { $0.hasPrefix("c ") })
+            let statusColumn = header.distance(from: header.startIndex, to: try #require(header.range(of: "STATUS")).lowerBound)
+            let markerColumn = deadRow.distance(from: deadRow.startIndex, to: try #require(deadRow.range(of: "DEAD !")).lowerBound)
+            #expect(statusColumn == markerColumn, "\(table)")
+            #expect(output.contains { $0.hasPrefix("b ") && cells($0)[3] == "alive" }, "\(table)")
+
+            // --json agrees, and parses.
+            let json = try await scope.run(["members", "--json"] + admin)
+            let object = try #require(try JSONSerialization.jsonObject(with: json.stdout) as? [String: Any])
+            let members = try #require(object["members"] as? [[String: Any]])
+            #expect(members.first { $0["name"] as? String == "c" }?["status"] as? String == "dead")
         }
     }
 

@@ -22,6 +22,29 @@ struct MessagingTests {
         }
     }
 
+    @Test("request output is byte-exact when piped; on a terminal a newline ends a reply that lacks one")
+    func requestNewlineOnlyOnTerminal() async throws {
+        try await withScope { scope in
+            let relay = try await scope.startRelay()
+            _ = try await scope.serve(["echo", "--echo"], relay: relay)
+            // Piped (the harness writes stdout to a file): nothing added, nothing taken away.
+            for body in ["no newline", "one newline\n", "two\n\n", ""] {
+                let piped = try await scope.run(["request", "echo", "-"] + relay.flag, stdin: .bytes(Data(body.utf8)))
+                #expect(piped.status == 0, "\(piped.stderr)")
+                #expect(piped.stdout == Data(body.utf8), "\(body.debugDescription) came back as \(piped.stdoutText.debugDescription)")
+            }
+            // On a terminal (a pseudo-terminal here): one newline after a reply without one, none after
+            // a reply that has one. The terminal shows "\n" as "\r\n".
+            for (body, shown) in [("hello", "hello\r\n"), ("hello\n", "hello\r\n")] {
+                let terminal = try PseudoTerminal()
+                let child = try scope.spawn(["request", "echo", body] + relay.flag, stdout: terminal.slave)
+                #expect(try await child.waitForExit() == 0, "\(child.stderr)")
+                let screen = try await terminal.read(until: shown.utf8.count)
+                #expect(screen == shown, "\(body.debugDescription) was shown as \(screen.debugDescription)")
+            }
+        }
+    }
+
     @Test("request reads its body from stdin when absent or '-', byte for byte")
     func requestBodyFromStdin() async throws {
         try await withScope { scope in
@@ -80,6 +103,22 @@ struct MessagingTests {
             #expect(fault.status == 1)
             #expect(fault.stdout.isEmpty)
             #expect(fault.stderr.contains("disk full"), "stderr: \(fault.stderr)")
+        }
+    }
+
+    @Test("serve -- CMD: a command slower than the request's timeout is stopped (it does not block SIGTERM)")
+    func serveStopsSlowCommand() async throws {
+        try await withScope { scope in
+            let relay = try await scope.startRelay()
+            let pidFile = scope.path("slow.pid").path
+            _ = try await scope.serve(["slow", "--", "sh", "-c", "echo $$ >\"$0\"; exec sleep 60", pidFile], relay: relay)
+            let outcome = try await scope.run(["request", "slow", "x", "--timeout", "300"] + relay.flag)
+            #expect(outcome.status == 3, "\(outcome.stderr)")
+            let text = try String(contentsOfFile: pidFile, encoding: .utf8)
+            let pid = try #require(Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+            // serve sends SIGTERM when the request's time is up; a command spawned with the signal
+            // blocked (as from a Dispatch thread) would sleep its full minute.
+            try await waitFor("the slow command (pid \(pid)) to be stopped", within: .seconds(10)) { kill(pid, 0) != 0 }
         }
     }
 
@@ -228,5 +267,52 @@ struct MessagingTests {
             #expect(result.status == 4, "stderr: \(result.stderr)")
             #expect(result.stderr.contains("cannot connect"), "stderr: \(result.stderr)")
         }
+    }
+}
+
+/// A pseudo-terminal: `slave` is a FileHandle for a child's stdout, which `isatty` then reports
+/// as a terminal; `read` gets what the child wrote from the master side.
+final class PseudoTerminal {
+    let master: Int32
+    let slave: FileHandle
+
+    init() throws {
+        // Glibc's headers declare these only for _XOPEN_SOURCE, so Swift does not see them; they are in libc.
+        let libc = dlopen(nil, RTLD_NOW)
+        func function<T>(_ name: String, _ type: T.Type) throws -> T {
+            guard let symbol = dlsym(libc, name) else { throw HarnessError("no \(name) in libc") }
+            return unsafeBitCast(symbol, to: type)
+        }
+        let posixOpenpt = try function("posix_openpt", (@convention(c) (Int32) -> Int32).self)
+        let grantpt = try function("grantpt", (@convention(c) (Int32) -> Int32).self)
+        let unlockpt = try function("unlockpt", (@convention(c) (Int32) -> Int32).self)
+        let ptsname = try function("ptsname", (@convention(c) (Int32) -> UnsafeMutablePointer<CChar>?).self)
+        master = posixOpenpt(O_RDWR | O_NOCTTY)
+        guard master >= 0, grantpt(master) == 0, unlockpt(master) == 0, let name = ptsname(master) else {
+            throw HarnessError("cannot open a pseudo-terminal: \(String(cString: strerror(errno)))")
+        }
+        let fd = open(name, O_RDWR | O_NOCTTY)
+        guard fd >= 0 else { throw HarnessError("cannot open \(String(cString: name))") }
+        slave = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        _ = fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK)
+    }
+
+    deinit { close(master) }
+
+    /// What the terminal has received, once it is at least `count` bytes, or whatever arrived within `limit`.
+    func read(until count: Int, within limit: Duration = .seconds(5)) async throws -> String {
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        let deadline = ContinuousClock.now + limit
+        while received.count < count && ContinuousClock.now < deadline {
+            let n = Glibc.read(master, &chunk, chunk.count)
+            if n > 0 { received += chunk[0..<n]; continue }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        // Anything more that is already there (an extra newline would be).
+        try await Task.sleep(for: .milliseconds(50))
+        let n = Glibc.read(master, &chunk, chunk.count)
+        if n > 0 { received += chunk[0..<n] }
+        return String(decoding: received, as: UTF8.self)
     }
 }
