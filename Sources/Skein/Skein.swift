@@ -1,8 +1,8 @@
 import NIOCore
 // Every payload in the API is a ByteBuffer: users need not depend on swift-nio to name it.
 @_exported import struct NIOCore.ByteBuffer
-import NIOPosix
-import SkeinWire
+internal import NIOPosix
+internal import SkeinWire
 
 /// Entry point of the Skein client binding.
 ///

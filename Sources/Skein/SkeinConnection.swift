@@ -1,8 +1,8 @@
 import DequeModule
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
-import SkeinWire
+internal import NIOPosix
+internal import SkeinWire
 
 /// One connection to a relay. Safe to use from any number of tasks at once.
 ///

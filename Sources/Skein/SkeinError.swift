@@ -1,4 +1,4 @@
-import SkeinWire
+internal import SkeinWire
 
 /// Every way a binding call can fail.
 ///
