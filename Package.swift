@@ -19,7 +19,6 @@ let package = Package(
         .library(name: "SkeinMembership", targets: ["SkeinMembership"]),
         .library(name: "SkeinRouting", targets: ["SkeinRouting"]),
         .library(name: "SkeinFederation", targets: ["SkeinFederation"]),
-        .library(name: "SkeinSimulator", targets: ["SkeinSimulator"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
