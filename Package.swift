@@ -19,7 +19,6 @@ let package = Package(
         .library(name: "SkeinMembership", targets: ["SkeinMembership"]),
         .library(name: "SkeinRouting", targets: ["SkeinRouting"]),
         .library(name: "SkeinFederation", targets: ["SkeinFederation"]),
-        .library(name: "SkeinSimulator", targets: ["SkeinSimulator"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
@@ -29,6 +28,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.0"),
+        // `swift package generate-documentation --target Skein`: the binding's DocC catalog
+        // (Sources/Skein/Skein.docc). A plugin only; nothing links it.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
         // libsodium, from Debian's libsodium-dev: every cryptographic primitive Skein uses.

@@ -1,6 +1,6 @@
 import DequeModule
 import NIOCore
-import SkeinWire
+internal import SkeinWire
 
 /// Decodes the relay's frames and dispatches them: replies to waiting callers, events to
 /// subscriptions, requests and broadcasts to the member's handler, chunks to tunnels.

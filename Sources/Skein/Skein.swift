@@ -1,8 +1,8 @@
 import NIOCore
 // Every payload in the API is a ByteBuffer: users need not depend on swift-nio to name it.
 @_exported import struct NIOCore.ByteBuffer
-import NIOPosix
-import SkeinWire
+internal import NIOPosix
+internal import SkeinWire
 
 /// Entry point of the Skein client binding.
 ///
@@ -187,73 +187,6 @@ struct ClosureClusterHandler: ClusterHandler {
     func handleRequest(_ request: ServiceRequest) async throws -> ByteBuffer { try await onRequest(request) }
     func handleBroadcast(_ message: ByteBuffer) async { await onBroadcast(message) }
     func handleTunnel(_ tunnel: Tunnel) async { await onTunnel(tunnel) }
-}
-
-/// Every way a binding call can fail.
-public enum SkeinError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// The relay answered timedOut: no member answered before the deadline.
-    case timedOut
-    /// The member answered with a fault; the text is the member's.
-    case remoteFault(String)
-    /// The connection is closed; `reason` is the relay's (empty when the close was graceful).
-    case connectionClosed(reason: String)
-    /// The relay refused the handshake (DENY) with this reason.
-    case denied(String)
-    /// The relay sent bytes that are not the relay protocol.
-    case protocolViolation(String)
-    /// The tunnel is closed; `reason` is empty when the other side closed it gracefully.
-    case tunnelClosed(reason: String)
-    /// This connection already subscribes to the topic.
-    case alreadySubscribed(topic: String)
-    /// The connection could not be established.
-    case cannotConnect(String)
-    /// A name the protocol cannot carry (e.g. an empty cluster name for a member).
-    case invalidName(String)
-    /// A message larger than the connection's `maxMessageSize`.
-    case messageTooLarge(size: Int, limit: Int)
-    /// `skein/1`: no member of the cluster is known anywhere the relay can reach (a
-    /// `v1.0-draft2` request would wait for one until its deadline). The text names the cluster.
-    case noMembers(String)
-    /// `skein/1`: the member (or the relay) holding the request or tunnel build went away; the
-    /// request may or may not have been processed, and is never sent to another member.
-    case memberLost(String)
-    /// `skein/1`: `name@network` and no gateway to that network is reachable now.
-    case networkUnreachable(String)
-    /// `skein/1`: the other network does not export that name for this operation.
-    case notExported(String)
-    /// `skein/1`: a failure reason this binding does not know (a newer relay), with its text.
-    case relayFailure(reason: UInt8, detail: String)
-
-    public var description: String {
-        switch self {
-        case .timedOut: "timed out"
-        case .remoteFault(let fault): "remote fault: \(fault)"
-        case .connectionClosed(let reason): reason.isEmpty ? "connection closed" : "connection closed: \(reason)"
-        case .denied(let reason): "relay refused the connection: \(reason)"
-        case .protocolViolation(let what): "protocol violation: \(what)"
-        case .tunnelClosed(let reason): reason.isEmpty ? "tunnel closed" : "tunnel closed: \(reason)"
-        case .alreadySubscribed(let topic): "already subscribed to topic \(topic.debugDescription)"
-        case .cannotConnect(let why): "cannot connect to the relay: \(why)"
-        case .invalidName(let why): why
-        case .messageTooLarge(let size, let limit): "message of \(size) bytes exceeds the limit of \(limit) bytes"
-        case .noMembers(let cluster): "no members: \(cluster)"
-        case .memberLost(let detail): "member lost: \(detail)"
-        case .networkUnreachable(let detail): "network unreachable: \(detail)"
-        case .notExported(let detail): "not exported: \(detail)"
-        case .relayFailure(let reason, let detail): "relay failure \(reason): \(detail)"
-        }
-    }
-
-    /// The error for a `skein/1` failure reason.
-    init(_ reason: FailureReason, detail: String) {
-        switch reason {
-        case .noMembers: self = .noMembers(detail)
-        case .memberLost: self = .memberLost(detail)
-        case .networkUnreachable: self = .networkUnreachable(detail)
-        case .notExported: self = .notExported(detail)
-        case .other(let code): self = .relayFailure(reason: code, detail: detail)
-        }
-    }
 }
 
 extension Duration {

@@ -1,8 +1,8 @@
 import DequeModule
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
-import SkeinWire
+internal import NIOPosix
+internal import SkeinWire
 
 /// One connection to a relay. Safe to use from any number of tasks at once.
 ///
@@ -43,7 +43,7 @@ public final class SkeinConnection: Sendable {
         case .automatic:
             do {
                 return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .skein1)
-            } catch SkeinError.denied {
+            } catch SkeinError.Code.denied {
                 return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .iris)
             }
         }
@@ -247,7 +247,7 @@ public final class SkeinConnection: Sendable {
     public func waitUntilClosed() async -> String {
         try? await channel.closeFuture.get()
         return shared.withLockedValue { state in
-            if case .connectionClosed(let reason)? = state.failure { return reason }
+            if let failure = state.failure, failure.code == .connectionClosed { return failure.detail }
             return state.failure.map { "\($0)" } ?? ""
         }
     }

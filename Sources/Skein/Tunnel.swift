@@ -1,7 +1,7 @@
 import DequeModule
 import NIOConcurrencyHelpers
 import NIOCore
-import SkeinWire
+internal import SkeinWire
 
 /// An ordered, flow-controlled, bidirectional message stream to one member of a cluster.
 ///

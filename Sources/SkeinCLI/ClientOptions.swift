@@ -77,7 +77,9 @@ enum ExitStatus {
         let code: Int32
         switch error {
         case let error as SkeinError:
-            switch error {
+            // `SkeinError.Code` can grow in any release: a code this table does not know yet is
+            // an unavailable relay or mesh, as an unknown `skein/1` failure reason is.
+            switch error.code {
             case .remoteFault: code = fault
             case .timedOut: code = timedOut
             case .connectionClosed, .cannotConnect, .denied, .tunnelClosed: code = unavailable
@@ -88,6 +90,7 @@ enum ExitStatus {
             case .networkUnreachable: code = networkUnreachable
             case .notExported: code = notExported
             case .relayFailure: code = unavailable
+            default: code = unavailable
             }
         default:
             code = internalError

@@ -120,7 +120,7 @@ struct SubscribeCommand: AsyncParsableCommand {
             }
             try? await connection.close()
         } catch let error as SkeinError {
-            if case .connectionClosed(let reason) = error, reason.isEmpty { return }
+            if error.code == .connectionClosed, error.detail.isEmpty { return }
             throw ExitStatus.fail(error)
         }
     }

@@ -27,7 +27,7 @@ struct TunnelCommand: AsyncParsableCommand {
             let tunnel: Tunnel
             do {
                 tunnel = try await connection.tunnel(cluster: cluster, timeout: timeout)
-            } catch SkeinError.timedOut {
+            } catch SkeinError.Code.timedOut {
                 printError("no member of \(cluster.debugDescription) accepted the tunnel within \(self.timeout) ms")
                 throw ExitCode(ExitStatus.timedOut)
             }

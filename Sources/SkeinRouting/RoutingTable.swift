@@ -43,10 +43,10 @@ public struct RoutingPolicy: Sendable, Equatable {
 
 /// Which remote relays serve which clusters and topics, and the choice of a destination relay.
 /// Pure: fed from membership metadata and status; randomness comes from an injected seed.
-public struct RoutingTable: Sendable {
-    public let localZone: String
-    public var policy: RoutingPolicy
-    public private(set) var relays: [NodeID: RemoteRelay] = [:]
+package struct RoutingTable: Sendable {
+    package let localZone: String
+    package var policy: RoutingPolicy
+    package private(set) var relays: [NodeID: RemoteRelay] = [:]
     private var byCluster: [String: [NodeID]] = [:]
     private var byTopic: [String: [NodeID]] = [:]
     private var byGateway: [String: [NodeID]] = [:]
@@ -54,16 +54,16 @@ public struct RoutingTable: Sendable {
     private var suspended: [NodeID: RemoteRelay] = [:]
     private var random: SplitMix64
     /// Bumped on every change, so callers can tell when to retry waiting work.
-    public private(set) var version: UInt64 = 0
+    package private(set) var version: UInt64 = 0
 
-    public init(localZone: String = "", policy: RoutingPolicy = RoutingPolicy(), seed: UInt64) {
+    package init(localZone: String = "", policy: RoutingPolicy = RoutingPolicy(), seed: UInt64) {
         self.localZone = localZone
         self.policy = policy
         self.random = SplitMix64(seed: seed)
     }
 
     /// Adds or replaces what a relay serves. Call only for relays that are alive.
-    public mutating func update(_ relay: RemoteRelay) {
+    package mutating func update(_ relay: RemoteRelay) {
         suspended[relay.id] = nil
         if let old = relays[relay.id] {
             if old == relay { return }
@@ -77,7 +77,7 @@ public struct RoutingTable: Sendable {
     }
 
     /// Forgets a relay (dead or left).
-    public mutating func remove(_ id: NodeID) {
+    package mutating func remove(_ id: NodeID) {
         suspended[id] = nil
         guard let old = relays.removeValue(forKey: id) else { return }
         unindex(old)
@@ -87,7 +87,7 @@ public struct RoutingTable: Sendable {
     /// Takes a relay out of the choice for new work while it is unusable for a moment (suspect,
     /// its link broke, a dial failed), but keeps what it serves known: a cluster it serves is not
     /// "without members". `update` puts it back.
-    public mutating func suspend(_ id: NodeID) {
+    package mutating func suspend(_ id: NodeID) {
         guard let old = relays.removeValue(forKey: id) else { return }
         unindex(old)
         suspended[id] = old
@@ -96,7 +96,7 @@ public struct RoutingTable: Sendable {
 
     /// Whether any relay, usable now or suspended, is known to serve `cluster`, other than
     /// those in `excluding`.
-    public func knowsServer(of cluster: String, excluding: Set<NodeID> = []) -> Bool {
+    package func knowsServer(of cluster: String, excluding: Set<NodeID> = []) -> Bool {
         relays(servingCluster: cluster).contains { !excluding.contains($0) }
             || suspended.values.contains { ($0.clusters[cluster] ?? 0) > 0 && !excluding.contains($0.id) }
     }
@@ -117,31 +117,31 @@ public struct RoutingTable: Sendable {
     }
 
     /// Remote relays with at least one member of `cluster`.
-    public func relays(servingCluster cluster: String) -> [NodeID] { byCluster[cluster] ?? [] }
+    package func relays(servingCluster cluster: String) -> [NodeID] { byCluster[cluster] ?? [] }
 
     /// Remote relays with at least one subscription to `topic`.
-    public func relays(subscribedTo topic: String) -> [NodeID] { byTopic[topic] ?? [] }
+    package func relays(subscribedTo topic: String) -> [NodeID] { byTopic[topic] ?? [] }
 
     /// Usable relays of this network that are gateways to `network`.
-    public func gateways(to network: String) -> [NodeID] { byGateway[network] ?? [] }
+    package func gateways(to network: String) -> [NodeID] { byGateway[network] ?? [] }
 
     /// Whether any relay, usable now or suspended, is a gateway to `network`.
-    public func knowsGateway(to network: String, excluding: Set<NodeID> = []) -> Bool {
+    package func knowsGateway(to network: String, excluding: Set<NodeID> = []) -> Bool {
         gateways(to: network).contains { !excluding.contains($0) }
             || suspended.values.contains { $0.gateways[network] != nil && !excluding.contains($0.id) }
     }
 
     /// What `network` exports to this one, as its gateways here advertise it.
-    public func advertisedExports(of network: String) -> ExportTable? {
+    package func advertisedExports(of network: String) -> ExportTable? {
         gateways(to: network).first.flatMap { relays[$0]?.gateways[network] }
     }
 
     /// Every topic some usable relay subscribes to (for federation's interest sets).
-    public var subscribedTopics: Dictionary<String, [NodeID]>.Keys { byTopic.keys }
+    package var subscribedTopics: Dictionary<String, [NodeID]>.Keys { byTopic.keys }
 
     /// Picks a gateway to `network` by power of two choices over requests in flight (for
     /// requests and tunnel builds, which need no fixed path).
-    public mutating func pickGateway(to network: String, excluding: Set<NodeID> = [], inFlight: (NodeID) -> Int) -> NodeID? {
+    package mutating func pickGateway(to network: String, excluding: Set<NodeID> = [], inFlight: (NodeID) -> Int) -> NodeID? {
         var candidates = gateways(to: network)
         if !excluding.isEmpty { candidates.removeAll { excluding.contains($0) } }
         return pickTwo(candidates, inFlight: inFlight)
@@ -150,7 +150,7 @@ public struct RoutingTable: Sendable {
     /// Power of two choices: two distinct random candidates, the one with fewer requests in
     /// flight wins, then the one with the lower `load`, then either; a single candidate as it
     /// is; nil for none.
-    public mutating func pickTwo(_ candidates: [NodeID], inFlight: (NodeID) -> Int, load: (NodeID) -> Double = { _ in 0 }) -> NodeID? {
+    package mutating func pickTwo(_ candidates: [NodeID], inFlight: (NodeID) -> Int, load: (NodeID) -> Double = { _ in 0 }) -> NodeID? {
         guard !candidates.isEmpty else { return nil }
         if candidates.count == 1 { return candidates[0] }
         let i = Int(random.next() % UInt64(candidates.count))
@@ -169,7 +169,7 @@ public struct RoutingTable: Sendable {
     /// power of two choices — two distinct random candidates, the one with fewer requests in
     /// flight from this relay wins, then the one with fewer members busy per member (load),
     /// then either.
-    public mutating func pick(cluster: String, excluding: Set<NodeID> = [], inFlight: (NodeID) -> Int) -> NodeID? {
+    package mutating func pick(cluster: String, excluding: Set<NodeID> = [], inFlight: (NodeID) -> Int) -> NodeID? {
         var candidates = relays(servingCluster: cluster)
         if !excluding.isEmpty { candidates.removeAll { excluding.contains($0) } }
         guard !candidates.isEmpty else { return nil }

@@ -1,16 +1,16 @@
 /// How long observers took to see one thing (a death, a leave, new metadata), over every eligible
 /// observer: members up when it happened and still up at the end, the subject excluded.
-public struct Detection: Sendable, Equatable {
+package struct Detection: Sendable, Equatable {
     /// Eligible observers (summed over subjects when a scenario has several).
-    public var observers: Int
+    package var observers: Int
     /// Eligible observers that never saw it before the run ended.
-    public var missing: Int
+    package var missing: Int
     /// Median and maximum per-observer latency in seconds; the maximum is "until all saw it"
     /// when `missing` is 0. Nil when no observer saw it.
-    public var medianSeconds: Double?
-    public var maxSeconds: Double?
+    package var medianSeconds: Double?
+    package var maxSeconds: Double?
 
-    public var seenByAll: Bool { observers > 0 && missing == 0 }
+    package var seenByAll: Bool { observers > 0 && missing == 0 }
 
     init(latencies: [Double], observers: Int) {
         self.observers = observers
@@ -22,69 +22,69 @@ public struct Detection: Sendable, Equatable {
 }
 
 /// Time until every member up sees every member up as alive, from a given moment.
-public struct Convergence: Sendable, Equatable {
+package struct Convergence: Sendable, Equatable {
     /// "bootstrap", "join", "partition heal", "pause recovery", "restart".
-    public var label: String
+    package var label: String
     /// Nil when the views never became one before the run ended.
-    public var seconds: Double?
+    package var seconds: Double?
 }
 
 /// What one run measured. Times are virtual seconds.
-public struct SimulationReport: Sendable, Equatable {
-    public var scenario: String
-    public var members: Int
-    public var profile: String
-    public var seed: UInt64
+package struct SimulationReport: Sendable, Equatable {
+    package var scenario: String
+    package var members: Int
+    package var profile: String
+    package var seed: UInt64
     /// `SimulationBootstrap`'s raw value: "joins" or "converged".
-    public var bootstrap: String
-    public var loss: Double
+    package var bootstrap: String
+    package var loss: Double
     /// Length of the measured phase.
-    public var seconds: Double
-    public var convergences: [Convergence] = []
-    public var crashDetection: Detection?
-    public var leaveDetection: Detection?
-    public var metadataPropagation: Detection?
+    package var seconds: Double
+    package var convergences: [Convergence] = []
+    package var crashDetection: Detection?
+    package var leaveDetection: Detection?
+    package var metadataPropagation: Detection?
     /// Churn and restarts: time until a new member is seen alive by all.
-    public var joinDetection: Detection?
+    package var joinDetection: Detection?
     /// Restarts: time until the old id is seen as left (superseded) by all.
-    public var supersededDetection: Detection?
+    package var supersededDetection: Detection?
     /// Observers that declared a leaver, a restarted member's old id, or a paused member dead, and
     /// that suspected one (each counted once per subject).
-    public var leaversReportedDead = 0
-    public var supersededReportedDead = 0
-    public var pausedDeclaredDead = 0
-    public var pausedSuspected = 0
+    package var leaversReportedDead = 0
+    package var supersededReportedDead = 0
+    package var pausedDeclaredDead = 0
+    package var pausedSuspected = 0
     /// Deaths declared about members that were running, never paused and reachable from the
     /// observer: every one is a false positive. A partition between the two, now or healed less
     /// than the largest suspicion timeout + 10 probe intervals ago, excuses it.
-    public var falseDeaths = 0
+    package var falseDeaths = 0
     /// Distinct members falsely declared dead.
-    public var falseDeathVictims = 0
+    package var falseDeathVictims = 0
     /// Suspicions of such members (they normally refute them).
-    public var falseSuspicions = 0
+    package var falseSuspicions = 0
     /// Deaths declared across a partition, during it or just after the heal (expected; they heal).
-    public var deathsAcrossPartition = 0
+    package var deathsAcrossPartition = 0
     /// Bytes sent per member per second before the first action (the whole run when none):
     /// nil when that window is empty.
-    public var datagramBytesPerMemberPerSecond: Double?
-    public var streamBytesPerMemberPerSecond: Double?
+    package var datagramBytesPerMemberPerSecond: Double?
+    package var streamBytesPerMemberPerSecond: Double?
     /// Every member sees every member up as alive when the run ends.
-    public var convergedAtEnd = false
-    public var membersAtEnd = 0
-    public var events = 0
-    public var datagramsSent = 0
-    public var datagramsLost = 0
-    public var streamMessagesSent = 0
-    public var streamFailures = 0
+    package var convergedAtEnd = false
+    package var membersAtEnd = 0
+    package var events = 0
+    package var datagramsSent = 0
+    package var datagramsLost = 0
+    package var streamMessagesSent = 0
+    package var streamFailures = 0
     /// Queue events processed (deliveries, wakeups, actions).
-    public var steps = 0
+    package var steps = 0
 
-    public func convergence(_ label: String) -> Convergence? {
+    package func convergence(_ label: String) -> Convergence? {
         convergences.first { $0.label == label }
     }
 
     /// Two columns, metric and value, for a terminal.
-    public var table: String {
+    package var table: String {
         var rows: [(String, String)] = [
             ("scenario", scenario), ("members", "\(members) (\(membersAtEnd) up at end)"), ("profile", profile),
             ("seed", "\(seed)"), ("bootstrap", bootstrap == "converged" ? "converged view" : "all join member 0"),
@@ -126,7 +126,7 @@ public struct SimulationReport: Sendable, Equatable {
     }
 
     /// One JSON object (keys as the properties; absent metrics are null).
-    public var json: String {
+    package var json: String {
         func number(_ value: Double?) -> String { value.map { rounded($0, 6) } ?? "null" }
         func detection(_ value: Detection?) -> String {
             guard let value else { return "null" }

@@ -2,13 +2,13 @@ import NIOCore
 import SkeinMembership
 
 /// Membership settings a scenario runs with.
-public enum SimulationProfile: String, Sendable, CaseIterable {
+package enum SimulationProfile: String, Sendable, CaseIterable {
     /// `MembershipSettings.lan`: 1 s probe interval.
     case lan
     /// `MembershipSettings.fastLocal`: the same protocol at a tenth of the time scale.
     case fast
 
-    public var settings: MembershipSettings {
+    package var settings: MembershipSettings {
         switch self {
         case .lan: .lan
         case .fast: .fastLocal
@@ -17,7 +17,7 @@ public enum SimulationProfile: String, Sendable, CaseIterable {
 }
 
 /// How the initial members come to know each other before the measured phase.
-public enum SimulationBootstrap: String, Sendable, CaseIterable {
+package enum SimulationBootstrap: String, Sendable, CaseIterable {
     /// Every initial member joins through member 0 at time zero (push-pulls, gossip, metadata
     /// pulls); the measured phase starts once all see all alive. What a mass start costs.
     case joins
@@ -31,7 +31,7 @@ public enum SimulationBootstrap: String, Sendable, CaseIterable {
 
 /// Something that happens to the simulated mesh at a given time. Members are numbered by slot:
 /// the initial members are 0 ..< `Scenario.members`, joiners get the next numbers in order.
-public enum SimulationAction: Sendable, Equatable {
+package enum SimulationAction: Sendable, Equatable {
     /// The member stops: its input is dropped and it sends nothing, for good.
     case crash(member: Int)
     /// The member stops processing for `duration`, then resumes with its backlog (as SIGSTOP).
@@ -51,12 +51,12 @@ public enum SimulationAction: Sendable, Equatable {
     case churn
 }
 
-public struct ScheduledAction: Sendable, Equatable {
+package struct ScheduledAction: Sendable, Equatable {
     /// From the start of the measured phase (after the initial members have converged).
-    public var at: TimeAmount
-    public var action: SimulationAction
+    package var at: TimeAmount
+    package var action: SimulationAction
 
-    public init(at: TimeAmount, _ action: SimulationAction) {
+    package init(at: TimeAmount, _ action: SimulationAction) {
         self.at = at
         self.action = action
     }
@@ -69,19 +69,19 @@ public struct ScheduledAction: Sendable, Equatable {
 /// at time zero and the run waits until all see all alive (at most `bootstrapLimit`), or, with
 /// `.converged`, every member starts from the converged view. **Measured**: `duration` long,
 /// with the actions at their offsets from its start.
-public struct Scenario: Sendable {
-    public var name: String
-    public var members: Int
-    public var settings: MembershipSettings
-    public var profile: SimulationProfile
-    public var network: NetworkModel
-    public var duration: TimeAmount
-    public var seed: UInt64
-    public var bootstrapLimit: TimeAmount
-    public var bootstrap: SimulationBootstrap
-    public var actions: [ScheduledAction]
+package struct Scenario: Sendable {
+    package var name: String
+    package var members: Int
+    package var settings: MembershipSettings
+    package var profile: SimulationProfile
+    package var network: NetworkModel
+    package var duration: TimeAmount
+    package var seed: UInt64
+    package var bootstrapLimit: TimeAmount
+    package var bootstrap: SimulationBootstrap
+    package var actions: [ScheduledAction]
 
-    public init(name: String, members: Int, profile: SimulationProfile = .fast, seconds: Int64 = 10, seed: UInt64 = 1) {
+    package init(name: String, members: Int, profile: SimulationProfile = .fast, seconds: Int64 = 10, seed: UInt64 = 1) {
         self.name = name
         self.members = max(1, members)
         self.profile = profile
@@ -94,8 +94,8 @@ public struct Scenario: Sendable {
         self.actions = []
     }
 
-    public func loss(_ probability: Double) -> Scenario { with { $0.network.datagramLoss = probability } }
-    public func delay(_ delay: TimeAmount, jitter: TimeAmount) -> Scenario {
+    package func loss(_ probability: Double) -> Scenario { with { $0.network.datagramLoss = probability } }
+    package func delay(_ delay: TimeAmount, jitter: TimeAmount) -> Scenario {
         with {
             $0.network.datagramDelay = delay
             $0.network.datagramJitter = jitter
@@ -103,29 +103,29 @@ public struct Scenario: Sendable {
             $0.network.streamJitter = jitter
         }
     }
-    public func network(_ network: NetworkModel) -> Scenario { with { $0.network = network } }
-    public func duration(_ duration: TimeAmount) -> Scenario { with { $0.duration = duration } }
-    public func seed(_ seed: UInt64) -> Scenario { with { $0.seed = seed } }
-    public func bootstrapLimit(_ limit: TimeAmount) -> Scenario { with { $0.bootstrapLimit = limit } }
-    public func bootstrap(_ bootstrap: SimulationBootstrap) -> Scenario { with { $0.bootstrap = bootstrap } }
-    public func settings(_ settings: MembershipSettings) -> Scenario { with { $0.settings = settings } }
-    public func at(_ time: TimeAmount, _ action: SimulationAction) -> Scenario { with { $0.actions.append(ScheduledAction(at: time, action)) } }
+    package func network(_ network: NetworkModel) -> Scenario { with { $0.network = network } }
+    package func duration(_ duration: TimeAmount) -> Scenario { with { $0.duration = duration } }
+    package func seed(_ seed: UInt64) -> Scenario { with { $0.seed = seed } }
+    package func bootstrapLimit(_ limit: TimeAmount) -> Scenario { with { $0.bootstrapLimit = limit } }
+    package func bootstrap(_ bootstrap: SimulationBootstrap) -> Scenario { with { $0.bootstrap = bootstrap } }
+    package func settings(_ settings: MembershipSettings) -> Scenario { with { $0.settings = settings } }
+    package func at(_ time: TimeAmount, _ action: SimulationAction) -> Scenario { with { $0.actions.append(ScheduledAction(at: time, action)) } }
 
-    public func crash(member: Int, at time: TimeAmount) -> Scenario { at(time, .crash(member: member)) }
-    public func pause(member: Int, at time: TimeAmount, for duration: TimeAmount) -> Scenario { at(time, .pause(member: member, duration: duration)) }
-    public func partition(_ groups: [[Int]], at time: TimeAmount, for duration: TimeAmount) -> Scenario {
+    package func crash(member: Int, at time: TimeAmount) -> Scenario { at(time, .crash(member: member)) }
+    package func pause(member: Int, at time: TimeAmount, for duration: TimeAmount) -> Scenario { at(time, .pause(member: member, duration: duration)) }
+    package func partition(_ groups: [[Int]], at time: TimeAmount, for duration: TimeAmount) -> Scenario {
         at(time, .partition(groups: groups, duration: duration))
     }
     /// Members 0 ..< n/2 against n/2 ..< n.
-    public func partitionHalves(at time: TimeAmount, for duration: TimeAmount) -> Scenario {
+    package func partitionHalves(at time: TimeAmount, for duration: TimeAmount) -> Scenario {
         partition([Array(0..<(members / 2)), Array((members / 2)..<members)], at: time, for: duration)
     }
-    public func join(count: Int, through seed: Int = 0, at time: TimeAmount) -> Scenario { at(time, .join(count: count, seed: seed)) }
-    public func leave(member: Int, at time: TimeAmount) -> Scenario { at(time, .leave(member: member)) }
-    public func restart(member: Int, at time: TimeAmount) -> Scenario { at(time, .restart(member: member)) }
-    public func updateMetadata(member: Int, at time: TimeAmount) -> Scenario { at(time, .updateMetadata(member: member)) }
+    package func join(count: Int, through seed: Int = 0, at time: TimeAmount) -> Scenario { at(time, .join(count: count, seed: seed)) }
+    package func leave(member: Int, at time: TimeAmount) -> Scenario { at(time, .leave(member: member)) }
+    package func restart(member: Int, at time: TimeAmount) -> Scenario { at(time, .restart(member: member)) }
+    package func updateMetadata(member: Int, at time: TimeAmount) -> Scenario { at(time, .updateMetadata(member: member)) }
     /// One `churn` step every `interval` from `start` until `end`.
-    public func churn(every interval: TimeAmount, from start: TimeAmount, until end: TimeAmount) -> Scenario {
+    package func churn(every interval: TimeAmount, from start: TimeAmount, until end: TimeAmount) -> Scenario {
         var copy = self
         var time = start
         while time < end && interval.nanoseconds > 0 {
@@ -155,12 +155,12 @@ public struct Scenario: Sendable {
 
 extension Scenario {
     /// The named presets of `skein simulate`.
-    public static let presetNames = ["steady", "crash", "pause", "partition", "join-burst", "leave", "loss", "churn", "metadata", "restart"]
+    package static let presetNames = ["steady", "crash", "pause", "partition", "join-burst", "leave", "loss", "churn", "metadata", "restart"]
 
     /// A named preset with `members` members, `seconds` of measured time (nil: the preset's
     /// default, 60 probe intervals or more) and the profile's time scale.
     /// `joiners` is the join-burst size (nil: a fifth of `members`, at least 1).
-    public static func preset(
+    package static func preset(
         _ name: String, members: Int, profile: SimulationProfile = .lan, seconds: Double? = nil, seed: UInt64 = 1,
         loss: Double? = nil, joiners: Int? = nil
     ) -> Scenario? {
@@ -202,7 +202,7 @@ extension Scenario {
 
     /// Lifeguard's suspicion timeout for `members` live members (see `Docs/membership.md`), used
     /// by presets and tests to pick pauses on either side of it.
-    public static func suspicionTimeout(members: Int, settings: MembershipSettings, confirmations: Int) -> TimeAmount {
+    package static func suspicionTimeout(members: Int, settings: MembershipSettings, confirmations: Int) -> TimeAmount {
         // The core's rule (Membership.suspicionMinimum): the base minimum plus one gossip
         // interval per (fanout + 1)-fold of the live members beyond the direct-broadcast limit.
         var reach = settings.directBroadcastLimit

@@ -4,12 +4,12 @@ import SkeinMembership
 
 /// Runs a `Scenario`: many `Membership` cores in one process, on virtual time, through a modelled
 /// network. Deterministic: one seed gives one run. See `Docs/simulator.md`.
-public struct Simulation {
-    public let scenario: Scenario
+package struct Simulation {
+    package let scenario: Scenario
     /// Virtual nanoseconds since the start of the run.
-    public private(set) var time: Int64 = 0
+    package private(set) var time: Int64 = 0
     /// Virtual time at which the measured phase started (after bootstrap).
-    public private(set) var measuredStart: Int64 = 0
+    package private(set) var measuredStart: Int64 = 0
 
     static let clockBase: UInt64 = 1_000_000_000
 
@@ -50,7 +50,7 @@ public struct Simulation {
     var restDatagramBytes = 0
     var restStreamBytes = 0
 
-    public init(_ scenario: Scenario) {
+    package init(_ scenario: Scenario) {
         self.scenario = scenario
         self.random = SimulationRandom(seed: scenario.seed)
         self.capacity = scenario.slotCapacity
@@ -105,7 +105,7 @@ public struct Simulation {
 
     /// Bootstrap (every member joins through member 0, until all see all alive or
     /// `bootstrapLimit`), then the measured phase with the scenario's actions.
-    public mutating func run() -> SimulationReport {
+    package mutating func run() -> SimulationReport {
         if scenario.bootstrap == .joins {
             let seed = addresses[0]
             for slot in 1..<max(1, scenario.members) {
@@ -510,7 +510,7 @@ public struct Simulation {
     }
 
     /// Every member up sees every other member up as alive.
-    public var converged: Bool {
+    package var converged: Bool {
         let up = upSlots
         return up.allSatisfy { aliveCount[$0] == up.count - 1 }
     }
@@ -590,16 +590,16 @@ public struct Simulation {
     // MARK: Inspection (tests and tools)
 
     /// The view of the member at `slot` (nil when it is down).
-    public func members(seenBy slot: Int) -> [Member]? {
+    package func members(seenBy slot: Int) -> [Member]? {
         cores[slot]?.members
     }
 
     /// The id of the process currently at `slot`.
-    public func id(of slot: Int) -> NodeID? {
+    package func id(of slot: Int) -> NodeID? {
         cores[slot]?.id
     }
 
-    public func stats(of slot: Int) -> MembershipStats? {
+    package func stats(of slot: Int) -> MembershipStats? {
         cores[slot]?.stats
     }
 }

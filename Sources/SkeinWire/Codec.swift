@@ -55,18 +55,18 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
 /// path, one capacity check per frame. Writing a frame field by field through `ByteBuffer`'s own
 /// methods costs a call, a uniqueness check and an exclusivity check per field, and dominated the
 /// cost of encoding small frames.
-public struct RawWriter {
+@usableFromInline package struct RawWriter {
     @usableFromInline let base: UnsafeMutableRawPointer
     @usableFromInline var offset = 0
 
     @inlinable init(base: UnsafeMutableRawPointer) { self.base = base }
 
-    @inlinable public mutating func byte(_ value: UInt8) {
+    @inlinable package mutating func byte(_ value: UInt8) {
         base.storeBytes(of: value, toByteOffset: offset, as: UInt8.self)
         offset += 1
     }
 
-    @inlinable public mutating func varint(_ value: UInt64) {
+    @inlinable package mutating func varint(_ value: UInt64) {
         var v = value
         while v >= 0x80 {
             byte(UInt8(truncatingIfNeeded: v) | 0x80)
@@ -75,11 +75,11 @@ public struct RawWriter {
         byte(UInt8(truncatingIfNeeded: v))
     }
 
-    @inlinable public mutating func integer(_ value: UInt64) {
+    @inlinable package mutating func integer(_ value: UInt64) {
         withUnsafeBytes(of: value.bigEndian) { bytes($0) }
     }
 
-    @inlinable public mutating func bytes(_ source: UnsafeRawBufferPointer) {
+    @inlinable package mutating func bytes(_ source: UnsafeRawBufferPointer) {
         if let from = source.baseAddress, source.count > 0 {
             (base + offset).copyMemory(from: from, byteCount: source.count)
         }
@@ -87,12 +87,12 @@ public struct RawWriter {
     }
 
     /// The readable bytes of `buffer`, without a length.
-    @inlinable public mutating func bytes(_ buffer: ByteBuffer) {
+    @inlinable package mutating func bytes(_ buffer: ByteBuffer) {
         buffer.withUnsafeReadableBytes { bytes($0) }
     }
 
     /// A string field: varint length, then the UTF-8.
-    @inlinable public mutating func field(_ value: String) {
+    @inlinable package mutating func field(_ value: String) {
         let written: Bool? = value.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
             varint(UInt64(utf8.count))
             bytes(UnsafeRawBufferPointer(utf8))
@@ -106,16 +106,18 @@ public struct RawWriter {
     }
 
     /// A binary field: varint length, then the bytes.
-    @inlinable public mutating func binary(_ value: ByteBuffer) {
+    @inlinable package mutating func binary(_ value: ByteBuffer) {
         varint(UInt64(value.readableBytes))
         bytes(value)
     }
 }
 
+// `package`, not `public`: an extension of ByteBuffer is seen by everyone who loads this module,
+// the binding's users included (`import Skein`), and these are codec internals.
 extension ByteBuffer {
     /// Reserves exactly `count` bytes and lets `body` fill all of them with a `RawWriter`.
     @inlinable
-    public mutating func writeRaw(count: Int, _ body: (inout RawWriter) -> Void) {
+    package mutating func writeRaw(count: Int, _ body: (inout RawWriter) -> Void) {
         writeWithUnsafeMutableBytes(minimumWritableBytes: count) { memory in
             var writer = RawWriter(base: memory.baseAddress!)
             body(&writer)
@@ -126,42 +128,42 @@ extension ByteBuffer {
 
     /// Writes an unsigned LEB128 varint.
     @inlinable
-    public mutating func writeVarint(_ value: UInt64) {
+    package mutating func writeVarint(_ value: UInt64) {
         writeRaw(count: varintSize(value)) { $0.varint(value) }
     }
 
     @inlinable
-    public mutating func writeBinary(_ value: ByteBuffer) {
+    package mutating func writeBinary(_ value: ByteBuffer) {
         writeRaw(count: varintSize(UInt64(value.readableBytes)) + value.readableBytes) { $0.binary(value) }
     }
 
     @inlinable
-    public mutating func writeField(_ value: String) {
+    package mutating func writeField(_ value: String) {
         writeRaw(count: fieldSize(value)) { $0.field(value) }
     }
 
     @inlinable
-    public mutating func writeBool(_ value: Bool) {
+    package mutating func writeBool(_ value: Bool) {
         self.writeInteger(value ? 1 : 0, as: UInt8.self)
     }
 }
 
 /// Bytes of a string field: its varint length and its UTF-8.
 @inlinable
-public func fieldSize(_ value: String) -> Int {
+package func fieldSize(_ value: String) -> Int {
     let count = value.utf8.count
     return varintSize(UInt64(count)) + count
 }
 
 /// Bytes of a binary field: its varint length and its bytes.
 @inlinable
-public func binarySize(_ value: ByteBuffer) -> Int {
+package func binarySize(_ value: ByteBuffer) -> Int {
     varintSize(UInt64(value.readableBytes)) + value.readableBytes
 }
 
 /// The number of bytes `writeVarint` uses for `value`.
 @inlinable
-public func varintSize(_ value: UInt64) -> Int {
+package func varintSize(_ value: UInt64) -> Int {
     var n = 1
     var v = value >> 7
     while v != 0 {

@@ -336,18 +336,18 @@ struct FederationTests {
 
             // Unexported: distinct errors, at once.
             let request = await caught { _ = try await client.request(cluster: "cache@us", "x", timeout: .seconds(30)) }
-            guard case .notExported? = request as? SkeinError else { Issue.record("request: \(String(describing: request))"); return }
+            guard (request as? SkeinError)?.code == .notExported else { Issue.record("request: \(String(describing: request))"); return }
             let tunnelRefused = await caught { _ = try await client.tunnel(cluster: "workers@us", timeout: .seconds(30)) }
-            guard case .notExported? = tunnelRefused as? SkeinError else { Issue.record("tunnel: \(String(describing: tunnelRefused))"); return }
+            guard (tunnelRefused as? SkeinError)?.code == .notExported else { Issue.record("tunnel: \(String(describing: tunnelRefused))"); return }
             let secret = try await client.subscribe(topic: "secret@us")
             let ended = try await within(.seconds(10)) { await caught { for try await _ in secret {} } }
-            guard case .notExported? = ended as? SkeinError else { Issue.record("subscribe: \(String(describing: ended))"); return }
+            guard (ended as? SkeinError)?.code == .notExported else { Issue.record("subscribe: \(String(describing: ended))"); return }
             try await client.publish(topic: "news.eu@us", "not exported for publishing")
             try await waitFor("the refused publish to be reported") {
                 refusals.withLockedValue { $0.contains { $0.operation == .publish && $0.name == "news.eu@us" } }
             }
             let unknown = await caught { _ = try await client.request(cluster: "db@mars", "x", timeout: .seconds(30)) }
-            guard case .networkUnreachable? = unknown as? SkeinError else { Issue.record("mars: \(String(describing: unknown))"); return }
+            guard (unknown as? SkeinError)?.code == .networkUnreachable else { Issue.record("mars: \(String(describing: unknown))"); return }
 
             // The us gateways logged the attempts that reached them (the subscription's interest
             // is filtered in eu already; a request refused in eu never left it).
@@ -435,7 +435,7 @@ struct FederationTests {
                         do {
                             let answer = try await client.request(cluster: "db@us", "r\(i)", timeout: timeout)
                             outcomes.withLockedValue { $0.ok += String(buffer: answer) == "r\(i)" ? 1 : 0 }
-                        } catch SkeinError.memberLost, SkeinError.timedOut {
+                        } catch SkeinError.Code.memberLost, SkeinError.Code.timedOut {
                             outcomes.withLockedValue { $0.lost += 1 }  // in flight through u1 when it died
                         } catch {
                             outcomes.withLockedValue { $0.other.append("\(error)") }
@@ -471,14 +471,14 @@ struct FederationTests {
             // Gateway links break within 3 s of silence; then eu's relays know us is unreachable.
             try await waitFor("requests to fail with network unreachable", within: .seconds(20)) {
                 let outcome = await caught { _ = try await client.request(cluster: "db@us", "x", timeout: .seconds(1)) }
-                if case .networkUnreachable? = outcome as? SkeinError { return true }
+                if (outcome as? SkeinError)?.code == .networkUnreachable { return true }
                 return false
             }
             // Fast, not at the deadline.
             for _ in 0..<5 {
                 let start = ContinuousClock.now
                 let outcome = await caught { _ = try await client.request(cluster: "db@us", "x", timeout: .seconds(30)) }
-                guard case .networkUnreachable? = outcome as? SkeinError else { Issue.record("\(String(describing: outcome))"); return }
+                guard (outcome as? SkeinError)?.code == .networkUnreachable else { Issue.record("\(String(describing: outcome))"); return }
                 #expect(ContinuousClock.now - start < .seconds(5))
             }
             let eStatus = try await net.status("e1")

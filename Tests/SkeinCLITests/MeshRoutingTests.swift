@@ -201,7 +201,7 @@ struct MeshRoutingTests {
                         do {
                             _ = try await client.request(cluster: "echo", "r\(i)", timeout: .seconds(3))
                             outcomes.withLockedValue { $0.ok += 1 }
-                        } catch SkeinError.timedOut, SkeinError.memberLost {
+                        } catch SkeinError.Code.timedOut, SkeinError.Code.memberLost {
                             outcomes.withLockedValue { $0.timedOut += 1 }
                         } catch {
                             outcomes.withLockedValue { $0.other.append("\(error)") }
@@ -244,9 +244,9 @@ struct MeshRoutingTests {
                         let answer: String
                         do {
                             answer = String(buffer: try await client.request(cluster: "echo", "r\(i)", timeout: timeout))
-                        } catch SkeinError.timedOut {
+                        } catch SkeinError.Code.timedOut {
                             answer = "timeout"
-                        } catch SkeinError.memberLost {
+                        } catch SkeinError.Code.memberLost {
                             answer = "lost"  // skein/1: forwarded to C when it died
                         }
                         // No answer after the deadline (a little slack for scheduling).

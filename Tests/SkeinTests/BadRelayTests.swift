@@ -113,7 +113,7 @@ struct BadRelayTests {
     func garbageInsteadOfInitIsAProtocolViolation(garbage: String, what: String) async throws {
         try await FakeRelay.run([.init(after: 1, send: Array(garbage.utf8))]) { endpoint in
             let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) } }
-            guard case .protocolViolation? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .protocolViolation else {
                 Issue.record("\(what): expected protocolViolation, got \(String(describing: outcome))")
                 return
             }
@@ -125,7 +125,7 @@ struct BadRelayTests {
             .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayFrame(.initialize(magic: "not-iris-magic", version: "v1.0-draft2")))
         ]) { endpoint in
             let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) } }
-            guard case .protocolViolation? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .protocolViolation else {
                 Issue.record("expected protocolViolation, got \(String(describing: outcome))")
                 return
             }
@@ -137,7 +137,7 @@ struct BadRelayTests {
             .init(after: 1, send: FakeRelay.relayFrame(.reply(id: 0, outcome: .timedOut)))
         ]) { endpoint in
             let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: FakeRelay.iris) } }
-            guard case .protocolViolation? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .protocolViolation else {
                 Issue.record("expected protocolViolation, got \(String(describing: outcome))")
                 return
             }
@@ -154,7 +154,7 @@ struct BadRelayTests {
             let outcome = try await within(.seconds(10), "the request") {
                 await error { try await connection.request(cluster: "echo", "hi", timeout: .seconds(30)) }
             }
-            guard case .protocolViolation? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .protocolViolation else {
                 Issue.record("expected protocolViolation, got \(String(describing: outcome))")
                 return
             }
@@ -172,7 +172,7 @@ struct BadRelayTests {
             let options = impatient
             let start = ContinuousClock.now
             let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint, options: options) } }
-            guard case .cannotConnect? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .cannotConnect else {
                 Issue.record("expected cannotConnect, got \(String(describing: outcome))")
                 return
             }
@@ -228,7 +228,7 @@ struct BadRelayTests {
             let outcome = try await within(.seconds(10), "the request") {
                 await error { try await connection.request(cluster: "echo", "hi", timeout: .seconds(30)) }
             }
-            guard case .protocolViolation? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .protocolViolation else {
                 Issue.record("expected protocolViolation, got \(String(describing: outcome))")
                 return
             }
@@ -240,7 +240,7 @@ struct BadRelayTests {
             .init(after: FakeRelay.skein1InitSize, send: FakeRelay.relayFrame(.initialize(magic: "iris-relay-magic", version: "skein/9")))
         ]) { endpoint in
             let outcome = try await within(.seconds(10), "connect") { await error { try await Skein.connect(to: endpoint) } }
-            guard case .protocolViolation? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .protocolViolation else {
                 Issue.record("expected protocolViolation, got \(String(describing: outcome))")
                 return
             }
@@ -254,7 +254,7 @@ struct BadRelayTests {
         let port = server.localAddress!.port!
         try await server.close()
         let outcome = await error { try await Skein.connect(to: .tcp(host: "127.0.0.1", port: port)) }
-        guard case .cannotConnect? = outcome as? SkeinError else {
+        guard (outcome as? SkeinError)?.code == .cannotConnect else {
             Issue.record("expected cannotConnect, got \(String(describing: outcome))")
             return
         }

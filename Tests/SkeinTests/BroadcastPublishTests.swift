@@ -159,7 +159,7 @@ struct BroadcastPublishTests {
                     var iterator = again.makeAsyncIterator()
                     #expect(try await iterator.next()?.text == "b")
                     return true
-                } catch SkeinError.alreadySubscribed {
+                } catch SkeinError.Code.alreadySubscribed {
                     return false
                 }
             }

@@ -23,7 +23,7 @@ struct FailureTests {
             }
             try await leaving.close()
             let outcome = try await within(.seconds(10), "the caller's answer") { await error { try await call.value } }
-            guard case .memberLost? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .memberLost else {
                 Issue.record("expected memberLost, got \(String(describing: outcome))")
                 return
             }
@@ -90,7 +90,7 @@ struct FailureTests {
             member.abort()
 
             let receive = try await within(.seconds(5), "the tunnel to fail") { await error { try await tunnel.receive() } }
-            guard case .tunnelClosed(let reason)? = receive as? SkeinError, !reason.isEmpty else {
+            guard let failure = receive as? SkeinError, failure.code == .tunnelClosed, !failure.detail.isEmpty else {
                 Issue.record("expected tunnelClosed with a reason, got \(String(describing: receive))")
                 return
             }
@@ -166,8 +166,9 @@ struct FailureTests {
             let pending = Task { try await tunnel.receive() }
             await relay.shutDown()
             let outcome = try await within(.seconds(10), "the tunnel to fail") { await error { try await pending.value } }
-            switch outcome as? SkeinError {
-            case .tunnelClosed(let reason)?, .connectionClosed(let reason)?:
+            switch (outcome as? SkeinError)?.code {
+            case .tunnelClosed?, .connectionClosed?:
+                let reason = (outcome as? SkeinError)?.detail ?? ""
                 #expect(reason.contains("relay shutting down"), "reason: \(reason)")
             default:
                 Issue.record("expected the tunnel to fail with the relay's reason, got \(String(describing: outcome))")
@@ -202,7 +203,7 @@ struct FailureTests {
             let ended = try await within(.seconds(10), "the subscription to end") {
                 await error { for try await _ in subscription {} }
             }
-            guard case .connectionClosed? = ended as? SkeinError else {
+            guard (ended as? SkeinError)?.code == .connectionClosed else {
                 Issue.record("expected connectionClosed, got \(String(describing: ended))")
                 return
             }
@@ -247,12 +248,12 @@ struct FailureTests {
             await eventually("the relay to hold the request") { await relay.pendingRequests == 1 }
             try await within(.seconds(5), "close") { try await client.close() }
             let outcome = try await within(.seconds(5), "the pending call") { await error { try await waiting.value } }
-            guard case .connectionClosed? = outcome as? SkeinError else {
+            guard (outcome as? SkeinError)?.code == .connectionClosed else {
                 Issue.record("expected connectionClosed, got \(String(describing: outcome))")
                 return
             }
             let later = await error { try await client.request(cluster: "nobody", "c", timeout: .seconds(5)) }
-            guard case .connectionClosed? = later as? SkeinError else {
+            guard (later as? SkeinError)?.code == .connectionClosed else {
                 Issue.record("expected connectionClosed, got \(String(describing: later))")
                 return
             }
@@ -273,7 +274,7 @@ struct FailureTests {
                         group.addTask {
                             do {
                                 return try await client.request(cluster: "churn", "\(i)", timeout: .seconds(2)).text == "\(i)"
-                            } catch SkeinError.timedOut, SkeinError.memberLost {
+                            } catch SkeinError.Code.timedOut, SkeinError.Code.memberLost {
                                 return true  // handed to a member that left: that is the one answer
                             }
                         }

@@ -367,10 +367,11 @@ struct TunnelTests {
             let pending = Task { try await tunnel.receive() }
             try await member.close()
             let outcome = try await within(.seconds(5), "the initiator's receive") { await error { try await pending.value } }
-            guard case .tunnelClosed(let reason)? = outcome as? SkeinError else {
+            guard let failure = outcome as? SkeinError, failure.code == .tunnelClosed else {
                 Issue.record("expected tunnelClosed, got \(String(describing: outcome))")
                 return
             }
+            let reason = failure.detail
             #expect(!reason.isEmpty, "a failed tunnel carries a reason")
             let send = await error { try await tunnel.send("still there?") }
             #expect(send as? SkeinError == .tunnelClosed(reason: reason))
@@ -391,10 +392,11 @@ struct TunnelTests {
             #expect(try await memberTunnel.receive()?.text == "ping")
             try await client.close()
             let outcome = try await within(.seconds(5), "the member's receive") { await error { try await memberTunnel.receive() } }
-            guard case .tunnelClosed(let reason)? = outcome as? SkeinError else {
+            guard let failure = outcome as? SkeinError, failure.code == .tunnelClosed else {
                 Issue.record("expected tunnelClosed, got \(String(describing: outcome))")
                 return
             }
+            let reason = failure.detail
             #expect(!reason.isEmpty)
             accepted.done.open()
         }

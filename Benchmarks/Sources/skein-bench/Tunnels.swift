@@ -129,7 +129,7 @@ private func openWhenRouted(_ connection: SkeinConnection, cluster: String, with
     while true {
         do {
             return try await connection.tunnel(cluster: cluster, timeout: .seconds(10))
-        } catch SkeinError.noMembers where ContinuousClock.now < deadline {
+        } catch SkeinError.Code.noMembers where ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(50))
         }
     }

@@ -44,7 +44,8 @@ struct Chat {
                 } catch {
                     // The connection ended. After our own close below that is expected;
                     // otherwise say why (the relay went away, with its reason).
-                    if case SkeinError.connectionClosed(let reason) = error, reason.isEmpty || reason.contains("this client") {
+                    if let error = error as? SkeinError, error.code == .connectionClosed,
+                        error.detail.isEmpty || error.detail.contains("this client") {
                         return
                     }
                     FileHandle.standardError.write(Data("chat: \(error)\n".utf8))

@@ -34,10 +34,10 @@ struct EchoClient {
                 FileHandle.standardError.write(Data("echo-client: \(reply.readableBytes) bytes back in \(elapsed)\n".utf8))
             }
             try await skein.close()
-        } catch SkeinError.timedOut {
+        } catch SkeinError.Code.timedOut {
             fail("no answer within 2 s: is an echo-service running?", status: 3)
-        } catch SkeinError.remoteFault(let fault) {
-            fail("the member answered with a fault: \(fault)", status: 1)
+        } catch let error as SkeinError where error.code == .remoteFault {
+            fail("the member answered with a fault: \(error.detail)", status: 1)
         } catch {
             fail("\(error)", status: 4)
         }

@@ -32,7 +32,7 @@ struct SendFile {
             let tunnel: Tunnel
             do {
                 tunnel = try await skein.tunnel(cluster: "files", timeout: .seconds(5))
-            } catch SkeinError.timedOut {
+            } catch SkeinError.Code.timedOut {
                 fail("no member of cluster \"files\" accepted the tunnel: is receive-file running?", status: 3)
             }
 

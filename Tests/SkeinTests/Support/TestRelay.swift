@@ -211,7 +211,7 @@ extension SkeinConnection {
         do {
             _ = try await request(cluster: "skein.test.barrier", ByteBuffer(), timeout: .zero)
             Issue.record("a request with timeout 0 was answered", sourceLocation: sourceLocation)
-        } catch SkeinError.timedOut {
+        } catch SkeinError.Code.timedOut {
         }
     }
 }
