@@ -10,7 +10,7 @@ print(String(buffer: reply))
 do {
     _ = try await client.request(cluster: "nobody-serves-this", "?", timeout: .milliseconds(200))
     print("unexpected: a reply from nobody")
-} catch let error as SkeinError where error == .timedOut || error.description.hasPrefix("no members") {
+} catch let error as SkeinError where error.code == .noMembers || error.code == .timedOut {
     print("no one answered: \(error)")
 }
 try await client.close()
