@@ -46,18 +46,7 @@ struct StatusCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let body = try await admin.get("/status")
-        if json {
-            FileHandle.standardOutput.write(Data(body))
-            return
-        }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-            let text = AdminText.status(object, style: .standardOutput)
-        else {
-            printError("the relay's /status answer is not the expected JSON")
-            throw ExitCode(ExitStatus.internalError)
-        }
-        FileHandle.standardOutput.write(Data(text.utf8))
+        try await printAdminAnswer("/status", from: admin, json: json, render: AdminText.status)
     }
 }
 
@@ -172,17 +161,24 @@ struct MembersCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let body = try await admin.get("/members")
-        if json {
-            FileHandle.standardOutput.write(Data(body))
-            return
-        }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-            let text = AdminText.members(object, style: .standardOutput)
-        else {
-            printError("the relay's /members answer is not the expected JSON")
-            throw ExitCode(ExitStatus.internalError)
-        }
-        FileHandle.standardOutput.write(Data(text.utf8))
+        try await printAdminAnswer("/members", from: admin, json: json, render: AdminText.members)
     }
+}
+
+/// Prints an admin endpoint's answer: its JSON as is with `--json`, else rendered for people.
+private func printAdminAnswer(
+    _ path: String, from admin: AdminOptions, json: Bool, render: ([String: Any], TextStyle) -> String?
+) async throws {
+    let body = try await admin.get(path)
+    if json {
+        FileHandle.standardOutput.write(Data(body))
+        return
+    }
+    guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+        let text = render(object, .standardOutput)
+    else {
+        printError("the relay's \(path) answer is not the expected JSON")
+        throw ExitCode(ExitStatus.internalError)
+    }
+    FileHandle.standardOutput.write(Data(text.utf8))
 }
