@@ -74,11 +74,21 @@ public struct MembershipStats: Sendable, Equatable {
     /// Suspicions not raised because local health was saturated (see `MembershipSettings.maxLocalHealth`).
     public var accusationsWithheld = 0
     public var suspicionConfirmations = 0
+    /// Death verdicts heard about members we held alive, taken as suspicions (see "Healing").
+    public var verdictsHeldAsSuspicion = 0
     public var refutations = 0
     /// Accusations of us heard while starving and not refuted (yet): see "Stalls" in Docs/membership.md.
     public var refutationsWithheld = 0
     public var deathsDeclared = 0
     public var deadProbesSent = 0
+    /// Dead probes sent, of them, to members dead within `reconnectWindow` (one per probe round).
+    public var reconnectProbesSent = 0
+    /// Messages (datagrams, stream messages, established links) from members we held dead: each
+    /// one's death is told to it at once (a dead probe), so that it refutes.
+    public var heardFromTheDead = 0
+    /// Full-state exchanges started to mend a view: after we refuted our own death, when a member
+    /// we held dead came back, or when an unknown member spoke to us (see "Healing").
+    public var repairPushPulls = 0
     public var superseded = 0
     public var reaped = 0
     public var datagramsSent = 0

@@ -9,8 +9,71 @@ extension Membership {
         if liveOthers == 0 && !seeds.isEmpty && joinRetryAt == nil {
             attemptJoin(now: now, into: &out)
         }
+        probeReconnecting(now: now, into: &out)
         guard let target = nextProbeTarget() else { return }
         startProbe(target, kind: .regular, now: now, into: &out)
+    }
+
+    // MARK: Healing (see "Healing" in Docs/membership.md)
+
+    /// Forgets, from the front, members no longer dead or dead for `reconnectWindow` or more.
+    mutating func pruneReconnecting(now: NIODeadline) {
+        var drop = 0
+        while drop < reconnecting.count {
+            guard let state = table[reconnecting[drop]], state.status == .dead, now - state.changedAt < settings.reconnectWindow else {
+                drop += 1
+                continue
+            }
+            break
+        }
+        if drop > 0 {
+            reconnecting.removeFirst(drop)
+            reconnectIndex = max(0, reconnectIndex - drop)
+        }
+    }
+
+    /// With every probe round, one member dead within `reconnectWindow` (round-robin) gets a
+    /// dead probe: if it is alive behind a healed partition, it refutes in its ack.
+    mutating func probeReconnecting(now: NIODeadline, into out: inout [MembershipDirective]) {
+        pruneReconnecting(now: now)
+        for _ in 0..<reconnecting.count {
+            if reconnectIndex >= reconnecting.count { reconnectIndex = 0 }
+            let memberID = reconnecting[reconnectIndex]
+            reconnectIndex += 1
+            guard let state = table[memberID], state.status == .dead, now - state.changedAt < settings.reconnectWindow,
+                  probing[memberID] == nil
+            else { continue }
+            stats.reconnectProbesSent += 1
+            startProbe(memberID, kind: .dead, now: now, into: &out)
+            return
+        }
+    }
+
+    /// Any message from `sender` shows that it runs. Held dead, it is told so at once (a dead
+    /// probe: a ping carrying its death, at most one per probe interval) and refutes. Unknown
+    /// (it knows us, we do not know it: a member whose death a joiner skipped, or one already
+    /// reaped), we exchange full states with it.
+    mutating func heardFrom(_ sender: NodeID, at address: MemberAddress, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard sender != id else { return }
+        if let state = table[sender] {
+            guard state.status == .dead, probing[sender] == nil else { return }
+            stats.heardFromTheDead += 1
+            startProbe(sender, kind: .dead, now: now, into: &out)
+        } else {
+            repair(with: address, now: now, into: &out)
+        }
+    }
+
+    /// A push-pull with `address` now, to mend a view (after a refuted death, a member back from
+    /// the dead, an unknown sender). At most one per probe interval: a heal seen from many sides
+    /// costs a few full-state exchanges, and gossip carries the rest.
+    mutating func repair(with address: MemberAddress?, now: NIODeadline, into out: inout [MembershipDirective]) {
+        guard let address, address != self.address else { return }
+        if let last = lastRepairAt, now - last < settings.probeInterval { return }
+        lastRepairAt = now
+        stats.repairPushPulls += 1
+        stats.pushPullsSent += 1
+        sendStream(.pushPull(isRequest: true, records: stateRecords()), to: address, into: &out)
     }
 
     mutating func nextProbeTarget() -> NodeID? {
@@ -56,8 +119,12 @@ extension Membership {
         sendDatagram([.ping(seq: seq, target: target)], buddy: buddy, to: state.address, into: &out)
         if kind != .dead {
             schedule(.probeIndirect(seq), at: now + scaled(settings.probeTimeout))
+            schedule(.probeEnd(seq), at: now + scaled(settings.probeInterval))
+        } else {
+            // A dead probe asks only for an ack (its updates carry any refutation, however
+            // late): done within a probe timeout, so the next probe round may send the next one.
+            schedule(.probeEnd(seq), at: now + scaled(settings.probeTimeout))
         }
-        schedule(.probeEnd(seq), at: now + scaled(settings.probeInterval))
     }
 
     /// Remembers when `target`'s probe started, for one probe interval (all `probeOnSuspicion`

@@ -40,7 +40,7 @@ extension Membership {
             correctStaleAccusation(memberID, incarnation: incarnation, teller: learnedFrom, into: &out)
             applySuspect(memberID, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
         case .dead(let memberID, let incarnation, let accuser):
-            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, now: now, into: &out) }
+            if memberID == id { return heardAccusation(incarnation: incarnation, from: learnedFrom, dead: true, now: now, into: &out) }
             correctStaleAccusation(memberID, incarnation: incarnation, teller: learnedFrom, into: &out)
             guard var state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
             if state.status == .dead {
@@ -48,10 +48,24 @@ extension Membership {
                 table[memberID] = state
                 return
             }
+            // Another member's verdict about one we hold alive: we never heard it suspected, so
+            // the verdict comes from a view we do not share (typically the far side of a
+            // partition that just healed). It is a suspicion here, which the member can refute
+            // before our own timer runs out; a member that is really gone is confirmed dead by
+            // that timer, shortened by every further verdict (each a confirmation).
+            // Copies of the verdict (it comes directly and by gossip) and the verdicts of others
+            // then confirm that suspicion; they do not kill on their own.
+            if state.status == .alive || suspicions[memberID]?.fromVerdict == true {
+                let suspicion = GossipUpdate.suspect(id: memberID, incarnation: incarnation, accuser: accuser)
+                stats.verdictsHeldAsSuspicion += 1
+                applySuspect(memberID, incarnation: incarnation, accuser: accuser, update: suspicion, now: now, into: &out)
+                if state.status == .alive { suspicions[memberID]?.fromVerdict = true }
+                return
+            }
             markDown(memberID, status: .dead, incarnation: incarnation, accuser: accuser, update: update, now: now, into: &out)
         case .left(let memberID, let incarnation):
             if memberID == id {
-                if !hasLeft { heardAccusation(incarnation: incarnation, from: learnedFrom, now: now, into: &out) }
+                if !hasLeft { heardAccusation(incarnation: incarnation, from: learnedFrom, dead: true, now: now, into: &out) }
                 return
             }
             guard let state = table[memberID], state.status != .left, incarnation >= state.incarnation else { return }
@@ -101,6 +115,9 @@ extension Membership {
                 if previous == .dead || previous == .left { insertIntoProbeOrder(memberID) }
                 out.append(.event(.statusChanged(state.member, from: previous)))
             }
+            // Back from the dead: it was out of reach (a partition) or held dead falsely; its
+            // view may lack what happened meanwhile, and ours what it saw. Exchange them now.
+            if previous == .dead { repair(with: identity.address, now: now, into: &out) }
             return
         }
         guard claim(identity.address, for: memberID, generation: identity.generation, now: now, into: &out) else { return }
@@ -253,8 +270,13 @@ extension Membership {
         state.changedAt = now
         table[memberID] = state
         accusers[memberID] = accuser
-        if status == .dead { recentlyDead.append(memberID) }
+        if status == .dead {
+            recentlyDead.append(memberID)
+            reconnecting.append(memberID)
+        }
         if previous == .alive || previous == .suspect { liveOthers -= 1 }
+        // A probe still out ends here: it would hold back the dead probes that tell it of its death.
+        if let seq = probing.removeValue(forKey: memberID) { probes[seq] = nil }
         suspicions[memberID] = nil
         pulls[memberID] = nil
         enqueue(update)

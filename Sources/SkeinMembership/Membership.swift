@@ -27,6 +27,12 @@ public struct Membership: Sendable {
     var lastProbed: [NodeID: NIODeadline] = [:]
     /// Members declared dead within `gossipToTheDead` (still gossip targets), oldest first.
     var recentlyDead: [NodeID] = []
+    /// Members declared dead within `reconnectWindow`, oldest first: probed one per probe
+    /// round, and told of our refutations (see "Healing" in Docs/membership.md).
+    var reconnecting: [NodeID] = []
+    var reconnectIndex = 0
+    /// The last repair push-pull (at most one per probe interval; see `repair`).
+    var lastRepairAt: NIODeadline?
     var reportedConflicts: Set<[NodeID]> = []
     var suspicions: [NodeID: Suspicion] = [:]
     var random: MembershipRandom
@@ -184,6 +190,9 @@ public struct Membership: Sendable {
                 break
             }
         }
+        // A ping to us was answered with the sender's death already (buddy system).
+        let pingedUs = messages.contains { if case .ping(_, let target) = $0 { target == id } else { false } }
+        if !pingedUs { heardFrom(sender, at: from, now: now, into: &out) }
         return out
     }
 
@@ -222,6 +231,17 @@ public struct Membership: Sendable {
                 stats.streamAcksReceived += 1
             }
         }
+        heardFrom(sender, at: senderAddress, now: now, into: &out)
+        return out
+    }
+
+    /// A peer link to `memberID` was established: its handshake proved it runs and holds the
+    /// network's key. Evidence like any message from it (see `heardFrom`).
+    public mutating func linkEstablished(_ memberID: NodeID, now: NIODeadline) -> [MembershipDirective] {
+        guard !hasLeft, memberID != id, let state = table[memberID] else { return [] }
+        var out: [MembershipDirective] = []
+        heardFrom(memberID, at: state.address, now: now, into: &out)
+        armGossip(now: now)
         return out
     }
 
@@ -361,7 +381,7 @@ public struct Membership: Sendable {
     /// without a stall, and then refute once. A pause (one stall: SIGSTOP, then SIGCONT)
     /// refutes at once.
     mutating func heardAccusation(
-        incarnation accused: UInt64, from: MemberAddress?, now: NIODeadline, into out: inout [MembershipDirective]
+        incarnation accused: UInt64, from: MemberAddress?, dead: Bool = false, now: NIODeadline, into out: inout [MembershipDirective]
     ) {
         if accused >= selfIncarnation, withheldDeath != nil || starving(now: now) {
             withheldDeath = max(withheldDeath ?? 0, accused)
@@ -373,7 +393,12 @@ public struct Membership: Sendable {
             selfIncarnation = accused + 1
             stats.refutations += 1
             adjustHealth(+1)
-            broadcastDirectly(selfAlive, into: &out)
+            // Also to those we hold dead of late: after a partition, they are the other side,
+            // and they hold us dead too.
+            broadcastDirectly(selfAlive, alsoToReconnecting: true, now: now, into: &out)
+            // Declared dead (or left): whoever told us has a view that lost us, and perhaps
+            // others. Exchange full states with it at once rather than at the next round.
+            if dead { repair(with: from, now: now, into: &out) }
             return
         }
         enqueue(selfAlive)
@@ -408,11 +433,19 @@ public struct Membership: Sendable {
 
     /// `update` in one datagram to every live member, up to `directBroadcastLimit` of them chosen
     /// at random; also queued for gossip, which reaches the rest and repairs losses.
-    mutating func broadcastDirectly(_ update: GossipUpdate, into out: inout [MembershipDirective]) {
+    mutating func broadcastDirectly(
+        _ update: GossipUpdate, alsoToReconnecting: Bool = false, now: NIODeadline? = nil, into out: inout [MembershipDirective]
+    ) {
         enqueue(update)
-        let targets = liveOthers > settings.directBroadcastLimit
+        var targets = liveOthers > settings.directBroadcastLimit
             ? randomLive(settings.directBroadcastLimit, where: { $0.isLive })
             : table.filter(\.isLive).map(\.address)
+        if alsoToReconnecting, let now {
+            pruneReconnecting(now: now)
+            for memberID in reconnecting.prefix(max(0, settings.directBroadcastLimit - targets.count)) {
+                if let state = table[memberID], state.status == .dead { targets.append(state.address) }
+            }
+        }
         let payload = Wire.datagram(sender: id, [.update(update)])
         for target in targets {
             stats.directBroadcastsSent += 1
@@ -695,7 +728,11 @@ public struct Membership: Sendable {
             case .left:
                 update = .left(id: record.id, incarnation: record.incarnation)
             }
+            let heldAlive = record.status != .alive && record.status != .left && table[record.id]?.status == .alive
             apply(update, learnedFrom: senderAddress, now: now, into: &out)
+            // A suspicion on the word of another view (after a partition, a stale one): like a
+            // verdict about a member we held alive, only our own timer turns it into a death.
+            if heldAlive, table[record.id]?.status == .suspect { suspicions[record.id]?.fromVerdict = true }
         }
     }
 

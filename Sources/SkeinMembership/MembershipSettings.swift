@@ -39,6 +39,11 @@ public struct MembershipSettings: Sendable {
     public var directBroadcastLimit: Int
     /// Time between pings to one dead member (round-robin), so healed partitions merge.
     public var deadProbeInterval: TimeAmount
+    /// Members dead for less than this are probed more often: one of them (round-robin) with
+    /// every probe round, so that a healed partition or a falsely dead member is found again
+    /// within about a probe interval from both sides (Serf's reconnect, in seconds). They are
+    /// also told directly of our refutations. Beyond it, `deadProbeInterval` applies.
+    public var reconnectWindow: TimeAmount = .seconds(60)
     /// Dead and left records are forgotten this long after their last change.
     public var reapAfter: TimeAmount
     /// Upper bound of an encoded `MemberMetadata`, enforced on encode and decode.
@@ -109,14 +114,18 @@ public struct MembershipSettings: Sendable {
     /// Loopback and tests: the same protocol at roughly a tenth of the LAN time scale, except the
     /// plain suspicion minimum (400 ms, not 200): scheduler stalls of a loaded test machine do not
     /// shrink with the profile, and a stalled relay must not be declared dead.
-    public static let fastLocal = MembershipSettings(
-        probeInterval: .milliseconds(100), probeTimeout: .milliseconds(50), indirectProbes: 3,
-        suspicionMinimum: .milliseconds(400), refusedSuspicionMinimum: .milliseconds(100), suspicionMaxMultiplier: 6,
-        retransmitMultiplier: 4, maxDatagramBytes: 1350, pushPullInterval: .seconds(2),
-        gossipInterval: .milliseconds(20), gossipFanout: 3, gossipToTheDead: .milliseconds(500), directBroadcastLimit: 128,
-        deadProbeInterval: .milliseconds(500),
-        reapAfter: .seconds(60), maxMetadataBytes: 64 * 1024, maxLocalHealth: 8,
-        joinRetryInterval: .milliseconds(100), joinRetryMaxInterval: .seconds(2),
-        metadataPullTimeout: .milliseconds(500), metadataPullAttempts: 3
-    )
+    public static let fastLocal: MembershipSettings = {
+        var settings = MembershipSettings(
+            probeInterval: .milliseconds(100), probeTimeout: .milliseconds(50), indirectProbes: 3,
+            suspicionMinimum: .milliseconds(400), refusedSuspicionMinimum: .milliseconds(100), suspicionMaxMultiplier: 6,
+            retransmitMultiplier: 4, maxDatagramBytes: 1350, pushPullInterval: .seconds(2),
+            gossipInterval: .milliseconds(20), gossipFanout: 3, gossipToTheDead: .milliseconds(500), directBroadcastLimit: 128,
+            deadProbeInterval: .milliseconds(500),
+            reapAfter: .seconds(60), maxMetadataBytes: 64 * 1024, maxLocalHealth: 8,
+            joinRetryInterval: .milliseconds(100), joinRetryMaxInterval: .seconds(2),
+            metadataPullTimeout: .milliseconds(500), metadataPullAttempts: 3
+        )
+        settings.reconnectWindow = .seconds(6)
+        return settings
+    }()
 }

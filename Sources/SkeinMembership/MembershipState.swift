@@ -11,6 +11,9 @@ struct Suspicion: Sendable {
     var expectedConfirmations: Int
     var minimum: TimeAmount
     var maximum: TimeAmount
+    /// Raised by another member's death verdict about a member we held alive (see `apply`):
+    /// further verdicts are only confirmations, never a death of their own.
+    var fromVerdict = false
 
     /// timeout(C) = max(min, max − (max − min) · log(C + 1) / log(K + 1)).
     var timeout: TimeAmount {

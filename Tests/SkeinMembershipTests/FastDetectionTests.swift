@@ -73,7 +73,7 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
 
     @Test func deadMembersStayGossipTargetsForGossipToTheDead() {
         var lone = LoneCore(peers: [2, 3])
-        lone.gossip([.update(.dead(id: LoneCore.id(2), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
+        lone.gossip(LoneCore.killed(2, by: 3), from: 3)
         #expect(lone.status(2) == .dead)
         lone.datagrams = []
         lone.advance(to: lone.now)  // the gossip round starts at once: 2 of 3 possible targets
@@ -337,7 +337,7 @@ private func pings(_ directives: [MembershipDirective], to target: MemberAddress
 
     @Test func aPingFromAMemberWeHoldDeadIsAnsweredWithItsDeath() {
         var lone = LoneCore(peers: [2, 3])
-        lone.gossip([.update(.dead(id: LoneCore.id(2), incarnation: 0, accuser: LoneCore.id(3)))], from: 3)
+        lone.gossip(LoneCore.killed(2, by: 3), from: 3)
         lone.datagrams = []
         lone.gossip([.ping(seq: 5, target: LoneCore.id(1))], from: 2)
         let ack = decoded(lone.datagrams.last!.0)

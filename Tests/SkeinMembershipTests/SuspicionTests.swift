@@ -11,6 +11,7 @@ struct LoneCore {
     var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
     var events: [MembershipEvent] = []
     var datagrams: [([UInt8], MemberAddress)] = []
+    var streams: [([UInt8], MemberAddress)] = []
 
     static func id(_ n: UInt64) -> NodeID { NodeID(high: 0, low: n) }
     static func address(_ n: UInt64) -> MemberAddress { MemberAddress(host: "10.0.0.1", port: UInt16(n)) }
@@ -36,7 +37,7 @@ struct LoneCore {
             switch directive {
             case .event(let event): events.append(event)
             case .sendDatagram(let bytes, let to): datagrams.append((bytes, to))
-            case .sendStream: break
+            case .sendStream(let bytes, let to): streams.append((bytes, to))
             }
         }
     }
@@ -61,6 +62,13 @@ struct LoneCore {
     }
 
     func status(_ n: UInt64) -> MemberStatus? { core.member(Self.id(n))?.status }
+
+    /// Member `n` suspected, then declared dead, by `accuser`: a death as a core holding `n`
+    /// alive accepts it (a bare verdict about a member held alive is only a suspicion).
+    static func killed(_ n: UInt64, by accuser: UInt64, incarnation: UInt64 = 0) -> [DatagramMessage] {
+        [.update(.suspect(id: id(n), incarnation: incarnation, accuser: id(accuser))),
+         .update(.dead(id: id(n), incarnation: incarnation, accuser: id(accuser)))]
+    }
 
     /// Our own `alive` at `incarnation`, as it goes out: with our (empty, so small) metadata inline.
     static func selfAlive(incarnation: UInt64) -> GossipUpdate {
