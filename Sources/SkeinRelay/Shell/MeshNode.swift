@@ -60,6 +60,10 @@ public final class MeshNode: @unchecked Sendable {
     @exclusivity(unchecked) private var advertisedDirectory: UInt64 = .max
     @exclusivity(unchecked) private var socketAddresses: [MemberAddress: SocketAddress] = [:]
     @exclusivity(unchecked) private var left = false
+    /// Where the gossip socket is bound, and its handler's target, to bind it again.
+    @exclusivity(unchecked) private var gossipBinding: (host: String, port: Int)?
+    @exclusivity(unchecked) private var gossipTarget: GossipHandler.Target?
+    @exclusivity(unchecked) private var gossipReopenAttempts = 0
     private let metrics = MeshMetrics()
 
     /// Every membership event, on the event loop, the moment the core decides it.
@@ -87,14 +91,7 @@ public final class MeshNode: @unchecked Sendable {
                 throw MeshStartupError.cannotBind("TCP \(host):\(configuration.bindPort): \(error)")
             }
             do {
-                let udp = try await DatagramBootstrap(group: eventLoop)
-                    .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
-                    .channelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(GossipHandler(target: gossip))
-                        }
-                    }
-                    .bind(host: host, port: port).get()
+                let udp = try await bindGossipSocket(host: host, port: port, target: gossip, eventLoop: eventLoop).get()
                 bound = (port, udp)
             } catch {
                 await links.stopListening()
@@ -113,6 +110,9 @@ public final class MeshNode: @unchecked Sendable {
                 address: MemberAddress(host: advertisedHost, port: UInt16(advertisedPort)),
                 network: network, keyring: keyring, clients: clients, eventLoop: eventLoop, logger: logger)
             gossip.node = node
+            node.gossipTarget = gossip
+            node.gossipBinding = (host, port)
+            node.watch(udp)
             logger.info("gossip listening", metadata: ["address": "\(host):\(port)", "node": "\(node.nodeID)", "name": "\(configuration.name)"])
             return node
         }.get()
@@ -144,6 +144,11 @@ public final class MeshNode: @unchecked Sendable {
             if let node = link.peerNode { self.clients?.relayWritability(node, writable: false) }
         }
         links.onLinkDown = { [unowned self] link in self.linkDown(link) }
+        links.onLinkUp = { [unowned self] link in
+            // A handshake proved the peer runs: evidence for a relay held dead.
+            guard !self.left, let node = link.peerNode else { return }
+            self.perform(self.core.linkEstablished(node, now: .now()))
+        }
         clients?.mesh = self
     }
 
@@ -224,6 +229,55 @@ public final class MeshNode: @unchecked Sendable {
             return self.udp
         }.get()
         if let udp = udp ?? nil { try? await udp.close() }
+    }
+
+    // MARK: - The gossip socket
+
+    /// SwiftNIO closes a datagram channel on any send error but EMSGSIZE and EHOSTUNREACH:
+    /// EPERM from a host firewall that drops our own output (nftables, iptables), ENETUNREACH
+    /// while a route is gone, ENOBUFS. Left closed, the relay would go on with its links but no
+    /// gossip: unable to refute, held dead by everyone while it is up (issue 17). So an
+    /// unexpected close binds the same address again at once, then with backoff.
+    private func watch(_ channel: any Channel) {
+        channel.closeFuture.whenComplete { [weak self] _ in
+            guard let self else { return }
+            self.eventLoop.execute { self.gossipSocketClosed(channel) }
+        }
+    }
+
+    private func gossipSocketClosed(_ channel: any Channel) {
+        guard !left, let current = udp, current === channel else { return }
+        udp = nil
+        metrics.gossipSocketReopened.increment()
+        logger.warning(
+            "gossip socket closed by an error; binding it again",
+            metadata: ["error": "\(gossipTarget?.lastError.map { "\($0)" } ?? "unknown")"])
+        reopenGossipSocket()
+    }
+
+    private func reopenGossipSocket() {
+        guard !left, udp == nil, let (host, port) = gossipBinding, let target = gossipTarget else { return }
+        bindGossipSocket(host: host, port: port, target: target, eventLoop: eventLoop).hop(to: eventLoop).whenComplete { [weak self] result in
+            guard let self else { return }
+            switch result {
+            case .success(let channel):
+                guard !self.left else {
+                    channel.close(promise: nil)
+                    return
+                }
+                self.udp = channel
+                self.gossipReopenAttempts = 0
+                self.watch(channel)
+                self.logger.info("gossip listening again", metadata: ["address": "\(host):\(port)"])
+            case .failure(let error):
+                // The port may be held a moment longer; retry with backoff (10 ms doubling to 2 s).
+                self.gossipReopenAttempts += 1
+                let delay = TimeAmount.milliseconds(min(2_000, 10 << min(self.gossipReopenAttempts, 8)))
+                self.logger.error("cannot bind the gossip socket again; retrying", metadata: [
+                    "address": "\(host):\(port)", "error": "\(error)", "retry-ms": "\(delay.nanoseconds / 1_000_000)"])
+                self.eventLoop.scheduleTask(in: delay) { self.reopenGossipSocket() }
+            }
+        }
     }
 
     /// Takes a new keyring (SIGHUP): datagrams and links use it at once.
@@ -411,6 +465,12 @@ public final class MeshNode: @unchecked Sendable {
 
     private func report(_ event: MembershipEvent) {
         onEvent?(event)
+        if case .statusChanged(let member, from: .dead) = event, member.status == .alive {
+            // Back from the dead: its old links carried traffic into the outage and now sit in
+            // TCP's backoff; replace them before routing sends anything (PeerLinks.reset).
+            let reset = links.reset(node: member.id, reason: "the relay was held dead; a fresh link replaces this one")
+            if reset > 0 { metrics.staleLinksReset.increment(by: Int64(reset)) }
+        }
         switch event {
         case .joined(let member), .statusChanged(let member, _), .metadataChanged(let member):
             routingChanged(member)
@@ -454,6 +514,16 @@ public final class MeshNode: @unchecked Sendable {
                         ("accusationsWithheld", .int(Int64(self.core.stats.accusationsWithheld))),
                         ("stalls", .int(Int64(self.core.stats.stalls))),
                         ("malformedDropped", .int(Int64(self.core.stats.malformedDropped))),
+                        ("refutations", .int(Int64(self.core.stats.refutations))),
+                        ("refutationsWithheld", .int(Int64(self.core.stats.refutationsWithheld))),
+                        ("deathsDeclared", .int(Int64(self.core.stats.deathsDeclared))),
+                        ("deadProbesSent", .int(Int64(self.core.stats.deadProbesSent))),
+                        ("probesSent", .int(Int64(self.core.stats.probesSent))),
+                        ("acksReceived", .int(Int64(self.core.stats.acksReceived))),
+                        ("pushPullsSent", .int(Int64(self.core.stats.pushPullsSent))),
+                        ("pushPullsReceived", .int(Int64(self.core.stats.pushPullsReceived))),
+                        ("datagramsSent", .int(Int64(self.core.stats.datagramsSent))),
+                        ("datagramsReceived", .int(Int64(self.core.stats.datagramsReceived))),
                     ])),
                 ])
             }.get()) ?? .null
@@ -494,12 +564,28 @@ public enum MeshStartupError: Error, CustomStringConvertible {
     }
 }
 
+/// The UDP socket of the gossip protocol, bound to `host:port` (SO_REUSEADDR, so that it can be
+/// bound again at once after an error closed it).
+private func bindGossipSocket(host: String, port: Int, target: GossipHandler.Target, eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+    DatagramBootstrap(group: eventLoop)
+        .channelOption(.socketOption(.so_reuseaddr), value: 1)
+        .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
+        .channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(GossipHandler(target: target))
+            }
+        }
+        .bind(host: host, port: port)
+}
+
 private final class GossipHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
 
     /// The node, set (on the event loop) once it exists; datagrams before that are dropped.
     final class Target: @unchecked Sendable {
         weak var node: MeshNode?
+        /// The last error the socket reported (a send error closes it: see `MeshNode.watch`).
+        var lastError: (any Error)?
     }
 
     let target: Target
@@ -512,12 +598,17 @@ private final class GossipHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A UDP socket survives errors (e.g. ICMP refusals surfacing as ECONNREFUSED).
+        // ICMP refusals surfacing as ECONNREFUSED leave the socket open; other errors close it,
+        // and the node binds it again.
+        target.lastError = error
         target.node?.logger.debug("gossip socket error", metadata: ["error": "\(error)"])
     }
 }
 
 struct MeshMetrics {
+    let gossipSocketReopened = Counter(label: "skein_gossip_socket_reopened_total")
+    let staleLinksReset = Counter(label: "skein_peer_links_reset_total")
+
     func datagramsRejected(_ error: DatagramError) -> Counter {
         Counter(label: "skein_gossip_datagrams_rejected_total", dimensions: [("reason", "\(error.metricReason)")])
     }

@@ -154,6 +154,18 @@ public final class PeerLinks: @unchecked Sendable {
 
     public var establishedLinks: [PeerLink] { Array(byNode.values) }
 
+    /// Ends every link to `node` at once with a TCP reset, dropping what they hold unsent: the
+    /// relay was unreachable long enough to be held dead, and a connection that carried traffic
+    /// through the outage sits in TCP's retransmission backoff (seconds after the path is back,
+    /// then delivering stale frames behind fresh ones). The reset reaches the peer at once, so
+    /// its side ends too, and the next frame dials a fresh link. Returns how many were reset.
+    @discardableResult
+    public func reset(node: NodeID, reason: String) -> Int {
+        let stale = links.values.filter { $0.peerNode == node && !$0.isClosed }
+        for link in stale { link.reset(reason: reason) }
+        return stale.count
+    }
+
     /// Whether a dial to `address` is under way.
     func pendingDial(to address: String) -> Bool {
         links.values.contains { $0.dialedAddress == address && !$0.isClosed }
@@ -412,6 +424,19 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         channel.close(mode: .output, promise: nil)
         let linger = owner.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
         channel.closeFuture.whenComplete { _ in linger.cancel() }
+    }
+
+    /// Closes at once with a TCP reset (SO_LINGER 0): unsent bytes are dropped, not retried.
+    func reset(reason: String) {
+        guard !isClosed else { return }
+        let channel = self.channel
+        finish(reason)
+        guard let channel else { return }
+        guard let socket = channel as? any SocketOptionProvider else {
+            channel.close(promise: nil)
+            return
+        }
+        socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// How long a gracefully closing link waits for the peer to close its side.
