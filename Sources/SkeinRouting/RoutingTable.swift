@@ -119,8 +119,25 @@ package struct RoutingTable: Sendable {
     /// Remote relays with at least one member of `cluster`.
     package func relays(servingCluster cluster: String) -> [NodeID] { byCluster[cluster] ?? [] }
 
-    /// Remote relays with at least one subscription to `topic`.
-    package func relays(subscribedTo topic: String) -> [NodeID] { byTopic[topic] ?? [] }
+    /// Remote relays with at least one subscription to `topic`: the usable ones and those
+    /// suspended for a moment. An event is not work to balance: a relay that is suspect, or whose
+    /// link just broke, is running until membership says otherwise, and its subscribers want
+    /// every event (sending redials a broken link). Dropping them instead starved subscribers
+    /// behind a lossy link for as long as their relay was suspect (issue 17).
+    package func relays(subscribedTo topic: String) -> [NodeID] {
+        let usable = byTopic[topic] ?? []
+        guard !suspended.isEmpty else { return usable }
+        return usable + suspended.values.filter { $0.topics.contains(topic) }.map(\.id).sorted()
+    }
+
+    /// Remote relays with members of `cluster` that a broadcast goes to: usable and suspended
+    /// ones alike, for the same reason as `relays(subscribedTo:)` (requests choose among the
+    /// usable ones only: `choose`).
+    package func relays(broadcastingTo cluster: String) -> [NodeID] {
+        let usable = byCluster[cluster] ?? []
+        guard !suspended.isEmpty else { return usable }
+        return usable + suspended.values.filter { ($0.clusters[cluster] ?? 0) > 0 }.map(\.id).sorted()
+    }
 
     /// Usable relays of this network that are gateways to `network`.
     package func gateways(to network: String) -> [NodeID] { byGateway[network] ?? [] }

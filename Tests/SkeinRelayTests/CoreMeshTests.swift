@@ -139,6 +139,23 @@ struct CoreMeshTests {
         #expect(d.lose(member).peerFrames(to: a) == [.reply(id: 5, outcome: .memberLost)])
     }
 
+    @Test("a suspect relay, or one whose link broke, still gets events and broadcasts, but no requests (issue 17)")
+    func fanOutToSuspects() {
+        var d = CoreDriver()
+        let (b, _) = d.relay(1, clusters: ["all": 1], topics: ["news"])
+        let sender = d.connect()
+        for loss in [RelayLoss.suspect, .linkBroken] {
+            _ = d.removeRelay(b, loss)
+            let publish = d.send(.publish(topic: "news", event: Self.hello), from: sender)
+            #expect(publish.peerFrames(to: b) == [.publish(topic: "news", body: Self.hello)], "\(loss)")
+            let broadcast = d.send(.broadcast(cluster: "all", message: Self.hello), from: sender)
+            #expect(broadcast.peerFrames(to: b) == [.broadcast(cluster: "all", body: Self.hello)], "\(loss)")
+            _ = d.relay(1, clusters: ["all": 1], topics: ["news"])
+        }
+        _ = d.removeRelay(b, .dead)
+        #expect(d.send(.publish(topic: "news", event: Self.hello), from: sender).peerFrames(to: b).isEmpty)
+    }
+
     @Test("broadcast and publish go once to each relay that serves them, and frames from relays reach local ones only")
     func fanOut() {
         var d = CoreDriver()

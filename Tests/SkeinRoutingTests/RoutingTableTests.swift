@@ -28,6 +28,31 @@ struct RoutingTableTests {
         #expect(table.relays(subscribedTo: "news") == [node(2)])
     }
 
+    @Test("a suspended relay gets no requests but still gets events and broadcasts (issue 17)")
+    func suspendedRelaysStillGetFanOut() {
+        var table = RoutingTable(seed: 1)
+        table.update(relay(1, clusters: ["echo": 1], topics: ["news"]))
+        table.update(relay(2, clusters: ["echo": 1], topics: ["news"]))
+        table.suspend(node(2))
+        // Requests: only the usable relay.
+        for _ in 0..<20 { #expect(table.pick(cluster: "echo", inFlight: { _ in 0 }) == node(1)) }
+        #expect(table.relays(servingCluster: "echo") == [node(1)])
+        // Fan-out: both; a suspect relay's subscribers and members want every event.
+        #expect(table.relays(subscribedTo: "news") == [node(1), node(2)])
+        #expect(table.relays(broadcastingTo: "echo") == [node(1), node(2)])
+        #expect(table.relays(subscribedTo: "other").isEmpty)
+        // Removed (dead, left): gone from both.
+        table.remove(node(2))
+        #expect(table.relays(subscribedTo: "news") == [node(1)])
+        #expect(table.relays(broadcastingTo: "echo") == [node(1)])
+        // Back (update): once, not twice.
+        table.update(relay(2, clusters: ["echo": 1], topics: ["news"]))
+        table.suspend(node(2))
+        table.update(relay(2, clusters: ["echo": 1], topics: ["news"]))
+        #expect(Set(table.relays(subscribedTo: "news")) == [node(1), node(2)])
+        #expect(table.relays(subscribedTo: "news").count == 2)
+    }
+
     @Test("an identical update changes nothing, not even the version")
     func idempotent() {
         var table = RoutingTable(seed: 1)

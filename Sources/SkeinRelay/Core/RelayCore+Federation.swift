@@ -346,7 +346,7 @@ extension RelayCore {
     /// A broadcast into this network's `cluster`: every member here and one copy to each relay
     /// of this network with members (`sender`, a local connection, is paused by full outputs).
     mutating func broadcastHere(cluster: String, body: ByteBuffer, from sender: ConnectionID?, actions: inout [RelayAction]) {
-        let remote = routing.relays(servingCluster: cluster)
+        let remote = routing.relays(broadcastingTo: cluster)
         for relay in remote {
             actions.append(.sendPeer(relay, .broadcast(cluster: cluster, body: body)))
             if let sender { noteDelivery(from: sender, toRelay: relay, actions: &actions) }
