@@ -10,7 +10,18 @@ package struct Detection: Sendable, Equatable {
     package var medianSeconds: Double?
     package var maxSeconds: Double?
 
+    /// When the first observer suspected the subject (seconds from the event; crashes and
+    /// pauses): "dead by all within X of the first missed probe round" is `maxSeconds` minus
+    /// this, plus one probe interval (a probe fails a probe interval after it starts).
+    package var firstSuspicionSeconds: Double?
+
     package var seenByAll: Bool { observers > 0 && missing == 0 }
+
+    /// `maxSeconds − firstSuspicionSeconds`: from the first suspicion until all saw it.
+    package var fromFirstSuspicionSeconds: Double? {
+        guard seenByAll, let maxSeconds, let firstSuspicionSeconds else { return nil }
+        return maxSeconds - firstSuspicionSeconds
+    }
 
     init(latencies: [Double], observers: Int) {
         self.observers = observers
@@ -23,7 +34,7 @@ package struct Detection: Sendable, Equatable {
 
 /// Time until every member up sees every member up as alive, from a given moment.
 package struct Convergence: Sendable, Equatable {
-    /// "bootstrap", "join", "partition heal", "pause recovery", "restart".
+    /// "bootstrap", "join", "partition heal", "pause recovery", "restart", "loss end".
     package var label: String
     /// Nil when the views never became one before the run ended.
     package var seconds: Double?
@@ -42,6 +53,9 @@ package struct SimulationReport: Sendable, Equatable {
     package var seconds: Double
     package var convergences: [Convergence] = []
     package var crashDetection: Detection?
+    /// Pauses: time until each observer held the paused member dead (a pause longer than the
+    /// suspicion timeout: SIGSTOP 12 s).
+    package var pauseDetection: Detection?
     package var leaveDetection: Detection?
     package var metadataPropagation: Detection?
     /// Churn and restarts: time until a new member is seen alive by all.
@@ -64,6 +78,17 @@ package struct SimulationReport: Sendable, Equatable {
     package var falseSuspicions = 0
     /// Deaths declared across a partition, during it or just after the heal (expected; they heal).
     package var deathsAcrossPartition = 0
+    /// Pairs (observer, member) in which a running, reachable member was held dead: the
+    /// longest such spell counted from the end of the last fault (a partition's heal, the end of
+    /// a member's loss, a resume, a restart), i.e. how long a live member was treated as dead by
+    /// anyone after the faults ended; nil when none was. Spells of members paused or down stop
+    /// counting then (they were dead); a spell still open at the end counts to the end.
+    package var heldDeadAfterFaultsSeconds: Double?
+    /// The longest spell in which a running member was held dead by one observer, at any time
+    /// (a partition's own spells included: the member was unreachable, not down).
+    package var longestHeldDeadSeconds: Double?
+    /// (observer, member) pairs in which a running member is held dead when the run ends.
+    package var heldDeadAtEnd = 0
     /// Bytes sent per member per second before the first action (the whole run when none):
     /// nil when that window is empty.
     package var datagramBytesPerMemberPerSecond: Double?
@@ -100,6 +125,12 @@ package struct SimulationReport: Sendable, Equatable {
             rows.append(("\(name): median / all", "\(median) / \(all)"))
         }
         add("crash seen dead", crashDetection)
+        add("paused member seen dead", pauseDetection)
+        for (name, detection) in [("crash", crashDetection), ("pause", pauseDetection)] {
+            if let detection, let since = detection.fromFirstSuspicionSeconds {
+                rows.append(("\(name): first suspicion → dead by all", seconds(since)))
+            }
+        }
         add("leave seen left", leaveDetection)
         add("metadata propagated", metadataPropagation)
         add("joiner seen alive", joinDetection)
@@ -110,6 +141,9 @@ package struct SimulationReport: Sendable, Equatable {
             rows.append(("paused member suspected / declared dead by", "\(pausedSuspected) / \(pausedDeclaredDead)"))
         }
         rows += [
+            ("live member held dead after faults", heldDeadAfterFaultsSeconds.map(seconds) ?? "never"),
+            ("longest a live member was held dead", longestHeldDeadSeconds.map(seconds) ?? "never"),
+            ("live members held dead at end (pairs)", "\(heldDeadAtEnd)"),
             ("false deaths (victims)", "\(falseDeaths) (\(falseDeathVictims))"),
             ("false suspicions", "\(falseSuspicions)"),
             ("deaths across partition", "\(deathsAcrossPartition)"),
@@ -130,18 +164,21 @@ package struct SimulationReport: Sendable, Equatable {
         func number(_ value: Double?) -> String { value.map { rounded($0, 6) } ?? "null" }
         func detection(_ value: Detection?) -> String {
             guard let value else { return "null" }
-            return "{\"observers\":\(value.observers),\"missing\":\(value.missing),\"medianSeconds\":\(number(value.medianSeconds)),\"maxSeconds\":\(number(value.maxSeconds))}"
+            return "{\"observers\":\(value.observers),\"missing\":\(value.missing),\"medianSeconds\":\(number(value.medianSeconds)),\"maxSeconds\":\(number(value.maxSeconds)),\"firstSuspicionSeconds\":\(number(value.firstSuspicionSeconds))}"
         }
         let convergenceJSON = convergences.map { "{\"label\":\"\($0.label)\",\"seconds\":\(number($0.seconds))}" }.joined(separator: ",")
         let fields: [(String, String)] = [
             ("scenario", "\"\(scenario)\""), ("members", "\(members)"), ("membersAtEnd", "\(membersAtEnd)"),
             ("profile", "\"\(profile)\""), ("seed", "\(seed)"), ("bootstrap", "\"\(bootstrap)\""), ("loss", number(loss)), ("seconds", number(seconds)),
             ("convergences", "[\(convergenceJSON)]"),
-            ("crashDetection", detection(crashDetection)), ("leaveDetection", detection(leaveDetection)),
+            ("crashDetection", detection(crashDetection)), ("pauseDetection", detection(pauseDetection)),
+            ("leaveDetection", detection(leaveDetection)),
             ("metadataPropagation", detection(metadataPropagation)), ("joinDetection", detection(joinDetection)),
             ("supersededDetection", detection(supersededDetection)),
             ("leaversReportedDead", "\(leaversReportedDead)"), ("supersededReportedDead", "\(supersededReportedDead)"),
             ("pausedDeclaredDead", "\(pausedDeclaredDead)"), ("pausedSuspected", "\(pausedSuspected)"),
+            ("heldDeadAfterFaultsSeconds", number(heldDeadAfterFaultsSeconds)), ("longestHeldDeadSeconds", number(longestHeldDeadSeconds)),
+            ("heldDeadAtEnd", "\(heldDeadAtEnd)"),
             ("falseDeaths", "\(falseDeaths)"), ("falseDeathVictims", "\(falseDeathVictims)"),
             ("falseSuspicions", "\(falseSuspicions)"), ("deathsAcrossPartition", "\(deathsAcrossPartition)"),
             ("datagramBytesPerMemberPerSecond", number(datagramBytesPerMemberPerSecond)),

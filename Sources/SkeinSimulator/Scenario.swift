@@ -45,6 +45,13 @@ package enum SimulationAction: Sendable, Equatable {
     case leave(member: Int)
     /// The process stops and a new one (new id, same address and name) starts and joins.
     case restart(member: Int)
+    /// The process stops (as `kill -9`), and `downFor` later a new one (new id, same address
+    /// and name) starts and joins through the first other live member.
+    case crashRestart(member: Int, downFor: TimeAmount)
+    /// `probability` of the datagrams to and from the member are lost (on top of the network's
+    /// loss), for `duration`; its streams are delayed by TCP-like retransmissions. Loss that
+    /// sits on one host rather than spread over all.
+    case memberLoss(member: Int, probability: Double, duration: TimeAmount)
     /// The member publishes new metadata.
     case updateMetadata(member: Int)
     /// One random change: a join, a leave, a crash or a restart of a random member (never the seed, member 0).
@@ -123,6 +130,16 @@ package struct Scenario: Sendable {
     package func join(count: Int, through seed: Int = 0, at time: TimeAmount) -> Scenario { at(time, .join(count: count, seed: seed)) }
     package func leave(member: Int, at time: TimeAmount) -> Scenario { at(time, .leave(member: member)) }
     package func restart(member: Int, at time: TimeAmount) -> Scenario { at(time, .restart(member: member)) }
+    package func crashRestart(member: Int, at time: TimeAmount, downFor: TimeAmount) -> Scenario {
+        at(time, .crashRestart(member: member, downFor: downFor))
+    }
+    package func memberLoss(member: Int, _ probability: Double, at time: TimeAmount, for duration: TimeAmount) -> Scenario {
+        at(time, .memberLoss(member: member, probability: probability, duration: duration))
+    }
+    /// One member cut off from all others on both channels.
+    package func isolate(member: Int, at time: TimeAmount, for duration: TimeAmount) -> Scenario {
+        partition([[member], (0..<members).filter { $0 != member }], at: time, for: duration)
+    }
     package func updateMetadata(member: Int, at time: TimeAmount) -> Scenario { at(time, .updateMetadata(member: member)) }
     /// One `churn` step every `interval` from `start` until `end`.
     package func churn(every interval: TimeAmount, from start: TimeAmount, until end: TimeAmount) -> Scenario {
@@ -155,7 +172,10 @@ package struct Scenario: Sendable {
 
 extension Scenario {
     /// The named presets of `skein simulate`.
-    package static let presetNames = ["steady", "crash", "pause", "partition", "join-burst", "leave", "loss", "churn", "metadata", "restart"]
+    package static let presetNames = [
+        "steady", "crash", "pause", "partition", "join-burst", "leave", "loss", "churn", "metadata", "restart",
+        "isolate", "member-loss", "kill-restart", "heal", "stop12",
+    ]
 
     /// A named preset with `members` members, `seconds` of measured time (nil: the preset's
     /// default, 60 probe intervals or more) and the profile's time scale.
@@ -195,6 +215,26 @@ extension Scenario {
             return scenario.updateMetadata(member: middle % members, at: start)
         case "restart":
             return scenario.restart(member: middle % members, at: start)
+        case "stop12":
+            // SIGSTOP for 12 probe intervals (12 s on the LAN), then SIGCONT.
+            return scenario.pause(member: middle % members, at: start, for: probes(12))
+        case "isolate":
+            // One member cut off for 8 probe intervals (8 s on the LAN): long enough to be held
+            // dead, and to hold the others dead, on both sides.
+            return scenario.isolate(member: middle % members, at: start, for: probes(8))
+        case "member-loss":
+            // 30 % of one member's datagrams lost both ways for 8 probe intervals (or --loss).
+            return Scenario(name: name, members: members, profile: profile, seed: seed).duration(length)
+                .memberLoss(member: middle % members, loss ?? 0.30, at: start, for: probes(8))
+        case "kill-restart":
+            // kill -9, then the same name again once everyone holds the old process dead.
+            let suspicionMax = suspicionTimeout(members: members, settings: profile.settings, confirmations: 0)
+            return scenario.crashRestart(member: middle % members, at: start, downFor: suspicionMax + probes(3))
+        case "heal":
+            // Both at once: one member cut off for 8 intervals while another is killed and,
+            // 5 intervals later, started again under its name.
+            return scenario.isolate(member: middle % members, at: start, for: probes(8))
+                .crashRestart(member: (middle + 1) % members, at: start, downFor: probes(5))
         default:
             return nil
         }

@@ -38,6 +38,19 @@ package struct Simulation {
     let capacity: Int
 
     var partitions: [ActivePartition] = []
+    /// Extra datagram loss on one member's traffic, both ways (`memberLoss`), by slot.
+    var memberLoss: [Int: Double] = [:]
+    /// Per (from, to) slot pair: the latest delivery time of a stream message delayed by
+    /// retransmissions, so later messages of the pair stay behind it (FIFO, as TCP).
+    var streamClear: [Int: Int64] = [:]
+    /// Open spells in which an observer (slot) holds a running member (process) dead: start times.
+    var deadSpells: [Int64: Int64] = [:]
+    var spellsBySubject: [Int: Set<Int>] = [:]
+    var spellsByObserver: [Int: Set<Int>] = [:]
+    /// When the last fault ended (heal, loss end, resume, restart): -1 before any.
+    var lastFaultEnd: Int64 = -1
+    var heldDeadAfterFaults: Int64 = -1
+    var longestHeldDead: Int64 = -1
     var watches: [Watch] = []
     var watchesBySubject: [Int: [Int]] = [:]
     var convergenceWatches: [(label: String, start: Int64, reached: Int64?)] = []
@@ -161,14 +174,30 @@ package struct Simulation {
             resume(slot, process: process)
         case .heal(let id):
             for index in partitions.indices where partitions[index].id == id { partitions[index].healedAt = time }
-            convergenceWatches.append((label: "partition heal", start: time, reached: nil))
-            startSampling()
+            faultEnded("partition heal")
+        case .lossEnd(let slot):
+            memberLoss[slot] = nil
+            faultEnded("loss end")
+        case .start(let slot):
+            guard states[slot] == .down else { return }
+            startProcess(at: slot)
+            watch(.join, subject: currentProcess[slot], goal: .status(.alive))
+            let seed = upSlots.first { $0 != slot }.map { addresses[$0] }
+            if let seed { call(slot) { core, now in core.join(seeds: [seed], now: now) } }
+            faultEnded("restart")
         case .sample:
             sample()
         }
     }
 
     var now: NIODeadline { .uptimeNanoseconds(Self.clockBase + UInt64(time)) }
+
+    /// A fault ended now: "after faults" spells count from here, and convergence is timed.
+    mutating func faultEnded(_ label: String) {
+        lastFaultEnd = time
+        convergenceWatches.append((label: label, start: time, reached: nil))
+        startSampling()
+    }
 
     mutating func push(_ at: Int64, _ kind: Pending.Kind) {
         order += 1
@@ -203,7 +232,9 @@ package struct Simulation {
             case .sendDatagram(let bytes, let target):
                 report.datagramsSent += 1
                 if inRestWindow { restDatagramBytes += bytes.count }
-                guard let to = slotByAddress[target], !blocked(slot, to), random.unit() >= scenario.network.datagramLoss else {
+                guard let to = slotByAddress[target], !blocked(slot, to), random.unit() >= scenario.network.datagramLoss,
+                      lostOnMember(slot) == false, lostOnMember(to) == false
+                else {
                     report.datagramsLost += 1
                     continue
                 }
@@ -219,7 +250,16 @@ package struct Simulation {
                 }
                 let jitter = scenario.network.streamJitter.nanoseconds
                 let pairDelay = jitter > 0 ? Int64(pairHash(slot, to, seed: scenario.seed) % UInt64(jitter + 1)) : 0
-                push(time + scenario.network.streamDelay.nanoseconds + pairDelay, .deliver(.stream(bytes, from: slot, process: process, to: to)))
+                var at = time + scenario.network.streamDelay.nanoseconds + pairDelay
+                let pair = slot * capacity + to
+                if !memberLoss.isEmpty, memberLoss[slot] != nil || memberLoss[to] != nil {
+                    at += retransmissionDelay(slot, to)
+                }
+                if let clear = streamClear[pair] {
+                    if clear > at { at = clear } else if clear < time { streamClear[pair] = nil }
+                }
+                if at > time + scenario.network.streamDelay.nanoseconds + pairDelay { streamClear[pair] = at }
+                push(at, .deliver(.stream(bytes, from: slot, process: process, to: to)))
             case .event(let event):
                 observe(event, at: slot)
             }
@@ -227,6 +267,28 @@ package struct Simulation {
     }
 
     var inRestWindow: Bool { time >= restWindow.start && time < restWindow.end }
+
+    /// One draw against the member's own loss, if it has any.
+    mutating func lostOnMember(_ slot: Int) -> Bool {
+        guard let probability = memberLoss[slot] else { return false }
+        return random.unit() < probability
+    }
+
+    /// What TCP's retransmissions add to a stream message when a segment or its ack may be lost
+    /// at either end: 200 ms (Linux's minimum RTO), doubling, per lost attempt (at most 6).
+    mutating func retransmissionDelay(_ a: Int, _ b: Int) -> Int64 {
+        let keep = (1 - (memberLoss[a] ?? 0)) * (1 - (memberLoss[b] ?? 0))
+        let roundTrip = keep * keep
+        var delay: Int64 = 0
+        var timeout: Int64 = 200_000_000
+        var attempts = 0
+        while attempts < 6, random.unit() >= roundTrip {
+            delay += timeout
+            timeout *= 2
+            attempts += 1
+        }
+        return delay
+    }
 
     func blocked(_ a: Int, _ b: Int) -> Bool {
         for partition in partitions where partition.healedAt == nil {
@@ -327,6 +389,8 @@ package struct Simulation {
     /// The process at `slot` stops for good (crash, or after a leave).
     mutating func stop(_ slot: Int) {
         guard states[slot] != .down else { return }
+        closeSpells(ofSubject: currentProcess[slot])
+        closeSpells(ofObserver: slot)
         states[slot] = .down
         upCount -= 1
         processes[currentProcess[slot]].up = false
@@ -350,6 +414,7 @@ package struct Simulation {
             guard isUp(slot), states[slot] == .running else { return }
             let process = currentProcess[slot]
             processes[process].everPaused = true
+            closeSpells(ofSubject: process)
             watch(.pause, subject: process, goal: .status(.dead))
             states[slot] = .paused
             push(time + duration.nanoseconds, .resume(slot: slot, process: process))
@@ -384,8 +449,17 @@ package struct Simulation {
             watch(.join, subject: currentProcess[slot], goal: .status(.alive))
             let seed = upSlots.first { $0 != slot }.map { addresses[$0] }
             if let seed { call(slot) { core, now in core.join(seeds: [seed], now: now) } }
-            convergenceWatches.append((label: "restart", start: time, reached: nil))
-            startSampling()
+            faultEnded("restart")
+        case .crashRestart(let slot, let downFor):
+            guard isUp(slot) else { return }
+            watch(.crash, subject: currentProcess[slot], goal: .status(.dead))
+            watch(.restart, subject: currentProcess[slot], goal: .status(.left))
+            stop(slot)
+            push(time + max(0, downFor.nanoseconds), .start(slot: slot))
+        case .memberLoss(let slot, let probability, let duration):
+            guard slot >= 0 && slot < capacity else { return }
+            memberLoss[slot] = min(1, max(0, probability))
+            push(time + duration.nanoseconds, .lossEnd(slot: slot))
         case .updateMetadata(let slot):
             guard isUp(slot) else { return }
             metadataCounter += 1
@@ -425,8 +499,43 @@ package struct Simulation {
             call(slot) { core, now in core.tick(now: now) }
         }
         scheduleWakeup(slot)
-        convergenceWatches.append((label: "pause recovery", start: time, reached: nil))
-        startSampling()
+        // Running again: whoever still holds it dead from now on holds a live member dead.
+        let id = processes[process].id
+        for observer in upSlots where observer != slot {
+            if cores[observer]?.member(id)?.status == .dead { openSpell(observer: observer, subject: process) }
+        }
+        faultEnded("pause recovery")
+    }
+
+    // MARK: Live members held dead
+
+    static func spellKey(_ observer: Int, _ process: Int) -> Int64 { Int64(observer) << 32 | Int64(process) }
+
+    mutating func openSpell(observer: Int, subject process: Int) {
+        let key = Self.spellKey(observer, process)
+        guard deadSpells[key] == nil else { return }
+        deadSpells[key] = time
+        spellsBySubject[process, default: []].insert(observer)
+        spellsByObserver[observer, default: []].insert(process)
+    }
+
+    mutating func closeSpell(observer: Int, subject process: Int) {
+        guard let start = deadSpells.removeValue(forKey: Self.spellKey(observer, process)) else { return }
+        spellsBySubject[process]?.remove(observer)
+        spellsByObserver[observer]?.remove(process)
+        longestHeldDead = max(longestHeldDead, time - start)
+        let from = max(start, lastFaultEnd)
+        if time > from { heldDeadAfterFaults = max(heldDeadAfterFaults, time - from) }
+    }
+
+    mutating func closeSpells(ofSubject process: Int) {
+        for observer in spellsBySubject[process] ?? [] { closeSpell(observer: observer, subject: process) }
+        spellsBySubject[process] = nil
+    }
+
+    mutating func closeSpells(ofObserver slot: Int) {
+        for process in spellsByObserver[slot] ?? [] { closeSpell(observer: slot, subject: process) }
+        spellsByObserver[slot] = nil
     }
 
     // MARK: Observation
@@ -445,6 +554,7 @@ package struct Simulation {
             }
         case .removed(let id):
             guard let process = processByID[id] else { return }
+            closeSpell(observer: observer, subject: process)
             setAlive(observer: observer, subject: process, false)
         case .nameConflict:
             break
@@ -455,6 +565,9 @@ package struct Simulation {
         guard let process = processByID[member.id], process != currentProcess[observer] else { return }
         setAlive(observer: observer, subject: process, member.status == .alive)
         let subjectSlot = processes[process].slot
+        if processes[process].up && currentProcess[subjectSlot] == process && states[subjectSlot] == .running {
+            if member.status == .dead { openSpell(observer: observer, subject: process) } else { closeSpell(observer: observer, subject: process) }
+        }
         let subjectIsLive = processes[process].up && currentProcess[subjectSlot] == process && states[subjectSlot] == .running
             && !processes[process].everPaused
         if subjectIsLive && (member.status == .dead || member.status == .suspect) {
@@ -470,7 +583,10 @@ package struct Simulation {
         guard let indices = watchesBySubject[process] else { return }
         for index in indices {
             if member.status == .dead { watches[index].deadBy.insert(observer) }
-            if member.status == .suspect { watches[index].suspectedBy.insert(observer) }
+            if member.status == .suspect {
+                watches[index].suspectedBy.insert(observer)
+                if watches[index].firstSuspected < 0 { watches[index].firstSuspected = time }
+            }
             if case .status(let goal) = watches[index].goal, goal == member.status { watches[index].see(observer, at: time) }
         }
     }
@@ -543,6 +659,10 @@ package struct Simulation {
     // MARK: Results
 
     mutating func finish() -> SimulationReport {
+        report.heldDeadAtEnd = deadSpells.count
+        for key in deadSpells.keys.sorted() { closeSpell(observer: Int(key >> 32), subject: Int(key & 0xFFFF_FFFF)) }
+        report.heldDeadAfterFaultsSeconds = heldDeadAfterFaults >= 0 ? Double(heldDeadAfterFaults) / 1e9 : nil
+        report.longestHeldDeadSeconds = longestHeldDead >= 0 ? Double(longestHeldDead) / 1e9 : nil
         report.steps = steps
         report.falseDeathVictims = falseVictims.count
         report.convergences = convergenceWatches.map { watch in
@@ -552,16 +672,22 @@ package struct Simulation {
             var latencies: [Double] = []
             var observers = 0
             var any = false
+            var firstSuspicion: Double?
             for watch in watches where watch.kind == kind {
                 any = true
+                if watch.firstSuspected >= 0, firstSuspicion == nil { firstSuspicion = Double(watch.firstSuspected - watch.start) / 1e9 }
                 for (slot, process) in watch.observers where processes[process].up && currentProcess[slot] == process {
                     observers += 1
                     if watch.firstSeen[slot] >= 0 { latencies.append(Double(watch.firstSeen[slot] - watch.start) / 1e9) }
                 }
             }
-            return any ? Detection(latencies: latencies, observers: observers) : nil
+            guard any else { return nil }
+            var result = Detection(latencies: latencies, observers: observers)
+            result.firstSuspicionSeconds = firstSuspicion
+            return result
         }
         report.crashDetection = detection(.crash)
+        report.pauseDetection = detection(.pause)
         report.leaveDetection = detection(.leave)
         report.metadataPropagation = detection(.metadata)
         report.joinDetection = detection(.join)
@@ -647,6 +773,9 @@ struct Pending: Comparable {
         case action(Int)
         case resume(slot: Int, process: Int)
         case heal(id: Int)
+        case lossEnd(slot: Int)
+        /// A new process at a slot that is down (`crashRestart`).
+        case start(slot: Int)
         case sample
     }
 
@@ -681,6 +810,7 @@ struct Watch {
     var firstSeen: [Int64]
     var deadBy: Set<Int> = []
     var suspectedBy: Set<Int> = []
+    var firstSuspected: Int64 = -1
 
     init(kind: Kind, subject: Int, goal: Goal, start: Int64, observers: [(Int, Int)], capacity: Int) {
         self.kind = kind
