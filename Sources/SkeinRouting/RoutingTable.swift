@@ -78,7 +78,8 @@ package struct RoutingTable: Sendable {
 
     /// Forgets a relay (dead or left).
     package mutating func remove(_ id: NodeID) {
-        suspended[id] = nil
+        // A suspended relay still gets events and broadcasts: forgetting it is a change too.
+        if suspended.removeValue(forKey: id) != nil { version &+= 1 }
         guard let old = relays.removeValue(forKey: id) else { return }
         unindex(old)
         version &+= 1

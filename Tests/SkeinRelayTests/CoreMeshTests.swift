@@ -152,6 +152,9 @@ struct CoreMeshTests {
             #expect(broadcast.peerFrames(to: b) == [.broadcast(cluster: "all", body: Self.hello)], "\(loss)")
             _ = d.relay(1, clusters: ["all": 1], topics: ["news"])
         }
+        // Suspect, then dead: the publish route (cached per routing version) drops it.
+        _ = d.removeRelay(b, .suspect)
+        #expect(d.send(.publish(topic: "news", event: Self.hello), from: sender).peerFrames(to: b).count == 1)
         _ = d.removeRelay(b, .dead)
         #expect(d.send(.publish(topic: "news", event: Self.hello), from: sender).peerFrames(to: b).isEmpty)
     }

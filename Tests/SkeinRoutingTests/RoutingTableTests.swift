@@ -41,8 +41,10 @@ struct RoutingTableTests {
         #expect(table.relays(subscribedTo: "news") == [node(1), node(2)])
         #expect(table.relays(broadcastingTo: "echo") == [node(1), node(2)])
         #expect(table.relays(subscribedTo: "other").isEmpty)
-        // Removed (dead, left): gone from both.
+        // Removed (dead, left): gone from both, and the version moves (fan-out caches follow it).
+        let before = table.version
         table.remove(node(2))
+        #expect(table.version > before)
         #expect(table.relays(subscribedTo: "news") == [node(1)])
         #expect(table.relays(broadcastingTo: "echo") == [node(1)])
         // Back (update): once, not twice.
