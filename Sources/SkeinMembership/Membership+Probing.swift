@@ -32,6 +32,16 @@ extension Membership {
         }
     }
 
+    /// The addresses of the members dead within `reconnectWindow`, oldest death first.
+    mutating func recentlyDeadAddresses(now: NIODeadline) -> [MemberAddress] {
+        pruneReconnecting(now: now)
+        var seen: Set<NodeID> = []
+        return reconnecting.compactMap { memberID in
+            guard seen.insert(memberID).inserted, let state = table[memberID], state.status == .dead else { return nil }
+            return state.address
+        }
+    }
+
     /// With every probe round, one member dead within `reconnectWindow` (round-robin) gets a
     /// dead probe: if it is alive behind a healed partition, it refutes in its ack.
     mutating func probeReconnecting(now: NIODeadline, into out: inout [MembershipDirective]) {

@@ -395,7 +395,7 @@ public struct Membership: Sendable {
             adjustHealth(+1)
             // Also to those we hold dead of late: after a partition, they are the other side,
             // and they hold us dead too.
-            broadcastDirectly(selfAlive, alsoToReconnecting: true, now: now, into: &out)
+            broadcastDirectly(selfAlive, alsoTo: recentlyDeadAddresses(now: now), into: &out)
             // Declared dead (or left): whoever told us has a view that lost us, and perhaps
             // others. Exchange full states with it at once rather than at the next round.
             if dead { repair(with: from, now: now, into: &out) }
@@ -433,19 +433,12 @@ public struct Membership: Sendable {
 
     /// `update` in one datagram to every live member, up to `directBroadcastLimit` of them chosen
     /// at random; also queued for gossip, which reaches the rest and repairs losses.
-    mutating func broadcastDirectly(
-        _ update: GossipUpdate, alsoToReconnecting: Bool = false, now: NIODeadline? = nil, into out: inout [MembershipDirective]
-    ) {
+    mutating func broadcastDirectly(_ update: GossipUpdate, alsoTo extra: [MemberAddress] = [], into out: inout [MembershipDirective]) {
         enqueue(update)
         var targets = liveOthers > settings.directBroadcastLimit
             ? randomLive(settings.directBroadcastLimit, where: { $0.isLive })
             : table.filter(\.isLive).map(\.address)
-        if alsoToReconnecting, let now {
-            pruneReconnecting(now: now)
-            for memberID in reconnecting.prefix(max(0, settings.directBroadcastLimit - targets.count)) {
-                if let state = table[memberID], state.status == .dead { targets.append(state.address) }
-            }
-        }
+        targets += extra.prefix(max(0, settings.directBroadcastLimit - targets.count))
         let payload = Wire.datagram(sender: id, [.update(update)])
         for target in targets {
             stats.directBroadcastsSent += 1
