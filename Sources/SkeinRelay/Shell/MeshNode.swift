@@ -564,11 +564,11 @@ public enum MeshStartupError: Error, CustomStringConvertible {
     }
 }
 
-/// The UDP socket of the gossip protocol, bound to `host:port` (SO_REUSEADDR, so that it can be
-/// bound again at once after an error closed it).
+/// The UDP socket of the gossip protocol, bound to `host:port`. No SO_REUSEADDR: a closed UDP
+/// socket frees its port at once (no TIME_WAIT), and without it a port another process holds
+/// still fails the bind, as at startup.
 private func bindGossipSocket(host: String, port: Int, target: GossipHandler.Target, eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
     DatagramBootstrap(group: eventLoop)
-        .channelOption(.socketOption(.so_reuseaddr), value: 1)
         .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
