@@ -133,7 +133,7 @@ package struct RoutingTable: Sendable {
 
     /// Remote relays with members of `cluster` that a broadcast goes to: usable and suspended
     /// ones alike, for the same reason as `relays(subscribedTo:)` (requests choose among the
-    /// usable ones only: `choose`).
+    /// usable ones only: `pick(cluster:excluding:inFlight:)`).
     package func relays(broadcastingTo cluster: String) -> [NodeID] {
         let usable = byCluster[cluster] ?? []
         guard !suspended.isEmpty else { return usable }

@@ -8,7 +8,7 @@ import Testing
 /// longer settling); this test runs its short version and holds every run to the targets:
 /// no relay held dead under 30 % loss on its host, and within 5 s of each fault's end every
 /// relay sees every other alive and every subscriber receives again, with nothing doubled or
-/// reordered. Needs root, `ip`, `nft` and `python3` (`make deps` installs them).
+/// reordered. Needs root, `ip`, `nft` and `python3` (`make test-deps`, which `make test` runs, installs them).
 @Suite("Healing: five relays in network namespaces under loss, partition and restart", .serialized, .timeLimit(.minutes(5)))
 struct HealingTests {
     static let bound = 5.0
