@@ -68,11 +68,14 @@ let package = Package(
         ),
         // Which remote relays serve which clusters and topics, and where a request goes. Pure.
         .target(name: "SkeinRouting", dependencies: ["SkeinMembership", "SkeinFederation"]),
-        // Many membership cores in one process on virtual time: network faults, scenarios, metrics.
+        // Many membership cores, or many whole relays (`RelayLoop`s with clients), in one process
+        // on virtual time: network faults, scenarios, metrics, invariants.
         .target(
             name: "SkeinSimulator",
             dependencies: [
                 "SkeinMembership",
+                "SkeinRelay",
+                "SkeinWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "HeapModule", package: "swift-collections"),
             ]
@@ -137,7 +140,7 @@ let package = Package(
         .testTarget(name: "SkeinRoutingTests", dependencies: ["SkeinRouting", "SkeinMembership"]),
         .testTarget(
             name: "SkeinSimulatorTests",
-            dependencies: ["SkeinSimulator", "SkeinMembership", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["SkeinSimulator", "SkeinMembership", "SkeinRelay", "SkeinWire", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "SkeinRelayTests",

@@ -27,6 +27,16 @@ public enum RelayAction: Sendable, Equatable {
     case resumeReading(ConnectionID)
     /// Something worth a log line and a metric.
     case report(RelayEvent)
+    // The mesh (only `RelayLoop` emits these).
+    /// Send `frame` on the link to the relay listening at the address, dialing one if there is
+    /// none: the relay has no established link (`RelayInput.peerUnsent`), or the frame is a
+    /// membership message to an address.
+    case sendPeerAt(MemberAddress, PeerFrame)
+    /// Seal one gossip datagram and send it.
+    case sendDatagram([UInt8], to: MemberAddress)
+    /// End every link to the relay at once with a TCP reset: it was held dead, and its old
+    /// links sit in TCP's retransmission backoff (Docs/operations.md, "The gossip socket").
+    case resetPeerLinks(NodeID, reason: String)
 }
 
 /// Why a remote relay cannot take new work (`RelayCore.relayUnavailable`).
@@ -62,6 +72,11 @@ public enum RelayEvent: Sendable, Equatable {
     case federationDropped(network: String, reason: String)
     /// Federation: this relay's first gateway link to a network came up, or its last one went.
     case federationLinkChanged(network: String, up: Bool)
+    /// Membership decided something about a relay (this one included).
+    case membership(MembershipEvent)
+    /// This relay's clusters and topics do not fit in its membership metadata: the last good
+    /// metadata stays advertised.
+    case metadataRejected(reason: String)
 }
 
 /// The relay's protocol logic for its local connections: handshake, cluster membership, request

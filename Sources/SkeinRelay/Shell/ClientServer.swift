@@ -8,18 +8,20 @@ import SkeinMembership
 import SkeinRouting
 import SkeinWire
 
-/// The SwiftNIO shell around `RelayCore`: accepts local connections, decodes their frames,
-/// feeds them to the core, and carries out the core's actions.
+/// The host of the relay loop, and the SwiftNIO shell of local connections: accepts them,
+/// decodes their frames, feeds them to `RelayLoop` with every other shell's inputs
+/// (`RelayInputSink`), and carries out the loop's actions on client channels and on the
+/// transports (`MeshTransport`, `LinkTransport`).
 ///
-/// Everything runs on one event loop, the core's, so the core needs no locks and frames
-/// from one connection reach every destination in order. Output for each connection is
-/// encoded into one buffer per read batch and flushed once, at the end of the batch.
-public final class ClientServer: @unchecked Sendable {
+/// Everything runs on one event loop, the loop's, so it needs no locks and frames from one
+/// connection reach every destination in order. Output for each connection is encoded into one
+/// buffer per read batch and flushed once, at the end of the batch.
+public final class ClientServer: RelayInputSink, @unchecked Sendable {
     // @unchecked: all mutable state is confined to `eventLoop` (asserted in debug builds).
     public let eventLoop: any EventLoop
     let configuration: RelayConfiguration
     let logger: Logger
-    @exclusivity(unchecked) private var core: RelayCore
+    @exclusivity(unchecked) private(set) var loop: RelayLoop
     @exclusivity(unchecked) private var clients: [ConnectionID: ClientChannel] = [:]
     @exclusivity(unchecked) private var dirty: [ClientChannel] = []
     @exclusivity(unchecked) private var lastClient: ClientChannel?
@@ -31,20 +33,16 @@ public final class ClientServer: @unchecked Sendable {
     @exclusivity(unchecked) private var listeners: [any Channel] = []
     private let metrics = RelayMetrics()
     let limits: WireLimits
-    /// The relay's part of the mesh, once it runs (on the event loop).
-    @exclusivity(unchecked) weak var mesh: MeshNode? {
-        didSet { if let mesh { core.localNode = mesh.nodeID } }
-    }
-    /// The relay's federations, if it is a gateway (on the event loop).
-    @exclusivity(unchecked) var gateways: [GatewayNode] = []
-    /// Relays whose frames could not be sent (no link, no address): their requests go elsewhere.
-    @exclusivity(unchecked) private var unsentTo: [NodeID] = []
+    /// The mesh's links and gossip socket, once the relay is in a mesh (on the event loop).
+    @exclusivity(unchecked) private var mesh: (any MeshTransport)?
+    /// The gateway links of the relay's federations, if it is a gateway (on the event loop).
+    @exclusivity(unchecked) private var gateways: [any LinkTransport] = []
 
     public init(configuration: RelayConfiguration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
-        self.core = RelayCore(settings: configuration.settings, zone: configuration.mesh?.zone ?? "", seed: SecureRandom.uint64())
+        self.loop = RelayLoop(core: RelayCore(settings: configuration.settings, zone: configuration.mesh?.zone ?? "", seed: SecureRandom.uint64()))
         self.limits = configuration.settings.decoderLimits
         actions.reserveCapacity(64)
     }
@@ -128,15 +126,56 @@ public final class ClientServer: @unchecked Sendable {
         get async { (try? await eventLoop.submit { self.core.pendingRequestCount }.get()) ?? 0 }
     }
 
-    /// What local connections serve, for the mesh's metadata (on the event loop).
-    var directoryVersion: UInt64 {
+    private var core: RelayCore { _read { yield loop.core } }
+
+    // MARK: - The mesh and federations (wired by RelayService)
+
+    /// Makes the loop a member of the mesh `transport` carries (before it joins).
+    func attachMesh(_ mesh: RelayLoopMesh, transport: any MeshTransport) throws {
         eventLoop.preconditionInEventLoop()
-        return core.directoryVersion
+        loop = try RelayLoop(core: loop.core, mesh: mesh, seed: SecureRandom.uint64(), now: .now(), generation: wallClockMillis())
+        self.mesh = transport
+        rescheduleWakeup()
     }
 
-    func localDirectory() -> (clusters: [String: Int], topics: [String: Int], connections: Int, gateways: [String: [ExportRule]]) {
+    /// Adds a federation's gateway links.
+    func attachGateway(_ transport: any LinkTransport) {
         eventLoop.preconditionInEventLoop()
-        return (core.clusterMembership, core.topicSubscriptions, core.connectionCount, core.gatewayAdvertisement)
+        gateways.append(transport)
+    }
+
+    /// `/members`, or nil for a relay without a mesh.
+    var membersJSON: JSON? {
+        get async {
+            try? await eventLoop.submit { () -> JSON? in
+                self.loop.membership.map { SkeinRelay.membersJSON($0) }
+            }.get() ?? nil
+        }
+    }
+
+    // MARK: - RelayInputSink (on the event loop)
+
+    func input(_ input: RelayInput) {
+        loop.handle(input, now: .now(), actions: &actions)
+        perform()
+        flush()
+    }
+
+    /// The clock is read once per link read, as it is once per client read batch, and the
+    /// actions of a read's frames are carried out together at its end (`inputsComplete`):
+    /// nothing else runs on the loop in between, and nothing needs pausing per frame (the
+    /// link's frames are already read). Anything that performs meanwhile performs them too, in
+    /// order.
+    func inputDeferred(_ input: RelayInput) {
+        let now = peerReadTime ?? .now()
+        peerReadTime = now
+        loop.handle(input, now: now, actions: &actions)
+    }
+
+    func inputsComplete() {
+        peerReadTime = nil
+        perform()
+        flush()
     }
 
     /// Local clients as `/status` reports them.
@@ -161,7 +200,7 @@ public final class ClientServer: @unchecked Sendable {
     /// Ends every connection with a CLOSE carrying `reason`.
     public func closeAll(reason: String) async {
         try? await eventLoop.submit {
-            self.core.closeAll(reason: reason, actions: &self.actions)
+            self.loop.handle(.closeAll(reason: reason), now: .now(), actions: &self.actions)
             self.perform()
             self.flush()
         }.get()
@@ -175,7 +214,7 @@ public final class ClientServer: @unchecked Sendable {
         let client = ClientChannel(id: ConnectionID(nextConnection), channel: channel)
         clients[client.id] = client
         metrics.connectionsOpened.increment()
-        core.connectionOpened(client.id, now: .now(), actions: &actions)
+        loop.handle(.clientOpened(client.id), now: .now(), actions: &actions)
         perform()
         rescheduleWakeup()  // arms the handshake timeout even if nothing else happens
         return client
@@ -196,7 +235,7 @@ public final class ClientServer: @unchecked Sendable {
     /// Returns whether the actions were carried out.
     func received(_ frame: ClientFrame, from client: ClientChannel, now: NIODeadline, deferring: Bool) -> Bool {
         let first = actions.count
-        core.received(frame, from: client.id, now: now, actions: &actions)
+        loop.handle(.clientFrame(client.id, frame), now: now, actions: &actions)
         guard !deferring || Self.stopsReading(actions, from: first) else { return false }
         perform()
         return true
@@ -224,24 +263,21 @@ public final class ClientServer: @unchecked Sendable {
     }
 
     func malformed(_ client: ClientChannel, error: WireError) {
-        core.malformedInput(client.id, error: error, actions: &actions)
+        loop.handle(.clientMalformed(client.id, error), now: .now(), actions: &actions)
         perform()
     }
 
     func closed(_ client: ClientChannel, unparsedBytes: Int) {
-        if unparsedBytes > 0 {
-            core.truncatedInput(client.id, bufferedBytes: unparsedBytes, actions: &actions)
-        }
         clients[client.id] = nil
         if lastClient === client { lastClient = nil }
         client.isClosed = true
-        core.connectionClosed(client.id, now: .now(), actions: &actions)
+        loop.handle(.clientClosed(client.id, unparsedBytes: unparsedBytes), now: .now(), actions: &actions)
         perform()
         flush()
     }
 
     func writabilityChanged(_ client: ClientChannel, writable: Bool) {
-        core.writabilityChanged(client.id, writable: writable, now: .now(), actions: &actions)
+        loop.handle(.clientWritability(client.id, writable: writable), now: .now(), actions: &actions)
         perform()
         flush()
     }
@@ -275,14 +311,10 @@ public final class ClientServer: @unchecked Sendable {
                 batch.removeAll(keepingCapacity: true)
                 actions = batch
             }
-            while let relay = unsentTo.popLast() {
-                core.relayUnavailable(relay, .neverReached, now: .now(), actions: &actions)
-            }
         }
     }
 
     private func perform(_ batch: [RelayAction]) {
-        var mesh: MeshNode?  // a weak load: only once a frame goes to another relay
         for action in batch {
             switch action {
             case .send(let id, let frame):
@@ -301,11 +333,18 @@ public final class ClientServer: @unchecked Sendable {
             case .resumeReading(let id):
                 clients[id]?.setReading(true)
             case .sendPeer(let relay, let frame):
-                // Gateway links first: the mesh would look another network's relay up in this
-                // network's membership (a copy of it, per frame) before giving up on it.
-                if !gateways.isEmpty, gateways.contains(where: { $0.send(frame, to: relay) }) { continue }
-                if mesh == nil { mesh = self.mesh }
-                if mesh?.send(frame, to: relay) != true { unsentTo.append(relay) }
+                // Gateway links first, then the mesh's; without an established link the loop
+                // says where to dial, or gives the relay up (its actions join the next batch).
+                if !gateways.isEmpty, gateways.contains(where: { $0.send(frame, toNode: relay) }) { continue }
+                if mesh?.send(frame, toNode: relay) != true {
+                    loop.handle(.peerUnsent(relay, frame), now: .now(), actions: &actions)
+                }
+            case .sendPeerAt(let address, let frame):
+                mesh?.send(frame, toAddress: address)
+            case .sendDatagram(let payload, let address):
+                mesh?.sendDatagram(payload, to: address)
+            case .resetPeerLinks(let relay, let reason):
+                mesh?.resetLinks(to: relay, reason: reason)
             case .report(let event):
                 report(event)
             }
@@ -357,79 +396,17 @@ public final class ClientServer: @unchecked Sendable {
                 Counter(label: "skein_federation_unreachable_total", dimensions: [("network", network)]).increment()
                 logger.warning("network unreachable: no gateway link left", metadata: ["network": "\(network)"])
             }
+        case .membership(let event):
+            logMembershipEvent(event, logger: logger)
+        case .metadataRejected(let reason):
+            logger.error("cannot advertise this relay's clusters and topics", metadata: ["error": "\(reason)"])
         }
     }
 
-    // MARK: - The mesh (on the event loop)
-
-    /// A frame from another relay. Output it causes is written by `peerReadComplete`, once per
-    /// socket read of the peer link, as client output is once per client read batch.
-    func receivedPeer(_ frame: PeerFrame, from relay: NodeID) {
-        // The clock is read once per peer-link read, as it is once per client read batch, and
-        // the actions of a read's frames are carried out together at its end (`peerReadComplete`):
-        // nothing else runs on the loop in between, and nothing needs pausing per frame (the
-        // link's frames are already read). Anything that performs meanwhile performs them too,
-        // in order.
-        let now = peerReadTime ?? .now()
-        peerReadTime = now
-        core.receivedPeer(frame, from: relay, now: now, actions: &actions)
-    }
-
-    /// A peer link's socket filled up (false) or drained (true).
-    func relayWritability(_ relay: NodeID, writable: Bool) {
-        core.relayWritabilityChanged(relay, writable: writable, actions: &actions)
-        perform()
-        flush()
-    }
-
-    /// Every frame of one peer-link read has been handled: write what they produced.
-    func peerReadComplete() {
-        peerReadTime = nil
-        perform()
-        flush()
-    }
-
-    /// What a remote relay serves changed, or it became (un)usable.
-    func relayChanged(_ relay: RemoteRelay?, id: NodeID, loss: RelayLoss = .dead) {
-        if let relay {
-            core.relayUpdated(relay, now: .now(), actions: &actions)
-        } else {
-            core.relayUnavailable(id, loss, now: .now(), actions: &actions)
-        }
-        perform()
-        flush()
-    }
-
-    // MARK: - Federation (on the event loop)
-
-    func gatewayLinked(_ node: NodeID, network: String, exports: [ExportRule]) {
-        core.gatewayLinked(node, network: network, exports: exports, now: .now(), actions: &actions)
-        perform()
-        flush()
-    }
-
-    func gatewayUnlinked(_ node: NodeID, loss: RelayLoss) {
-        core.gatewayUnlinked(node, loss: loss, now: .now(), actions: &actions)
-        perform()
-        flush()
-    }
-
-    /// A frame from another network's gateway. As with `receivedPeer`, the clock is read once
-    /// per link read and the actions of the read's frames are carried out together by
-    /// `peerReadComplete`.
-    func receivedFromGateway(_ frame: PeerFrame, from node: NodeID) {
-        let now = peerReadTime ?? .now()
-        peerReadTime = now
-        core.receivedFromGateway(frame, from: node, now: now, actions: &actions)
-    }
-
-    /// The federation part of `/status`: each federation's links and exports, and this relay's
-    /// view of every network's designated gateway.
-    var federationStatus: JSON {
-        let rows = core.foreignGatewayStatus
-        return .array(gateways.map { gateway in
-            gateway.statusJSON(core: rows, theirExports: core.gatewayAdvertisement[gateway.network])
-        })
+    /// What `/status` shows of the federations: the core's view of every gateway link, and
+    /// what this network exports to each (on the event loop).
+    var federationRows: (links: [(node: NodeID, network: String, designated: Bool, theirInterest: Int, ourInterest: Int)], exports: [String: [ExportRule]]) {
+        (core.foreignGatewayStatus, core.gatewayAdvertisement)
     }
 
     /// Remote relays and this relay's requests in flight to each, for `/status`.
@@ -440,12 +417,12 @@ public final class ClientServer: @unchecked Sendable {
     // MARK: - Timers
 
     private func rescheduleWakeup() {
-        guard let next = core.nextDeadline else { return }
+        guard let next = loop.nextDeadline else { return }
         if let wakeup, wakeup.at <= next { return }
         wakeup?.task.cancel()
         let task = eventLoop.scheduleTask(deadline: next) { [self] in
             self.wakeup = nil
-            self.core.expireTimers(now: .now(), actions: &self.actions)
+            self.loop.handle(.timer, now: .now(), actions: &self.actions)
             self.perform()
             self.flush()
         }

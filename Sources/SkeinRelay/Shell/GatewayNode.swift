@@ -36,14 +36,14 @@ public struct GatewayConfiguration: Sendable {
 /// link to each configured one (redialing with backoff), checks that each link says it belongs to
 /// that network (GATEWAY) before anything else, and passes everything else to the relay core.
 /// All state lives on the relay's event loop.
-public final class GatewayNode: @unchecked Sendable {
+public final class GatewayNode: LinkTransport, @unchecked Sendable {
     // @unchecked: all mutable state is confined to `eventLoop`.
     public let configuration: GatewayConfiguration
     public let links: PeerLinks
     public let localNetwork: String
     let eventLoop: any EventLoop
     let logger: Logger
-    @exclusivity(unchecked) private weak var clients: ClientServer?
+    private unowned let sink: any RelayInputSink
     private let exports: [ExportRule]
     /// Links whose GATEWAY arrived: the relay core knows them.
     @exclusivity(unchecked) private var linked: [NodeID: PeerLink] = [:]
@@ -56,15 +56,14 @@ public final class GatewayNode: @unchecked Sendable {
     private var linksGauge: Recorder { Recorder(label: "skein_federation_links", dimensions: [("network", network)], aggregate: false) }
 
     /// Listens on the federation's `listen` address and starts dialing its gateways.
-    public static func start(
+    static func start(
         _ configuration: GatewayConfiguration, localNetwork: String, exports: ExportTable, nodeID: [UInt8], name: String,
-        clients: ClientServer, logger: Logger
+        sink: any RelayInputSink, eventLoop: any EventLoop, logger: Logger
     ) async throws -> GatewayNode {
         let spec = configuration.spec
         guard let listen = spec.listen, let (host, port) = splitHostPort(listen) else {
             throw MeshStartupError.badAddress(spec.listen ?? "")
         }
-        let eventLoop = clients.eventLoop
         var tagged = logger
         tagged[metadataKey: "federation"] = "\(spec.network)"
         let logger = tagged
@@ -77,7 +76,8 @@ public final class GatewayNode: @unchecked Sendable {
             throw MeshStartupError.cannotBind("gateway links for \(spec.network) on \(listen) (--federation-listen): \(error)")
         }
         let node = try await eventLoop.submit {
-            let node = GatewayNode(configuration, localNetwork: localNetwork, exports: exports.rules, links: links, clients: clients, logger: logger)
+            let node = GatewayNode(
+                configuration, localNetwork: localNetwork, exports: exports.rules, links: links, sink: sink, eventLoop: eventLoop, logger: logger)
             node.begin()
             return node
         }.get()
@@ -86,15 +86,15 @@ public final class GatewayNode: @unchecked Sendable {
     }
 
     private init(
-        _ configuration: GatewayConfiguration, localNetwork: String, exports: [ExportRule], links: PeerLinks, clients: ClientServer,
-        logger: Logger
+        _ configuration: GatewayConfiguration, localNetwork: String, exports: [ExportRule], links: PeerLinks,
+        sink: any RelayInputSink, eventLoop: any EventLoop, logger: Logger
     ) {
         self.configuration = configuration
         self.localNetwork = localNetwork
         self.exports = exports
         self.links = links
-        self.clients = clients
-        self.eventLoop = clients.eventLoop
+        self.sink = sink
+        self.eventLoop = eventLoop
         self.logger = logger
     }
 
@@ -104,12 +104,12 @@ public final class GatewayNode: @unchecked Sendable {
             link.send(.gateway(network: self.localNetwork, exports: self.exports))
         }
         links.onFrame = { [unowned self] frame, link in self.frame(frame, link) }
-        links.onReadComplete = { [unowned self] _ in self.clients?.peerReadComplete() }
+        links.onReadComplete = { [unowned self] _ in self.sink.inputsComplete() }
         links.onWritable = { [unowned self] link in
-            if let node = self.node(of: link) { self.clients?.relayWritability(node, writable: true) }
+            if let node = self.node(of: link) { self.sink.input(.peerWritability(node, writable: true)) }
         }
         links.onUnwritable = { [unowned self] link in
-            if let node = self.node(of: link) { self.clients?.relayWritability(node, writable: false) }
+            if let node = self.node(of: link) { self.sink.input(.peerWritability(node, writable: false)) }
         }
         links.onLinkDown = { [unowned self] link in self.linkDown(link) }
         ticker = eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(250)) { [unowned self] _ in
@@ -157,7 +157,7 @@ public final class GatewayNode: @unchecked Sendable {
                 logger.info("gateway link up", metadata: ["peer": "\(link.peerName ?? "?")", "address": "\(link.advertisedAddress ?? "?")", "node": "\(node)"])
                 linksGauge.record(linked.count)
             }
-            clients?.gatewayLinked(node, network: network, exports: rules)
+            sink.input(.gatewayLinked(node, network: network, exports: rules))
         case .membership:
             link.close(reason: "membership does not cross networks", goodbye: true)
         default:
@@ -167,7 +167,7 @@ public final class GatewayNode: @unchecked Sendable {
                 link.close(reason: "protocol violation: \(frame.kind) before GATEWAY", goodbye: false)
                 return
             }
-            clients?.receivedFromGateway(frame, from: node)
+            sink.inputDeferred(.gatewayFrame(node, frame))
         }
     }
 
@@ -180,7 +180,7 @@ public final class GatewayNode: @unchecked Sendable {
                 level: link.closedGracefully ? .info : .warning, "gateway link down",
                 metadata: ["peer": "\(link.peerName ?? "?")", "reason": "\(link.closeReason ?? "closed")"])
             // Even a goodbye ends what the link carried: nothing sent on it can be answered now.
-            clients?.gatewayUnlinked(node, loss: .linkBroken)
+            sink.input(.gatewayUnlinked(node))
         }
         if !link.isEstablished, let address = link.dialedAddress, configuration.spec.gateways.contains(address) {
             // A dial that failed: try again later, backing off while it keeps failing.
@@ -194,7 +194,7 @@ public final class GatewayNode: @unchecked Sendable {
     }
 
     /// Sends a frame to a linked gateway; false if there is no link to it.
-    func send(_ frame: PeerFrame, to node: NodeID) -> Bool {
+    func send(_ frame: PeerFrame, toNode node: NodeID) -> Bool {
         guard let link = linked[node], !link.isClosed else { return false }
         link.send(frame)
         return true
@@ -217,9 +217,9 @@ public final class GatewayNode: @unchecked Sendable {
     // MARK: - Reporting
 
     /// This federation as `/status` reports it (Docs/operations.md).
-    func statusJSON(core: [(node: NodeID, network: String, designated: Bool, theirInterest: Int, ourInterest: Int)], theirExports: [ExportRule]?)
-        -> JSON
-    {
+    func statusJSON(
+        core: [(node: NodeID, network: String, designated: Bool, theirInterest: Int, ourInterest: Int)], theirExports: [ExportRule]?
+    ) -> JSON {
         eventLoop.preconditionInEventLoop()
         let spec = configuration.spec
         let linkRows: [JSON] = linked.keys.sorted().map { node in

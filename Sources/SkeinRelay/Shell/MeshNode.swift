@@ -28,8 +28,9 @@ public struct MeshConfiguration: Sendable {
     public var zone = ""
     public var membership: MembershipSettings = .lan
     public var links = PeerLinkSettings()
-    /// How often the relay checks whether its local clusters and topics changed.
-    public var metadataCheckInterval: TimeAmount = .milliseconds(50)
+    /// A change of this relay's clusters or topics is advertised this long after it, so a burst
+    /// of subscriptions makes one metadata update.
+    public var metadataDelay: TimeAmount = .milliseconds(50)
 
     public init(name: String, bindHost: String, bindPort: Int) {
         self.name = name
@@ -38,42 +39,36 @@ public struct MeshConfiguration: Sendable {
     }
 }
 
-/// The relay's part of the mesh: the membership core driven over sealed UDP datagrams and the
-/// peer links, all on the relay's event loop.
-///
-/// The core decides; this shell only seals, moves bytes and keeps time: every directive is
-/// performed at once and every event is logged, counted and passed on (`onEvent`).
-public final class MeshNode: @unchecked Sendable {
+/// The relay's part of the mesh as bytes: the sealed UDP gossip socket and the peer links.
+/// Everything it hears becomes a `RelayInput` for the relay loop (through `sink`); everything
+/// the loop asks of the mesh (`.sendPeer`, `.sendPeerAt`, `.sendDatagram`, `.resetPeerLinks`)
+/// arrives through `MeshTransport`. It decides nothing: membership and the rules that join it
+/// to routing live in `RelayLoop`. All on the relay's event loop.
+public final class MeshNode: MeshTransport, @unchecked Sendable {
     // @unchecked: all mutable state is confined to `eventLoop`.
     public let eventLoop: any EventLoop
     public let configuration: MeshConfiguration
     public let nodeID: NodeID
     public let links: PeerLinks
+    /// The address other relays use for this one.
+    public let address: MemberAddress
     let logger: Logger
-    private let clients: ClientServer?
-    @exclusivity(unchecked) private var core: Membership
+    private unowned let sink: any RelayInputSink
     @exclusivity(unchecked) private var sealer: DatagramSealer
     @exclusivity(unchecked) private var opener: DatagramOpener
     @exclusivity(unchecked) private var udp: (any Channel)?
-    @exclusivity(unchecked) private var wakeup: (at: NIODeadline, task: Scheduled<Void>)?
-    @exclusivity(unchecked) private var metadataTask: RepeatedTask?
-    @exclusivity(unchecked) private var advertisedDirectory: UInt64 = .max
     @exclusivity(unchecked) private var socketAddresses: [MemberAddress: SocketAddress] = [:]
-    @exclusivity(unchecked) private var left = false
+    @exclusivity(unchecked) private var closed = false
     /// Where the gossip socket is bound, and its handler's target, to bind it again.
     @exclusivity(unchecked) private var gossipBinding: (host: String, port: Int)?
     @exclusivity(unchecked) private var gossipTarget: GossipHandler.Target?
     @exclusivity(unchecked) private var gossipReopenAttempts = 0
     private let metrics = MeshMetrics()
 
-    /// Every membership event, on the event loop, the moment the core decides it.
-    @exclusivity(unchecked) public var onEvent: ((MembershipEvent) -> Void)?
-
     /// Binds TCP and UDP on the configured address (the same port for both; with port 0 the
-    /// TCP listener picks it and UDP follows, retried if that UDP port is taken) and creates the
-    /// core with the address it will advertise.
-    public static func start(
-        configuration: MeshConfiguration, network: String, keyring: Keyring, clients: ClientServer?,
+    /// TCP listener picks it and UDP follows, retried if that UDP port is taken).
+    static func start(
+        configuration: MeshConfiguration, network: String, keyring: Keyring, sink: any RelayInputSink,
         eventLoop: any EventLoop, logger: Logger
     ) async throws -> MeshNode {
         let idBytes = SecureRandom.bytes(16)
@@ -105,10 +100,10 @@ public final class MeshNode: @unchecked Sendable {
         guard let (advertisedHost, advertisedPort) = splitHostPort(advertise) else { throw MeshStartupError.badAddress(advertise) }
         return try await eventLoop.submit {
             links.advertise(advertise)
-            let node = try MeshNode(
+            let node = MeshNode(
                 configuration: configuration, nodeID: NodeID(bytes: idBytes), links: links, udp: udp,
                 address: MemberAddress(host: advertisedHost, port: UInt16(advertisedPort)),
-                network: network, keyring: keyring, clients: clients, eventLoop: eventLoop, logger: logger)
+                network: network, keyring: keyring, sink: sink, eventLoop: eventLoop, logger: logger)
             gossip.node = node
             node.gossipTarget = gossip
             node.gossipBinding = (host, port)
@@ -120,65 +115,63 @@ public final class MeshNode: @unchecked Sendable {
 
     private init(
         configuration: MeshConfiguration, nodeID: NodeID, links: PeerLinks, udp: any Channel, address: MemberAddress,
-        network: String, keyring: Keyring, clients: ClientServer?, eventLoop: any EventLoop, logger: Logger
-    ) throws {
+        network: String, keyring: Keyring, sink: any RelayInputSink, eventLoop: any EventLoop, logger: Logger
+    ) {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
-        self.clients = clients
+        self.sink = sink
         self.nodeID = nodeID
+        self.address = address
         self.links = links
         self.udp = udp
         self.sealer = DatagramSealer(keyring: keyring, network: network)
         self.opener = DatagramOpener(keyring: keyring, network: network)
-        self.core = try Membership(
-            id: nodeID, name: configuration.name, address: address,
-            metadata: MemberMetadata(zone: configuration.zone), settings: configuration.membership,
-            seed: SecureRandom.uint64(), now: .now(), generation: wallClockMillis())
-        links.onFrame = { [unowned self] frame, link in self.linkFrame(frame, link) }
-        links.onReadComplete = { [unowned self] _ in self.clients?.peerReadComplete() }
+        links.onFrame = { [unowned self] frame, link in
+            if case .membership(let bytes) = frame {
+                let from = link.advertisedAddress.flatMap(splitHostPort).map { MemberAddress(host: $0.0, port: UInt16($0.1)) }
+                    ?? MemberAddress(host: "?", port: 0)
+                self.sink.inputDeferred(.membershipStream(Array(bytes.readableBytesView), from: from))
+            } else if let node = link.peerNode {
+                self.sink.inputDeferred(.peerFrame(node, frame))
+            }
+        }
+        links.onReadComplete = { [unowned self] _ in self.sink.inputsComplete() }
         links.onWritable = { [unowned self] link in
-            if let node = link.peerNode { self.clients?.relayWritability(node, writable: true) }
+            if let node = link.peerNode { self.sink.input(.peerWritability(node, writable: true)) }
         }
         links.onUnwritable = { [unowned self] link in
-            if let node = link.peerNode { self.clients?.relayWritability(node, writable: false) }
+            if let node = link.peerNode { self.sink.input(.peerWritability(node, writable: false)) }
         }
-        links.onLinkDown = { [unowned self] link in self.linkDown(link) }
+        links.onLinkDown = { [unowned self] link in
+            guard !self.closed, let end = link.end else { return }
+            self.sink.input(.peerLinkDown(end))
+        }
         links.onLinkUp = { [unowned self] link in
-            // A handshake proved the peer runs: evidence for a relay held dead.
-            guard !self.left, let node = link.peerNode else { return }
-            self.perform(self.core.linkEstablished(node, now: .now()))
+            guard !self.closed, let node = link.peerNode else { return }
+            self.sink.input(.peerLinkUp(node))
         }
-        clients?.mesh = self
     }
 
-    /// The address other relays use for this one.
-    public var address: MemberAddress {
-        get async { (try? await eventLoop.submit { self.core.address }.get()) ?? MemberAddress(host: "?", port: 0) }
+    /// What the relay loop needs to know to take part in the mesh.
+    public var loopMesh: RelayLoopMesh {
+        var mesh = RelayLoopMesh(id: nodeID, name: configuration.name, address: address, zone: configuration.zone, membership: configuration.membership)
+        mesh.metadataDelay = configuration.metadataDelay
+        return mesh
     }
 
     // MARK: - Running
 
-    /// Starts probing and joins through the seeds (resolved here; unresolvable ones are logged
-    /// and skipped, as seeds may be wrong).
-    public func run() async throws {
-        let seeds = resolve(configuration.seeds)
-        try await eventLoop.submit {
-            self.perform(self.core.join(seeds: seeds, now: .now()))
-            self.metadataTask = self.eventLoop.scheduleRepeatedTask(
-                initialDelay: .zero, delay: self.configuration.metadataCheckInterval
-            ) { [unowned self] _ in self.checkMetadata() }
-        }.get()
-    }
-
-    /// Joins (more of) the mesh through `seeds` while running (`skein join`); returns the
-    /// seeds that resolved.
+    /// Joins through the seeds (resolved here; unresolvable ones are logged and skipped, as
+    /// seeds may be wrong). At start, and while running (`skein join`); returns the seeds that
+    /// resolved.
+    @discardableResult
     public func join(seeds: [String]) async -> [MemberAddress] {
         let resolved = resolve(seeds)
         try? await eventLoop.submit {
-            guard !self.left else { return }
-            self.logger.info("joining", metadata: ["seeds": "\(resolved)"])
-            self.perform(self.core.join(seeds: resolved, now: .now()))
+            guard !self.closed else { return }
+            if !seeds.isEmpty { self.logger.info("joining", metadata: ["seeds": "\(resolved)"]) }
+            self.sink.input(.join(resolved))
         }.get()
         return resolved
     }
@@ -204,27 +197,17 @@ public final class MeshNode: @unchecked Sendable {
     /// work), and waits `within` for the word to spread. Peer links stay open: in-flight requests
     /// from other relays can still be answered; `close()` ends them.
     public func leave(within: TimeAmount = .milliseconds(300)) async {
-        let sent = try? await eventLoop.submit { () -> Bool in
-            guard !self.left else { return false }
-            self.left = true
-            self.metadataTask?.cancel()
-            self.perform(self.core.leave(now: .now()))
-            return true
-        }.get()
-        if sent == true {
-            try? await Task.sleep(nanoseconds: UInt64(within.nanoseconds))
-        }
+        try? await eventLoop.submit { self.sink.input(.leave) }.get()
+        try? await Task.sleep(nanoseconds: UInt64(within.nanoseconds))
     }
 
     /// Closes every peer link with a goodbye, and the gossip socket: the last step of a stop,
     /// after `leave` and after in-flight work has drained (replies to other relays still
     /// travel on the links until now).
     public func close() async {
+        try? await eventLoop.submit { self.closed = true }.get()
         await links.closeAll(reason: "relay stopped")
         let udp = try? await eventLoop.submit { () -> (any Channel)? in
-            self.left = true
-            self.wakeup?.task.cancel()
-            self.wakeup = nil
             defer { self.udp = nil }
             return self.udp
         }.get()
@@ -246,7 +229,7 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     private func gossipSocketClosed(_ channel: any Channel) {
-        guard !left, let current = udp, current === channel else { return }
+        guard !closed, let current = udp, current === channel else { return }
         udp = nil
         metrics.gossipSocketReopened.increment()
         logger.warning(
@@ -256,12 +239,12 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     private func reopenGossipSocket() {
-        guard !left, udp == nil, let (host, port) = gossipBinding, let target = gossipTarget else { return }
+        guard !closed, udp == nil, let (host, port) = gossipBinding, let target = gossipTarget else { return }
         bindGossipSocket(host: host, port: port, target: target, eventLoop: eventLoop).hop(to: eventLoop).whenComplete { [weak self] result in
             guard let self else { return }
             switch result {
             case .success(let channel):
-                guard !self.left else {
+                guard !self.closed else {
                     channel.close(promise: nil)
                     return
                 }
@@ -289,19 +272,10 @@ public final class MeshNode: @unchecked Sendable {
         }.get()
     }
 
-    /// Every known relay (on any thread).
-    public var members: [Member] {
-        get async { (try? await eventLoop.submit { self.core.members }.get()) ?? [] }
-    }
-
-    public var stats: MembershipStats {
-        get async { (try? await eventLoop.submit { self.core.stats }.get()) ?? MembershipStats() }
-    }
-
     // MARK: - Inputs (on the event loop)
 
     func receivedDatagram(_ buffer: ByteBuffer, from remote: SocketAddress) {
-        guard !left, let host = remote.ipAddress, let port = remote.port else { return }
+        guard !closed, let host = remote.ipAddress, let port = remote.port else { return }
         let payload: [UInt8]
         do {
             payload = try opener.open(Array(buffer.readableBytesView), nowMillis: wallClockMillis())
@@ -310,134 +284,22 @@ public final class MeshNode: @unchecked Sendable {
             logger.debug("dropped a datagram", metadata: ["from": "\(host):\(port)", "reason": "\(error)"])
             return
         }
-        perform(core.receiveDatagram(payload, from: MemberAddress(host: host, port: UInt16(port)), now: .now()))
+        sink.input(.datagram(payload, from: MemberAddress(host: host, port: UInt16(port))))
     }
 
-    private func linkFrame(_ frame: PeerFrame, _ link: PeerLink) {
-        guard case .membership(let bytes) = frame else {
-            // Requests, replies, broadcasts, publishes: the relay core's business.
-            if let node = link.peerNode { clients?.receivedPeer(frame, from: node) }
-            return
-        }
-        guard !left else { return }
-        let from = link.advertisedAddress.flatMap(splitHostPort).map { MemberAddress(host: $0.0, port: UInt16($0.1)) }
-            ?? MemberAddress(host: "?", port: 0)
-        perform(core.receiveStream(Array(bytes.readableBytesView), from: from, now: .now()))
-    }
+    // MARK: - Outputs (MeshTransport, on the event loop)
 
-    private func linkDown(_ link: PeerLink) {
-        let now = NIODeadline.now()
-        // A goodbye (idle, duplicate, key retired, leaving) is not a failure: nothing to do.
-        if link.closedGracefully { return }
-        if let node = link.peerNodeID, link.advertisedAddress != nil {
-            // A link that was up broke. Routing stops using the relay until membership says it
-            // is alive again after a short pause (the next frame redials).
-            let id = NodeID(bytes: node)
-            clients?.relayChanged(nil, id: id, loss: .linkBroken)
-            scheduleRoutingRefresh(id)
-            guard !left else { return }
-            // For membership, a hint to probe now, never a verdict.
-            perform(core.linkBroken(id, now: now))
-        } else if let dialed = link.dialedAddress, let (host, port) = splitHostPort(dialed) {
-            // A dial that never got through: nothing queued on it was sent. A refused one says
-            // the relay's process is gone (strong evidence for the membership core).
-            let address = MemberAddress(host: host, port: UInt16(port))
-            if let member = core.members.first(where: { $0.address == address && $0.id != nodeID }) {
-                clients?.relayChanged(nil, id: member.id, loss: .neverReached)
-                scheduleRoutingRefresh(member.id)
-            }
-            guard !left else { return }
-            perform(core.streamFailed(to: address, now: now, refused: link.connectionRefused))
-        }
-    }
-
-    /// Puts a relay back into routing a moment after its link failed, if membership still
-    /// says it is alive (the next frame for it dials again).
-    private func scheduleRoutingRefresh(_ id: NodeID) {
-        eventLoop.scheduleTask(in: .seconds(1)) { [weak self] in
-            guard let self, !self.left, let member = self.core.member(id) else { return }
-            self.routingChanged(member)
-        }
-    }
-
-    /// Tells the relay core what a member serves, or that it is not usable.
-    private func routingChanged(_ member: Member) {
-        guard member.id != nodeID else { return }
-        if member.status == .alive, let metadata = member.metadata {
-            clients?.relayChanged(
-                RemoteRelay(
-                    id: member.id, name: member.name, zone: metadata.zone, clusters: metadata.clusters, topics: metadata.topics,
-                    load: metadata.load, gateways: metadata.gateways.mapValues(ExportTable.init)),
-                id: member.id)
-        } else {
-            // Suspect: no new work, but what is in flight stays. Dead or left: lost.
-            let loss: RelayLoss = switch member.status {
-            case .left: .left
-            case .dead: .dead
-            default: .suspect
-            }
-            clients?.relayChanged(nil, id: member.id, loss: loss)
-        }
-    }
-
-    /// Sends a frame to another relay: on its link, or on a new link to its address. False if
-    /// the relay is unknown (the frame is dropped).
-    func send(_ frame: PeerFrame, to relay: NodeID) -> Bool {
-        if let link = links.link(toNode: relay) {
-            link.send(frame)
-            return true
-        }
-        guard let member = core.member(relay), member.status != .left else { return false }
-        links.link(to: "\(member.address.host):\(member.address.port)").send(frame)
+    func send(_ frame: PeerFrame, toNode node: NodeID) -> Bool {
+        guard let link = links.link(toNode: node) else { return false }
+        link.send(frame)
         return true
     }
 
-    private func checkMetadata() {
-        guard let clients, !left else { return }
-        let version = clients.directoryVersion
-        guard version != advertisedDirectory else { return }
-        let local = clients.localDirectory()
-        let metadata = MemberMetadata(
-            zone: configuration.zone,
-            clusters: local.clusters.mapValues { UInt32(clamping: $0) },
-            topics: Set(local.topics.keys),
-            load: UInt32(clamping: local.connections),
-            gateways: local.gateways)
-        do {
-            perform(try core.updateMetadata(metadata, now: .now()))
-            advertisedDirectory = version
-        } catch {
-            // Too many or too long names for one relay's metadata: keep the last good one.
-            if advertisedDirectory != version {
-                logger.error("cannot advertise this relay's clusters and topics", metadata: ["error": "\(error)"])
-                advertisedDirectory = version
-            }
-        }
+    func send(_ frame: PeerFrame, toAddress address: MemberAddress) {
+        links.link(to: "\(address.host):\(address.port)").send(frame)
     }
 
-    private func timerFired() {
-        wakeup = nil
-        guard !left else { return }
-        perform(core.tick(now: .now()))
-    }
-
-    // MARK: - Directives
-
-    private func perform(_ directives: [MembershipDirective]) {
-        for directive in directives {
-            switch directive {
-            case .sendDatagram(let payload, let to):
-                sendDatagram(payload, to: to)
-            case .sendStream(let bytes, let to):
-                links.link(to: "\(to.host):\(to.port)").send(.membership(ByteBuffer(bytes: bytes)))
-            case .event(let event):
-                report(event)
-            }
-        }
-        rearm()
-    }
-
-    private func sendDatagram(_ payload: [UInt8], to: MemberAddress) {
+    func sendDatagram(_ payload: [UInt8], to: MemberAddress) {
         guard let udp else { return }
         let address: SocketAddress
         if let cached = socketAddresses[to] {
@@ -455,80 +317,12 @@ public final class MeshNode: @unchecked Sendable {
         udp.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: udp.allocator.buffer(bytes: sealed)), promise: nil)
     }
 
-    private func rearm() {
-        let next = core.nextWakeup
-        guard next != .distantFuture else { return }
-        if let wakeup, wakeup.at <= next { return }
-        wakeup?.task.cancel()
-        wakeup = (next, eventLoop.scheduleTask(deadline: next) { [unowned self] in self.timerFired() })
-    }
-
-    private func report(_ event: MembershipEvent) {
-        onEvent?(event)
-        if case .statusChanged(let member, from: .dead) = event, member.status == .alive {
-            // Back from the dead: its old links carried traffic into the outage and now sit in
-            // TCP's backoff; replace them before routing sends anything (PeerLinks.reset).
-            let reset = links.reset(node: member.id, reason: "the relay was held dead; a fresh link replaces this one")
-            if reset > 0 { metrics.staleLinksReset.increment(by: Int64(reset)) }
-        }
-        switch event {
-        case .joined(let member), .statusChanged(let member, _), .metadataChanged(let member):
-            routingChanged(member)
-        case .removed(let id):
-            clients?.relayChanged(nil, id: id, loss: .dead)
-        case .nameConflict:
-            break
-        }
-        switch event {
-        case .joined(let member):
-            logger.info("relay joined", metadata: member.logMetadata)
-        case .statusChanged(let member, let from):
-            let level: Logger.Level = member.status == .dead || member.status == .suspect ? .warning : .info
-            logger.log(level: level, "relay is \(member.status.rawValue)", metadata: member.logMetadata.merging(["was": "\(from.rawValue)"]) { $1 })
-            metrics.statusChanges(member.status).increment()
-        case .metadataChanged(let member):
-            logger.info("relay metadata changed", metadata: member.logMetadata.merging(["version": "\(member.metadataVersion)"]) { $1 })
-        case .removed(let id):
-            logger.info("relay forgotten", metadata: ["node": "\(id)"])
-        case .nameConflict(let existing, let new):
-            logger.warning(
-                "two relays use the same name",
-                metadata: ["name": "\(new.name)", "existing": "\(existing.address)", "new": "\(new.address)"])
-        }
+    func resetLinks(to node: NodeID, reason: String) {
+        let reset = links.reset(node: node, reason: reason)
+        if reset > 0 { metrics.staleLinksReset.increment(by: Int64(reset)) }
     }
 
     // MARK: - Reporting
-
-    /// `/members`: every known relay (the shape is in Docs/operations.md).
-    public var membersJSON: JSON {
-        get async {
-            (try? await eventLoop.submit { () -> JSON in
-                let members = self.core.members.sorted { ($0.name, $0.id) < ($1.name, $1.id) }
-                return .object([
-                    ("self", .string(self.nodeID.description)),
-                    ("members", .array(members.map { $0.json(isSelf: $0.id == self.nodeID) })),
-                    ("stats", .object([
-                        ("localHealth", .int(Int64(self.core.localHealth))),
-                        ("udpFailedWhileStreamWorked", .int(Int64(self.core.stats.udpFailedWhileStreamWorked))),
-                        ("suspicionsRaised", .int(Int64(self.core.stats.suspicionsRaised))),
-                        ("accusationsWithheld", .int(Int64(self.core.stats.accusationsWithheld))),
-                        ("stalls", .int(Int64(self.core.stats.stalls))),
-                        ("malformedDropped", .int(Int64(self.core.stats.malformedDropped))),
-                        ("refutations", .int(Int64(self.core.stats.refutations))),
-                        ("refutationsWithheld", .int(Int64(self.core.stats.refutationsWithheld))),
-                        ("deathsDeclared", .int(Int64(self.core.stats.deathsDeclared))),
-                        ("deadProbesSent", .int(Int64(self.core.stats.deadProbesSent))),
-                        ("probesSent", .int(Int64(self.core.stats.probesSent))),
-                        ("acksReceived", .int(Int64(self.core.stats.acksReceived))),
-                        ("pushPullsSent", .int(Int64(self.core.stats.pushPullsSent))),
-                        ("pushPullsReceived", .int(Int64(self.core.stats.pushPullsReceived))),
-                        ("datagramsSent", .int(Int64(self.core.stats.datagramsSent))),
-                        ("datagramsReceived", .int(Int64(self.core.stats.datagramsReceived))),
-                    ])),
-                ])
-            }.get()) ?? .null
-        }
-    }
 
     /// Peer links as `/status` reports them.
     public var linksJSON: JSON {
@@ -546,6 +340,20 @@ public final class MeshNode: @unchecked Sendable {
                 })
             }.get()) ?? .null
         }
+    }
+}
+
+extension PeerLink {
+    /// How the link ended, for the relay loop; nil for one that ended before it was either
+    /// established or a dial (an accepted connection that failed its handshake).
+    var end: PeerLinkEnd? {
+        // A goodbye (idle, duplicate, key retired, leaving) is not a failure.
+        if closedGracefully { return .graceful }
+        if let node = peerNode, advertisedAddress != nil { return .broken(node) }
+        if let dialed = dialedAddress, let (host, port) = splitHostPort(dialed) {
+            return .dialFailed(MemberAddress(host: host, port: UInt16(port)), refused: connectionRefused)
+        }
+        return nil
     }
 }
 
@@ -603,6 +411,54 @@ private final class GossipHandler: ChannelInboundHandler, @unchecked Sendable {
         target.lastError = error
         target.node?.logger.debug("gossip socket error", metadata: ["error": "\(error)"])
     }
+}
+
+/// Logs and counts a membership event (the relay loop reports it as `.membership`).
+func logMembershipEvent(_ event: MembershipEvent, logger: Logger) {
+    switch event {
+    case .joined(let member):
+        logger.info("relay joined", metadata: member.logMetadata)
+    case .statusChanged(let member, let from):
+        let level: Logger.Level = member.status == .dead || member.status == .suspect ? .warning : .info
+        logger.log(level: level, "relay is \(member.status.rawValue)", metadata: member.logMetadata.merging(["was": "\(from.rawValue)"]) { $1 })
+        MeshMetrics().statusChanges(member.status).increment()
+    case .metadataChanged(let member):
+        logger.info("relay metadata changed", metadata: member.logMetadata.merging(["version": "\(member.metadataVersion)"]) { $1 })
+    case .removed(let id):
+        logger.info("relay forgotten", metadata: ["node": "\(id)"])
+    case .nameConflict(let existing, let new):
+        logger.warning(
+            "two relays use the same name",
+            metadata: ["name": "\(new.name)", "existing": "\(existing.address)", "new": "\(new.address)"])
+    }
+}
+
+/// `/members`: every known relay (the shape is in Docs/operations.md).
+func membersJSON(_ membership: Membership) -> JSON {
+    let members = membership.members.sorted { ($0.name, $0.id) < ($1.name, $1.id) }
+    let stats = membership.stats
+    return .object([
+        ("self", .string(membership.id.description)),
+        ("members", .array(members.map { $0.json(isSelf: $0.id == membership.id) })),
+        ("stats", .object([
+            ("localHealth", .int(Int64(membership.localHealth))),
+            ("udpFailedWhileStreamWorked", .int(Int64(stats.udpFailedWhileStreamWorked))),
+            ("suspicionsRaised", .int(Int64(stats.suspicionsRaised))),
+            ("accusationsWithheld", .int(Int64(stats.accusationsWithheld))),
+            ("stalls", .int(Int64(stats.stalls))),
+            ("malformedDropped", .int(Int64(stats.malformedDropped))),
+            ("refutations", .int(Int64(stats.refutations))),
+            ("refutationsWithheld", .int(Int64(stats.refutationsWithheld))),
+            ("deathsDeclared", .int(Int64(stats.deathsDeclared))),
+            ("deadProbesSent", .int(Int64(stats.deadProbesSent))),
+            ("probesSent", .int(Int64(stats.probesSent))),
+            ("acksReceived", .int(Int64(stats.acksReceived))),
+            ("pushPullsSent", .int(Int64(stats.pushPullsSent))),
+            ("pushPullsReceived", .int(Int64(stats.pushPullsReceived))),
+            ("datagramsSent", .int(Int64(stats.datagramsSent))),
+            ("datagramsReceived", .int(Int64(stats.datagramsReceived))),
+        ])),
+    ])
 }
 
 struct MeshMetrics {

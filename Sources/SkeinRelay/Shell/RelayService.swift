@@ -87,8 +87,9 @@ public final class RelayService: Service, Sendable {
                 guard let keyring = server.configuration.keyring else { throw MeshStartupError.noKeyring }
                 let node = try await MeshNode.start(
                     configuration: mesh, network: server.configuration.network, keyring: keyring,
-                    clients: server, eventLoop: server.eventLoop, logger: logger)
+                    sink: server, eventLoop: server.eventLoop, logger: logger)
                 meshNode.withLockedValue { $0 = node }
+                try await server.eventLoop.submit { try self.server.attachMesh(node.loopMesh, transport: node) }.get()
             }
             try await startGateways()
             if let admin = server.configuration.admin {
@@ -104,7 +105,7 @@ public final class RelayService: Service, Sendable {
             try? await group.shutdownGracefully()
             throw error
         }
-        try await mesh?.run()
+        if let mesh { await mesh.join(seeds: mesh.configuration.seeds) }
         ready.yield(await server.boundPort ?? -1)
         ready.finish()
         logger.info("relay ready", metadata: ["protocol": "v1.0-draft2", "extensions": "skein/1"])
@@ -148,12 +149,11 @@ extension RelayService {
             let exports = configuration.settings.federation.exports[federation.spec.network] ?? ExportTable()
             let gateway = try await GatewayNode.start(
                 federation, localNetwork: configuration.network, exports: exports, nodeID: nodeID, name: name,
-                clients: server, logger: logger)
+                sink: server, eventLoop: server.eventLoop, logger: logger)
             started.append(gateway)
             gatewayNodes.withLockedValue { $0 = started }
+            try await server.eventLoop.submit { self.server.attachGateway(gateway) }.get()
         }
-        let all = started
-        try await server.eventLoop.submit { self.server.gateways = all }.get()
     }
 
     private func startAdmin(host: String, port: Int) async throws -> AdminServer {
@@ -181,10 +181,10 @@ extension RelayService {
         case "/status", "/":
             return .json(await status())
         case "/members":
-            guard let mesh else {
+            guard let members = await server.membersJSON else {
                 return .text("this relay is not part of a mesh (it was started without --bind)\n", status: .notFound)
             }
-            return .json(await mesh.membersJSON)
+            return .json(members)
         case "/metrics":
             guard let metricsText else { return .text("no metrics exporter is configured in this process\n", status: .notFound) }
             return AdminResponse(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metricsText())
@@ -207,11 +207,15 @@ extension RelayService {
             ("clients", clients),
         ]
         if !gateways.isEmpty {
-            let federation = (try? await server.eventLoop.submit { self.server.federationStatus }.get()) ?? .null
+            let gateways = self.gateways
+            let federation = (try? await server.eventLoop.submit { () -> JSON in
+                let rows = self.server.federationRows
+                return .array(gateways.map { $0.statusJSON(core: rows.links, theirExports: rows.exports[$0.network]) })
+            }.get()) ?? .null
             fields.append(("federation", federation))
         }
         if let mesh {
-            let address = await mesh.address
+            let address = mesh.address
             fields.append(("mesh", .object([
                 ("name", .string(mesh.configuration.name)),
                 ("node", .string(mesh.nodeID.description)),

@@ -1,0 +1,144 @@
+import SkeinMembership
+import SkeinRelay
+
+/// What one whole-mesh run did and whether every promise held (`skein simulate mesh`).
+package struct MeshReport: Sendable {
+    package struct Answers: Sendable, Equatable {
+        package var replies = 0
+        package var faults = 0
+        package var timeouts = 0
+        /// `skein/1` early failures by reason.
+        package var failures: [String: Int] = [:]
+        package var refusals: [String: Int] = [:]
+        /// Requests that ended with their caller's connection (its relay crashed).
+        package var connectionLost = 0
+
+        package var total: Int { replies + faults + timeouts + failures.values.reduce(0, +) + connectionLost }
+    }
+
+    package struct Violation: Sendable, Equatable {
+        package var seconds: Double
+        package var what: String
+    }
+
+    package var relays: Int
+    package var seed: UInt64
+    package var seconds: Double
+    package var loss: Double
+    package var virtualSeconds = 0.0
+    package var relayStarts = 0
+    package var clients = 0
+    /// Inputs handled by relay loops (client frames, peer frames, datagrams, link events, timers).
+    package var inputs = 0
+    package var clientFrames = 0
+    package var peerFrames = 0
+    package var datagrams = 0
+    package var dials = 0
+    package var dialsFailed = 0
+    package var linksBroken = 0
+    package var requests = 0
+    package var publishes = 0
+    package var broadcasts = 0
+    package var answers = Answers()
+    /// Requests still within their time when the run ended.
+    package var pendingAtEnd = 0
+    package var eventsDelivered = 0
+    package var broadcastsDelivered = 0
+    package var gaps = 0
+    package var invariantChecks = 0
+    package var faults: [String] = []
+    /// Relay events by kind (membership status changes, reroutes, timeouts...).
+    package var relayEvents: [String: Int] = [:]
+    package var aliveViews: (seen: Int, pairs: Int) = (0, 0)
+    package var violation: Violation?
+
+    init(scenario: MeshScenario) {
+        relays = scenario.relays
+        seed = scenario.seed
+        seconds = scenario.seconds
+        loss = scenario.network.datagramLoss
+    }
+
+    mutating func note(_ event: RelayEvent) {
+        let key: String = switch event {
+        case .membership(.statusChanged(let member, _)): "relay \(member.status.rawValue)"
+        case .membership(.joined): "relay joined"
+        case .membership(.removed): "relay forgotten"
+        case .membership: "membership other"
+        case .requestTimedOut: "request timed out"
+        case .requestRerouted: "request rerouted"
+        case .slowConsumer: "slow consumer"
+        case .protocolViolation: "protocol violation"
+        case .handshakeRejected: "handshake rejected"
+        case .broadcastWithoutMembers: "broadcast without members"
+        case .lateReplyDropped: "late reply dropped"
+        case .metadataRejected: "metadata rejected"
+        case .handshakeCompleted, .connectionClosed: "connections"
+        case .federationRefused, .federationDropped, .federationLinkChanged: "federation"
+        }
+        relayEvents[key, default: 0] += 1
+    }
+
+    package var passed: Bool { violation == nil }
+
+    /// For people: the same seed prints the same text, byte for byte.
+    package var text: String {
+        var lines: [String] = []
+        lines.append("mesh simulation: \(relays) relays, seed \(seed), \(rounded(seconds, 1)) s of traffic, datagram loss \(rounded(loss * 100, 1)) %")
+        lines.append("virtual time      \(rounded(virtualSeconds, 3)) s; relay processes started \(relayStarts); clients \(clients)")
+        lines.append("loop inputs       \(inputs) (client frames out \(clientFrames), peer frames \(peerFrames), datagrams \(datagrams))")
+        lines.append("peer links        \(dials) dialed, \(dialsFailed) dials failed, \(linksBroken) broken")
+        lines.append("requests          \(requests) sent, \(answers.total) answered: \(answers.replies) replies, \(answers.timeouts) timeouts, "
+            + "\(answers.faults) faults, \(answers.failures.values.reduce(0, +)) skein/1 failures \(listing(answers.failures)), \(answers.connectionLost) with their connection; \(pendingAtEnd) pending at the end")
+        lines.append("events            \(publishes) published, \(eventsDelivered) delivered, \(gaps) gaps (at most once; renewed subscriptions)")
+        lines.append("broadcasts        \(broadcasts) sent, \(broadcastsDelivered) delivered")
+        if !answers.refusals.isEmpty { lines.append("refusals          \(listing(answers.refusals))") }
+        lines.append("relay events      \(listing(relayEvents))")
+        lines.append("faults            \(faults.isEmpty ? "none" : faults.joined(separator: "; "))")
+        lines.append("alive at the end  \(aliveViews.seen) of \(aliveViews.pairs) views of running relays")
+        lines.append("invariant checks  \(invariantChecks)")
+        if let violation {
+            lines.append("VIOLATION at \(rounded(violation.seconds, 6)) s (seed \(seed)): \(violation.what)")
+        } else {
+            lines.append("every invariant held")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    package var json: String {
+        func object(_ counts: [String: Int]) -> String {
+            "{" + counts.keys.sorted().map { "\"\($0)\":\(counts[$0]!)" }.joined(separator: ",") + "}"
+        }
+        func string(_ text: String) -> String {
+            var out = "\""
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                default: out.unicodeScalars.append(scalar)
+                }
+            }
+            return out + "\""
+        }
+        let fields: [(String, String)] = [
+            ("relays", "\(relays)"), ("seed", "\(seed)"), ("seconds", rounded(seconds, 3)), ("loss", rounded(loss, 4)),
+            ("virtualSeconds", rounded(virtualSeconds, 6)), ("relayStarts", "\(relayStarts)"), ("clients", "\(clients)"),
+            ("inputs", "\(inputs)"), ("clientFrames", "\(clientFrames)"), ("peerFrames", "\(peerFrames)"), ("datagrams", "\(datagrams)"),
+            ("dials", "\(dials)"), ("dialsFailed", "\(dialsFailed)"), ("linksBroken", "\(linksBroken)"),
+            ("requests", "\(requests)"), ("answered", "\(answers.total)"), ("replies", "\(answers.replies)"), ("timeouts", "\(answers.timeouts)"),
+            ("faultAnswers", "\(answers.faults)"), ("failures", object(answers.failures)), ("refusals", object(answers.refusals)),
+            ("connectionLost", "\(answers.connectionLost)"), ("pendingAtEnd", "\(pendingAtEnd)"),
+            ("publishes", "\(publishes)"), ("eventsDelivered", "\(eventsDelivered)"), ("gaps", "\(gaps)"),
+            ("broadcasts", "\(broadcasts)"), ("broadcastsDelivered", "\(broadcastsDelivered)"),
+            ("relayEvents", object(relayEvents)), ("faults", "[" + faults.map(string).joined(separator: ",") + "]"),
+            ("aliveSeen", "\(aliveViews.seen)"), ("alivePairs", "\(aliveViews.pairs)"), ("invariantChecks", "\(invariantChecks)"),
+            ("violation", violation.map { "{\"seconds\":\(rounded($0.seconds, 6)),\"what\":\(string($0.what))}" } ?? "null"),
+        ]
+        return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
+    }
+}
+
+private func listing(_ counts: [String: Int]) -> String {
+    counts.isEmpty ? "(none)" : "(" + counts.keys.sorted().map { "\($0) \(counts[$0]!)" }.joined(separator: ", ") + ")"
+}

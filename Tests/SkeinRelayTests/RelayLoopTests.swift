@@ -1,0 +1,170 @@
+import NIOCore
+import SkeinMembership
+import SkeinWire
+import Testing
+
+@testable import SkeinRelay
+
+/// Two relay loops joined in this process by a perfect, instant network on virtual time: the
+/// rules `RelayLoop` adds between the relay core and membership, each seen from its inputs and
+/// actions. (Many loops with faults and clients: SkeinSimulatorTests, "Whole mesh".)
+struct LoopPair {
+    var loops: [RelayLoop]
+    var now = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
+    let addresses = [MemberAddress(host: "10.0.0.1", port: 7946), MemberAddress(host: "10.0.0.2", port: 7946)]
+    let ids = [NodeID(high: 1, low: 1), NodeID(high: 2, low: 2)]
+    /// Every action each loop produced, in order.
+    var log: [[RelayAction]] = [[], []]
+    /// Whether frames between the two arrive (false: a partition).
+    var connected = true
+
+    init() {
+        var loops: [RelayLoop] = []
+        for i in 0..<2 {
+            var mesh = RelayLoopMesh(id: ids[i], name: "r\(i)", address: addresses[i], membership: .fastLocal)
+            mesh.readmitDelay = .seconds(1)
+            loops.append(try! RelayLoop(
+                core: RelayCore(settings: RelaySettings(), seed: UInt64(i)), mesh: mesh, seed: UInt64(10 + i),
+                now: NIODeadline.uptimeNanoseconds(1_000_000_000_000), generation: 1))
+        }
+        self.loops = loops
+    }
+
+    /// Feeds one input to loop `i` and carries out the mesh actions it causes, both ways, at once.
+    @discardableResult
+    mutating func handle(_ input: RelayInput, at i: Int) -> [RelayAction] {
+        var actions: [RelayAction] = []
+        loops[i].handle(input, now: now, actions: &actions)
+        log[i].append(contentsOf: actions)
+        let other = 1 - i
+        for action in actions where connected {
+            switch action {
+            case .sendDatagram(let bytes, let to) where to == addresses[other]:
+                handle(.datagram(bytes, from: addresses[i]), at: other)
+            case .sendPeerAt(let to, .membership(let bytes)) where to == addresses[other]:
+                handle(.membershipStream(Array(bytes.readableBytesView), from: addresses[i]), at: other)
+            default:
+                break
+            }
+        }
+        return actions
+    }
+
+    /// Advances virtual time by `duration`, firing both loops' timers as they come due.
+    mutating func run(for duration: TimeAmount) {
+        let end = now + duration
+        while true {
+            let next = [0, 1].compactMap { i in loops[i].nextDeadline.map { ($0, i) } }.min { $0.0 < $1.0 }
+            guard let (at, i) = next, at <= end else { break }
+            now = max(now, at)
+            handle(.timer, at: i)
+        }
+        now = end
+    }
+
+    mutating func joined() {
+        handle(.join([]), at: 0)
+        handle(.join([addresses[0]]), at: 1)
+        run(for: .seconds(2))
+    }
+}
+
+@Suite("Relay loop: the rules between the relay core and membership")
+struct RelayLoopTests {
+    @Test("two loops join, and each routes to the other once its metadata says what it serves")
+    func joinAndAdvertise() {
+        var pair = LoopPair()
+        pair.joined()
+        #expect(pair.loops[0].membership?.member(pair.ids[1])?.status == .alive)
+        // A member joins cluster svc on relay 1: advertised within the metadata delay, not at once.
+        pair.handle(.clientOpened(ConnectionID(1)), at: 1)
+        pair.handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: "svc")), at: 1)
+        #expect(pair.loops[1].nextDeadline! <= pair.now + .milliseconds(50))
+        #expect(pair.loops[0].core.remoteRelays[pair.ids[1]]?.clusters["svc"] == nil)
+        pair.run(for: .milliseconds(500))
+        #expect(pair.loops[0].core.remoteRelays[pair.ids[1]]?.clusters["svc"] == 1)
+    }
+
+    @Test("a burst of subscriptions is one metadata update")
+    func metadataIsCoalesced() {
+        var pair = LoopPair()
+        pair.joined()
+        let before = pair.loops[1].membership!.member(pair.ids[1])!.metadataVersion
+        pair.handle(.clientOpened(ConnectionID(1)), at: 1)
+        pair.handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: "")), at: 1)
+        for topic in 0..<20 { pair.handle(.clientFrame(ConnectionID(1), .subscribe(topic: "t\(topic)")), at: 1) }
+        pair.run(for: .milliseconds(200))
+        #expect(pair.loops[1].membership!.member(pair.ids[1])!.metadataVersion == before + 1)
+        #expect(pair.loops[0].core.remoteRelays[pair.ids[1]]?.topics.count == 20)
+    }
+
+    @Test("a frame for a relay without a link goes to its address; for an unknown one, nowhere")
+    func unsentFrames() {
+        var pair = LoopPair()
+        pair.joined()
+        let frame = PeerFrame.publish(topic: "t", body: ByteBuffer(string: "x"))
+        let known = pair.handle(.peerUnsent(pair.ids[1], frame), at: 0)
+        #expect(known == [.sendPeerAt(pair.addresses[1], frame)])
+        let unknown = pair.handle(.peerUnsent(NodeID(high: 9, low: 9), frame), at: 0)
+        #expect(!unknown.contains { if case .sendPeerAt = $0 { true } else { false } })
+    }
+
+    @Test("a broken link takes the relay out of routing for the readmit delay, and membership probes it")
+    func brokenLinkReadmits() {
+        var pair = LoopPair()
+        pair.joined()
+        pair.handle(.clientOpened(ConnectionID(1)), at: 1)
+        pair.handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: "svc")), at: 1)
+        pair.run(for: .milliseconds(500))
+        #expect(pair.loops[0].core.remoteRelays[pair.ids[1]] != nil)
+        let probesBefore = pair.loops[0].membership!.stats.probesSent
+        pair.handle(.peerLinkDown(.broken(pair.ids[1])), at: 0)
+        #expect(pair.loops[0].core.remoteRelays[pair.ids[1]] == nil)
+        #expect(pair.loops[0].membership!.stats.probesSent == probesBefore + 1)
+        pair.run(for: .milliseconds(900))
+        #expect(pair.loops[0].core.remoteRelays[pair.ids[1]] == nil)
+        pair.run(for: .milliseconds(200))
+        #expect(pair.loops[0].core.remoteRelays[pair.ids[1]]?.clusters["svc"] == 1)
+    }
+
+    @Test("a graceful end of a link changes nothing; a refused dial is evidence against the relay")
+    func linkEnds() {
+        var pair = LoopPair()
+        pair.joined()
+        #expect(pair.handle(.peerLinkDown(.graceful), at: 0).isEmpty)
+        pair.connected = false
+        pair.handle(.peerLinkDown(.dialFailed(pair.addresses[1], refused: true)), at: 0)
+        pair.run(for: .seconds(3))
+        #expect(pair.loops[0].membership!.member(pair.ids[1])!.status == .dead)
+    }
+
+    @Test("a relay back from the dead has its links reset before anything is routed to it")
+    func backFromDeadResetsLinks() {
+        var pair = LoopPair()
+        pair.joined()
+        pair.connected = false
+        pair.run(for: .seconds(5))
+        #expect(pair.loops[0].membership!.member(pair.ids[1])!.status == .dead)
+        pair.connected = true
+        pair.log = [[], []]
+        pair.run(for: .seconds(5))
+        #expect(pair.loops[0].membership!.member(pair.ids[1])!.status == .alive)
+        let reset = pair.log[0].firstIndex { if case .resetPeerLinks(let node, _) = $0 { node == pair.ids[1] } else { false } }
+        let alive = pair.log[0].firstIndex {
+            if case .report(.membership(.statusChanged(let member, from: .dead))) = $0 { member.id == pair.ids[1] } else { false }
+        }
+        #expect(reset != nil && alive != nil && reset! == alive! + 1)
+    }
+
+    @Test("after leaving, membership takes no more input and no metadata goes out")
+    func leave() {
+        var pair = LoopPair()
+        pair.joined()
+        pair.handle(.leave, at: 1)
+        #expect(pair.loops[1].hasLeft)
+        #expect(pair.loops[0].membership!.member(pair.ids[1])!.status == .left)
+        pair.handle(.clientOpened(ConnectionID(1)), at: 1)
+        pair.handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: "svc")), at: 1)
+        #expect(pair.loops[1].nextDeadline == pair.loops[1].core.nextDeadline)
+    }
+}
