@@ -62,6 +62,12 @@ struct LoopPair {
         now = end
     }
 
+    /// Opens client connection 1 on loop `i`, as a member of `cluster` ("" for none).
+    mutating func client(cluster: String, at i: Int) {
+        handle(.clientOpened(ConnectionID(1)), at: i)
+        handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: cluster)), at: i)
+    }
+
     mutating func joined() {
         handle(.join([]), at: 0)
         handle(.join([addresses[0]]), at: 1)
@@ -77,8 +83,7 @@ struct RelayLoopTests {
         pair.joined()
         #expect(pair.loops[0].membership?.member(pair.ids[1])?.status == .alive)
         // A member joins cluster svc on relay 1: advertised within the metadata delay, not at once.
-        pair.handle(.clientOpened(ConnectionID(1)), at: 1)
-        pair.handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: "svc")), at: 1)
+        pair.client(cluster: "svc", at: 1)
         #expect(pair.loops[1].nextDeadline! <= pair.now + .milliseconds(50))
         #expect(pair.loops[0].core.remoteRelays[pair.ids[1]]?.clusters["svc"] == nil)
         pair.run(for: .milliseconds(500))
@@ -90,8 +95,7 @@ struct RelayLoopTests {
         var pair = LoopPair()
         pair.joined()
         let before = pair.loops[1].membership!.member(pair.ids[1])!.metadataVersion
-        pair.handle(.clientOpened(ConnectionID(1)), at: 1)
-        pair.handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: "")), at: 1)
+        pair.client(cluster: "", at: 1)
         for topic in 0..<20 { pair.handle(.clientFrame(ConnectionID(1), .subscribe(topic: "t\(topic)")), at: 1) }
         pair.run(for: .milliseconds(200))
         #expect(pair.loops[1].membership!.member(pair.ids[1])!.metadataVersion == before + 1)
@@ -113,8 +117,7 @@ struct RelayLoopTests {
     func brokenLinkReadmits() {
         var pair = LoopPair()
         pair.joined()
-        pair.handle(.clientOpened(ConnectionID(1)), at: 1)
-        pair.handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: "svc")), at: 1)
+        pair.client(cluster: "svc", at: 1)
         pair.run(for: .milliseconds(500))
         #expect(pair.loops[0].core.remoteRelays[pair.ids[1]] != nil)
         let probesBefore = pair.loops[0].membership!.stats.probesSent
@@ -163,8 +166,7 @@ struct RelayLoopTests {
         pair.handle(.leave, at: 1)
         #expect(pair.loops[1].hasLeft)
         #expect(pair.loops[0].membership!.member(pair.ids[1])!.status == .left)
-        pair.handle(.clientOpened(ConnectionID(1)), at: 1)
-        pair.handle(.clientFrame(ConnectionID(1), .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: "svc")), at: 1)
+        pair.client(cluster: "svc", at: 1)
         #expect(pair.loops[1].nextDeadline == pair.loops[1].core.nextDeadline)
     }
 }

@@ -156,9 +156,11 @@ public struct RelayLoop {
     public mutating func handle(_ input: RelayInput, now: NIODeadline, actions: inout [RelayAction]) {
         switch input {
         case .clientFrame(let id, let frame):
-            core.received(frame, from: id, now: now, actions: &actions)
+            received(frame, from: id, now: now, actions: &actions)
+            return
         case .peerFrame(let node, let frame):
-            core.receivedPeer(frame, from: node, now: now, actions: &actions)
+            receivedPeer(frame, from: node, now: now, actions: &actions)
+            return
         case .gatewayFrame(let node, let frame):
             core.receivedFromGateway(frame, from: node, now: now, actions: &actions)
         case .clientOpened(let id):
@@ -206,7 +208,26 @@ public struct RelayLoop {
         case .closeAll(let reason):
             core.closeAll(reason: reason, actions: &actions)
         }
-        // What local connections serve changed: advertise it shortly (one compare per input).
+        noteDirectoryChange(now: now)
+    }
+
+    /// `handle(.clientFrame(id, frame))`, for the hot path: the same, without building the input.
+    @inline(__always)
+    public mutating func received(_ frame: ClientFrame, from id: ConnectionID, now: NIODeadline, actions: inout [RelayAction]) {
+        core.received(frame, from: id, now: now, actions: &actions)
+        noteDirectoryChange(now: now)
+    }
+
+    /// `handle(.peerFrame(node, frame))`, for the hot path.
+    @inline(__always)
+    public mutating func receivedPeer(_ frame: PeerFrame, from node: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+        core.receivedPeer(frame, from: node, now: now, actions: &actions)
+        noteDirectoryChange(now: now)
+    }
+
+    /// What local connections serve changed: advertise it shortly (one compare per input).
+    @inline(__always)
+    mutating func noteDirectoryChange(now: NIODeadline) {
         if core.directoryVersion != advertisedVersion, metadataDue == nil, membership != nil, !left, advertisedVersion != .max {
             metadataDue = now + mesh!.metadataDelay
         }

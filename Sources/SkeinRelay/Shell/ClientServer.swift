@@ -144,6 +144,14 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         gateways.append(transport)
     }
 
+    /// Forgets the transports (they hold this host strongly): the last step of a stop.
+    func detachTransports() async {
+        try? await eventLoop.submit {
+            self.mesh = nil
+            self.gateways = []
+        }.get()
+    }
+
     /// `/members`, or nil for a relay without a mesh.
     var membersJSON: JSON? {
         get async {
@@ -170,6 +178,12 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         let now = peerReadTime ?? .now()
         peerReadTime = now
         loop.handle(input, now: now, actions: &actions)
+    }
+
+    func peerFrameDeferred(_ frame: PeerFrame, from node: NodeID) {
+        let now = peerReadTime ?? .now()
+        peerReadTime = now
+        loop.receivedPeer(frame, from: node, now: now, actions: &actions)
     }
 
     func inputsComplete() {
@@ -235,7 +249,7 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
     /// Returns whether the actions were carried out.
     func received(_ frame: ClientFrame, from client: ClientChannel, now: NIODeadline, deferring: Bool) -> Bool {
         let first = actions.count
-        loop.handle(.clientFrame(client.id, frame), now: now, actions: &actions)
+        loop.received(frame, from: client.id, now: now, actions: &actions)
         guard !deferring || Self.stopsReading(actions, from: first) else { return false }
         perform()
         return true

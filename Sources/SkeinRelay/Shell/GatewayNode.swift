@@ -43,7 +43,9 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
     public let localNetwork: String
     let eventLoop: any EventLoop
     let logger: Logger
-    private unowned let sink: any RelayInputSink
+    /// Strong, not `unowned`: an unowned load costs an atomic check per peer frame. The cycle
+    /// with the host's transports is broken when the relay stops (`ClientServer.detachTransports`).
+    private let sink: any RelayInputSink
     private let exports: [ExportRule]
     /// Links whose GATEWAY arrived: the relay core knows them.
     @exclusivity(unchecked) private var linked: [NodeID: PeerLink] = [:]

@@ -53,7 +53,9 @@ public final class MeshNode: MeshTransport, @unchecked Sendable {
     /// The address other relays use for this one.
     public let address: MemberAddress
     let logger: Logger
-    private unowned let sink: any RelayInputSink
+    /// Strong, not `unowned`: an unowned load costs an atomic check per peer frame. The cycle
+    /// with the host's transports is broken when the relay stops (`ClientServer.detachTransports`).
+    private let sink: any RelayInputSink
     @exclusivity(unchecked) private var sealer: DatagramSealer
     @exclusivity(unchecked) private var opener: DatagramOpener
     @exclusivity(unchecked) private var udp: (any Channel)?
@@ -133,7 +135,7 @@ public final class MeshNode: MeshTransport, @unchecked Sendable {
                     ?? MemberAddress(host: "?", port: 0)
                 self.sink.inputDeferred(.membershipStream(Array(bytes.readableBytesView), from: from))
             } else if let node = link.peerNode {
-                self.sink.inputDeferred(.peerFrame(node, frame))
+                self.sink.peerFrameDeferred(frame, from: node)
             }
         }
         links.onReadComplete = { [unowned self] _ in self.sink.inputsComplete() }

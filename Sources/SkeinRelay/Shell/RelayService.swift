@@ -102,6 +102,7 @@ public final class RelayService: Service, Sendable {
             await mesh?.leave(within: .zero)
             await mesh?.close()
             await server.stopListening()
+            await server.detachTransports()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -129,6 +130,7 @@ public final class RelayService: Service, Sendable {
             try? await Task.sleep(for: .milliseconds(10))
         }
         await mesh?.close()
+        await server.detachTransports()
         try await group.shutdownGracefully()
         logger.info("relay stopped")
     }

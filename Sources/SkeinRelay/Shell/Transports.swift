@@ -12,6 +12,8 @@ protocol RelayInputSink: AnyObject, Sendable {
     /// Handles the input now; what it causes is carried out at `inputsComplete` (the frames of
     /// one socket read are handled together, and their output written once).
     func inputDeferred(_ input: RelayInput)
+    /// `inputDeferred(.peerFrame(node, frame))`, for the hot path.
+    func peerFrameDeferred(_ frame: PeerFrame, from node: NodeID)
     func inputsComplete()
 }
 
