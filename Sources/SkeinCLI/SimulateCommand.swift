@@ -40,6 +40,15 @@ struct SimulateCommand: ParsableCommand {
         guard faults >= 0 else { throw ValidationError("--faults must not be negative") }
         guard requestRate >= 0, publishRate >= 0, broadcastRate >= 0 else { throw ValidationError("rates must not be negative") }
         guard timeoutMilliseconds >= 1 else { throw ValidationError("--timeout-ms must be at least 1") }
+        if scenario == "mesh" {
+            guard members == 100, joiners == nil, bootstrap == "joins", !unreachableHints else {
+                throw ValidationError("--members, --joiners, --bootstrap and --unreachable-hints are for membership scenarios; mesh takes --relays")
+            }
+        } else {
+            guard relays == 5, faults == 0, requestRate == 200, publishRate == 100, broadcastRate == 20, timeoutMilliseconds == 1_000 else {
+                throw ValidationError("--relays, --faults, the rates and --timeout-ms are for `skein simulate mesh`")
+            }
+        }
         guard SimulationBootstrap(rawValue: bootstrap) != nil else { throw ValidationError("--bootstrap must be joins or converged") }
         guard members >= 1 else { throw ValidationError("--members must be at least 1") }
         if let loss, !(0...100).contains(loss) { throw ValidationError("--loss must be within 0...100") }

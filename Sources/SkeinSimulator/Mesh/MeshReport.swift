@@ -105,37 +105,25 @@ package struct MeshReport: Sendable {
         return lines.joined(separator: "\n")
     }
 
+    /// For machines: one JSON object (SkeinRelay's `JSON`, the admin endpoint's encoder).
     package var json: String {
-        func object(_ counts: [String: Int]) -> String {
-            "{" + counts.keys.sorted().map { "\"\($0)\":\(counts[$0]!)" }.joined(separator: ",") + "}"
-        }
-        func string(_ text: String) -> String {
-            var out = "\""
-            for scalar in text.unicodeScalars {
-                switch scalar {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                default: out.unicodeScalars.append(scalar)
-                }
-            }
-            return out + "\""
-        }
-        let fields: [(String, String)] = [
-            ("relays", "\(relays)"), ("seed", "\(seed)"), ("seconds", rounded(seconds, 3)), ("loss", rounded(loss, 4)),
-            ("virtualSeconds", rounded(virtualSeconds, 6)), ("relayStarts", "\(relayStarts)"), ("clients", "\(clients)"),
-            ("inputs", "\(inputs)"), ("clientFrames", "\(clientFrames)"), ("peerFrames", "\(peerFrames)"), ("datagrams", "\(datagrams)"),
-            ("dials", "\(dials)"), ("dialsFailed", "\(dialsFailed)"), ("linksBroken", "\(linksBroken)"),
-            ("requests", "\(requests)"), ("answered", "\(answers.total)"), ("replies", "\(answers.replies)"), ("timeouts", "\(answers.timeouts)"),
-            ("faultAnswers", "\(answers.faults)"), ("failures", object(answers.failures)), ("refusals", object(answers.refusals)),
-            ("connectionLost", "\(answers.connectionLost)"), ("pendingAtEnd", "\(pendingAtEnd)"),
-            ("publishes", "\(publishes)"), ("eventsDelivered", "\(eventsDelivered)"), ("gaps", "\(gaps)"),
-            ("broadcasts", "\(broadcasts)"), ("broadcastsDelivered", "\(broadcastsDelivered)"),
-            ("relayEvents", object(relayEvents)), ("faults", "[" + faults.map(string).joined(separator: ",") + "]"),
-            ("aliveSeen", "\(aliveViews.seen)"), ("alivePairs", "\(aliveViews.pairs)"), ("invariantChecks", "\(invariantChecks)"),
-            ("violation", violation.map { "{\"seconds\":\(rounded($0.seconds, 6)),\"what\":\(string($0.what))}" } ?? "null"),
+        func int(_ value: Int) -> JSON { .int(Int64(value)) }
+        func object(_ counts: [String: Int]) -> JSON { .object(counts.keys.sorted().map { ($0, int(counts[$0]!)) }) }
+        let fields: [(String, JSON)] = [
+            ("relays", int(relays)), ("seed", .int(Int64(bitPattern: seed))), ("seconds", .double(seconds)), ("loss", .double(loss)),
+            ("virtualSeconds", .double(virtualSeconds)), ("relayStarts", int(relayStarts)), ("clients", int(clients)),
+            ("inputs", int(inputs)), ("clientFrames", int(clientFrames)), ("peerFrames", int(peerFrames)), ("datagrams", int(datagrams)),
+            ("dials", int(dials)), ("dialsFailed", int(dialsFailed)), ("linksBroken", int(linksBroken)),
+            ("requests", int(requests)), ("answered", int(answers.total)), ("replies", int(answers.replies)), ("timeouts", int(answers.timeouts)),
+            ("faultAnswers", int(answers.faults)), ("failures", object(answers.failures)), ("refusals", object(answers.refusals)),
+            ("connectionLost", int(answers.connectionLost)), ("pendingAtEnd", int(pendingAtEnd)),
+            ("publishes", int(publishes)), ("eventsDelivered", int(eventsDelivered)), ("gaps", int(gaps)),
+            ("broadcasts", int(broadcasts)), ("broadcastsDelivered", int(broadcastsDelivered)),
+            ("relayEvents", object(relayEvents)), ("faults", .array(faults.map { .string($0) })),
+            ("aliveSeen", int(aliveViews.seen)), ("alivePairs", int(aliveViews.pairs)), ("invariantChecks", int(invariantChecks)),
+            ("violation", violation.map { .object([("seconds", .double($0.seconds)), ("what", .string($0.what))]) } ?? .null),
         ]
-        return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
+        return JSON.object(fields).serialized
     }
 }
 

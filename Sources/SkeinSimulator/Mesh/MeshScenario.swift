@@ -105,7 +105,4 @@ package struct MeshFault: Sendable, Equatable {
     }
 }
 
-func format(_ value: Double) -> String {
-    let rounded = (value * 100).rounded() / 100
-    return "\(rounded)"
-}
+func format(_ value: Double) -> String { rounded(value, 2) }
