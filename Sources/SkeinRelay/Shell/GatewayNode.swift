@@ -47,11 +47,13 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
     /// with the host's transports is broken when the relay stops (`ClientServer.detachTransports`).
     private let sink: any RelayInputSink
     private let exports: [ExportRule]
-    /// Links whose GATEWAY arrived: the relay core knows them.
+    /// GATEWAY first, redials and backoff: every decision about this federation's links.
+    @exclusivity(unchecked) private var machine: GatewayLinkMachine
+    /// Links that said HELLO, by id: the machine names links by id.
+    @exclusivity(unchecked) private var byID: [UInt64: PeerLink] = [:]
+    /// The link of each linked peer (the machine's `linked`, as links): frames to a peer go here.
     @exclusivity(unchecked) private var linked: [NodeID: PeerLink] = [:]
-    @exclusivity(unchecked) private var dialing: [String: (failures: Int, next: NIODeadline)] = [:]
-    @exclusivity(unchecked) private var ticker: RepeatedTask?
-    @exclusivity(unchecked) private var stopped = false
+    @exclusivity(unchecked) private var timer: Scheduled<Void>?
 
     public var network: String { configuration.spec.network }
     /// `skein_federation_links{network}`: established gateway links.
@@ -98,14 +100,26 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
         self.sink = sink
         self.eventLoop = eventLoop
         self.logger = logger
+        self.machine = GatewayLinkMachine(
+            settings: GatewayLinkMachine.Settings(
+                network: configuration.spec.network, gateways: configuration.spec.gateways, localNetwork: localNetwork,
+                exports: exports, redial: configuration.redial, maxRedial: configuration.maxRedial),
+            now: .now())
     }
 
     private func begin() {
         links.onLinkUp = { [unowned self] link in
-            // Our GATEWAY follows our HELLO: the peer learns our network and what it may ask for.
-            link.send(.gateway(network: self.localNetwork, exports: self.exports))
+            guard let node = link.peerNode else { return }
+            self.byID[link.id] = link
+            var actions: [GatewayLinkAction] = []
+            self.machine.linkUp(link.id, node: node, advertised: link.advertisedAddress ?? "", dialed: link.dialedAddress, now: .now(), actions: &actions)
+            self.perform(actions, link: link)
         }
-        links.onFrame = { [unowned self] frame, link in self.frame(frame, link) }
+        links.onFrame = { [unowned self] frame, link in
+            var actions: [GatewayLinkAction] = []
+            self.machine.received(frame, on: link.id, actions: &actions)
+            self.perform(actions, link: link)
+        }
         links.onReadComplete = { [unowned self] _ in self.sink.inputsComplete() }
         links.onWritable = { [unowned self] link in
             if let node = self.node(of: link) { self.sink.input(.peerWritability(node, writable: true)) }
@@ -113,85 +127,75 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
         links.onUnwritable = { [unowned self] link in
             if let node = self.node(of: link) { self.sink.input(.peerWritability(node, writable: false)) }
         }
-        links.onLinkDown = { [unowned self] link in self.linkDown(link) }
-        ticker = eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(250)) { [unowned self] _ in
-            self.dialWhatIsMissing()
+        links.onLinkDown = { [unowned self] link in
+            self.byID[link.id] = nil
+            var actions: [GatewayLinkAction] = []
+            self.machine.linkDown(
+                link.id, dialed: link.dialedAddress, graceful: link.closedGracefully, reason: link.closeReason ?? "closed", now: .now(),
+                actions: &actions)
+            self.perform(actions, link: link)
         }
+        var actions: [GatewayLinkAction] = []
+        machine.timer(now: .now(), actions: &actions)
+        perform(actions, link: nil)
     }
 
     private func node(of link: PeerLink) -> NodeID? {
-        guard let bytes = link.peerNodeID else { return nil }
-        let node = NodeID(bytes: bytes)
-        return linked[node] === link ? node : nil
+        guard let node = link.peerNode, linked[node] === link else { return nil }
+        return node
     }
 
-    // MARK: - Links
+    // MARK: - Carrying out the machine's decisions
 
-    /// Dials every configured gateway that has no link (established or on its way), unless it is
-    /// backing off after failures.
-    private func dialWhatIsMissing() {
-        guard !stopped else { return }
-        let now = NIODeadline.now()
-        for address in configuration.spec.gateways where !links.hasLink(to: address) {
-            if let state = dialing[address], state.next > now { continue }
-            _ = links.link(to: address)
-        }
-    }
-
-    private func frame(_ frame: PeerFrame, _ link: PeerLink) {
-        guard let bytes = link.peerNodeID else { return }
-        let node = NodeID(bytes: bytes)
-        switch frame {
-        case .gateway(let network, let rules):
-            // A duplicate link that lost (PeerLinks keeps one per pair) may still deliver its GATEWAY.
-            guard !link.isClosed else { return }
-            guard network == configuration.spec.network else {
-                logger.warning(
-                    "gateway link refused: the peer says it is a gateway of another network",
-                    metadata: ["expected": "\(configuration.spec.network)", "said": "\(network)", "peer": "\(link.peerName ?? "?")"])
-                link.close(reason: "this link is for network \(configuration.spec.network), not \(network)", goodbye: true)
-                return
-            }
-            if let address = link.dialedAddress ?? link.advertisedAddress { dialing[address] = nil }
-            let isNew = linked[node] == nil
-            linked[node] = link
-            if isNew {
-                logger.info("gateway link up", metadata: ["peer": "\(link.peerName ?? "?")", "address": "\(link.advertisedAddress ?? "?")", "node": "\(node)"])
+    /// `link` is the link the input was about (it may not be in `byID`: a dial that failed).
+    private func perform(_ actions: [GatewayLinkAction], link: PeerLink?) {
+        func resolve(_ id: UInt64) -> PeerLink? { link?.id == id ? link : byID[id] }
+        for action in actions {
+            switch action {
+            case .deliver(let node, let frame):
+                sink.inputDeferred(.gatewayFrame(node, frame))
+            case .dial(let address):
+                _ = links.link(to: address)
+            case .send(let id, let frame):
+                resolve(id)?.send(frame)
+            case .close(let id, let reason, let goodbye):
+                resolve(id)?.close(reason: reason, goodbye: goodbye)
+            case .armTimer(let deadline):
+                timer?.cancel()
+                timer = eventLoop.scheduleTask(deadline: deadline) { [unowned self] in
+                    var actions: [GatewayLinkAction] = []
+                    self.machine.timer(now: .now(), actions: &actions)
+                    self.perform(actions, link: nil)
+                }
+            case .linked(let node, let network, let rules):
+                if let id = machine.linked[node], let link = resolve(id) { linked[node] = link }
                 linksGauge.record(linked.count)
+                sink.input(.gatewayLinked(node, network: network, exports: rules))
+            case .unlinked(let node):
+                linked[node] = nil
+                linksGauge.record(linked.count)
+                sink.input(.gatewayUnlinked(node))
+            case .report(let event):
+                log(event, link: link)
             }
-            sink.input(.gatewayLinked(node, network: network, exports: rules))
-        case .membership:
-            link.close(reason: "membership does not cross networks", goodbye: true)
-        default:
-            guard linked[node] === link else {
-                // Everything waits for GATEWAY: nothing enters before the exports apply to it.
-                logger.warning("gateway link broken: a frame before GATEWAY", metadata: ["kind": "\(frame.kind)", "peer": "\(link.peerName ?? "?")"])
-                link.close(reason: "protocol violation: \(frame.kind) before GATEWAY", goodbye: false)
-                return
-            }
-            sink.inputDeferred(.gatewayFrame(node, frame))
         }
     }
 
-    private func linkDown(_ link: PeerLink) {
-        if let bytes = link.peerNodeID, linked[NodeID(bytes: bytes)] === link {
-            let node = NodeID(bytes: bytes)
-            linked[node] = nil
-            linksGauge.record(linked.count)
-            logger.log(
-                level: link.closedGracefully ? .info : .warning, "gateway link down",
-                metadata: ["peer": "\(link.peerName ?? "?")", "reason": "\(link.closeReason ?? "closed")"])
-            // Even a goodbye ends what the link carried: nothing sent on it can be answered now.
-            sink.input(.gatewayUnlinked(node))
-        }
-        if !link.isEstablished, let address = link.dialedAddress, configuration.spec.gateways.contains(address) {
-            // A dial that failed: try again later, backing off while it keeps failing.
-            let failures = (dialing[address]?.failures ?? 0) + 1
-            let delay = min(configuration.maxRedial.nanoseconds, configuration.redial.nanoseconds << min(failures - 1, 16))
-            dialing[address] = (failures, .now() + .nanoseconds(delay))
-            if failures == 1 || failures % 20 == 0 {
-                logger.notice("cannot reach a gateway", metadata: ["address": "\(address)", "failures": "\(failures)", "reason": "\(link.closeReason ?? "?")"])
-            }
+    private func log(_ event: GatewayLinkEvent, link: PeerLink?) {
+        let peer = "\(link?.peerName ?? "?")"
+        switch event {
+        case .linkUp(let node):
+            logger.info("gateway link up", metadata: ["peer": "\(peer)", "address": "\(link?.advertisedAddress ?? "?")", "node": "\(node)"])
+        case .linkDown(_, let graceful, let reason):
+            logger.log(level: graceful ? .info : .warning, "gateway link down", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+        case .wrongNetwork(let said):
+            logger.warning(
+                "gateway link refused: the peer says it is a gateway of another network",
+                metadata: ["expected": "\(configuration.spec.network)", "said": "\(said)", "peer": "\(peer)"])
+        case .frameBeforeGateway(let kind):
+            logger.warning("gateway link broken: a frame before GATEWAY", metadata: ["kind": "\(kind)", "peer": "\(peer)"])
+        case .unreachable(let address, let failures, let reason):
+            logger.notice("cannot reach a gateway", metadata: ["address": "\(address)", "failures": "\(failures)", "reason": "\(reason)"])
         }
     }
 
@@ -210,8 +214,8 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
     /// Closes every gateway link with a goodbye and stops listening and dialing.
     func close() async {
         try? await eventLoop.submit {
-            self.stopped = true
-            self.ticker?.cancel()
+            self.machine.stop()
+            self.timer?.cancel()
         }.get()
         await links.closeAll(reason: "relay stopped")
     }
@@ -252,12 +256,5 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
 }
 
 extension PeerLinks {
-    /// Whether a link to the relay listening on `address` is established or being opened.
-    func hasLink(to address: String) -> Bool {
-        eventLoop.preconditionInEventLoop()
-        return establishedLinks.contains { $0.advertisedAddress == address || $0.dialedAddress == address }
-            || pendingDial(to: address)
-    }
-
     var keyringIDs: [String] { keyring.keyIDs.map(\.description) }
 }

@@ -44,9 +44,10 @@ public struct PeerIdentity: Sendable {
     }
 }
 
-/// The SwiftNIO shell of the peer links: listens, dials, runs the handshake, seals and opens
-/// records, and packs frames with `PeerOutbox`/`PeerInbox`. It keeps at most one established
-/// link per peer relay. All state lives on `eventLoop`.
+/// The SwiftNIO shell of the peer links: listens, dials, seals and opens records, and packs frames
+/// with `PeerOutbox`/`PeerInbox`. Each link's life is decided by its `PeerLinkMachine`, and which
+/// link carries a peer's traffic by a `PeerLinkIndex`; this class carries out what they decide.
+/// All state lives on `eventLoop`.
 public final class PeerLinks: @unchecked Sendable {
     // @unchecked: all mutable state is confined to `eventLoop`.
     public let eventLoop: any EventLoop
@@ -57,24 +58,23 @@ public final class PeerLinks: @unchecked Sendable {
     @exclusivity(unchecked) private var replayCache = HandshakeReplayCache()
     @exclusivity(unchecked) private var listener: (any Channel)?
     @exclusivity(unchecked) private var nextLinkID: UInt64 = 0
-    /// Every link, handshaking or established.
+    /// Every link not yet closed, in whatever state.
     @exclusivity(unchecked) private var links: [UInt64: PeerLink] = [:]
-    /// Established links by the peer's node id, and by the address it listens on.
-    @exclusivity(unchecked) private var byNode: [NodeID: PeerLink] = [:] {
+    /// The established link of each peer, and dials under way.
+    @exclusivity(unchecked) private var index = PeerLinkIndex<PeerLink>() {
         didSet { lastLookup = nil }
     }
     /// The last answer of `link(toNode:)`: a flood of frames goes to one relay at a time.
     @exclusivity(unchecked) private var lastLookup: (node: NodeID, link: PeerLink)?
-    @exclusivity(unchecked) private var byAddress: [String: PeerLink] = [:]
     @exclusivity(unchecked) private var closing = false
     let metrics = PeerMetrics()
 
-    /// Called on the event loop for every frame a peer sends (HELLO, PING and PONG are
-    /// handled here and not passed on).
+    /// Called on the event loop for every frame a peer sends (HELLO, PING, PONG and GOODBYE are
+    /// handled by the link and not passed on).
     @exclusivity(unchecked) public var onFrame: ((PeerFrame, PeerLink) -> Void)?
     /// A link finished its handshake and its HELLO: it is addressable.
     @exclusivity(unchecked) public var onLinkUp: ((PeerLink) -> Void)?
-    /// A link closed; `link.closeReason` says why.
+    /// A link ended; `link.closure` says how and why.
     @exclusivity(unchecked) public var onLinkDown: ((PeerLink) -> Void)?
     /// A link's socket can take more bytes again after `isWritable` was false (backpressure).
     @exclusivity(unchecked) public var onWritable: ((PeerLink) -> Void)?
@@ -90,6 +90,12 @@ public final class PeerLinks: @unchecked Sendable {
         self.settings = settings
         self.eventLoop = eventLoop
         self.logger = logger
+    }
+
+    var timers: PeerLinkMachine.Timers {
+        PeerLinkMachine.Timers(
+            keepaliveInterval: settings.keepaliveInterval, idleTimeout: settings.idleTimeout, idleClose: settings.idleClose,
+            linger: PeerLink.lingerTime)
     }
 
     // MARK: - Listening and dialing
@@ -108,7 +114,7 @@ public final class PeerLinks: @unchecked Sendable {
             .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let link = self.makeLink(channel: channel, initiator: false, dialedAddress: nil)
+                    let link = self.makeLink(channel: channel, role: .responder, dialedAddress: nil)
                     try channel.pipeline.syncOperations.addHandler(PeerLinkHandler(link: link))
                 }
             }
@@ -139,20 +145,25 @@ public final class PeerLinks: @unchecked Sendable {
     /// Frames sent on a link that is still handshaking wait in its outbox.
     public func link(to address: String) -> PeerLink {
         eventLoop.preconditionInEventLoop()
-        if let link = byAddress[address] { return link }
-        if let link = links.values.first(where: { $0.dialedAddress == address && !$0.isClosed }) { return link }
-        return dial(address)
+        return index.link(toAddress: address) ?? dial(address)
+    }
+
+    /// Whether a link to the relay listening on (or dialed as) `address` is established or being
+    /// opened.
+    func hasLink(to address: String) -> Bool {
+        eventLoop.preconditionInEventLoop()
+        return index.link(toAddress: address) != nil
     }
 
     /// The established link to a peer, if any.
     public func link(toNode node: NodeID) -> PeerLink? {
         if let lastLookup, lastLookup.node == node { return lastLookup.link }
-        guard let link = byNode[node] else { return nil }
+        guard let link = index.link(toNode: node) else { return nil }
         lastLookup = (node, link)
         return link
     }
 
-    public var establishedLinks: [PeerLink] { Array(byNode.values) }
+    public var establishedLinks: [PeerLink] { index.links }
 
     /// Ends every link to `node` at once with a TCP reset, dropping what they hold unsent: the
     /// relay was unreachable long enough to be held dead, and a connection that carried traffic
@@ -166,17 +177,13 @@ public final class PeerLinks: @unchecked Sendable {
         return stale.count
     }
 
-    /// Whether a dial to `address` is under way.
-    func pendingDial(to address: String) -> Bool {
-        links.values.contains { $0.dialedAddress == address && !$0.isClosed }
-    }
-
     private func dial(_ address: String) -> PeerLink {
-        let placeholder = makeLink(channel: nil, initiator: true, dialedAddress: address)
+        let placeholder = makeLink(channel: nil, role: .initiator, dialedAddress: address)
         guard let (host, port) = splitHostPort(address) else {
             placeholder.fail("cannot dial \(address): not host:port")
             return placeholder
         }
+        index.dialed(placeholder.id, placeholder, address: address)
         ClientBootstrap(group: eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 65_536, maximum: 1 << 20))
@@ -190,16 +197,15 @@ public final class PeerLinks: @unchecked Sendable {
             }
             .connect(host: host, port: port)
             .whenFailure { error in
-                placeholder.connectionRefused = isConnectionRefused(error)
-                placeholder.fail("cannot connect to \(address): \(error)")
+                placeholder.fail("cannot connect to \(address): \(error)", refused: isConnectionRefused(error))
             }
         return placeholder
     }
 
-    private func makeLink(channel: (any Channel)?, initiator: Bool, dialedAddress: String?) -> PeerLink {
+    private func makeLink(channel: (any Channel)?, role: PeerLinkMachine.Role, dialedAddress: String?) -> PeerLink {
         eventLoop.preconditionInEventLoop()
         nextLinkID += 1
-        let link = PeerLink(id: nextLinkID, owner: self, channel: channel, initiator: initiator, dialedAddress: dialedAddress)
+        let link = PeerLink(id: nextLinkID, owner: self, channel: channel, role: role, dialedAddress: dialedAddress)
         links[link.id] = link
         return link
     }
@@ -233,8 +239,8 @@ public final class PeerLinks: @unchecked Sendable {
 
     // MARK: - From links (on the event loop)
 
-    func handshakeContext() -> (network: String, nodeID: [UInt8], keyring: Keyring, settings: HandshakeSettings) {
-        (identity.network, identity.nodeID, keyring, settings.handshake)
+    var handshakeContext: PeerLinkMachine.HandshakeContext {
+        PeerLinkMachine.HandshakeContext(network: identity.network, nodeID: identity.nodeID, keyring: keyring, settings: settings.handshake)
     }
 
     func withReplayCache<T>(_ body: (inout HandshakeReplayCache) -> T) -> T {
@@ -242,66 +248,50 @@ public final class PeerLinks: @unchecked Sendable {
     }
 
     func established(_ link: PeerLink) {
+        index.established(link.id)
         metrics.handshakesSucceeded.increment()
         logger.info("peer link established", metadata: link.logMetadata)
-        if closing {
-            link.close(reason: "relay shutting down", goodbye: true)
-            return
-        }
-        link.sendFirst(.hello(address: identity.address, name: identity.name))
+        if closing { link.close(reason: "relay shutting down", goodbye: true) }
     }
 
     func helloReceived(_ link: PeerLink, address: String, name: String) {
-        guard let node = link.peerNode else { return }
-        // Two relays that dial each other at once end up with two links: both sides keep the
-        // one whose initiator has the lower node id, so they agree without talking.
-        if let existing = byNode[node], existing !== link {
-            let keepNew = initiatorID(of: link).lexicographicallyPrecedes(initiatorID(of: existing))
-            let (winner, loser) = keepNew ? (link, existing) : (existing, link)
-            loser.adoptQueuedFrames(into: winner)
-            loser.close(reason: "duplicate link", goodbye: true)
-            guard keepNew else { return }
+        guard let peer = link.peer else { return }
+        var decisions: [PeerLinkIndex<PeerLink>.Decision] = []
+        let initiator = link.isInitiator ? identity.nodeID : peer.nodeID
+        let carries = index.hello(link.id, link, node: peer.node, initiator: initiator, address: address, decisions: &decisions)
+        for decision in decisions {
+            switch decision {
+            case .adopt(let from, let into): from.adoptQueuedFrames(into: into)
+            case .close(let other, let reason, let goodbye): other.close(reason: reason, goodbye: goodbye)
+            }
         }
-        byNode[node] = link
-        if let previous = byAddress[address], previous !== link { previous.adoptQueuedFrames(into: link) }
-        byAddress[address] = link
-        // Frames queued on a dial to this address now travel on this link.
-        for other in links.values where other !== link && other.dialedAddress == address && !other.isEstablished {
-            other.adoptQueuedFrames(into: link)
-            other.close(reason: "superseded by an established link", goodbye: false)
-        }
+        guard carries else { return }
         link.advertisedAddress = address
         link.peerName = name
-        metrics.linksUp.record(byNode.count)
+        metrics.linksUp.record(index.count)
         onLinkUp?(link)
-    }
-
-    private func initiatorID(of link: PeerLink) -> [UInt8] {
-        link.isInitiator ? identity.nodeID : (link.peerNodeID ?? [])
-    }
-
-    func rejected(_ link: PeerLink, _ rejection: HandshakeRejection) {
-        metrics.handshakeRejections(rejection).increment()
-        logger.warning(
-            "peer handshake rejected",
-            metadata: link.logMetadata.merging(["reason": "\(rejection)"]) { $1 })
     }
 
     func closed(_ link: PeerLink) {
         links[link.id] = nil
-        if let node = link.peerNode, byNode[node] === link { byNode[node] = nil }
-        if let address = link.advertisedAddress, byAddress[address] === link { byAddress[address] = nil }
-        metrics.linksUp.record(byNode.count)
-        if link.isEstablished {
-            logger.info("peer link closed", metadata: link.logMetadata.merging(["reason": "\(link.closeReason ?? "closed")"]) { $1 })
-        } else if !link.rejectedHandshake, let reason = link.closeReason {
-            logger.debug("peer link failed before establishment", metadata: link.logMetadata.merging(["reason": "\(reason)"]) { $1 })
+        index.closed(link.id, node: link.peerNode, address: link.advertisedAddress, dialed: link.dialedAddress)
+        metrics.linksUp.record(index.count)
+        guard let closure = link.closure else { return }
+        switch closure.how {
+        case .goodbye, .broken:
+            logger.info("peer link closed", metadata: link.logMetadata.merging(["reason": "\(closure.reason)"]) { $1 })
+        case .rejected(let rejection):
+            metrics.handshakeRejections(rejection).increment()
+            logger.warning("peer handshake rejected", metadata: link.logMetadata.merging(["reason": "\(rejection)"]) { $1 })
+        case .failed:
+            logger.debug("peer link failed before establishment", metadata: link.logMetadata.merging(["reason": "\(closure.reason)"]) { $1 })
         }
         onLinkDown?(link)
     }
 }
 
-/// One relay-to-relay link: a TCP connection, its handshake, then sealed records.
+/// One relay-to-relay link: a TCP connection, its handshake, then sealed records. Its
+/// `PeerLinkMachine` decides; this class moves bytes and time.
 public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     // @unchecked: confined to the owner's event loop.
     public let id: UInt64
@@ -311,24 +301,15 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     /// The address the peer listens on, from its HELLO.
     public internal(set) var advertisedAddress: String?
     public internal(set) var peerName: String?
-    @exclusivity(unchecked) public private(set) var peerNodeID: [UInt8]?
-    /// `peerNodeID` as a `NodeID`, made once: frames are routed by it.
+    /// The peer's node id, from the handshake: frames are routed by it.
     @exclusivity(unchecked) public private(set) var peerNode: NodeID?
-    @exclusivity(unchecked) public private(set) var keyID: KeyID?
-    @exclusivity(unchecked) public private(set) var cipher: PeerCipher?
-    @exclusivity(unchecked) public private(set) var closeReason: String?
-    @exclusivity(unchecked) public private(set) var isClosed = false
-    /// The dial failed with ECONNREFUSED: nothing listens at the address (the relay's process
-    /// is gone; a stopped one's kernel would still accept).
-    public internal(set) var connectionRefused = false
-    /// The link ended with a goodbye, either way (idle, duplicate, leaving, key retired): not a
-    /// failure, and nothing in flight was lost.
-    @exclusivity(unchecked) public private(set) var closedGracefully = false
-    @exclusivity(unchecked) var rejectedHandshake = false
+    /// How the link ended, once it has.
+    @exclusivity(unchecked) public private(set) var closure: PeerLinkClosure?
 
     unowned let owner: PeerLinks
+    @exclusivity(unchecked) private var machine: PeerLinkMachine
     @exclusivity(unchecked) private(set) var channel: (any Channel)?
-    @exclusivity(unchecked) private var handshake: Handshake?
+    /// The record keys, from the handshake on.
     @exclusivity(unchecked) private var session: PeerSession?
     @exclusivity(unchecked) private var outbox: PeerOutbox
     @exclusivity(unchecked) private var inbox: PeerInbox
@@ -337,33 +318,35 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     /// `inbound` is a buffer of this link's own holding a partial record, not NIO's read buffer.
     @exclusivity(unchecked) private var inboundIsOwn = false
     @exclusivity(unchecked) private var flushScheduled = false
-    @exclusivity(unchecked) private var lastReceived = NIODeadline.now()
-    @exclusivity(unchecked) private var lastSent = NIODeadline.now()
-    /// The last frame other than HELLO, PING and PONG, either way; `usefulSinceCheck` marks
-    /// one since the timer last looked, so the clock is read per timer tick, not per frame.
-    @exclusivity(unchecked) private var lastUseful = NIODeadline.now()
-    @exclusivity(unchecked) private var usefulSinceCheck = false
+    /// Frames other than HELLO, PING, PONG and GOODBYE, either way: the machine's idle rule.
+    @exclusivity(unchecked) private var usefulFrames: UInt64 = 0
     @exclusivity(unchecked) private var timer: Scheduled<Void>?
-    @exclusivity(unchecked) private var pingToken: UInt64 = 0
-    @exclusivity(unchecked) private var started = false
-    @exclusivity(unchecked) private var readFailed = false
 
-    private enum Handshake {
-        case initiator(HandshakeInitiator)
-        case responder(HandshakeResponder)
-    }
-
-    init(id: UInt64, owner: PeerLinks, channel: (any Channel)?, initiator: Bool, dialedAddress: String?) {
+    init(id: UInt64, owner: PeerLinks, channel: (any Channel)?, role: PeerLinkMachine.Role, dialedAddress: String?) {
         self.id = id
         self.owner = owner
         self.channel = channel
-        self.isInitiator = initiator
+        self.isInitiator = role == .initiator
         self.dialedAddress = dialedAddress
+        self.machine = PeerLinkMachine(role: role, hello: (owner.identity.address, owner.identity.name), timers: owner.timers)
         self.outbox = PeerOutbox(maxRecordPlaintext: owner.settings.handshake.records.maxPlaintext)
         self.inbox = PeerInbox(limits: owner.settings.limits)
     }
 
-    public var isEstablished: Bool { session != nil && !isClosed }
+    public var isEstablished: Bool { machine.isEstablished }
+    /// Ended or ending: the link takes no new frames.
+    public var isClosed: Bool { machine.hasEnded }
+    public var peer: PeerLinkMachine.LinkPeer? { machine.peer }
+    public var peerNodeID: [UInt8]? { machine.peer?.nodeID }
+    public var keyID: KeyID? { machine.peer?.keyID }
+    public var cipher: PeerCipher? { machine.peer?.cipher }
+    public var closeReason: String? { closure?.reason }
+    /// The link ended with a goodbye, either way (idle, duplicate, leaving, key retired): not a
+    /// failure, and nothing in flight was lost.
+    public var closedGracefully: Bool { closure?.how == .goodbye }
+    /// The dial failed with ECONNREFUSED: nothing listens at the address (the relay's process
+    /// is gone; a stopped one's kernel would still accept).
+    public var connectionRefused: Bool { closure?.how == .failed(refused: true) }
 
     public var description: String {
         "link \(id) \(isInitiator ? "to" : "from") \(advertisedAddress ?? dialedAddress ?? remoteAddress)"
@@ -383,10 +366,15 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
 
     /// Queues a frame; it is sealed and written at the end of this event-loop tick together
     /// with every other frame queued in it (one record, one write, when traffic is light).
+    /// Frames sent to a link that has ended are dropped.
     public func send(_ frame: PeerFrame) {
         owner.eventLoop.assertInEventLoop()
-        guard !isClosed else { return }
-        if frame.kind != .ping && frame.kind != .pong && frame.kind != .hello { usefulSinceCheck = true }
+        guard machine.acceptsFrames else { return }
+        enqueue(frame)
+    }
+
+    private func enqueue(_ frame: PeerFrame) {
+        if !frame.isLinkControl { usefulFrames &+= 1 }
         outbox.enqueue(frame)
         scheduleFlush()
     }
@@ -411,32 +399,16 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     /// peer had already sent until the peer closes too, for at most `lingerTime`. So frames in
     /// flight on a link that closes (a duplicate, a retired key, a shutdown) are not lost.
     public func close(reason: String, goodbye: Bool) {
-        guard !isClosed else { return }
-        guard goodbye && isEstablished, let channel else {
-            finish(reason)
-            channel?.close(promise: nil)
-            return
-        }
-        outbox.enqueue(.goodbye(reason: reason))
-        flush()
-        closedGracefully = true
-        finish(reason)
-        channel.close(mode: .output, promise: nil)
-        let linger = owner.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
-        channel.closeFuture.whenComplete { _ in linger.cancel() }
+        var actions: [PeerLinkAction] = []
+        machine.close(reason: reason, goodbye: goodbye, now: .now(), actions: &actions)
+        perform(actions)
     }
 
     /// Closes at once with a TCP reset (SO_LINGER 0): unsent bytes are dropped, not retried.
     func reset(reason: String) {
-        guard !isClosed else { return }
-        let channel = self.channel
-        finish(reason)
-        guard let channel else { return }
-        guard let socket = channel as? any SocketOptionProvider else {
-            channel.close(promise: nil)
-            return
-        }
-        socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+        var actions: [PeerLinkAction] = []
+        machine.reset(reason: reason, actions: &actions)
+        perform(actions)
     }
 
     /// How long a gracefully closing link waits for the peer to close its side.
@@ -448,10 +420,10 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         self.channel = channel
     }
 
-    func fail(_ reason: String) {
-        guard !isClosed else { return }
-        finish(reason)
-        channel?.close(promise: nil)
+    func fail(_ reason: String, refused: Bool = false) {
+        var actions: [PeerLinkAction] = []
+        machine.failed(reason, refused: refused, actions: &actions)
+        perform(actions)
     }
 
     /// Moves every queued frame to `other` (which seals them with its own session).
@@ -460,10 +432,10 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// Queues `frame` ahead of everything already queued (HELLO must be the first frame).
-    func sendFirst(_ frame: PeerFrame) {
+    private func enqueueFirst(_ frame: PeerFrame) {
         let queued = takeQueuedFrames()
-        send(frame)
-        for frame in queued { send(frame) }
+        enqueue(frame)
+        for frame in queued { enqueue(frame) }
     }
 
     private func takeQueuedFrames() -> [PeerFrame] {
@@ -480,33 +452,27 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     }
 
     func channelActive() {
-        guard !started else { return }
-        started = true
-        let now = NIODeadline.now()
-        let context = owner.handshakeContext()
-        let secret = SecureRandom.bytes(32)
-        if isInitiator {
-            var initiator = HandshakeInitiator(
-                network: context.network, nodeID: context.nodeID, keyring: context.keyring,
-                ephemeralSecret: secret, settings: context.settings, now: now)
-            let first = initiator.start()
-            handshake = .initiator(initiator)
-            write(first)
-        } else {
-            handshake = .responder(HandshakeResponder(
-                network: context.network, nodeID: context.nodeID, keyring: context.keyring,
-                ephemeralSecret: secret, settings: context.settings, now: now))
-        }
-        armTimer(at: now + context.settings.timeout)
+        var actions: [PeerLinkAction] = []
+        machine.connected(now: .now(), ephemeralSecret: SecureRandom.bytes(32), context: owner.handshakeContext, actions: &actions)
+        perform(actions)
     }
 
     func received(_ buffer: ByteBuffer) {
-        // A closing link keeps reading what the peer sent before it saw the goodbye.
-        guard !isClosed || session != nil else { return }
-        lastReceived = .now()
-        if session == nil {
-            handshakeBytes(Array(buffer.readableBytesView))
-        } else if inbound.readableBytes == 0 {
+        switch machine.read(at: .now()) {
+        case .ignore:
+            return
+        case .handshake:
+            var actions: [PeerLinkAction] = []
+            let bytes = Array(buffer.readableBytesView)
+            owner.withReplayCache { machine.handshake(bytes, now: .now(), replayCache: &$0, actions: &actions) }
+            perform(actions)
+        case .records:
+            receivedRecords(buffer)
+        }
+    }
+
+    private func receivedRecords(_ buffer: ByteBuffer) {
+        if inbound.readableBytes == 0 {
             // The common case: take the read buffer as is and open records in place.
             inbound = buffer
             inboundIsOwn = false
@@ -535,61 +501,67 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     }
 
     func channelInactive() {
+        var truncated: String?
         if let session, inbound.readableBytes > 0 {
             do {
                 try session.opener.finish(remaining: inbound)
             } catch {
-                finish("the peer's stream ended inside a record: \(error)")
+                truncated = "\(error)"
             }
         }
-        finish(session == nil ? "connection closed during the handshake" : "connection closed by the peer")
+        var actions: [PeerLinkAction] = []
+        machine.socketClosed(truncated: truncated, actions: &actions)
+        perform(actions)
     }
 
-    // MARK: - Handshake
+    // MARK: - Carrying out the machine's decisions
 
-    private func handshakeBytes(_ bytes: [UInt8]) {
-        let step: HandshakeStep
-        switch handshake {
-        case .initiator(var initiator):
-            step = initiator.receive(bytes)
-            handshake = .initiator(initiator)
-        case .responder(var responder):
-            step = owner.withReplayCache { responder.receive(bytes, replayCache: &$0) }
-            handshake = .responder(responder)
-        case nil:
-            return
-        }
-        handle(step)
-    }
-
-    private func handle(_ step: HandshakeStep) {
-        switch step {
-        case .needMoreBytes:
-            break
-        case .send(let bytes):
-            write(bytes)
-        case .established(let session, let send, let leftover):
-            write(send)
-            handshake = nil
-            self.session = session
-            peerNodeID = session.peerNodeID
-            peerNode = NodeID(bytes: session.peerNodeID)
-            keyID = session.keyID
-            cipher = session.cipher
-            owner.established(self)
-            armTimer(at: .now() + owner.settings.keepaliveInterval)
-            if !leftover.isEmpty {
-                inbound.writeBytes(leftover)
-                openRecords()
+    private func perform(_ actions: [PeerLinkAction]) {
+        var established = false
+        var leftover: [UInt8] = []
+        for action in actions {
+            switch action {
+            case .write(let bytes):
+                write(bytes)
+            case .established(let session, let rest):
+                self.session = session
+                peerNode = NodeID(bytes: session.peerNodeID)
+                established = true
+                leftover = rest
+            case .sendFirst(let frame):
+                enqueueFirst(frame)
+            case .send(let frame):
+                enqueue(frame)
+            case .closeOutput:
+                flush()
+                channel?.close(mode: .output, promise: nil)
+            case .close:
+                channel?.close(promise: nil)
+            case .reset:
+                guard let channel else { break }
+                guard let socket = channel as? any SocketOptionProvider else {
+                    channel.close(promise: nil)
+                    break
+                }
+                socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+            case .armTimer(let deadline):
+                armTimer(at: deadline)
+            case .helloReceived(let address, let name):
+                owner.helloReceived(self, address: address, name: name)
+            case .silent(let time):
+                owner.logger.warning("peer link silent, closing", metadata: logMetadata.merging(["silent-ms": "\(time.nanoseconds / 1_000_000)"]) { $1 })
+            case .ended(let closure):
+                self.closure = closure
+                owner.closed(self)
             }
-            scheduleFlush()
-        case .rejected(let rejection, let send):
-            write(send)
-            rejectedHandshake = true
-            owner.rejected(self, rejection)
-            finish("handshake rejected: \(rejection)")
-            channel?.close(promise: nil)
         }
+        guard established else { return }
+        owner.established(self)
+        if !leftover.isEmpty {
+            inbound.writeBytes(leftover)
+            openRecords()
+        }
+        scheduleFlush()
     }
 
     private func write(_ bytes: [UInt8]) {
@@ -602,7 +574,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     /// Opens every whole record in `inbound` (and then in `more`, the rest of the same read),
     /// delivers their frames, and keeps a partial record for the next read.
     private func openRecords(then more: ByteBuffer? = nil) {
-        guard var session, !readFailed else { return }
+        guard var session else { return }
         var frames: [PeerFrame] = []
         // Every record of this read is decrypted into one buffer, sliced only once all are in:
         // cleared here, its storage is reused as soon as the last read's frames are gone.
@@ -629,12 +601,12 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
                 try inbox.receive(record: plaintexts.readSlice(length: length)!, into: &frames)
             }
         } catch {
-            self.session = session
-            readFailed = true
+            // The session is spent: nothing more is opened with it.
+            self.session = nil
+            inbound = ByteBuffer()
             owner.metrics.linkErrors.increment()
             owner.logger.warning("peer link broken", metadata: logMetadata.merging(["reason": "\(error)"]) { $1 })
             fail("\(error)")
-            channel?.close(promise: nil)
             return
         }
         self.session = session
@@ -658,20 +630,14 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
     }
 
     private func deliver(_ frame: PeerFrame) {
-        switch frame {
-        case .hello(let address, let name):
-            if !isClosed { owner.helloReceived(self, address: address, name: name) }
-        case .ping(let token):
-            send(.pong(token: token))
-        case .pong:
-            break
-        case .goodbye(let reason):
-            // Everything the peer sent came before its goodbye; answer in kind.
-            close(reason: "the peer said goodbye: \(reason)", goodbye: true)
-        default:
-            usefulSinceCheck = true
-            owner.onFrame?(frame, self)
+        guard !frame.isLinkControl else {
+            var actions: [PeerLinkAction] = []
+            machine.control(frame, now: .now(), actions: &actions)
+            perform(actions)
+            return
         }
+        usefulFrames &+= 1
+        owner.onFrame?(frame, self)
     }
 
     private func scheduleFlush() {
@@ -706,7 +672,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         }
         self.session = session
         owner.metrics.recordsSealed.increment(by: records)
-        lastSent = .now()
+        machine.wrote(at: .now())
         for buffer in full { channel.write(buffer, promise: nil) }
         channel.writeAndFlush(out, promise: nil)
     }
@@ -717,58 +683,15 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         timer?.cancel()
         // A strong capture, not a weak one: an object that is ever referenced weakly keeps its
         // reference count in a side table, which makes every retain and release of it (several
-        // per frame sent) take the runtime's slow path. `finish` cancels the timer, and a timer
-        // that fires after the link closed does nothing; so a closed link lives at most until
-        // its timer's deadline.
+        // per frame sent) take the runtime's slow path. A timer that fires after the link closed
+        // does nothing; so a closed link lives at most until its timer's deadline.
         timer = owner.eventLoop.scheduleTask(deadline: deadline) { self.timerFired() }
     }
 
     private func timerFired() {
-        guard !isClosed else { return }
-        let now = NIODeadline.now()
-        if session == nil {
-            let step: HandshakeStep?
-            switch handshake {
-            case .initiator(var initiator):
-                step = initiator.expire(now: now)
-                handshake = .initiator(initiator)
-            case .responder(var responder):
-                step = responder.expire(now: now)
-                handshake = .responder(responder)
-            case nil:
-                step = nil
-            }
-            if let step { handle(step) }
-            return
-        }
-        let settings = owner.settings
-        if now - lastReceived >= settings.idleTimeout {
-            owner.logger.warning("peer link silent, closing", metadata: logMetadata.merging(["silent-ms": "\((now - lastReceived).nanoseconds / 1_000_000)"]) { $1 })
-            close(reason: "no traffic for \(settings.idleTimeout.nanoseconds / 1_000_000) ms", goodbye: true)
-            return
-        }
-        if usefulSinceCheck {
-            usefulSinceCheck = false
-            lastUseful = now
-        }
-        if now - lastUseful >= settings.idleClose {
-            close(reason: "idle", goodbye: true)
-            return
-        }
-        if now - lastSent >= settings.keepaliveInterval || now - lastReceived >= settings.keepaliveInterval {
-            pingToken &+= 1
-            send(.ping(token: pingToken))
-        }
-        armTimer(at: now + settings.keepaliveInterval)
-    }
-
-    private func finish(_ reason: String) {
-        guard !isClosed else { return }
-        isClosed = true
-        closeReason = reason
-        timer?.cancel()
-        timer = nil
-        owner.closed(self)
+        var actions: [PeerLinkAction] = []
+        machine.timerFired(now: .now(), usefulFrames: usefulFrames, actions: &actions)
+        perform(actions)
     }
 }
 
