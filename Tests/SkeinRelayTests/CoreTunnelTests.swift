@@ -1,4 +1,5 @@
 import NIOCore
+import SkeinMembership
 import SkeinWire
 import Testing
 
@@ -354,5 +355,26 @@ struct CoreTunnelTests {
         let initiator = d.connect()
         #expect(d.send(.tunnelInit(tunnelID: 7, cluster: "echo", timeoutMillis: 1000), from: initiator).contains(.pauseReading(initiator)))
         #expect(d.send(.tunnelConfirm(buildID: 0, tunnelID: 42), from: member).contains(.resumeReading(initiator)))
+    }
+}
+
+@Suite struct TunnelSideTests {
+    @Test func sidesAreFoundByPeerAndIdAndAStrangerHoldsNone() {
+        let client = ConnectionID(1)
+        let relay = NodeID(high: 1, low: 2)
+        // A client can hold both ends of one tunnel, under two ids.
+        var tunnel = Tunnel(
+            initiator: TunnelEnd(peer: .local(client), tunnelID: 7, receiveAllowance: 10),
+            member: TunnelEnd(peer: .local(client), tunnelID: 8, receiveAllowance: 10))
+        #expect(tunnel.side(of: .local(client), tunnelID: 7) == .initiator)
+        #expect(tunnel.side(of: .local(client), tunnelID: 8) == .member)
+        #expect(tunnel.side(of: .local(client), tunnelID: 9) == nil)
+        #expect(tunnel.side(of: .local(ConnectionID(2)), tunnelID: 7) == nil)
+        #expect(tunnel.side(ofRelay: relay) == nil)
+        tunnel[.member].queue.append((3, ByteBuffer(string: "abc")))
+        tunnel[.member.other].state = .closingAfterDrain
+        #expect(tunnel.member.queue.count == 1 && tunnel.initiator.state == .closingAfterDrain && tunnel.initiator.isOpen)
+        tunnel.member = TunnelEnd(peer: .relay(relay), tunnelID: 5, receiveAllowance: 0)
+        #expect(tunnel.side(ofRelay: relay) == .member)
     }
 }

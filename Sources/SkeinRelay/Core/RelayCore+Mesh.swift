@@ -57,14 +57,15 @@ extension RelayCore {
                     requests[key] = nil
                     remoteInFlight[id, default: 1] -= 1
                     answer(request, key: key, .memberLost, actions: &actions)
-                } else {
-                    request.mayHaveArrived = true
+                } else if case .forwarded(let relay, let body) = request.stage {
+                    request.stage = .inDoubt(at: relay, body: body)
                     requests[key] = request
                 }
             }
             return
         }
-        for key in forwarded where requests[key]?.mayHaveArrived == false {
+        for key in forwarded {
+            guard case .forwarded = requests[key]?.stage else { continue }
             reroute(key, from: id, now: now, actions: &actions)
         }
     }
@@ -210,9 +211,7 @@ extension RelayCore {
             answer(request, key: key, .memberLost, actions: &actions)
         case .memberLost:
             // A member had it: never sent to a second one. The caller's timeout comes at the deadline.
-            request.forwardedTo = nil
-            request.body = nil
-            request.wasHandedOver = true
+            request.stage = .lost
             requests[key] = request
         case .success, .fault, .timedOut, .refused:
             requests[key] = nil
@@ -223,10 +222,7 @@ extension RelayCore {
     /// A request `relay` did not take goes to another relay or a member here, or waits.
     private mutating func reroute(_ key: UInt64, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
         guard var request = requests[key] else { return }
-        if request.forwardedTo == relay {
-            request.forwardedTo = nil
-            request.mayHaveArrived = false
-        }
+        request.declined(by: relay)
         request.declinedBy.insert(relay)
         requests[key] = request
         actions.append(.report(.requestRerouted(cluster: request.cluster, from: relay)))

@@ -41,7 +41,7 @@ extension RelayCore {
     /// when neither exists: the request waits for one. Requests from other relays are only
     /// ever given to members here (one hop, never forwarded again).
     mutating func dispatch(_ key: UInt64, excluding: Set<NodeID> = [], now: NIODeadline, actions: inout [RelayAction]) -> Bool {
-        guard let request = requests[key], request.body != nil, request.deadline > now else { return false }
+        guard let request = requests[key], request.waitingBody != nil, request.deadline > now else { return false }
         if let target = request.network {
             return dispatchRemote(key, to: target, excluding: excluding, now: now, actions: &actions)
         }
@@ -85,16 +85,14 @@ extension RelayCore {
     /// Sends a pending request to a member of its cluster on this relay; false when none.
     mutating func handOver(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
         // Past its deadline (its timer has not run yet): the timer answers it, no member gets it.
-        guard var request = requests[key], let body = request.body, request.deadline > now else { return false }
+        guard var request = requests[key], let body = request.waitingBody, request.deadline > now else { return false }
         guard let member = pickMember(of: request.cluster) else { return false }
         var conn = connections[member]!
         let memberRequestID = conn.nextAssignedID
         conn.nextAssignedID += 1
         conn.assigned[memberRequestID] = key
         connections[member] = conn
-        request.body = nil
-        request.assignedTo = (member, memberRequestID)
-        request.wasHandedOver = true
+        request.stage = .handedOver(member: member, id: memberRequestID)
         requests[key] = request
         actions.append(.send(member, .request(id: memberRequestID, body: body, timeoutMillis: remainingMillis(request.deadline, now))))
         return true
@@ -103,8 +101,8 @@ extension RelayCore {
     /// Sends a pending request to another relay, which answers with the reply, the member's
     /// fault, or "no members" (then it goes elsewhere). The relay knows it by `key`.
     mutating func forward(_ key: UInt64, to relay: NodeID, cluster: String? = nil, now: NIODeadline, actions: inout [RelayAction]) {
-        guard var request = requests[key], let body = request.body else { return }
-        request.forwardedTo = relay
+        guard var request = requests[key], let body = request.waitingBody else { return }
+        request.stage = .forwarded(to: relay, body: body)
         requests[key] = request
         remoteInFlight[relay, default: 0] += 1
         let flags: PeerRequestFlags = request.failFast ? .failFast : []
@@ -210,12 +208,13 @@ extension RelayCore {
 
     mutating func expireRequest(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) {
         guard let request = requests.removeValue(forKey: key) else { return }
-        if let (member, memberRequestID) = request.assignedTo {
-            connections[member]?.assigned[memberRequestID] = nil
+        switch request.stage {
+        case .handedOver(let member, let memberRequestID): connections[member]?.assigned[memberRequestID] = nil
+        case .forwarded(let relay, _), .inDoubt(let relay, _): remoteInFlight[relay, default: 1] -= 1
+        case .waiting, .lost: break
         }
-        if let relay = request.forwardedTo { remoteInFlight[relay, default: 1] -= 1 }
         pruneWaitingRequests(cluster: request.cluster)
-        actions.append(.report(.requestTimedOut(cluster: request.cluster, handedToMember: request.wasHandedOver || request.forwardedTo != nil)))
+        actions.append(.report(.requestTimedOut(cluster: request.cluster, handedToMember: request.leftThisRelay)))
         // The origin relay runs the same deadline and answers its caller itself.
         guard case .local = request.caller else { return }
         answer(request, key: key, .timedOut, actions: &actions)

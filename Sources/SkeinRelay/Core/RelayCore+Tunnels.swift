@@ -24,23 +24,71 @@ struct TunnelEnd {
     /// Chunks from the other side waiting for `sendAllowance`; never more than the other
     /// side's grant, so at most `tunnelBuffer` bytes.
     var queue: Deque<(sizeOrContinuation: UInt64, chunk: ByteBuffer)> = []
-    /// This end still has the tunnel open.
-    var isOpen = true
-    /// The other side closed gracefully: deliver the queue, then close this side.
-    var closeAfterDrain = false
+    var state: State = .open
+
+    enum State: Equatable {
+        case open
+        /// The other side closed gracefully: deliver the queue, then close this side.
+        case closingAfterDrain
+        case closed
+    }
+
+    /// This end still has the tunnel open (it may be closing after its queue).
+    var isOpen: Bool { state != .closed }
+}
+
+/// The two sides of a tunnel.
+enum TunnelSide: Equatable {
+    /// The end that asked for the tunnel.
+    case initiator
+    /// The member that accepted it.
+    case member
+
+    var other: TunnelSide {
+        switch self {
+        case .initiator: .member
+        case .member: .initiator
+        }
+    }
 }
 
 struct Tunnel {
-    /// `ends[0]` is the initiator, `ends[1]` the member (either may be another relay).
-    var ends: [TunnelEnd]
+    var initiator: TunnelEnd
+    /// The member's end (either end may be another relay).
+    var member: TunnelEnd
 
-    func side(of peer: TunnelPeer, tunnelID: UInt64) -> Int {
-        ends[0].peer == peer && ends[0].tunnelID == tunnelID ? 0 : 1
+    subscript(side: TunnelSide) -> TunnelEnd {
+        get {
+            switch side {
+            case .initiator: initiator
+            case .member: member
+            }
+        }
+        // In place, not get-then-set: a copy of an end would share its queue's storage, and
+        // the first append to it would copy the whole queue.
+        _modify {
+            switch side {
+            case .initiator: yield &initiator
+            case .member: yield &member
+            }
+        }
+    }
+
+    var ends: [TunnelEnd] { [initiator, member] }
+
+    /// The side held by `peer` under `tunnelID` (a client can be both ends, under two ids);
+    /// nil for a peer that holds neither.
+    func side(of peer: TunnelPeer, tunnelID: UInt64) -> TunnelSide? {
+        if initiator.peer == peer && initiator.tunnelID == tunnelID { return .initiator }
+        if member.peer == peer && member.tunnelID == tunnelID { return .member }
+        return nil
     }
 
     /// The side held by `relay`, if any.
-    func side(ofRelay relay: NodeID) -> Int? {
-        ends.firstIndex { $0.peer == .relay(relay) }
+    func side(ofRelay relay: NodeID) -> TunnelSide? {
+        if initiator.peer == .relay(relay) { return .initiator }
+        if member.peer == .relay(relay) { return .member }
+        return nil
     }
 }
 
@@ -165,10 +213,9 @@ extension RelayCore {
     /// is granted this relay's tunnel buffer.
     private mutating func open(_ build: PendingBuild, key: UInt64, far: TunnelPeer, farID: UInt64, actions: inout [RelayAction]) {
         let buffer = settings.tunnelBuffer
-        tunnels[key] = Tunnel(ends: [
-            TunnelEnd(peer: build.initiator, tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
-            TunnelEnd(peer: far, tunnelID: farID, receiveAllowance: buffer),
-        ])
+        tunnels[key] = Tunnel(
+            initiator: TunnelEnd(peer: build.initiator, tunnelID: build.initiatorTunnelID, receiveAllowance: buffer),
+            member: TunnelEnd(peer: far, tunnelID: farID, receiveAllowance: buffer))
         switch far {
         case .local(let member): actions.append(.send(member, .tunnelAllow(tunnelID: farID, bytes: buffer)))
         case .relay(let relay): actions.append(.sendPeer(relay, .tunnelAllowance(id: farID, bytes: buffer)))
@@ -224,14 +271,15 @@ extension RelayCore {
 
     mutating func tunnelAllow(from id: ConnectionID, tunnelID: UInt64, bytes: UInt64, actions: inout [RelayAction]) {
         // ALLOW for a tunnel that is closing or closed is a harmless race: ignored.
-        guard case .open(let key)? = connections[id]!.tunnelIDs[tunnelID], let tunnel = tunnels[key] else { return }
-        allow(key, side: tunnel.side(of: .local(id), tunnelID: tunnelID), bytes: bytes, actions: &actions)
+        guard case .open(let key)? = connections[id]!.tunnelIDs[tunnelID], let side = tunnels[key]?.side(of: .local(id), tunnelID: tunnelID)
+        else { return }
+        allow(key, side: side, bytes: bytes, actions: &actions)
     }
 
-    private mutating func allow(_ key: UInt64, side: Int, bytes: UInt64, actions: inout [RelayAction]) {
+    private mutating func allow(_ key: UInt64, side: TunnelSide, bytes: UInt64, actions: inout [RelayAction]) {
         guard var tunnel = tunnels[key] else { return }
-        let (sum, overflow) = tunnel.ends[side].sendAllowance.addingReportingOverflow(bytes)
-        tunnel.ends[side].sendAllowance = overflow ? .max : sum
+        let (sum, overflow) = tunnel[side].sendAllowance.addingReportingOverflow(bytes)
+        tunnel[side].sendAllowance = overflow ? .max : sum
         tunnels[key] = tunnel
         drain(key, side: side, actions: &actions)
     }
@@ -253,12 +301,11 @@ extension RelayCore {
             violation(id, "protocol violation: transfer on tunnel \(tunnelID) before it was built", actions: &actions)
             return
         case .open(let key):
-            guard let tunnel = tunnels[key] else { return }
-            let side = tunnel.side(of: .local(id), tunnelID: tunnelID)
-            guard chunkSize <= tunnel.ends[side].receiveAllowance else {
+            guard let tunnel = tunnels[key], let side = tunnel.side(of: .local(id), tunnelID: tunnelID) else { return }
+            guard chunkSize <= tunnel[side].receiveAllowance else {
                 violation(
                     id,
-                    "protocol violation: tunnel \(tunnelID) sent \(chunkSize) bytes with only \(tunnel.ends[side].receiveAllowance) allowed",
+                    "protocol violation: tunnel \(tunnelID) sent \(chunkSize) bytes with only \(tunnel[side].receiveAllowance) allowed",
                     actions: &actions)
                 return
             }
@@ -268,24 +315,24 @@ extension RelayCore {
 
     /// A chunk from `side`, within its allowance: queued for the other side and forwarded as
     /// far as that side's allowance goes.
-    private mutating func accept(_ key: UInt64, fromSide side: Int, sizeOrContinuation: UInt64, chunk: ByteBuffer, actions: inout [RelayAction]) {
+    private mutating func accept(_ key: UInt64, fromSide side: TunnelSide, sizeOrContinuation: UInt64, chunk: ByteBuffer, actions: inout [RelayAction]) {
         guard var tunnel = tunnels[key] else { return }
-        tunnel.ends[side].receiveAllowance -= UInt64(chunk.readableBytes)
-        let other = 1 - side
-        guard tunnel.ends[other].isOpen, !tunnel.ends[other].closeAfterDrain else {
+        tunnel[side].receiveAllowance -= UInt64(chunk.readableBytes)
+        let other = side.other
+        guard tunnel[other].state == .open else {
             tunnels[key] = tunnel
             return  // The other side is gone; its data has nowhere to go.
         }
-        tunnel.ends[other].queue.append((sizeOrContinuation, chunk))
+        tunnel[other].queue.append((sizeOrContinuation, chunk))
         tunnels[key] = tunnel
         drain(key, side: other, actions: &actions)
     }
 
     /// Forwards queued chunks to `side` while its allowance lasts, returning allowance to the
     /// sender as they leave; then closes `side` if the other side closed gracefully.
-    private mutating func drain(_ key: UInt64, side: Int, actions: inout [RelayAction]) {
+    private mutating func drain(_ key: UInt64, side: TunnelSide, actions: inout [RelayAction]) {
         guard var tunnel = tunnels[key] else { return }
-        var end = tunnel.ends[side]
+        var end = tunnel[side]
         var forwarded: UInt64 = 0
         while let head = end.queue.first, UInt64(head.chunk.readableBytes) <= end.sendAllowance {
             end.queue.removeFirst()
@@ -300,10 +347,10 @@ extension RelayCore {
                 actions.append(.sendPeer(relay, .tunnelData(id: end.tunnelID, sizeOrContinuation: head.sizeOrContinuation, chunk: head.chunk)))
             }
         }
-        let other = 1 - side
-        if forwarded > 0, tunnel.ends[other].isOpen {
-            tunnel.ends[other].receiveAllowance += forwarded
-            let giver = tunnel.ends[other]
+        let other = side.other
+        if forwarded > 0, tunnel[other].isOpen {
+            tunnel[other].receiveAllowance += forwarded
+            let giver = tunnel[other]
             switch giver.peer {
             case .local(let connection):
                 actions.append(.send(connection, .tunnelAllow(tunnelID: giver.tunnelID, bytes: forwarded)))
@@ -311,8 +358,8 @@ extension RelayCore {
                 actions.append(.sendPeer(relay, .tunnelAllowance(id: giver.tunnelID, bytes: forwarded)))
             }
         }
-        if end.closeAfterDrain && end.queue.isEmpty && end.isOpen {
-            end.isOpen = false
+        if end.state == .closingAfterDrain && end.queue.isEmpty {
+            end.state = .closed
             switch end.peer {
             case .local(let connection):
                 actions.append(.send(connection, .tunnelClose(tunnelID: end.tunnelID, reason: "")))
@@ -321,8 +368,8 @@ extension RelayCore {
                 actions.append(.sendPeer(relay, .tunnelClose(id: end.tunnelID, reason: "")))
             }
         }
-        tunnel.ends[side] = end
-        if !tunnel.ends[0].isOpen && !tunnel.ends[1].isOpen {
+        tunnel[side] = end
+        if !tunnel.initiator.isOpen && !tunnel.member.isOpen {
             tunnels[key] = nil
         } else {
             tunnels[key] = tunnel
@@ -343,18 +390,18 @@ extension RelayCore {
                 resumeIfBelowLimit(id, actions: &actions)
             }
         case .open(let key):
-            guard let tunnel = tunnels[key] else { return }
-            closeSide(key, side: tunnel.side(of: .local(id), tunnelID: tunnelID), actions: &actions)
+            guard let side = tunnels[key]?.side(of: .local(id), tunnelID: tunnelID) else { return }
+            closeSide(key, side: side, actions: &actions)
         }
     }
 
     /// One side closed gracefully: the other gets what is queued for it, then its close.
-    private mutating func closeSide(_ key: UInt64, side: Int, actions: inout [RelayAction]) {
+    private mutating func closeSide(_ key: UInt64, side: TunnelSide, actions: inout [RelayAction]) {
         guard var tunnel = tunnels[key] else { return }
-        tunnel.ends[side].isOpen = false
-        tunnel.ends[side].queue.removeAll()
-        let other = 1 - side
-        tunnel.ends[other].closeAfterDrain = true
+        tunnel[side].state = .closed
+        tunnel[side].queue.removeAll()
+        let other = side.other
+        if tunnel[other].state == .open { tunnel[other].state = .closingAfterDrain }
         tunnels[key] = tunnel
         drain(key, side: other, actions: &actions)
     }
@@ -429,10 +476,10 @@ extension RelayCore {
         case .tunnelAllowance(_, let bytes):
             allow(key, side: side, bytes: bytes, actions: &actions)
         case .tunnelData(_, let size, let chunk):
-            guard UInt64(chunk.readableBytes) <= tunnel.ends[side].receiveAllowance else {
+            guard UInt64(chunk.readableBytes) <= tunnel[side].receiveAllowance else {
                 // The far relay broke the flow-control contract: end the tunnel, not the link.
                 dropTunnel(key, closedBy: .relay(relay), reason: "the far relay sent more than allowed", actions: &actions)
-                actions.append(.sendPeer(relay, .tunnelClose(id: tunnel.ends[side].tunnelID, reason: "sent more than allowed")))
+                actions.append(.sendPeer(relay, .tunnelClose(id: tunnel[side].tunnelID, reason: "sent more than allowed")))
                 return
             }
             accept(key, fromSide: side, sizeOrContinuation: size, chunk: chunk, actions: &actions)

@@ -377,11 +377,12 @@ public struct RelayCore {
         // Requests this connection made: forget them; their members' late replies are dropped.
         for key in conn.outgoing {
             guard let request = requests.removeValue(forKey: key) else { continue }
-            if let (member, memberRequestID) = request.assignedTo {
+            switch request.stage {
+            case .handedOver(let member, let memberRequestID):
                 connections[member]?.assigned[memberRequestID] = nil
-            } else if let relay = request.forwardedTo {
+            case .forwarded(let relay, _), .inDoubt(let relay, _):
                 remoteInFlight[relay, default: 1] -= 1
-            } else {
+            case .waiting, .lost:
                 pruneWaitingRequests(cluster: request.cluster)
             }
         }
@@ -398,7 +399,7 @@ public struct RelayCore {
                 requests[key] = nil
                 answer(request, key: key, .memberLost, actions: &actions)
             } else {
-                requests[key]?.assignedTo = nil
+                requests[key]?.stage = .lost
             }
         }
         for (_, key) in conn.memberBuilds {
@@ -591,18 +592,68 @@ extension RelayCore {
         var callerRequestID: UInt64
         var cluster: String
         var deadline: NIODeadline
-        /// Kept while the request waits for a member, and while it is with a remote relay
-        /// (which may answer "no members", and then it goes elsewhere).
-        var body: ByteBuffer?
-        /// The member and the id it knows the request by, once handed over.
-        var assignedTo: (ConnectionID, UInt64)?
-        /// The remote relay it was forwarded to, until that relay answers.
-        var forwardedTo: NodeID?
-        /// It went out on a link that later broke: it may have reached a member.
-        var mayHaveArrived = false
+        /// Where the request is in its life; each stage holds only what it needs.
+        var stage: Stage
+
+        enum Stage {
+            /// Waiting for a member here or a relay that serves the cluster.
+            case waiting(body: ByteBuffer)
+            /// With a remote relay until it answers; it may answer "no members", and then the
+            /// request goes elsewhere with its body.
+            case forwarded(to: NodeID, body: ByteBuffer)
+            /// Forwarded on a link that later broke: a member there may have it, so it is never
+            /// sent again, but the relay's answer is still taken (and "no members" reroutes it).
+            case inDoubt(at: NodeID, body: ByteBuffer)
+            /// With a member here, which knows it by `id`.
+            case handedOver(member: ConnectionID, id: UInt64)
+            /// A member had it and was lost: never sent to a second one; the caller's timeout
+            /// comes at the deadline.
+            case lost
+        }
+
+        init(caller: Caller, callerRequestID: UInt64, cluster: String, deadline: NIODeadline, body: ByteBuffer) {
+            self.caller = caller
+            self.callerRequestID = callerRequestID
+            self.cluster = cluster
+            self.deadline = deadline
+            self.stage = .waiting(body: body)
+        }
+
+        /// The body, while the request waits to be sent.
+        var waitingBody: ByteBuffer? {
+            if case .waiting(let body) = stage { body } else { nil }
+        }
+
+        /// The relay it was forwarded to, until that relay answers.
+        var forwardedTo: NodeID? {
+            switch stage {
+            case .forwarded(let relay, _), .inDoubt(let relay, _): relay
+            case .waiting, .handedOver, .lost: nil
+            }
+        }
+
+        /// The member here that has it.
+        var member: (ConnectionID, UInt64)? {
+            if case .handedOver(let member, let id) = stage { (member, id) } else { nil }
+        }
+
+        /// It left this relay (to a member, or to another relay): a timeout is the member's.
+        var leftThisRelay: Bool {
+            if case .waiting = stage { false } else { true }
+        }
+
+        /// Back to waiting, with its body, after `relay` declined it (or never got it).
+        mutating func declined(by relay: NodeID) {
+            switch stage {
+            case .forwarded(let at, let body) where at == relay, .inDoubt(let at, let body) where at == relay:
+                stage = .waiting(body: body)
+            default:
+                break
+            }
+        }
+
         /// Relays that answered "no members" for it; not asked again until routing changes.
         var declinedBy: Set<NodeID> = []
-        var wasHandedOver = false
         /// The caller wants early, distinct failures (`skein/1`) instead of waiting for the deadline.
         var failFast = false
         /// This relay chooses where the request goes (its caller is a local client, or another
