@@ -1,4 +1,5 @@
 import NIOCore
+import SkeinMembership
 import SkeinRelay
 import SkeinWire
 import Testing
@@ -20,10 +21,11 @@ struct MeshSimulationTests {
         return scenario
     }
 
-    @Test("200 seeds, 3 to 6 relays, two faults each: every invariant holds")
+    @Test("200 seeds, 3 to 6 relays, two faults each, requests, events, broadcasts and tunnels: every invariant holds")
     func manySeeds() {
         var requests = 0
         var events = 0
+        var tunnelMessages = 0
         var faultKinds: Set<String> = []
         for seed in UInt64(1)...200 {
             let scenario = Self.scenario(seed: seed, relays: 3 + Int(seed % 4))
@@ -34,9 +36,10 @@ struct MeshSimulationTests {
             #expect(report.answers.total + report.pendingAtEnd == report.requests, "seed \(seed)")
             requests += report.requests
             events += report.eventsDelivered
+            tunnelMessages += report.tunnels.messagesDelivered
         }
         #expect(faultKinds == ["crash-restart", "pause", "partition", "loss"])
-        #expect(requests > 50_000 && events > 50_000)
+        #expect(requests > 50_000 && events > 50_000 && tunnelMessages > 20_000)
     }
 
     @Test("without faults every request is answered by a member and every event arrives")
@@ -63,8 +66,8 @@ struct MeshSimulationTests {
 
     // The checkers themselves: each broken promise is caught.
 
-    static func client(_ role: SimClient.Role, dialect: ProtocolDialect = .iris) -> SimClient {
-        var client = SimClient(index: 3, role: role, slot: 0, process: 1, connection: ConnectionID(1), dialect: dialect)
+    static func client(_ role: SimClient.Role, dialect: ProtocolDialect = .iris, index: Int = 3) -> SimClient {
+        var client = SimClient(index: index, role: role, slot: 0, process: 1, connection: ConnectionID(1), dialect: dialect)
         client.open = true
         return client
     }
@@ -121,6 +124,71 @@ struct MeshSimulationTests {
         var requester = Self.client(.requester)
         checker.received(.broadcast(message: SimClient.body(sender: 7, sequence: 1)), by: &requester, at: 1, pausedRelay: -1)
         #expect(checker.firstViolation?.what.contains("no member") == true)
+    }
+
+    /// A simulation with one relay slot (no loop: what clients send goes nowhere) and `client`.
+    static func tunnelRig(_ client: SimClient) -> MeshSimulation {
+        var simulation = MeshSimulation(Self.scenario(seed: 1, relays: 1, faults: 0))
+        simulation.relays = [SimRelay(address: MemberAddress(host: "10.0.0.1", port: 7946))]
+        simulation.relays[0].process = 1
+        simulation.clients = [client]
+        return simulation
+    }
+
+    static func message(_ sequence: UInt64) -> RelayFrame {
+        .tunnelTransfer(tunnelID: 1, sizeOrContinuation: 24, chunk: SimTunnels.message(client: 9, tunnel: 4, sequence: sequence))
+    }
+
+    @Test("a lost, doubled or overflowing tunnel message, a short graceful close and an end left open are violations")
+    func tunnelChecks() {
+        let member = Self.client(.member, index: 0)
+        var rig = Self.tunnelRig(member)
+        rig.tunnelFrame(0, .tunnelInit(buildID: 5, chunkLimit: 1 << 16))
+        #expect(rig.clients[0].tunnels.accepted[1] != nil)
+        rig.tunnelFrame(0, Self.message(1))
+        rig.tunnelFrame(0, Self.message(2))
+        #expect(rig.invariants.firstViolation == nil && rig.report.tunnels.messagesDelivered == 2)
+        rig.tunnelFrame(0, Self.message(4))
+        #expect(rig.invariants.firstViolation?.what.contains("lost, doubled or out of order") == true)
+
+        rig = Self.tunnelRig(member)
+        rig.tunnelFrame(0, .tunnelInit(buildID: 5, chunkLimit: 1 << 16))
+        rig.tunnelFrame(0, Self.message(1))
+        rig.tunnelFrame(0, .tunnelClose(tunnelID: 1, reason: ""))
+        #expect(rig.invariants.firstViolation?.what.contains("closed gracefully after 1 of 20") == true)
+
+        rig = Self.tunnelRig(member)
+        rig.tunnelFrame(0, .tunnelInit(buildID: 5, chunkLimit: 1 << 16))
+        rig.clients[0].tunnels.accepted[1]!.window = 10
+        rig.tunnelFrame(0, Self.message(1))
+        #expect(rig.invariants.firstViolation?.what.contains("with a window of 10") == true)
+
+        // A failed tunnel is fine; one still open long after the run is not.
+        rig = Self.tunnelRig(member)
+        rig.tunnelFrame(0, .tunnelInit(buildID: 5, chunkLimit: 1 << 16))
+        rig.tunnelFrame(0, .tunnelInit(buildID: 6, chunkLimit: 1 << 16))
+        rig.tunnelFrame(0, .tunnelClose(tunnelID: 1, reason: "the relay at the other end was lost"))
+        #expect(rig.invariants.firstViolation == nil && rig.report.tunnels.failedAtMember == 1)
+        rig.time = 100_000_000_000
+        rig.checkTunnelsEnded()
+        #expect(rig.invariants.firstViolation?.what.contains("tunnel 2 (no message yet, 0 messages) still open at its member") == true)
+
+        // An initiator's tunnel closed gracefully by nobody.
+        let tunneler = Self.client(.tunneler, index: 0)
+        rig = Self.tunnelRig(tunneler)
+        rig.clients[0].tunnels.initiated[1] = .open(allowance: 0, sent: 3, since: 0)
+        rig.tunnelFrame(0, .tunnelClose(tunnelID: 1, reason: ""))
+        #expect(rig.invariants.firstViolation?.what.contains("neither end closed it") == true)
+    }
+
+    @Test("without faults every tunnel is built, completes, and delivers every message")
+    func tunnelsWithoutFaults() {
+        var simulation = MeshSimulation(Self.scenario(seed: 11, relays: 6, faults: 0))
+        let report = simulation.run()
+        #expect(report.passed)
+        #expect(report.tunnels.opened > 10)
+        #expect(report.tunnels.built == report.tunnels.opened && report.tunnels.completed == report.tunnels.opened)
+        #expect(report.tunnels.messagesDelivered == 20 * report.tunnels.opened && report.tunnels.openAtEnd == 0)
     }
 }
 

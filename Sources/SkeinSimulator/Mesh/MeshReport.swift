@@ -16,6 +16,22 @@ package struct MeshReport: Sendable {
         package var total: Int { replies + faults + timeouts + failures.values.reduce(0, +) + connectionLost }
     }
 
+    package struct Tunnels: Sendable, Equatable {
+        package var opened = 0
+        package var accepted = 0
+        package var built = 0
+        package var buildsTimedOut = 0
+        /// `skein/1` build failures by reason.
+        package var buildsFailed: [String: Int] = [:]
+        package var messagesDelivered = 0
+        /// Closed gracefully at the member with every message delivered.
+        package var completed = 0
+        package var failedAtInitiator = 0
+        package var failedAtMember = 0
+        /// Ends still open when the run ended (recent ones; old ones are violations).
+        package var openAtEnd = 0
+    }
+
     package struct Violation: Sendable, Equatable {
         package var seconds: Double
         package var what: String
@@ -40,6 +56,7 @@ package struct MeshReport: Sendable {
     package var publishes = 0
     package var broadcasts = 0
     package var answers = Answers()
+    package var tunnels = Tunnels()
     /// Requests still within their time when the run ended.
     package var pendingAtEnd = 0
     package var eventsDelivered = 0
@@ -92,6 +109,8 @@ package struct MeshReport: Sendable {
             + "\(answers.faults) faults, \(answers.failures.values.reduce(0, +)) skein/1 failures \(listing(answers.failures)), \(answers.connectionLost) with their connection; \(pendingAtEnd) pending at the end")
         lines.append("events            \(publishes) published, \(eventsDelivered) delivered, \(gaps) gaps (at most once; renewed subscriptions)")
         lines.append("broadcasts        \(broadcasts) sent, \(broadcastsDelivered) delivered")
+        lines.append("tunnels           \(tunnels.opened) opened, \(tunnels.built) built, \(tunnels.buildsTimedOut + tunnels.buildsFailed.values.reduce(0, +)) builds failed \(listing(tunnels.buildsFailed)), "
+            + "\(tunnels.completed) completed, failed at initiator \(tunnels.failedAtInitiator) / member \(tunnels.failedAtMember), \(tunnels.messagesDelivered) messages, \(tunnels.openAtEnd) open at the end")
         if !answers.refusals.isEmpty { lines.append("refusals          \(listing(answers.refusals))") }
         lines.append("relay events      \(listing(relayEvents))")
         lines.append("faults            \(faults.isEmpty ? "none" : faults.joined(separator: "; "))")
@@ -119,6 +138,13 @@ package struct MeshReport: Sendable {
             ("connectionLost", int(answers.connectionLost)), ("pendingAtEnd", int(pendingAtEnd)),
             ("publishes", int(publishes)), ("eventsDelivered", int(eventsDelivered)), ("gaps", int(gaps)),
             ("broadcasts", int(broadcasts)), ("broadcastsDelivered", int(broadcastsDelivered)),
+            ("tunnels", .object([
+                ("opened", int(tunnels.opened)), ("accepted", int(tunnels.accepted)), ("built", int(tunnels.built)),
+                ("buildsTimedOut", int(tunnels.buildsTimedOut)), ("buildsFailed", object(tunnels.buildsFailed)),
+                ("messagesDelivered", int(tunnels.messagesDelivered)), ("completed", int(tunnels.completed)),
+                ("failedAtInitiator", int(tunnels.failedAtInitiator)), ("failedAtMember", int(tunnels.failedAtMember)),
+                ("openAtEnd", int(tunnels.openAtEnd)),
+            ])),
             ("relayEvents", object(relayEvents)), ("faults", .array(faults.map { .string($0) })),
             ("aliveSeen", int(aliveViews.seen)), ("alivePairs", int(aliveViews.pairs)), ("invariantChecks", int(invariantChecks)),
             ("violation", violation.map { .object([("seconds", .double($0.seconds)), ("what", .string($0.what))]) } ?? .null),

@@ -20,6 +20,13 @@ package struct MeshScenario: Sendable {
     package var publishRate: Double = 100
     /// Broadcasts per second over the whole mesh (a broadcaster on every fifth relay).
     package var broadcastRate: Double = 20
+    /// Tunnels opened per second over the whole mesh (a tunneler on every fourth relay).
+    package var tunnelRate: Double = 4
+    /// Messages each tunnel carries before its initiator closes it.
+    package var tunnelMessages = 20
+    /// After the run, how long the mesh may run on for open tunnels to end (frames a lossy link
+    /// holds in retransmission can take seconds).
+    package var tunnelSettle: TimeAmount = .seconds(30)
     /// Every subscriber drops and renews its subscription this often (0: never).
     package var resubscribeEvery: Double = 2
     /// The requests' timeout.

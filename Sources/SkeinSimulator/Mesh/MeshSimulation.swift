@@ -57,12 +57,14 @@ package struct MeshSimulation {
             push(trafficStart + Int64(fault.at * 1e9), .fault(index))
         }
         push(trafficEnd, .trafficEnd)
-        while let next = queue.popMin() {
+        while let next = queue.min {
             guard next.at <= runEnd, invariants.firstViolation == nil else { break }
+            _ = queue.popMin()
             time = next.at
             step(next.kind)
         }
         time = min(time, runEnd)
+        settleTunnels()
         return finish()
     }
 
@@ -414,6 +416,7 @@ package struct MeshSimulation {
         if slot % 2 == 0 || n == 1 { roles.append(.member) }
         if slot % 3 == 0 { roles.append(.publisher) }
         if slot % 5 == 0 { roles.append(.broadcaster) }
+        if slot % 4 == 1 || n == 1 { roles.append(.tunneler) }
         let process = relays[slot].process
         for role in roles {
             let index = clients.count
@@ -437,6 +440,7 @@ package struct MeshSimulation {
         case .requester: (scenario.requestRate, n)
         case .publisher: (scenario.publishRate, (n / 3).rounded(.up))
         case .broadcaster: (scenario.broadcastRate, (n / 5).rounded(.up))
+        case .tunneler: (scenario.tunnelRate, n == 1 ? 1 : ((n - 1) / 4).rounded(.up))
         case .subscriber: (scenario.resubscribeEvery > 0 ? 1 / scenario.resubscribeEvery : 0, 1)
         case .member: (0, 1)
         }
@@ -461,6 +465,10 @@ package struct MeshSimulation {
         }
         report.clientFrames += 1
         switch frame {
+        case .tunnelInit, .tunnelConfirm, .tunnelAllow, .tunnelTransfer, .tunnelClose, .tunnelFailed:
+            clients[index] = client
+            tunnelFrame(index, frame)
+            return
         case .request(let id, let body, _):
             // A member answers with the body it got, a moment later.
             if client.role != .member { invariants.violation("a request reached \(client.name), which is no member", at: time) }
@@ -501,6 +509,8 @@ package struct MeshSimulation {
             clientSend(index, .unsubscribe(topic: "t"))
             clients[index].subscribed = false
             clientSend(index, .subscribe(topic: "t"))
+        case .tunneler:
+            openTunnel(index)
         case .member:
             break
         }
@@ -529,6 +539,7 @@ package struct MeshSimulation {
                 break
             }
         }
+        checkTunnelsEnded()
         report.invariantChecks = invariants.checks
         report.answers = invariants.answers
         report.eventsDelivered = invariants.events
