@@ -3,7 +3,6 @@ import Logging
 import Metrics
 import NIOCore
 import Prometheus
-import UnixSignals
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -251,6 +250,8 @@ struct RelayCommand: AsyncParsableCommand {
             ])
         }
 
+        configuration.reloadsOnSIGHUP = true
+        configuration.keyFiles = keyFile
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let relay = RelayService(configuration: configuration, logger: logger, metricsText: { registry.emitToBuffer() })
@@ -259,29 +260,6 @@ struct RelayCommand: AsyncParsableCommand {
                 services: [.init(service: relay)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
-        let keyFiles = keyFile
-        let federationKeys = federations.map { ($0.spec.network, $0.spec.keyFiles) }
-        let reloader = Task {
-            for await _ in await UnixSignalsSequence(trapping: .sighup) {
-                for (network, files) in federationKeys {
-                    do {
-                        await relay.reload(federation: network, keyring: try Keyring.load(fromFiles: files))
-                    } catch {
-                        logger.error("SIGHUP: keeping the current federation keyring", metadata: ["federation": "\(network)", "error": "\(error)"])
-                    }
-                }
-                guard !keyFiles.isEmpty else {
-                    logger.warning("SIGHUP: a --dev relay has no key files to reload")
-                    continue
-                }
-                do {
-                    await relay.reload(keyring: try Keyring.load(fromFiles: keyFiles))
-                } catch {
-                    logger.error("SIGHUP: keeping the current keyring", metadata: ["error": "\(error)"])
-                }
-            }
-        }
-        defer { reloader.cancel() }
         do {
             try await group.run()
         } catch {

@@ -169,4 +169,53 @@ struct RelayLoopTests {
         pair.client(cluster: "svc", at: 1)
         #expect(pair.loops[1].nextDeadline == pair.loops[1].core.nextDeadline)
     }
+
+    @Test("the drain ends when the last request in flight is answered, or at its deadline; closing ends with the last connection")
+    func shutdown() {
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        let (caller, member) = (ConnectionID(1), ConnectionID(2))
+        func start() -> (RelayLoop, UInt64) {
+            var loop = RelayLoop(core: RelayCore(settings: RelaySettings()))
+            var actions: [RelayAction] = []
+            for (id, cluster) in [(caller, ""), (member, "svc")] {
+                loop.handle(.clientOpened(id), now: t0, actions: &actions)
+                loop.handle(.clientFrame(id, .initialize(magic: RelayProtocol.clientMagic, version: RelayProtocol.irisVersion, cluster: cluster)), now: t0, actions: &actions)
+            }
+            loop.handle(.clientFrame(caller, .request(id: 1, cluster: "svc", body: ByteBuffer(string: "x"), timeoutMillis: 60_000)), now: t0, actions: &actions)
+            let handed = actions.compactMap { if case .send(member, .request(let id, _, _)) = $0 { id } else { nil } }
+            #expect(handed.count == 1)
+            return (loop, handed.first ?? 0)
+        }
+        func reported(_ actions: [RelayAction]) -> [String] {
+            actions.compactMap {
+                switch $0 {
+                case .report(.drained(let unanswered)): "drained \(unanswered)"
+                case .report(.allClosed): "all closed"
+                default: nil
+                }
+            }
+        }
+        // The member answers: the drain is over at that input.
+        var (loop, handed) = start()
+        var actions: [RelayAction] = []
+        loop.handle(.drain(until: t0 + .seconds(5)), now: t0, actions: &actions)
+        #expect(reported(actions).isEmpty && loop.nextDeadline == t0 + .seconds(5))
+        loop.handle(.clientFrame(member, .reply(id: handed, outcome: .success(ByteBuffer(string: "y")))), now: t0 + .milliseconds(3), actions: &actions)
+        #expect(reported(actions) == ["drained 0"])
+        // Closing: reported when the last connection is gone, once.
+        actions = []
+        loop.handle(.closeAll(reason: "bye"), now: t0, actions: &actions)
+        loop.handle(.clientClosed(caller, unparsedBytes: 0), now: t0, actions: &actions)
+        #expect(reported(actions).isEmpty)
+        loop.handle(.clientClosed(member, unparsedBytes: 0), now: t0, actions: &actions)
+        loop.handle(.timer, now: t0 + .seconds(9), actions: &actions)
+        #expect(reported(actions) == ["all closed"])
+
+        // Nobody answers: the timer at the deadline ends the drain, with one request left.
+        (loop, _) = start()
+        actions = []
+        loop.handle(.drain(until: t0 + .seconds(5)), now: t0, actions: &actions)
+        loop.handle(.timer, now: t0 + .seconds(5), actions: &actions)
+        #expect(reported(actions) == ["drained 1"])
+    }
 }

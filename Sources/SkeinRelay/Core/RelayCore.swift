@@ -77,6 +77,11 @@ public enum RelayEvent: Sendable, Equatable {
     /// This relay's clusters and topics do not fit in its membership metadata: the last good
     /// metadata stays advertised.
     case metadataRejected(reason: String)
+    /// Shutdown: no request is in flight any more, or the drain's time is up with `unanswered`
+    /// still pending.
+    case drained(unanswered: Int)
+    /// Shutdown: the last client connection is gone.
+    case allClosed
 }
 
 /// The relay's protocol logic for its local connections: handshake, cluster membership, request

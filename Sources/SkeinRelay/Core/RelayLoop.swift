@@ -52,7 +52,11 @@ public enum RelayInput: Sendable {
     case join([MemberAddress])
     /// Leave the mesh gracefully: others hear "left", never "dead".
     case leave
-    /// End every client connection with a reason (shutdown).
+    /// Shutdown, first step: requests in flight may finish until `until`; the loop reports
+    /// `.drained` when none is left or the time is up.
+    case drain(until: NIODeadline)
+    /// End every client connection with a reason (shutdown); the loop reports `.allClosed`
+    /// when the last is gone.
     case closeAll(reason: String)
 }
 
@@ -110,6 +114,20 @@ public struct RelayLoop {
     /// Relays out of routing after a link failure, and when they may come back.
     var readmissions = Heap<Readmission>()
     var left = false
+    /// Where the relay is in its shutdown.
+    var shutdown = Shutdown.serving
+
+    enum Shutdown: Equatable {
+        case serving
+        /// Waiting for the requests in flight, until the deadline.
+        case draining(until: NIODeadline)
+        /// `.drained` reported.
+        case drained
+        /// Every connection was told to close; waiting for them to go.
+        case closing
+        /// `.allClosed` reported.
+        case closed
+    }
 
     struct Readmission: Comparable {
         var at: NIODeadline
@@ -145,6 +163,7 @@ public struct RelayLoop {
             if let due = metadataDue { next = min(next ?? due, due) }
             if let first = readmissions.min { next = min(next ?? first.at, first.at) }
         }
+        if case .draining(let until) = shutdown { next = min(next ?? until, until) }
         return next
     }
 
@@ -205,10 +224,14 @@ public struct RelayLoop {
             membershipDid({ $0.leave(now: now) }, now: now, actions: &actions)
             left = true
             metadataDue = nil
+        case .drain(let until):
+            if shutdown == .serving { shutdown = .draining(until: until) }
         case .closeAll(let reason):
             core.closeAll(reason: reason, actions: &actions)
+            shutdown = .closing
         }
         noteDirectoryChange(now: now)
+        noteShutdown(now: now, actions: &actions)
     }
 
     /// `handle(.clientFrame(id, frame))`, for the hot path: the same, without building the input.
@@ -216,6 +239,7 @@ public struct RelayLoop {
     public mutating func received(_ frame: ClientFrame, from id: ConnectionID, now: NIODeadline, actions: inout [RelayAction]) {
         core.received(frame, from: id, now: now, actions: &actions)
         noteDirectoryChange(now: now)
+        noteShutdown(now: now, actions: &actions)
     }
 
     /// `handle(.peerFrame(node, frame))`, for the hot path.
@@ -223,6 +247,23 @@ public struct RelayLoop {
     public mutating func receivedPeer(_ frame: PeerFrame, from node: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
         core.receivedPeer(frame, from: node, now: now, actions: &actions)
         noteDirectoryChange(now: now)
+        noteShutdown(now: now, actions: &actions)
+    }
+
+    /// During shutdown, after every input: is the step the shell waits for done?
+    @inline(__always)
+    mutating func noteShutdown(now: NIODeadline, actions: inout [RelayAction]) {
+        guard shutdown != .serving else { return }
+        switch shutdown {
+        case .draining(let until) where core.pendingRequestCount == 0 || now >= until:
+            shutdown = .drained
+            actions.append(.report(.drained(unanswered: core.pendingRequestCount)))
+        case .closing where core.connectionCount == 0:
+            shutdown = .closed
+            actions.append(.report(.allClosed))
+        default:
+            break
+        }
     }
 
     /// What local connections serve changed: advertise it shortly (one compare per input).

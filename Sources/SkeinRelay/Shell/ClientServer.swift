@@ -37,6 +37,10 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
     @exclusivity(unchecked) private var mesh: (any MeshTransport)?
     /// The gateway links of the relay's federations, if it is a gateway (on the event loop).
     @exclusivity(unchecked) private var gateways: [any LinkTransport] = []
+    /// Shutdown: completed when the loop reports `.drained` (with the requests left) and
+    /// `.allClosed` (`drain`, `closeAll`).
+    @exclusivity(unchecked) private var drained: EventLoopPromise<Int>?
+    @exclusivity(unchecked) private var allClosed: EventLoopPromise<Int>?
 
     public init(configuration: RelayConfiguration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -121,9 +125,48 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         }
     }
 
-    /// Requests still waiting for an answer, for draining.
+    /// Requests still waiting for an answer.
     public var pendingRequests: Int {
         get async { (try? await eventLoop.submit { self.core.pendingRequestCount }.get()) ?? 0 }
+    }
+
+    /// Shutdown: lets the requests in flight finish for up to `within`, and returns when the loop
+    /// says they have (or the time is up, or the task is cancelled), with how many were left.
+    public func drain(within: TimeAmount) async -> Int {
+        await awaitLoop(\.drained) { now in .drain(until: now + within) }
+    }
+
+    /// Ends every connection with a CLOSE carrying `reason`, and returns when the loop says the
+    /// last one is gone, or after `within` (a socket that does not close), or on cancellation.
+    public func closeAll(reason: String, within: TimeAmount = .seconds(2)) async {
+        _ = await awaitLoop(\.allClosed, within: within) { _ in .closeAll(reason: reason) }
+    }
+
+    /// Hands the loop `input` and waits for the report that `slot`'s promise stands for.
+    private func awaitLoop(
+        _ slot: ReferenceWritableKeyPath<ClientServer, EventLoopPromise<Int>?>, within cap: TimeAmount? = nil,
+        _ input: @escaping @Sendable (NIODeadline) -> RelayInput
+    ) async -> Int {
+        let promise = eventLoop.makePromise(of: Int.self)
+        let future = promise.futureResult
+        return await withTaskCancellationHandler {
+            eventLoop.execute {
+                self[keyPath: slot] = promise
+                if let cap {
+                    let timeout = self.eventLoop.scheduleTask(in: cap) { promise.succeed(-1) }
+                    future.whenComplete { _ in timeout.cancel() }
+                }
+                let now = NIODeadline.now()
+                self.loop.handle(input(now), now: now, actions: &self.actions)
+                self.perform()
+                self.flush()
+                self.rescheduleWakeup()
+            }
+            return (try? await future.get()) ?? 0
+        } onCancel: {
+            // Hurry: stop waiting, keep the order.
+            promise.succeed(-1)
+        }
     }
 
     private var core: RelayCore { _read { yield loop.core } }
@@ -211,14 +254,6 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         get async { (try? await eventLoop.submit { self.core.connectionCount }.get()) ?? 0 }
     }
 
-    /// Ends every connection with a CLOSE carrying `reason`.
-    public func closeAll(reason: String) async {
-        try? await eventLoop.submit {
-            self.loop.handle(.closeAll(reason: reason), now: .now(), actions: &self.actions)
-            self.perform()
-            self.flush()
-        }.get()
-    }
 
     // MARK: - Events from connections (on the event loop)
 
@@ -414,6 +449,13 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
             logMembershipEvent(event, logger: logger)
         case .metadataRejected(let reason):
             logger.error("cannot advertise this relay's clusters and topics", metadata: ["error": "\(reason)"])
+        case .drained(let unanswered):
+            if unanswered > 0 { logger.notice("drain time is up", metadata: ["unanswered-requests": "\(unanswered)"]) }
+            drained?.succeed(unanswered)
+            drained = nil
+        case .allClosed:
+            allClosed?.succeed(0)
+            allClosed = nil
         }
     }
 

@@ -34,6 +34,10 @@ public struct RelayConfiguration: Sendable {
     /// The networks this relay is a gateway to (Docs/federation.md); empty for most relays.
     /// `settings.federation` holds the network name and the exports they enforce.
     public var federations: [GatewayConfiguration] = []
+    /// SIGHUP reloads the key files (`keyFiles`, and each federation's): `skein relay` sets it.
+    public var reloadsOnSIGHUP = false
+    /// The files `keyring` was read from, for SIGHUP.
+    public var keyFiles: [String] = []
 
     public init() {}
 }
@@ -78,24 +82,13 @@ public final class RelayService: Service, Sendable {
         return limits
     }
 
+    /// Starts every part (clients, mesh, gateways, admin endpoint), joins the mesh, and then runs
+    /// the parts as services of one `ServiceGroup` until graceful shutdown, which stops them in
+    /// reverse order (`services`).
     public func run() async throws {
+        let services: [any Service]
         do {
-            try await server.start()
-            if var mesh = server.configuration.mesh {
-                // Whatever a client may send must cross a link too.
-                mesh.links.limits = Self.linkLimits(mesh.links.limits, carrying: server.configuration.settings.wire)
-                guard let keyring = server.configuration.keyring else { throw MeshStartupError.noKeyring }
-                let node = try await MeshNode.start(
-                    configuration: mesh, network: server.configuration.network, keyring: keyring,
-                    sink: server, eventLoop: server.eventLoop, logger: logger)
-                meshNode.withLockedValue { $0 = node }
-                try await server.eventLoop.submit { try self.server.attachMesh(node.loopMesh, transport: node) }.get()
-            }
-            try await startGateways()
-            if let admin = server.configuration.admin {
-                let server = try await startAdmin(host: admin.host, port: admin.port)
-                adminServer.withLockedValue { $0 = server }
-            }
+            services = try await start()
         } catch {
             ready.finish()
             for gateway in gateways { await gateway.close() }
@@ -111,28 +104,54 @@ public final class RelayService: Service, Sendable {
         ready.finish()
         logger.info("relay ready", metadata: ["protocol": "v1.0-draft2", "extensions": "skein/1"])
 
-        try? await gracefulShutdown()
-
-        logger.info("relay shutting down: leaving the mesh, then draining")
-        // Leave first, so other relays see "left" (not "dead") and stop sending new work here.
-        await mesh?.leave()
-        await adminServer.withLockedValue { $0 }?.close()
-        await server.stopListening()
-        let drainDeadline = ContinuousClock.now + .nanoseconds(server.configuration.drainTimeout.nanoseconds)
-        // Cancellation (rather than a signal) means hurry: skip the waiting, keep the order.
-        while await server.pendingRequests > 0, ContinuousClock.now < drainDeadline, !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(20))
+        let parts = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) }, logger: logger))
+        do {
+            try await parts.run()
+        } catch {
+            logger.error("a part of the relay failed while it ran", metadata: ["error": "\(error)"])
         }
-        await server.closeAll(reason: "relay shutting down")
-        for gateway in gateways { await gateway.close() }
-        let closeDeadline = ContinuousClock.now + .seconds(2)
-        while await server.connectionCount > 0, ContinuousClock.now < closeDeadline, !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        await mesh?.close()
         await server.detachTransports()
         try await group.shutdownGracefully()
         logger.info("relay stopped")
+    }
+
+    /// Binds and starts every part; returns them as services in the order they must outlive
+    /// each other. A graceful shutdown stops them from the last to the first:
+    ///
+    /// 1. the SIGHUP reloader;
+    /// 2. membership: the relay leaves the mesh, so others see "left" (not "dead") and stop
+    ///    sending it new work;
+    /// 3. the admin endpoint;
+    /// 4. clients: no new connections; requests in flight finish (the loop says when, or
+    ///    `drainTimeout`); every connection is closed with a reason;
+    /// 5. the gateway links (what the drain needed of them is done);
+    /// 6. the peer links and the gossip socket.
+    private func start() async throws -> [any Service] {
+        try await server.start()
+        var services: [any Service] = []
+        var meshNode: MeshNode?
+        if var mesh = server.configuration.mesh {
+            // Whatever a client may send must cross a link too.
+            mesh.links.limits = Self.linkLimits(mesh.links.limits, carrying: server.configuration.settings.wire)
+            guard let keyring = server.configuration.keyring else { throw MeshStartupError.noKeyring }
+            let node = try await MeshNode.start(
+                configuration: mesh, network: server.configuration.network, keyring: keyring,
+                sink: server, eventLoop: server.eventLoop, logger: logger)
+            self.meshNode.withLockedValue { $0 = node }
+            try await server.eventLoop.submit { try self.server.attachMesh(node.loopMesh, transport: node) }.get()
+            services.append(MeshLinksService(mesh: node))
+            meshNode = node
+        }
+        for gateway in try await startGateways() { services.append(GatewayService(gateway: gateway)) }
+        services.append(ClientsService(server: server, drainTimeout: server.configuration.drainTimeout, logger: logger))
+        if let admin = server.configuration.admin {
+            let endpoint = try await startAdmin(host: admin.host, port: admin.port)
+            adminServer.withLockedValue { $0 = endpoint }
+            services.append(AdminService(endpoint: endpoint))
+        }
+        if let meshNode { services.append(MembershipService(mesh: meshNode, logger: logger)) }
+        if server.configuration.reloadsOnSIGHUP { services.append(KeyReloader(relay: self, logger: logger)) }
+        return services
     }
 }
 
@@ -140,9 +159,9 @@ extension RelayService {
     /// The relay's federations, once they run.
     public var gateways: [GatewayNode] { gatewayNodes.withLockedValue { $0 } }
 
-    private func startGateways() async throws {
+    private func startGateways() async throws -> [GatewayNode] {
         let configuration = server.configuration
-        guard !configuration.federations.isEmpty else { return }
+        guard !configuration.federations.isEmpty else { return [] }
         let nodeID = mesh?.nodeID.bytes ?? SecureRandom.bytes(16)
         let name = configuration.mesh?.name ?? "relay"
         var started: [GatewayNode] = []
@@ -156,6 +175,7 @@ extension RelayService {
             gatewayNodes.withLockedValue { $0 = started }
             try await server.eventLoop.submit { self.server.attachGateway(gateway) }.get()
         }
+        return started
     }
 
     private func startAdmin(host: String, port: Int) async throws -> AdminServer {

@@ -90,6 +90,7 @@ package struct MeshReport: Sendable {
         case .broadcastWithoutMembers: "broadcast without members"
         case .lateReplyDropped: "late reply dropped"
         case .metadataRejected: "metadata rejected"
+        case .drained, .allClosed: "shutdown"
         case .handshakeCompleted, .connectionClosed: "connections"
         case .federationRefused, .federationDropped, .federationLinkChanged: "federation"
         }
