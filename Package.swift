@@ -128,6 +128,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // What every test target shares: `eventually`, `waitUntil`, `testNode`. Not a product.
+        .target(name: "SkeinTestSupport", dependencies: ["SkeinMembership"], path: "Tests/SkeinTestSupport"),
         .testTarget(name: "SkeinFederationTests", dependencies: ["SkeinFederation"]),
         .testTarget(
             name: "SkeinWireTests",
@@ -135,16 +137,17 @@ let package = Package(
         ),
         .testTarget(
             name: "SkeinMembershipTests",
-            dependencies: ["SkeinMembership", "SkeinFederation", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["SkeinTestSupport", "SkeinMembership", "SkeinFederation", .product(name: "NIOCore", package: "swift-nio")]
         ),
-        .testTarget(name: "SkeinRoutingTests", dependencies: ["SkeinRouting", "SkeinMembership"]),
+        .testTarget(name: "SkeinRoutingTests", dependencies: ["SkeinTestSupport", "SkeinRouting", "SkeinMembership"]),
         .testTarget(
             name: "SkeinSimulatorTests",
-            dependencies: ["SkeinSimulator", "SkeinMembership", "SkeinRelay", "SkeinWire", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["SkeinTestSupport", "SkeinSimulator", "SkeinMembership", "SkeinRelay", "SkeinWire", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "SkeinRelayTests",
             dependencies: [
+                "SkeinTestSupport",
                 "SkeinRelay",
                 "SkeinFederation",
                 "SkeinRouting",
@@ -161,6 +164,7 @@ let package = Package(
         .testTarget(
             name: "SkeinTests",
             dependencies: [
+                "SkeinTestSupport",
                 "Skein",
                 "SkeinRelay",
                 "SkeinWire",
@@ -179,6 +183,7 @@ let package = Package(
         .testTarget(
             name: "SkeinCLITests",
             dependencies: [
+                "SkeinTestSupport",
                 "Skein",
                 "SkeinCrypto",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -6,6 +6,7 @@
 // polls a condition against a deadline; a missed deadline fails with the child's stderr.
 
 import Foundation
+import SkeinTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -151,12 +152,10 @@ final class Child: @unchecked Sendable {
         within limit: Duration, polling: Duration = .milliseconds(10), _ what: String,
         _ condition: @escaping @Sendable () throws -> Bool
     ) async throws {
-        let deadline = ContinuousClock.now + limit
-        while try !condition() {
-            guard ContinuousClock.now < deadline else {
-                throw HarnessError("timed out after \(limit) waiting for \(what)\n\(report)")
-            }
-            try await Task.sleep(for: polling)
+        do {
+            try await SkeinTestSupport.waitUntil(within: limit, polling: polling, what) { try condition() }
+        } catch let timedOut as TimedOut {
+            throw HarnessError("\(timedOut)\n\(report)")
         }
     }
 }

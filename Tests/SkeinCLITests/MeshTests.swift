@@ -1,5 +1,6 @@
 // Real relay processes on 127.0.0.1 forming a mesh: membership, failures, keys.
 import Foundation
+import SkeinTestSupport
 import NIOConcurrencyHelpers
 import Skein
 import SkeinCrypto
@@ -83,14 +84,9 @@ extension Scope {
     }
 }
 
-/// Polls `condition` until it holds, or fails with `what` after `limit`.
+/// Polls `condition` until it holds, or fails with `what` after `limit` (SkeinTestSupport).
 func waitFor(_ what: String, within limit: Duration = .seconds(15), _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + limit
-    while ContinuousClock.now < deadline {
-        if (try? await condition()) == true { return }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    throw HarnessError("timed out after \(limit) waiting for \(what)")
+    try await waitUntil(within: limit, polling: .milliseconds(50), what, condition)
 }
 
 /// Waits until every relay in `observers` sees `name` with `status`.

@@ -2,6 +2,7 @@ import NIOCore
 import Testing
 
 @testable import SkeinMembership
+import SkeinTestSupport
 
 @Suite struct LifecycleTests {
     @Test func gracefulLeaveIsSeenAsLeftNeverAsFailure() {
@@ -180,7 +181,7 @@ import Testing
         var settings = MembershipSettings.fastLocal
         settings.maxMetadataBytes = 100
         #expect(throws: MembershipError.self) {
-            try Membership(id: NodeID(high: 0, low: 9), name: "x", address: a, metadata: big, settings: settings, seed: 1, now: mesh.now)
+            try Membership(id: testNode(9), name: "x", address: a, metadata: big, settings: settings, seed: 1, now: mesh.now)
         }
         #expect(throws: MembershipError.self) { try mesh.nodes[a]!.updateMetadata(MemberMetadata(zone: String(repeating: "z", count: 70_000)), now: mesh.now) }
     }

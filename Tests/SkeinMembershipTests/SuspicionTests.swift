@@ -2,6 +2,7 @@ import NIOCore
 import Testing
 
 @testable import SkeinMembership
+import SkeinTestSupport
 
 /// A lone core driven by hand: it learns members from a push-pull reply and hears gossip as
 /// datagrams, so timings can be checked to the nanosecond. By default it never probes on its own
@@ -13,7 +14,7 @@ struct LoneCore {
     var datagrams: [([UInt8], MemberAddress)] = []
     var streams: [([UInt8], MemberAddress)] = []
 
-    static func id(_ n: UInt64) -> NodeID { NodeID(high: 0, low: n) }
+    static func id(_ n: UInt64) -> NodeID { testNode(n) }
     static func address(_ n: UInt64) -> MemberAddress { MemberAddress(host: "10.0.0.1", port: UInt16(n)) }
 
     static var quiet: MembershipSettings {

@@ -6,19 +6,20 @@ import SkeinWire
 import Testing
 
 @testable import SkeinRelay
+import SkeinTestSupport
 
 extension CoreDriver {
     /// A relay core of `network`, exporting `exports`, whose own node id is `self`.
     init(network: String, exports: [String: ExportTable] = [:], node: UInt64 = 1) {
         self.init { $0.federation = FederationPolicy(network: network, exports: exports) }
-        core.localNode = NodeID(high: 0, low: node)
+        core.localNode = testNode(node)
     }
 
     /// A relay of this network, with what it serves and the networks it is a gateway to.
     mutating func relay(
         _ n: UInt64, clusters: [String: UInt32] = [:], topics: Set<String> = [], gateways: [String: ExportTable]
     ) -> (NodeID, [RelayAction]) {
-        let id = NodeID(high: 0, low: n)
+        let id = testNode(n)
         var actions: [RelayAction] = []
         core.relayUpdated(
             RemoteRelay(id: id, name: "r\(n)", zone: "", clusters: clusters, topics: topics, load: 0, gateways: gateways),
@@ -28,7 +29,7 @@ extension CoreDriver {
 
     /// A gateway link to gateway `n` of `network`, which exports `exports` to this network.
     mutating func link(_ n: UInt64, network: String, exports: [ExportRule] = []) -> (NodeID, [RelayAction]) {
-        let id = NodeID(high: 9, low: n)
+        let id = testNode(n, group: 9)
         var actions: [RelayAction] = []
         core.gatewayLinked(id, network: network, exports: exports, now: now, actions: &actions)
         return (id, actions)
@@ -193,7 +194,7 @@ struct CoreFederationGatewayTests {
     func relayed() {
         var d = CoreDriver(network: "eu")
         let (link, _) = d.link(1, network: "us", exports: usExports.rules)
-        let r = NodeID(high: 0, low: 40)
+        let r = testNode(40)
         let sent = d.peer(.request(id: 77, cluster: "db@us", remainingMillis: 900, flags: .failFast, body: Self.q), from: r)
         guard case .request(let key, "db", 900, .failFast, Self.q)? = sent.peerFrames(to: link).first else {
             Issue.record("\(sent)")
@@ -206,7 +207,7 @@ struct CoreFederationGatewayTests {
     @Test("a gateway without links answers network unreachable, so the relay can choose another")
     func noLinks() {
         var d = CoreDriver(network: "eu")
-        let r = NodeID(high: 0, low: 40)
+        let r = testNode(40)
         let answer = d.peer(.request(id: 1, cluster: "db@us", remainingMillis: 900, flags: [], body: Self.q), from: r)
         #expect(answer.peerFrames(to: r) == [.reply(id: 1, outcome: .refused(.networkUnreachable, "no gateway to network us is reachable"))])
     }
@@ -246,7 +247,7 @@ struct CoreFederationGatewayTests {
     func linkLost() {
         var d = CoreDriver(network: "eu")
         let (link, _) = d.link(1, network: "us", exports: usExports.rules)
-        let r = NodeID(high: 0, low: 40)
+        let r = testNode(40)
         _ = d.peer(.request(id: 3, cluster: "db@us", remainingMillis: 900, flags: .failFast, body: Self.q), from: r)
         let lost = d.unlink(link)
         #expect(lost.peerFrames(to: r) == [.reply(id: 3, outcome: .memberLost)])
@@ -292,7 +293,7 @@ struct CoreFederationGatewayTests {
     func tunnelThrough() {
         var d = CoreDriver(network: "eu")
         let (link, _) = d.link(1, network: "us", exports: usExports.rules)
-        let r = NodeID(high: 0, low: 40)
+        let r = testNode(40)
         let open = d.peer(.tunnelOpen(id: 11, cluster: "db@us", remainingMillis: 2000, flags: []), from: r)
         guard case .tunnelOpen(let key, "db", _, _)? = open.peerFrames(to: link).first else { Issue.record("\(open)"); return }
         let built = d.fromGateway(.tunnelConfirm(id: key, outcome: .built(farID: 5, chunkLimit: 65536)), link)
@@ -376,7 +377,7 @@ struct CoreFederationExportTests {
         let publisher = d.connect()
         let local = d.send(.publish(topic: "news.eu", event: ByteBuffer(string: "1")), from: publisher)
         #expect(local.peerFrames(to: g) == [.event(topic: "news.eu", body: ByteBuffer(string: "1"))])
-        let relayed = d.peer(.publish(topic: "news.eu", body: ByteBuffer(string: "2")), from: NodeID(high: 0, low: 20))
+        let relayed = d.peer(.publish(topic: "news.eu", body: ByteBuffer(string: "2")), from: testNode(20))
         #expect(relayed.peerFrames(to: g) == [.event(topic: "news.eu", body: ByteBuffer(string: "2"))])
         // Publishing into us from eu: only exported topics, and eu's own interest gets it back.
         let sub = d.connect()

@@ -5,10 +5,11 @@ import SkeinWire
 import Testing
 
 @testable import SkeinRelay
+import SkeinTestSupport
 
 extension CoreDriver {
     mutating func relay(_ n: UInt64, clusters: [String: UInt32] = [:], topics: Set<String> = [], zone: String = "") -> (NodeID, [RelayAction]) {
-        let id = NodeID(high: 7, low: n)
+        let id = testNode(n, group: 7)
         var actions: [RelayAction] = []
         core.relayUpdated(RemoteRelay(id: id, name: "r\(n)", zone: zone, clusters: clusters, topics: topics, load: 0), now: now, actions: &actions)
         return (id, actions)
@@ -125,7 +126,7 @@ struct CoreMeshTests {
     @Test("a request from another relay goes to a member here, and its answer goes back; with no member, 'no members' at once")
     func servesRemoteRequests() {
         var d = CoreDriver()
-        let a = NodeID(high: 7, low: 99)
+        let a = testNode(99, group: 7)
         #expect(d.peer(.request(id: 3, cluster: "echo", remainingMillis: 1000, flags: [], body: Self.hello), from: a).peerFrames(to: a)
             == [.reply(id: 3, outcome: .noMembers)])
         let member = d.connect(cluster: "echo")

@@ -3,6 +3,7 @@ import SkeinWire
 import Testing
 
 @testable import SkeinRelay
+import SkeinTestSupport
 
 @Suite("Core: request / reply")
 struct CoreRequestTests {

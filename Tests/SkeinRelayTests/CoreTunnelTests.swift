@@ -4,6 +4,7 @@ import SkeinWire
 import Testing
 
 @testable import SkeinRelay
+import SkeinTestSupport
 
 @Suite("Core: tunnels")
 struct CoreTunnelTests {
@@ -361,7 +362,7 @@ struct CoreTunnelTests {
 @Suite struct TunnelSideTests {
     @Test func sidesAreFoundByPeerAndIdAndAStrangerHoldsNone() {
         let client = ConnectionID(1)
-        let relay = NodeID(high: 1, low: 2)
+        let relay = testNode(2, group: 1)
         // A client can hold both ends of one tunnel, under two ids.
         var tunnel = Tunnel(
             initiator: TunnelEnd(peer: .local(client), tunnelID: 7, receiveAllowance: 10),

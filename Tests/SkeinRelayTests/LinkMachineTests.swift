@@ -5,6 +5,7 @@ import SkeinMembership
 @testable import SkeinRelay
 import SkeinWire
 import Testing
+import SkeinTestSupport
 
 /// The peer-link, link-index and gateway-link machines, driven directly: no sockets, no clock.
 @Suite struct PeerLinkMachineTests {
@@ -266,7 +267,7 @@ import Testing
 
 @Suite struct GatewayLinkMachineTests {
     let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
-    let node = NodeID(high: 7, low: 7)
+    let node = testNode(7, group: 7)
 
     func machine(gateways: [String] = ["gw:1"]) -> GatewayLinkMachine {
         GatewayLinkMachine(

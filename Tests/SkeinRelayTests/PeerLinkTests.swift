@@ -6,6 +6,7 @@ import SkeinCrypto
 @testable import SkeinRelay
 import SkeinWire
 import Testing
+import SkeinTestSupport
 
 /// One relay's peer links, in process, recording what they see.
 final class PeerNode: Sendable {
@@ -82,18 +83,6 @@ final class PeerNode: Sendable {
         await links.closeAll(reason: "test over")
         try? await group.shutdownGracefully()
     }
-}
-
-func eventually(
-    within timeout: Duration = .seconds(5), _ what: String, _ condition: @Sendable () async throws -> Bool,
-    sourceLocation: SourceLocation = #_sourceLocation
-) async {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if (try? await condition()) == true { return }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    Issue.record("timed out waiting for \(what)", sourceLocation: sourceLocation)
 }
 
 @Suite("Peer links", .timeLimit(.minutes(1)))

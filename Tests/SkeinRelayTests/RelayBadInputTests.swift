@@ -3,6 +3,7 @@ import SkeinWire
 import Testing
 
 @testable import SkeinRelay
+import SkeinTestSupport
 
 /// RELAY-PROTOCOL.md, "Bad input": every malformed stream ends that connection only (with a
 /// CLOSE carrying the reason once the handshake is done), and every other connection keeps
@@ -46,7 +47,7 @@ struct RelayBadInputTests {
             try await offender.write(offence.hex)
             #expect(try await offender.readToEnd() == closeFrame(offence.reason))
             try await witness.roundTrip()
-            await relay.eventually("the relay to forget the offender") { await relay.service.server.connectionCount == 2 }
+            await eventually("the relay to forget the offender") { await relay.service.server.connectionCount == 2 }
         }
     }
 
@@ -112,7 +113,7 @@ struct RelayBadInputTests {
             try await offender.shutdownOutput()
             // The peer has half-closed; the relay closes its socket (nothing more can be read).
             #expect(try await offender.readToEnd().readableBytes == 0)
-            await relay.eventually("the relay to forget the offender") { await relay.service.server.connectionCount == 2 }
+            await eventually("the relay to forget the offender") { await relay.service.server.connectionCount == 2 }
             try await witness.roundTrip()
         }
     }

@@ -71,20 +71,6 @@ struct RelayHarness {
         #expect(reply == Spec.relayINIT)
         return client
     }
-
-    /// Waits until the relay has processed everything that led up to now, as seen from its event
-    /// loop (e.g. that a connection it closed is gone from its tables).
-    func eventually(
-        within timeout: Duration = .seconds(5), _ what: String, _ condition: @Sendable () async -> Bool,
-        sourceLocation: SourceLocation = #_sourceLocation
-    ) async {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if await condition() { return }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        Issue.record("timed out waiting for \(what)", sourceLocation: sourceLocation)
-    }
 }
 
 /// The spec's bytes.

@@ -4,6 +4,7 @@ import SkeinWire
 import Testing
 
 @testable import SkeinRelay
+import SkeinTestSupport
 
 /// Two relay loops joined in this process by a perfect, instant network on virtual time: the
 /// rules `RelayLoop` adds between the relay core and membership, each seen from its inputs and
@@ -12,7 +13,7 @@ struct LoopPair {
     var loops: [RelayLoop]
     var now = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
     let addresses = [MemberAddress(host: "10.0.0.1", port: 7946), MemberAddress(host: "10.0.0.2", port: 7946)]
-    let ids = [NodeID(high: 1, low: 1), NodeID(high: 2, low: 2)]
+    let ids = [testNode(1, group: 1), testNode(2, group: 2)]
     /// Every action each loop produced, in order.
     var log: [[RelayAction]] = [[], []]
     /// Whether frames between the two arrive (false: a partition).
@@ -109,7 +110,7 @@ struct RelayLoopTests {
         let frame = PeerFrame.publish(topic: "t", body: ByteBuffer(string: "x"))
         let known = pair.handle(.peerUnsent(pair.ids[1], frame), at: 0)
         #expect(known == [.sendPeerAt(pair.addresses[1], frame)])
-        let unknown = pair.handle(.peerUnsent(NodeID(high: 9, low: 9), frame), at: 0)
+        let unknown = pair.handle(.peerUnsent(testNode(9, group: 9), frame), at: 0)
         #expect(!unknown.contains { if case .sendPeerAt = $0 { true } else { false } })
     }
 

@@ -3,6 +3,7 @@ import SkeinWire
 import Testing
 
 @testable import SkeinRelay
+import SkeinTestSupport
 
 /// The worked examples of RELAY-PROTOCOL.md against a real relay over TCP, byte for byte.
 @Suite("Relay over TCP: the spec's examples")
@@ -147,7 +148,7 @@ struct RelaySpecExampleTests {
             let client = try await relay.handshake()
             try await client.write("02")
             #expect(try await client.readToEnd().hex == "02 00")
-            await relay.eventually("the relay to forget the connection") { await relay.service.server.connectionCount == 0 }
+            await eventually("the relay to forget the connection") { await relay.service.server.connectionCount == 0 }
         }
     }
 

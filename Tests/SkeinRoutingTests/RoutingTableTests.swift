@@ -1,8 +1,9 @@
 import SkeinMembership
 import SkeinRouting
 import Testing
+import SkeinTestSupport
 
-func node(_ n: UInt64) -> NodeID { NodeID(high: 0, low: n) }
+func node(_ n: UInt64) -> NodeID { testNode(n) }
 
 func relay(_ n: UInt64, zone: String = "", clusters: [String: UInt32] = [:], topics: Set<String> = [], load: UInt32 = 0) -> RemoteRelay {
     RemoteRelay(id: node(n), name: "r\(n)", zone: zone, clusters: clusters, topics: topics, load: load)

@@ -1,6 +1,7 @@
 import NIOCore
 import Skein
 import Testing
+import SkeinTestSupport
 
 @Suite("Broadcast and publish/subscribe", .timeLimit(.minutes(1)))
 struct BroadcastPublishTests {

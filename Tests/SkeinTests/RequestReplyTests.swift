@@ -1,6 +1,7 @@
 import NIOCore
 import Skein
 import Testing
+import SkeinTestSupport
 
 @Suite("Request / reply", .timeLimit(.minutes(1)))
 struct RequestReplyTests {

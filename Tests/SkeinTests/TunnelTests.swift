@@ -2,6 +2,7 @@ import NIOCore
 import Skein
 import SkeinRelay
 import Testing
+import SkeinTestSupport
 
 @Suite("Tunnels", .timeLimit(.minutes(1)))
 struct TunnelTests {

@@ -140,23 +140,6 @@ struct TestFailure: Error, CustomStringConvertible {
 
 // MARK: - Waiting on conditions
 
-/// Polls `condition` until it holds; records an issue (and returns false) at the deadline.
-@discardableResult
-func eventually(
-    within timeout: Duration = .seconds(10), _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
-    _ condition: () async throws -> Bool
-) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while true {
-        if try await condition() { return true }
-        if ContinuousClock.now >= deadline {
-            Issue.record("timed out after \(timeout) waiting for \(what)", sourceLocation: sourceLocation)
-            return false
-        }
-        try? await Task.sleep(for: .milliseconds(2))
-    }
-}
-
 /// Runs `operation`, failing with a clear message if it does not finish within `timeout`, so a
 /// hang becomes a test failure instead of a stuck run. The operation is cancelled then, but not
 /// waited for (a hung binding call may not respond to cancellation).
