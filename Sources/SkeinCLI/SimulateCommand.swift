@@ -14,6 +14,7 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "Initial members.") var members = 100
     @Option(help: "mesh: relays.") var relays = 5
     @Option(help: "mesh: faults drawn from the seed (crash and restart, pause, partition, loss on one relay).") var faults = 0
+    @Option(help: "mesh: 1, or 2 for two federated networks (eu and us, half the relays each, one gateway link).") var networks = 1
     @Option(name: .customLong("request-rate"), help: "mesh: requests per second over the whole mesh.") var requestRate = 200.0
     @Option(name: .customLong("publish-rate"), help: "mesh: publishes per second over the whole mesh.") var publishRate = 100.0
     @Option(name: .customLong("broadcast-rate"), help: "mesh: broadcasts per second over the whole mesh.") var broadcastRate = 20.0
@@ -38,6 +39,8 @@ struct SimulateCommand: ParsableCommand {
         if let profile, SimulationProfile(rawValue: profile) == nil { throw ValidationError("--profile must be lan or fast") }
         guard relays >= 1, relays <= 100_000 else { throw ValidationError("--relays must be within 1...100000") }
         guard faults >= 0 else { throw ValidationError("--faults must not be negative") }
+        guard networks == 1 || networks == 2 else { throw ValidationError("--networks must be 1 or 2") }
+        guard networks == 1 || relays >= 4 else { throw ValidationError("--networks 2 needs at least 4 relays (two per network)") }
         guard requestRate >= 0, publishRate >= 0, broadcastRate >= 0 else { throw ValidationError("rates must not be negative") }
         guard timeoutMilliseconds >= 1 else { throw ValidationError("--timeout-ms must be at least 1") }
         if scenario == "mesh" {
@@ -45,8 +48,8 @@ struct SimulateCommand: ParsableCommand {
                 throw ValidationError("--members, --joiners, --bootstrap and --unreachable-hints are for membership scenarios; mesh takes --relays")
             }
         } else {
-            guard relays == 5, faults == 0, requestRate == 200, publishRate == 100, broadcastRate == 20, timeoutMilliseconds == 1_000 else {
-                throw ValidationError("--relays, --faults, the rates and --timeout-ms are for `skein simulate mesh`")
+            guard relays == 5, faults == 0, networks == 1, requestRate == 200, publishRate == 100, broadcastRate == 20, timeoutMilliseconds == 1_000 else {
+                throw ValidationError("--relays, --faults, --networks, the rates and --timeout-ms are for `skein simulate mesh`")
             }
         }
         guard SimulationBootstrap(rawValue: bootstrap) != nil else { throw ValidationError("--bootstrap must be joins or converged") }
@@ -92,6 +95,7 @@ struct SimulateCommand: ParsableCommand {
         mesh.network.datagramJitter = jitter
         mesh.network.streamDelay = delay
         mesh.network.streamJitter = jitter
+        mesh.networks = networks
         mesh.requestRate = requestRate
         mesh.publishRate = publishRate
         mesh.broadcastRate = broadcastRate

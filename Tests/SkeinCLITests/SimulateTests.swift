@@ -29,6 +29,20 @@ struct SimulateMeshTests {
             #expect(membership.status == 64 && membership.stderr.contains("--relays"))
             let bad = try await scope.run(["simulate", "mesh", "--relays", "0"])
             #expect(bad.status == 64 && bad.stderr.contains("--relays"))
+            let networks = try await scope.run(["simulate", "mesh", "--networks", "3"])
+            #expect(networks.status == 64 && networks.stderr.contains("--networks must be 1 or 2"))
+            let small = try await scope.run(["simulate", "mesh", "--networks", "2", "--relays", "3"])
+            #expect(small.status == 64 && small.stderr.contains("at least 4 relays"))
+        }
+    }
+
+    @Test("two federated networks: the report says what crossed and what was refused")
+    func federated() async throws {
+        try await withScope { scope in
+            let run = try await scope.run(["simulate", "mesh", "--relays", "4", "--networks", "2", "--seconds", "3"])
+            #expect(run.status == 0, "\(run.stderr)")
+            #expect(run.stdoutText.contains("4 relays in 2 federated networks"))
+            #expect(run.stdoutText.contains("from the other network") && run.stdoutText.contains("every invariant held"))
         }
     }
 }

@@ -42,6 +42,55 @@ struct MeshSimulationTests {
         #expect(requests > 50_000 && events > 50_000 && tunnelMessages > 20_000)
     }
 
+    @Test("60 seeds of two federated networks, 4 to 8 relays, two faults each: every invariant holds, and federation carries traffic")
+    func federatedSeeds() {
+        var federated = (replies: 0, events: 0, refused: 0)
+        for seed in UInt64(1)...60 {
+            var scenario = Self.scenario(seed: seed, relays: 4 + Int(seed % 5))
+            scenario.networks = 2
+            var simulation = MeshSimulation(scenario)
+            let report = simulation.run()
+            #expect(report.violation == nil, "seed \(seed): \(report.violation?.what ?? "")")
+            #expect(report.answers.total + report.pendingAtEnd == report.requests, "seed \(seed)")
+            federated.replies += report.federatedReplies
+            federated.events += report.federatedEvents
+            federated.refused += report.answers.notExported + (report.answers.failures["not exported"] ?? 0)
+        }
+        #expect(federated.replies > 5_000 && federated.events > 5_000 && federated.refused > 1_000)
+    }
+
+    @Test("an event of an unexported topic, and a request from another network to an unexported cluster, are violations")
+    func federationChecks() {
+        var checker = MeshInvariants()
+        var subscriber = Self.client(.subscriber)
+        subscriber.topics = ["t", "t@us", "secret@us"]
+        checker.received(.publish(topic: "t@us", event: SimClient.body(sender: 7, sequence: 1)), by: &subscriber, at: 1, pausedRelay: -1)
+        #expect(checker.firstViolation == nil && checker.federatedEvents == 1)
+        checker.received(.publish(topic: "secret@us", event: SimClient.body(sender: 8, sequence: 1)), by: &subscriber, at: 2, pausedRelay: -1)
+        #expect(checker.firstViolation?.what.contains("does not export") == true)
+
+        checker = MeshInvariants()
+        var requester = Self.client(.requester)
+        let body = SimClient.body(sender: 3, sequence: 1)
+        requester.outstanding[1] = .init(body: body, sentAt: 0, deadline: 1_000, cluster: "private@us")
+        checker.received(.reply(id: 1, outcome: .success(body)), by: &requester, at: 5, pausedRelay: -1)
+        #expect(checker.firstViolation?.what.contains("which is not exported, was answered by a member") == true)
+
+        // A member of private hears only its own network.
+        var scenario = Self.scenario(seed: 1, relays: 4, faults: 0)
+        scenario.networks = 2
+        var rig = MeshSimulation(scenario)
+        rig.relays = [SimRelay(address: MemberAddress(host: "10.0.0.1", port: 7946))]
+        rig.relays[0].process = 1
+        var member = Self.client(.privateMember, index: 0)
+        member.network = "us"
+        var foreign = Self.client(.requester, index: 1)
+        foreign.network = "eu"
+        rig.clients = [member, foreign]
+        rig.clientReceived(0, .request(id: 1, body: SimClient.body(sender: 1, sequence: 1), timeoutMillis: 100))
+        #expect(rig.invariants.firstViolation?.what.contains("reached cluster private, which us does not export") == true)
+    }
+
     @Test("without faults every request is answered by a member and every event arrives")
     func noFaults() {
         var simulation = MeshSimulation(Self.scenario(seed: 7, relays: 5, faults: 0))
@@ -108,7 +157,7 @@ struct MeshSimulationTests {
     func deliveryChecks() {
         var checker = MeshInvariants()
         var subscriber = Self.client(.subscriber)
-        subscriber.subscribed = true
+        subscriber.topics = ["t"]
         checker.received(.publish(topic: "t", event: SimClient.body(sender: 7, sequence: 1)), by: &subscriber, at: 1, pausedRelay: -1)
         checker.received(.publish(topic: "t", event: SimClient.body(sender: 7, sequence: 3)), by: &subscriber, at: 2, pausedRelay: -1)
         #expect(checker.firstViolation == nil && checker.gaps == 1)
@@ -116,7 +165,7 @@ struct MeshSimulationTests {
         #expect(checker.firstViolation?.what.contains("doubled or out of order") == true)
 
         checker = MeshInvariants()
-        subscriber.subscribed = false
+        subscriber.topics = []
         checker.received(.publish(topic: "t", event: SimClient.body(sender: 7, sequence: 4)), by: &subscriber, at: 4, pausedRelay: -1)
         #expect(checker.firstViolation?.what.contains("not subscribed") == true)
 

@@ -17,12 +17,17 @@ struct SimClient {
         case broadcaster
         /// Opens tunnels to `svc` and streams numbered messages through them (`SimTunnels`).
         case tunneler
+        /// A member of cluster `private`, which no network exports: it answers requests from its
+        /// own network only.
+        case privateMember
     }
 
     struct Outstanding {
         var body: ByteBuffer
         var sentAt: Int64
         var deadline: Int64
+        /// The cluster asked, as written (`private@us` must be refused).
+        var cluster = "svc"
     }
 
     let index: Int
@@ -35,8 +40,13 @@ struct SimClient {
     var connected = true
     var open = false
     var reading = true
-    var subscribed = false
+    /// The topics it is subscribed to now.
+    var topics: Set<String> = []
+    /// Its network (`eu` or `us` when the mesh is federated).
+    var network = "dev"
     var sequence: UInt64 = 0
+    /// A publisher's ticks (events on `t` and on `secret`).
+    var ticks: UInt64 = 0
     var outstanding: [UInt64: Outstanding] = [:]
     /// The last sequence number seen from each sender (events; broadcasts).
     var lastEvent: [Int: UInt64] = [:]
@@ -87,11 +97,18 @@ struct SimClient {
 /// 5. No relay closes, denies or confuses a well-behaved client; `skein/1` frames reach only
 ///    `skein/1` connections.
 ///
+/// 7. Federation delivers only what is exported: no event of an unexported topic reaches
+///    another network, no request from another network reaches a member of an unexported
+///    cluster, and a request to one is refused.
+///
 /// Tunnels (6) are checked by `SimTunnels`.
 struct MeshInvariants {
     var checks = 0
     var answers = MeshReport.Answers()
     var events = 0
+    /// Events of the other network's topic, and replies from the other network's members.
+    var federatedEvents = 0
+    var federatedReplies = 0
     var broadcastsDelivered = 0
     /// Events or broadcasts missed between two a receiver got (at most once allows it; a
     /// renewed subscription makes some).
@@ -120,8 +137,11 @@ struct MeshInvariants {
             case .success(let body):
                 answers.replies += 1
                 if body != request.body { violation("\(client.name): the reply to request \(id) carries another request's body", at: time) }
-            case .fault:
+                if request.cluster.contains("@") { federatedReplies += 1 }
+                if request.cluster.hasPrefix("private@") { violation("\(client.name): request \(id) to \(request.cluster), which is not exported, was answered by a member", at: time) }
+            case .fault(let fault):
                 answers.faults += 1
+                if fault.hasPrefix("not exported") { answers.notExported += 1 }
             case .timedOut:
                 answers.timeouts += 1
             }
@@ -131,10 +151,15 @@ struct MeshInvariants {
             answers.failures[reason.description, default: 0] += 1
         case .publish(let topic, let event):
             events += 1
-            guard client.subscribed, topic == "t" else {
+            guard client.topics.contains(topic) else {
                 violation("\(client.name): an event on \(topic) while not subscribed to it", at: time)
                 return
             }
+            if topic.hasPrefix("secret@") {
+                violation("\(client.name): an event on \(topic), which its network does not export", at: time)
+                return
+            }
+            if topic.contains("@") { federatedEvents += 1 }
             inOrder(event, last: &client.lastEvent, what: "event", client: client, at: time)
         case .broadcast(let message):
             broadcastsDelivered += 1

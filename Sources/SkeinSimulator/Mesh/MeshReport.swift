@@ -12,6 +12,8 @@ package struct MeshReport: Sendable {
         package var refusals: [String: Int] = [:]
         /// Requests that ended with their caller's connection (its relay crashed).
         package var connectionLost = 0
+        /// Faults (counted in `faults`) that said "not exported".
+        package var notExported = 0
 
         package var total: Int { replies + faults + timeouts + failures.values.reduce(0, +) + connectionLost }
     }
@@ -38,6 +40,7 @@ package struct MeshReport: Sendable {
     }
 
     package var relays: Int
+    package var networks: Int
     package var seed: UInt64
     package var seconds: Double
     package var loss: Double
@@ -60,6 +63,10 @@ package struct MeshReport: Sendable {
     /// Requests still within their time when the run ended.
     package var pendingAtEnd = 0
     package var eventsDelivered = 0
+    /// Federated: events of the other network's topic delivered, and requests to the other
+    /// network answered by its members.
+    package var federatedEvents = 0
+    package var federatedReplies = 0
     package var broadcastsDelivered = 0
     package var gaps = 0
     package var invariantChecks = 0
@@ -71,6 +78,7 @@ package struct MeshReport: Sendable {
 
     init(scenario: MeshScenario) {
         relays = scenario.relays
+        networks = scenario.networks
         seed = scenario.seed
         seconds = scenario.seconds
         loss = scenario.network.datagramLoss
@@ -102,14 +110,15 @@ package struct MeshReport: Sendable {
     /// For people: the same seed prints the same text, byte for byte.
     package var text: String {
         var lines: [String] = []
-        lines.append("mesh simulation: \(relays) relays, seed \(seed), \(rounded(seconds, 1)) s of traffic, datagram loss \(rounded(loss * 100, 1)) %")
+        lines.append("mesh simulation: \(relays) relays\(networks > 1 ? " in \(networks) federated networks" : ""), seed \(seed), \(rounded(seconds, 1)) s of traffic, datagram loss \(rounded(loss * 100, 1)) %")
         lines.append("virtual time      \(rounded(virtualSeconds, 3)) s; relay processes started \(relayStarts); clients \(clients)")
         lines.append("loop inputs       \(inputs) (client frames out \(clientFrames), peer frames \(peerFrames), datagrams \(datagrams))")
         lines.append("peer links        \(dials) dialed, \(dialsFailed) dials failed, \(linksBroken) broken")
         lines.append("requests          \(requests) sent, \(answers.total) answered: \(answers.replies) replies, \(answers.timeouts) timeouts, "
-            + "\(answers.faults) faults, \(answers.failures.values.reduce(0, +)) skein/1 failures \(listing(answers.failures)), \(answers.connectionLost) with their connection; \(pendingAtEnd) pending at the end")
+            + "\(answers.faults) faults (\(answers.notExported) not exported), \(answers.failures.values.reduce(0, +)) skein/1 failures \(listing(answers.failures)), \(answers.connectionLost) with their connection; \(pendingAtEnd) pending at the end")
         lines.append("events            \(publishes) published, \(eventsDelivered) delivered, \(gaps) gaps (at most once; renewed subscriptions)")
         lines.append("broadcasts        \(broadcasts) sent, \(broadcastsDelivered) delivered")
+        if networks > 1 { lines.append("federation        \(federatedReplies) replies and \(federatedEvents) events from the other network; \(answers.notExported + (answers.failures["not exported"] ?? 0)) requests refused as not exported") }
         lines.append("tunnels           \(tunnels.opened) opened, \(tunnels.built) built, \(tunnels.buildsTimedOut + tunnels.buildsFailed.values.reduce(0, +)) builds failed \(listing(tunnels.buildsFailed)), "
             + "\(tunnels.completed) completed, failed at initiator \(tunnels.failedAtInitiator) / member \(tunnels.failedAtMember), \(tunnels.messagesDelivered) messages, \(tunnels.openAtEnd) open at the end")
         if !answers.refusals.isEmpty { lines.append("refusals          \(listing(answers.refusals))") }
@@ -130,14 +139,15 @@ package struct MeshReport: Sendable {
         func int(_ value: Int) -> JSON { .int(Int64(value)) }
         func object(_ counts: [String: Int]) -> JSON { .object(counts.keys.sorted().map { ($0, int(counts[$0]!)) }) }
         let fields: [(String, JSON)] = [
-            ("relays", int(relays)), ("seed", .int(Int64(bitPattern: seed))), ("seconds", .double(seconds)), ("loss", .double(loss)),
+            ("relays", int(relays)), ("networks", int(networks)), ("seed", .int(Int64(bitPattern: seed))), ("seconds", .double(seconds)), ("loss", .double(loss)),
             ("virtualSeconds", .double(virtualSeconds)), ("relayStarts", int(relayStarts)), ("clients", int(clients)),
             ("inputs", int(inputs)), ("clientFrames", int(clientFrames)), ("peerFrames", int(peerFrames)), ("datagrams", int(datagrams)),
             ("dials", int(dials)), ("dialsFailed", int(dialsFailed)), ("linksBroken", int(linksBroken)),
             ("requests", int(requests)), ("answered", int(answers.total)), ("replies", int(answers.replies)), ("timeouts", int(answers.timeouts)),
-            ("faultAnswers", int(answers.faults)), ("failures", object(answers.failures)), ("refusals", object(answers.refusals)),
+            ("faultAnswers", int(answers.faults)), ("notExported", int(answers.notExported)), ("failures", object(answers.failures)), ("refusals", object(answers.refusals)),
             ("connectionLost", int(answers.connectionLost)), ("pendingAtEnd", int(pendingAtEnd)),
             ("publishes", int(publishes)), ("eventsDelivered", int(eventsDelivered)), ("gaps", int(gaps)),
+            ("federatedReplies", int(federatedReplies)), ("federatedEvents", int(federatedEvents)),
             ("broadcasts", int(broadcasts)), ("broadcastsDelivered", int(broadcastsDelivered)),
             ("tunnels", .object([
                 ("opened", int(tunnels.opened)), ("accepted", int(tunnels.accepted)), ("built", int(tunnels.built)),

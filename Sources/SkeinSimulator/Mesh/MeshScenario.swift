@@ -20,6 +20,10 @@ package struct MeshScenario: Sendable {
     package var publishRate: Double = 100
     /// Broadcasts per second over the whole mesh (a broadcaster on every fifth relay).
     package var broadcastRate: Double = 20
+    /// 1: one network. 2: the relays split into networks `eu` (the first half) and `us`, each
+    /// with its own membership, joined by one gateway link between their first relays, each
+    /// exporting cluster `svc` and topic `t` to the other, and nothing else (`MeshFederation`).
+    package var networks = 1
     /// Tunnels opened per second over the whole mesh (a tunneler on every fourth relay).
     package var tunnelRate: Double = 4
     /// Messages each tunnel carries before its initiator closes it.

@@ -101,6 +101,8 @@ package struct MeshSimulation {
             faultEnd(scenario.faults[index])
         case .restart(let slot):
             if relays[slot].loop == nil { start(slot) }
+        case .gatewayCheck:
+            maintainGatewayLink()
         case .trafficEnd:
             break
         }
@@ -117,7 +119,7 @@ package struct MeshSimulation {
         var idRandom = SimulationRandom(seed: scenario.seed ^ UInt64(slot) << 20 ^ UInt64(relay.process))
         let node = NodeID(high: idRandom.next(), low: idRandom.next())
         relay.node = node
-        let core = RelayCore(settings: RelaySettings(), zone: "", seed: idRandom.next())
+        let core = RelayCore(settings: settings(slot), zone: "", seed: idRandom.next())
         var mesh = RelayLoopMesh(id: node, name: "relay-\(slot)", address: relay.address, membership: scenario.membership)
         mesh.metadataDelay = .milliseconds(50)
         relay.loop = try! RelayLoop(core: core, mesh: mesh, seed: idRandom.next(), now: now, generation: UInt64(time / 1_000_000) + 1)
@@ -125,12 +127,14 @@ package struct MeshSimulation {
         slotByNode[node] = (slot, relay.process)
         slotOfIdentity[node] = slot
         report.relayStarts += 1
-        // Join through the first relay (and one more, in case it is the one down).
+        // Join through the first relay of its network (and one more, in case it is the one down).
+        let (first, size) = networkSlots(slot)
         var seeds: [MemberAddress] = []
-        if slot != 0 { seeds.append(relays[0].address) }
-        if scenario.relays > 2 { seeds.append(relays[(slot + scenario.relays / 2) % scenario.relays].address) }
+        if slot != first { seeds.append(relays[first].address) }
+        if size > 2 { seeds.append(relays[first + (slot - first + size / 2) % size].address) }
         deliver(.join(seeds.filter { $0 != relay.address }), to: slot, process: relay.process)
         startClients(slot)
+        if isGateway(slot) { push(time, .gatewayCheck) }
     }
 
     mutating func crash(_ slot: Int) {
@@ -281,8 +285,14 @@ package struct MeshSimulation {
         links[key]!.isUp = true
         let queued = links[key]!.queued
         links[key]!.queued = []
-        deliver(.peerLinkUp(relays[key.b].node), to: key.a, process: link.processes.0)
-        deliver(.peerLinkUp(relays[key.a].node), to: key.b, process: link.processes.1)
+        if link.isGateway {
+            // Each side's GATEWAY: the other network and what it exports to this one.
+            deliver(.gatewayLinked(relays[key.b].node, network: network(key.b), exports: exports(from: key.b)), to: key.a, process: link.processes.0)
+            deliver(.gatewayLinked(relays[key.a].node, network: network(key.a), exports: exports(from: key.a)), to: key.b, process: link.processes.1)
+        } else {
+            deliver(.peerLinkUp(relays[key.b].node), to: key.a, process: link.processes.0)
+            deliver(.peerLinkUp(relays[key.a].node), to: key.b, process: link.processes.1)
+        }
         for (from, frame) in queued { transmit(frame, on: key, from: from) }
     }
 
@@ -329,7 +339,9 @@ package struct MeshSimulation {
             return
         }
         let process = to == key.a ? link.processes.0 : link.processes.1
-        if case .membership(let bytes) = frame {
+        if link.isGateway {
+            deliver(.gatewayFrame(relays[from].node, frame), to: to, process: process)
+        } else if case .membership(let bytes) = frame {
             deliver(.membershipStream(Array(bytes.readableBytesView), from: relays[from].address), to: to, process: process)
         } else {
             deliver(.peerFrame(relays[from].node, frame), to: to, process: process)
@@ -344,6 +356,11 @@ package struct MeshSimulation {
         guard link.isUp else {
             let process = link.initiator == key.a ? link.processes.0 : link.processes.1
             push(time + delay, .input(slot: link.initiator, process: process, .peerLinkDown(.dialFailed(relays[key.other(link.initiator)].address, refused: true))))
+            return
+        }
+        if link.isGateway {
+            push(time + delay, .input(slot: key.a, process: link.processes.0, .gatewayUnlinked(relays[key.b].node)))
+            push(time + delay, .input(slot: key.b, process: link.processes.1, .gatewayUnlinked(relays[key.a].node)))
             return
         }
         push(time + delay, .input(slot: key.a, process: link.processes.0, .peerLinkDown(.broken(relays[key.b].node))))
@@ -417,6 +434,7 @@ package struct MeshSimulation {
         if slot % 3 == 0 { roles.append(.publisher) }
         if slot % 5 == 0 { roles.append(.broadcaster) }
         if slot % 4 == 1 || n == 1 { roles.append(.tunneler) }
+        if scenario.networks > 1 && isGateway(slot) { roles.append(.privateMember) }
         let process = relays[slot].process
         for role in roles {
             let index = clients.count
@@ -424,11 +442,16 @@ package struct MeshSimulation {
             relays[slot].nextConnection += 1
             let connection = ConnectionID(relays[slot].nextConnection)
             clients.append(SimClient(index: index, role: role, slot: slot, process: process, connection: connection, dialect: dialect))
+            clients[index].network = network(slot)
             relays[slot].clients.append(index)
             relays[slot].connections[connection] = index
             report.clients += 1
             deliver(.clientOpened(connection), to: slot, process: process)
-            let cluster = role == .member ? "svc" : ""
+            let cluster = switch role {
+            case .member: "svc"
+            case .privateMember: "private"
+            default: ""
+            }
             deliver(.clientFrame(connection, .initialize(magic: RelayProtocol.clientMagic, version: dialect.version, cluster: cluster)), to: slot, process: process)
         }
     }
@@ -442,7 +465,7 @@ package struct MeshSimulation {
         case .broadcaster: (scenario.broadcastRate, (n / 5).rounded(.up))
         case .tunneler: (scenario.tunnelRate, n == 1 ? 1 : ((n - 1) / 4).rounded(.up))
         case .subscriber: (scenario.resubscribeEvery > 0 ? 1 / scenario.resubscribeEvery : 0, 1)
-        case .member: (0, 1)
+        case .member, .privateMember: (0, 1)
         }
         guard rate > 0 else { return nil }
         return Int64(1e9 * share / rate)
@@ -459,7 +482,15 @@ package struct MeshSimulation {
         if case .initialize = frame, !client.open {
             client.open = true
             clients[index] = client
-            if client.role == .subscriber { clientSend(index, .subscribe(topic: "t")) }
+            if client.role == .subscriber {
+                clientSend(index, .subscribe(topic: "t"))
+                if scenario.networks > 1 {
+                    // The other network's topic, and one it does not export.
+                    let other = otherNetwork(client.slot)
+                    clientSend(index, .subscribe(topic: "t@\(other)"))
+                    clientSend(index, .subscribe(topic: "secret@\(other)"))
+                }
+            }
             scheduleTick(index, in: nil)
             return
         }
@@ -471,7 +502,12 @@ package struct MeshSimulation {
             return
         case .request(let id, let body, _):
             // A member answers with the body it got, a moment later.
-            if client.role != .member { invariants.violation("a request reached \(client.name), which is no member", at: time) }
+            if client.role != .member && client.role != .privateMember {
+                invariants.violation("a request reached \(client.name), which is no member", at: time)
+            }
+            if client.role == .privateMember, let (sender, _) = SimClient.decode(body), sender < clients.count, clients[sender].network != client.network {
+                invariants.violation("\(client.name): a request from \(clients[sender].name) reached cluster private, which \(client.network) does not export", at: time)
+            }
             invariants.checks += 1
             push(time + scenario.serviceTime.nanoseconds, .clientSend(index, .reply(id: id, outcome: .success(body))))
         default:
@@ -493,13 +529,24 @@ package struct MeshSimulation {
             let id = clients[index].nextSequence()
             let body = SimClient.body(sender: index, sequence: id)
             let deadline = time + scenario.requestTimeout.nanoseconds
-            clients[index].outstanding[id] = SimClient.Outstanding(body: body, sentAt: time, deadline: deadline)
+            // Federated: a third to the other network's svc, one in ten to its private cluster.
+            let cluster = scenario.networks < 2 ? "svc"
+                : id % 10 == 5 ? "private@\(otherNetwork(client.slot))"
+                : id % 3 == 1 ? "svc@\(otherNetwork(client.slot))" : "svc"
+            clients[index].outstanding[id] = SimClient.Outstanding(body: body, sentAt: time, deadline: deadline, cluster: cluster)
             report.requests += 1
-            clientSend(index, .request(id: id, cluster: "svc", body: body, timeoutMillis: UInt64(scenario.requestTimeout.nanoseconds / 1_000_000)))
+            clientSend(index, .request(id: id, cluster: cluster, body: body, timeoutMillis: UInt64(scenario.requestTimeout.nanoseconds / 1_000_000)))
         case .publisher:
-            let sequence = clients[index].nextSequence()
             report.publishes += 1
-            clientSend(index, .publish(topic: "t", event: SimClient.body(sender: index, sequence: sequence)))
+            // Federated: every fifth event goes to a topic no network exports (numbered apart,
+            // so the events on `t` stay consecutive).
+            clients[index].ticks += 1
+            if scenario.networks > 1 && clients[index].ticks % 5 == 0 {
+                clientSend(index, .publish(topic: "secret", event: SimClient.body(sender: index, sequence: clients[index].ticks)))
+            } else {
+                let sequence = clients[index].nextSequence()
+                clientSend(index, .publish(topic: "t", event: SimClient.body(sender: index, sequence: sequence)))
+            }
         case .broadcaster:
             let sequence = clients[index].nextSequence()
             report.broadcasts += 1
@@ -507,11 +554,10 @@ package struct MeshSimulation {
         case .subscriber:
             // Drop the subscription and take it again: nothing may arrive in between.
             clientSend(index, .unsubscribe(topic: "t"))
-            clients[index].subscribed = false
             clientSend(index, .subscribe(topic: "t"))
         case .tunneler:
             openTunnel(index)
-        case .member:
+        case .member, .privateMember:
             break
         }
         scheduleTick(index, in: nil)
@@ -520,8 +566,8 @@ package struct MeshSimulation {
     mutating func clientSend(_ index: Int, _ frame: ClientFrame) {
         let client = clients[index]
         guard client.connected, relays[client.slot].process == client.process else { return }
-        if case .subscribe = frame { clients[index].subscribed = true }
-        if case .unsubscribe = frame { clients[index].subscribed = false }
+        if case .subscribe(let topic) = frame { clients[index].topics.insert(topic) }
+        if case .unsubscribe(let topic) = frame { clients[index].topics.remove(topic) }
         deliver(.clientFrame(client.connection, frame), to: client.slot, process: client.process)
     }
 
@@ -543,6 +589,8 @@ package struct MeshSimulation {
         report.invariantChecks = invariants.checks
         report.answers = invariants.answers
         report.eventsDelivered = invariants.events
+        report.federatedEvents = invariants.federatedEvents
+        report.federatedReplies = invariants.federatedReplies
         report.broadcastsDelivered = invariants.broadcastsDelivered
         report.gaps = invariants.gaps
         report.violation = invariants.firstViolation
@@ -559,7 +607,7 @@ package struct MeshSimulation {
         for observer in running {
             guard let membership = relays[observer].loop?.membership else { continue }
             let alive = Set(membership.members.filter { $0.status == .alive }.map(\.id))
-            for subject in running where subject != observer {
+            for subject in running where subject != observer && network(subject) == network(observer) {
                 pairs += 1
                 if alive.contains(relays[subject].node) { seen += 1 }
             }
@@ -608,6 +656,8 @@ struct SimLink {
     /// The processes of `key.a` and `key.b` the link was made between.
     let processes: (Int, Int)
     var isUp = false
+    /// The gateway link between two networks (not a peer link of one mesh).
+    var isGateway = false
     var queued: [(Int, PeerFrame)] = []
     var held: [(Int, PeerFrame)] = []
     var lastArrival: [Int64] = [0, 0]
@@ -633,6 +683,8 @@ struct MeshPending: Comparable {
         case fault(Int)
         case faultEnd(Int)
         case restart(Int)
+        /// Federated: dial the gateway link if it is down (every 500 ms, as the gateways redial).
+        case gatewayCheck
         case trafficEnd
     }
     var at: Int64
