@@ -121,6 +121,8 @@ struct CoreMeshTests {
         let (c, _) = d.relay(2, clusters: ["echo": 1])
         let actions = d.removeRelay(b, .neverReached)
         #expect(actions.peerFrames(to: c).count == 1)
+        // It is with c now, and no longer counted against b (routing picks the least loaded).
+        #expect(d.core.requestsInFlight(to: b) == 0 && d.core.requestsInFlight(to: c) == 1)
     }
 
     @Test("a request from another relay goes to a member here, and its answer goes back; with no member, 'no members' at once")

@@ -15,10 +15,10 @@ struct CoreRegressionTests {
         for i in UInt64(0)..<100 {
             _ = d.send(.request(id: i, cluster: "nobody-\(i)", body: buffer("q"), timeoutMillis: 10 + i), from: client)
         }
-        #expect(d.core.waitingRequests.count == 100)
+        #expect(d.core.requests.waitingClusters.count == 100)
         let expiry = d.advance(.seconds(1))
         #expect(expiry.frames(to: client).count == 100)
-        #expect(d.core.waitingRequests.isEmpty)
+        #expect(d.core.requests.waitingClusters.isEmpty)
     }
 
     @Test("requests whose caller left while they waited leave no queue behind")
@@ -27,7 +27,7 @@ struct CoreRegressionTests {
         let client = d.connect()
         _ = d.send(.request(id: 0, cluster: "nobody", body: buffer("q"), timeoutMillis: 1000), from: client)
         _ = d.lose(client)
-        #expect(d.core.waitingRequests.isEmpty)
+        #expect(d.core.requests.waitingClusters.isEmpty)
     }
 
     @Test("a waiting request behind an expired one is still handed over, in order")
@@ -41,7 +41,7 @@ struct CoreRegressionTests {
         let member = d.connect(cluster: "echo")
         _ = member
         #expect(d.core.connections[member]!.assigned.count == 1)
-        #expect(d.core.waitingRequests.isEmpty)
+        #expect(d.core.requests.waitingClusters.isEmpty)
     }
 
     @Test("tunnel builds that time out or are abandoned while waiting leave no queue behind")

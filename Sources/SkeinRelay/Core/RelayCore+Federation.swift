@@ -237,7 +237,7 @@ extension RelayCore {
     /// this relay routes it, and is no gateway to it) to a gateway of this network.
     mutating func dispatchRemote(_ key: UInt64, to target: String, excluding: Set<NodeID>, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
         guard let request = requests[key] else { return false }
-        let inFlight = remoteInFlight
+        let inFlight = requests.inFlight
         let links = foreignLinks(to: target).filter { !excluding.contains($0) }
         if let link = routing.pickTwo(links, inFlight: { inFlight[$0, default: 0] }) {
             forward(key, to: link, cluster: FederatedName(request.cluster, localNetwork: network).name, now: now, actions: &actions)
@@ -253,7 +253,7 @@ extension RelayCore {
     /// Requests and builds for `network` that waited for a gateway: they go now.
     mutating func dispatchWaitingRemote(network target: String, now: NIODeadline, actions: inout [RelayAction]) {
         let suffix = "@\(target)"
-        for cluster in waitingRequests.keys.filter({ $0.hasSuffix(suffix) }) + waitingBuilds.keys.filter({ $0.hasSuffix(suffix) }) {
+        for cluster in requests.waitingClusters.filter({ $0.hasSuffix(suffix) }) + waitingBuilds.keys.filter({ $0.hasSuffix(suffix) }) {
             dispatchWaiting(cluster: cluster, now: now, actions: &actions)
         }
     }
@@ -262,7 +262,7 @@ extension RelayCore {
     /// waiting for a member while there is none.
     private mutating func route(_ request: PendingRequest, now: NIODeadline, actions: inout [RelayAction]) {
         let key = makeKey()
-        requests[key] = request
+        requests.insert(request, key: key)
         schedule(.request(key), at: request.deadline)
         if !dispatch(key, now: now, actions: &actions) { waitForMember(key, actions: &actions) }
     }
@@ -380,8 +380,7 @@ extension RelayCore {
     /// A published event for the subscriptions on this relay, and for other networks' interest.
     mutating func deliverLocally(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
         if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: publisher, actions: &actions) }
-        guard let subscribers = topics[topic] else { return }
-        for subscriber in subscribers {
+        for subscriber in topics.subscribers(of: topic) {
             actions.append(.send(subscriber, .publish(topic: topic, event: body)))
             if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
         }
@@ -402,7 +401,7 @@ extension RelayCore {
         for relay in routing.relays(subscribedTo: topic) {
             actions.append(.sendPeer(relay, .event(topic: topic, body: body)))
         }
-        for subscriber in topics[topic] ?? [] {
+        for subscriber in topics.subscribers(of: topic) {
             actions.append(.send(subscriber, .publish(topic: topic, event: body)))
         }
     }
@@ -415,7 +414,7 @@ extension RelayCore {
             actions.append(.report(.federationDropped(network: name.network ?? network, reason: "event from a relay that is not the designated gateway")))
             return
         }
-        let subscribers = topics[topic] ?? []
+        let subscribers = topics.subscribers(of: topic)
         for subscriber in subscribers {
             actions.append(.send(subscriber, .publish(topic: topic, event: body)))
         }
@@ -453,7 +452,7 @@ extension RelayCore {
         if isDesignatedGateway(for: target) {
             let suffix = "@\(target)"
             let exports = knownExports(of: target)
-            for topic in topics.keys where topic.hasSuffix(suffix) { wanted.insert(String(topic.dropLast(suffix.count))) }
+            for topic in topics.subscribedTopics where topic.hasSuffix(suffix) { wanted.insert(String(topic.dropLast(suffix.count))) }
             for topic in routing.subscribedTopics where topic.hasSuffix(suffix) { wanted.insert(String(topic.dropLast(suffix.count))) }
             if let exports { wanted = wanted.filter { exports.allows(.subscribe, $0) } }
         }
@@ -477,7 +476,7 @@ extension RelayCore {
     /// Topics subscribed to on this relay for its metadata: its own connections' and, as a
     /// gateway, other networks' interest.
     var advertisedTopics: [String: Int] {
-        var out = topics.mapValues(\.count)
+        var out = topics.counts
         for gateway in foreign.values {
             for topic in gateway.interest { out[topic, default: 0] += 1 }
         }
@@ -530,7 +529,7 @@ extension RelayCore {
     /// Sends a build for another network on, as `dispatchRemote` does a request.
     mutating func dispatchRemoteBuild(_ key: UInt64, to target: String, excluding: Set<NodeID>, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
         guard let build = builds[key] else { return false }
-        let inFlight = remoteInFlight
+        let inFlight = requests.inFlight
         let flags: PeerRequestFlags = build.failFast ? .failFast : []
         let remaining = remainingMillis(build.deadline, now)
         let links = foreignLinks(to: target).filter { !excluding.contains($0) }

@@ -12,7 +12,7 @@ extension RelayCore {
         let version = routing.version
         routing.update(relay)
         guard routing.version != version else { return }
-        for cluster in relay.clusters.keys where waitingRequests[cluster] != nil || waitingBuilds[cluster] != nil {
+        for cluster in relay.clusters.keys where requests.hasWaiting(cluster) || waitingBuilds[cluster] != nil {
             dispatchWaiting(cluster: cluster, now: now, actions: &actions)
         }
         for target in relay.gateways.keys { dispatchWaitingRemote(network: target, now: now, actions: &actions) }
@@ -46,20 +46,18 @@ extension RelayCore {
         // Nothing more will be sent there: whoever waited for its link goes on.
         relayWritabilityChanged(id, writable: true, actions: &actions)
         dropRelayTunnels(id, neverSent: neverSent, now: now, actions: &actions)
-        let forwarded = requests.filter { $0.value.forwardedTo == id }.keys.sorted()
+        let forwarded = requests.forwarded(to: id)
         guard neverSent else {
             // Sent on a link that broke: a member may have them. They are never re-sent, even
             // if a later dial to the relay fails before carrying anything. A `skein/1` caller
             // hears "member lost" now; a `v1.0-draft2` caller its timeout at the deadline.
             for key in forwarded {
-                guard var request = requests[key] else { continue }
+                guard let request = requests[key] else { continue }
                 if request.failFast && !leaving {
-                    requests[key] = nil
-                    remoteInFlight[id, default: 1] -= 1
+                    requests.remove(key)
                     answer(request, key: key, .memberLost, actions: &actions)
                 } else if case .forwarded(let relay, let body) = request.stage {
-                    request.stage = .inDoubt(at: relay, body: body)
-                    requests[key] = request
+                    requests.move(key, to: .inDoubt(at: relay, body: body))
                 }
             }
             return
@@ -120,7 +118,7 @@ extension RelayCore {
     public var remoteRelays: [NodeID: RemoteRelay] { routing.relays }
 
     /// Requests forwarded to `relay` and not answered yet.
-    public func requestsInFlight(to relay: NodeID) -> Int { remoteInFlight[relay, default: 0] }
+    public func requestsInFlight(to relay: NodeID) -> Int { requests.inFlight[relay, default: 0] }
 
     /// A frame from another relay's peer link.
     public mutating func receivedPeer(_ frame: PeerFrame, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
@@ -188,43 +186,40 @@ extension RelayCore {
         }
         let key = makeKey()
         let deadline = deadline(now: now, millis: remainingMillis)
-        requests[key] = PendingRequest(caller: .relay(relay), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        requests.insert(PendingRequest(caller: .relay(relay), callerRequestID: id, cluster: cluster, deadline: deadline, body: body), key: key)
         schedule(.request(key), at: deadline)
         if !handOver(key, now: now, actions: &actions) {
-            requests[key] = nil
+            requests.remove(key)
             actions.append(.sendPeer(relay, .reply(id: id, outcome: .noMembers)))
         }
     }
 
     private mutating func remoteReply(from relay: NodeID, key: UInt64, outcome: PeerReplyOutcome, now: NIODeadline, actions: inout [RelayAction]) {
-        guard var request = requests[key], request.forwardedTo == relay else {
+        guard let request = requests[key], request.forwardedTo == relay else {
             return  // late: the caller was answered (timeout) or left
         }
-        remoteInFlight[relay, default: 1] -= 1
         switch outcome {
         case .noMembers, .refused(.networkUnreachable, _):
-            request.refusal = outcome
-            requests[key] = request
+            requests[key]!.refusal = outcome
             reroute(key, from: relay, now: now, actions: &actions)
         case .memberLost where request.failFast:
-            requests[key] = nil
+            requests.remove(key)
             answer(request, key: key, .memberLost, actions: &actions)
         case .memberLost:
             // A member had it: never sent to a second one. The caller's timeout comes at the deadline.
-            request.stage = .lost
-            requests[key] = request
+            requests.move(key, to: .lost)
         case .success, .fault, .timedOut, .refused:
-            requests[key] = nil
+            requests.remove(key)
             answer(request, key: key, outcome, actions: &actions)
         }
     }
 
     /// A request `relay` did not take goes to another relay or a member here, or waits.
     private mutating func reroute(_ key: UInt64, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
-        guard var request = requests[key] else { return }
-        request.declined(by: relay)
-        request.declinedBy.insert(relay)
-        requests[key] = request
+        guard requests[key] != nil else { return }
+        requests.decline(key, by: relay)
+        requests[key]!.declinedBy.insert(relay)
+        let request = requests[key]!
         actions.append(.report(.requestRerouted(cluster: request.cluster, from: relay)))
         // Never back to a relay that declined it: two relays with stale metadata would bounce it
         // between them until its deadline. A routing change clears the list (dispatchWaiting).

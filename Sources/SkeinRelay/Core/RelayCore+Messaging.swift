@@ -24,11 +24,11 @@ extension RelayCore {
         request.routesHere = true
         let remote = FederatedName.isRemote(cluster, localNetwork: network) ? FederatedName(cluster, localNetwork: network) : nil
         request.network = remote?.network
-        requests[key] = request
+        requests.insert(request, key: key)
         connections[caller]!.outgoing.insert(key)
         schedule(.request(key), at: deadline)
         if let remote, let (reason, detail) = exportRefusal(.request, remote) {
-            requests[key] = nil
+            requests.remove(key)
             answer(request, key: key, .refused(reason, detail), actions: &actions)
         } else if !dispatch(key, now: now, actions: &actions) {
             waitForMember(key, actions: &actions)
@@ -48,7 +48,7 @@ extension RelayCore {
         let hasLocal = clusters[request.cluster] != nil
         guard request.routesHere else { return handOver(key, now: now, actions: &actions) }
         if hasLocal && settings.routing.preferLocal { return handOver(key, now: now, actions: &actions) }
-        let inFlight = remoteInFlight
+        let inFlight = requests.inFlight
         if let relay = routing.pick(cluster: request.cluster, excluding: excluding, inFlight: { inFlight[$0, default: 0] }) {
             forward(key, to: relay, now: now, actions: &actions)
             return true
@@ -73,27 +73,25 @@ extension RelayCore {
             known = clusters[request.cluster] != nil || routing.knowsServer(of: request.cluster, excluding: request.declinedBy)
         }
         if !request.routesHere || (request.failFast && !known) {
-            requests[key] = nil
-            if let relay = request.forwardedTo { remoteInFlight[relay, default: 1] -= 1 }
-            pruneWaitingRequests(cluster: request.cluster)
+            requests.remove(key)
+            requests.prune(request.cluster)
             answer(request, key: key, request.refusal ?? fallback, actions: &actions)
         } else {
-            waitingRequests[request.cluster, default: []].append(key)
+            requests.wait(key, cluster: request.cluster)
         }
     }
 
     /// Sends a pending request to a member of its cluster on this relay; false when none.
     mutating func handOver(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) -> Bool {
         // Past its deadline (its timer has not run yet): the timer answers it, no member gets it.
-        guard var request = requests[key], let body = request.waitingBody, request.deadline > now else { return false }
+        guard let request = requests[key], let body = request.waitingBody, request.deadline > now else { return false }
         guard let member = pickMember(of: request.cluster) else { return false }
         var conn = connections[member]!
         let memberRequestID = conn.nextAssignedID
         conn.nextAssignedID += 1
         conn.assigned[memberRequestID] = key
         connections[member] = conn
-        request.stage = .handedOver(member: member, id: memberRequestID)
-        requests[key] = request
+        requests.move(key, to: .handedOver(member: member, id: memberRequestID))
         actions.append(.send(member, .request(id: memberRequestID, body: body, timeoutMillis: remainingMillis(request.deadline, now))))
         return true
     }
@@ -101,10 +99,8 @@ extension RelayCore {
     /// Sends a pending request to another relay, which answers with the reply, the member's
     /// fault, or "no members" (then it goes elsewhere). The relay knows it by `key`.
     mutating func forward(_ key: UInt64, to relay: NodeID, cluster: String? = nil, now: NIODeadline, actions: inout [RelayAction]) {
-        guard var request = requests[key], let body = request.waitingBody else { return }
-        request.stage = .forwarded(to: relay, body: body)
-        requests[key] = request
-        remoteInFlight[relay, default: 0] += 1
+        guard let request = requests[key], let body = request.waitingBody else { return }
+        requests.move(key, to: .forwarded(to: relay, body: body))
         let flags: PeerRequestFlags = request.failFast ? .failFast : []
         actions.append(
             .sendPeer(relay, .request(id: key, cluster: cluster ?? request.cluster, remainingMillis: remainingMillis(request.deadline, now), flags: flags, body: body)))
@@ -126,14 +122,14 @@ extension RelayCore {
 
     /// A member joined `cluster` here, or a relay started serving it: send whatever waited.
     mutating func dispatchWaiting(cluster: String, now: NIODeadline, actions: inout [RelayAction]) {
-        if var queue = waitingRequests.removeValue(forKey: cluster) {
+        if var queue = requests.takeWaiting(cluster) {
             var stillWaiting = Deque<UInt64>()
             while let key = queue.popFirst() {
                 guard requests[key] != nil else { continue }  // timed out or caller gone
                 requests[key]!.declinedBy = []  // what relays serve changed: everyone may try again
                 if !dispatch(key, now: now, actions: &actions) { stillWaiting.append(key) }
             }
-            if !stillWaiting.isEmpty { waitingRequests[cluster] = stillWaiting }
+            requests.giveBack(stillWaiting, cluster: cluster)
         }
         if var queue = waitingBuilds.removeValue(forKey: cluster) {
             var stillWaiting = Deque<UInt64>()
@@ -149,14 +145,12 @@ extension RelayCore {
     /// cluster's waiting queue, and the queue once empty: requests to clusters that never get a
     /// member must not pile up. An entry behind a live one goes when it reaches the front.
     mutating func pruneWaitingRequests(cluster: String) {
-        guard var queue = waitingRequests.removeValue(forKey: cluster) else { return }
-        while let first = queue.first, requests[first] == nil { queue.removeFirst() }
-        if !queue.isEmpty { waitingRequests[cluster] = queue }
+        requests.prune(cluster)
     }
 
     mutating func reply(from member: ConnectionID, id: UInt64, outcome: ReplyOutcome, actions: inout [RelayAction]) {
         guard let key = connections[member]!.assigned.removeValue(forKey: id),
-            let request = requests.removeValue(forKey: key)
+            let request = requests.remove(key)
         else {
             // Late (after the deadline), or for a caller that left: dropped, as the spec says.
             actions.append(.report(.lateReplyDropped(member)))
@@ -207,12 +201,8 @@ extension RelayCore {
     }
 
     mutating func expireRequest(_ key: UInt64, now: NIODeadline, actions: inout [RelayAction]) {
-        guard let request = requests.removeValue(forKey: key) else { return }
-        switch request.stage {
-        case .handedOver(let member, let memberRequestID): connections[member]?.assigned[memberRequestID] = nil
-        case .forwarded(let relay, _), .inDoubt(let relay, _): remoteInFlight[relay, default: 1] -= 1
-        case .waiting, .lost: break
-        }
+        guard let request = requests.remove(key) else { return }
+        if case .handedOver(let member, let memberRequestID) = request.stage { connections[member]?.assigned[memberRequestID] = nil }
         pruneWaitingRequests(cluster: request.cluster)
         actions.append(.report(.requestTimedOut(cluster: request.cluster, handedToMember: request.leftThisRelay)))
         // The origin relay runs the same deadline and answers its caller itself.
@@ -242,22 +232,19 @@ extension RelayCore {
             refuse(id, op: .subscribe, name: topic, reason: reason, detail: detail, network: remote.network!, actions: &actions)
             return
         }
-        guard connections[id]!.topics.insert(topic).inserted else {
+        guard topics.subscribe(id, to: topic) else {
             violation(id, "protocol violation: already subscribed to topic \(topic.debugDescription)", actions: &actions)
             return
         }
-        topics[topic, default: []].append(id)
         directoryVersion &+= 1
         if let target = remote?.network { refreshInterest(network: target, actions: &actions) }
     }
 
     mutating func unsubscribe(_ id: ConnectionID, topic: String, actions: inout [RelayAction]) {
-        guard connections[id]!.topics.remove(topic) != nil else {
+        guard topics.unsubscribe(id, from: topic) else {
             violation(id, "protocol violation: not subscribed to topic \(topic.debugDescription)", actions: &actions)
             return
         }
-        topics[topic]?.removeAll { $0 == id }
-        if topics[topic]?.isEmpty == true { topics[topic] = nil }
         directoryVersion &+= 1
         if let target = FederatedName(topic, localNetwork: network).network { refreshInterest(network: target, actions: &actions) }
     }
@@ -300,7 +287,7 @@ extension RelayCore {
         }
         let route = PublishRoute(
             topic: topic, directoryVersion: directoryVersion, routingVersion: routing.version,
-            relays: routing.relays(subscribedTo: topic), subscribers: topics[topic] ?? [])
+            relays: routing.relays(subscribedTo: topic), subscribers: topics.subscribers(of: topic))
         lastPublishRoute = route
         return route
     }

@@ -145,7 +145,7 @@ extension RelayCore {
         if !build.routesHere || (hasLocal && settings.routing.preferLocal) {
             return offerBuild(key, now: now, actions: &actions)
         }
-        let inFlight = remoteInFlight
+        let inFlight = requests.inFlight
         if let relay = routing.pick(cluster: build.cluster, excluding: excluding, inFlight: { inFlight[$0, default: 0] }) {
             builds[key]!.forwardedTo = relay
             let flags: PeerRequestFlags = build.failFast ? .failFast : []

@@ -94,16 +94,13 @@ public enum RelayEvent: Sendable, Equatable {
 public struct RelayCore {
     public let settings: RelaySettings
     var routing: RoutingTable
-    /// Requests this relay has forwarded to each remote relay and not yet seen answered.
-    var remoteInFlight: [NodeID: Int] = [:]
     /// Remote relays whose peer link cannot take more bytes now, with the local connections
     /// paused because they published or broadcast to them meanwhile.
     var blockedRelays: [NodeID: Set<ConnectionID>] = [:]
     var connections: [ConnectionID: Connection] = [:]
     var clusters: [String: ClusterDirectory] = [:]
-    var topics: [String: [ConnectionID]] = [:]
-    var requests: [UInt64: PendingRequest] = [:]
-    var waitingRequests: [String: Deque<UInt64>] = [:]
+    var topics = TopicIndex()
+    var requests = RequestTable()
     var builds: [UInt64: PendingBuild] = [:]
     var waitingBuilds: [String: Deque<UInt64>] = [:]
     var tunnels: [UInt64: Tunnel] = [:]
@@ -374,21 +371,17 @@ public struct RelayCore {
             if clusters[cluster]?.members.isEmpty == true { clusters[cluster] = nil }
             directoryVersion &+= 1
         }
-        if !conn.topics.isEmpty { directoryVersion &+= 1 }
-        for topic in conn.topics {
-            topics[topic]?.removeAll { $0 == id }
-            if topics[topic]?.isEmpty == true { topics[topic] = nil }
-        }
+        if !topics.removeAll(of: id).isEmpty { directoryVersion &+= 1 }
         // Requests this connection made: forget them; their members' late replies are dropped.
         for key in conn.outgoing {
-            guard let request = requests.removeValue(forKey: key) else { continue }
+            guard let request = requests.remove(key) else { continue }
             switch request.stage {
             case .handedOver(let member, let memberRequestID):
                 connections[member]?.assigned[memberRequestID] = nil
-            case .forwarded(let relay, _), .inDoubt(let relay, _):
-                remoteInFlight[relay, default: 1] -= 1
+            case .forwarded, .inDoubt:
+                break
             case .waiting, .lost:
-                pruneWaitingRequests(cluster: request.cluster)
+                requests.prune(request.cluster)
             }
         }
         // Requests handed to this member stay pending: at most once means they are never
@@ -398,13 +391,13 @@ public struct RelayCore {
         for (_, key) in conn.assigned {
             guard let request = requests[key] else { continue }
             if case .relay(let origin) = request.caller {
-                requests[key] = nil
+                requests.remove(key)
                 actions.append(.sendPeer(origin, .reply(id: request.callerRequestID, outcome: .memberLost)))
             } else if request.failFast && !closingAll {
-                requests[key] = nil
+                requests.remove(key)
                 answer(request, key: key, .memberLost, actions: &actions)
             } else {
-                requests[key]?.stage = .lost
+                requests.move(key, to: .lost)
             }
         }
         for (_, key) in conn.memberBuilds {
@@ -556,7 +549,6 @@ extension RelayCore {
         var detached = false
         /// The cluster this connection is a member of, if any.
         var cluster: String?
-        var topics: Set<String> = []
         /// Keys of requests and tunnel builds this connection started and that are unanswered.
         var outgoing: Set<UInt64> = []
         /// Requests handed to this member: the relay's request id on this connection → key.
@@ -592,88 +584,6 @@ extension RelayCore {
         case relay(NodeID)
     }
 
-    struct PendingRequest {
-        var caller: Caller
-        var callerRequestID: UInt64
-        var cluster: String
-        var deadline: NIODeadline
-        /// Where the request is in its life; each stage holds only what it needs.
-        var stage: Stage
-
-        enum Stage {
-            /// Waiting for a member here or a relay that serves the cluster.
-            case waiting(body: ByteBuffer)
-            /// With a remote relay until it answers; it may answer "no members", and then the
-            /// request goes elsewhere with its body.
-            case forwarded(to: NodeID, body: ByteBuffer)
-            /// Forwarded on a link that later broke: a member there may have it, so it is never
-            /// sent again, but the relay's answer is still taken (and "no members" reroutes it).
-            case inDoubt(at: NodeID, body: ByteBuffer)
-            /// With a member here, which knows it by `id`.
-            case handedOver(member: ConnectionID, id: UInt64)
-            /// A member had it and was lost: never sent to a second one; the caller's timeout
-            /// comes at the deadline.
-            case lost
-        }
-
-        init(caller: Caller, callerRequestID: UInt64, cluster: String, deadline: NIODeadline, body: ByteBuffer) {
-            self.caller = caller
-            self.callerRequestID = callerRequestID
-            self.cluster = cluster
-            self.deadline = deadline
-            self.stage = .waiting(body: body)
-        }
-
-        /// The body, while the request waits to be sent.
-        var waitingBody: ByteBuffer? {
-            if case .waiting(let body) = stage { body } else { nil }
-        }
-
-        /// The relay it was forwarded to, until that relay answers.
-        var forwardedTo: NodeID? {
-            switch stage {
-            case .forwarded(let relay, _), .inDoubt(let relay, _): relay
-            case .waiting, .handedOver, .lost: nil
-            }
-        }
-
-        /// The member here that has it.
-        var member: (ConnectionID, UInt64)? {
-            if case .handedOver(let member, let id) = stage { (member, id) } else { nil }
-        }
-
-        /// It left this relay (to a member, or to another relay): a timeout is the member's.
-        var leftThisRelay: Bool {
-            if case .waiting = stage { false } else { true }
-        }
-
-        /// Back to waiting, with its body, after `relay` declined it (or never got it).
-        mutating func declined(by relay: NodeID) {
-            switch stage {
-            case .forwarded(let at, let body) where at == relay, .inDoubt(let at, let body) where at == relay:
-                stage = .waiting(body: body)
-            default:
-                break
-            }
-        }
-
-        /// Relays that answered "no members" for it; not asked again until routing changes.
-        var declinedBy: Set<NodeID> = []
-        /// The caller wants early, distinct failures (`skein/1`) instead of waiting for the deadline.
-        var failFast = false
-        /// This relay chooses where the request goes (its caller is a local client, or another
-        /// network's gateway); otherwise another relay of this network did, and it is only handed
-        /// to a member here, or (for another network) sent over this relay's gateway links.
-        var routesHere = false
-        /// The other network `cluster` is in (`cluster` is then `name@network`), or nil.
-        var network: String?
-        /// Why the last relay that declined it did, for a `skein/1` caller's early answer.
-        var refusal: PeerReplyOutcome?
-
-        var localCaller: ConnectionID? {
-            if case .local(let id) = caller { id } else { nil }
-        }
-    }
 
     /// `sendRemote`'s answer for one `name@network`, with the versions it is valid for.
     struct RemoteSendRoute {
