@@ -64,3 +64,18 @@ import Testing
         #expect(!table.hasWaiting("svc") && table.count == 0)
     }
 }
+
+@Suite struct WaitingQueuesTests {
+    @Test func entriesThatAreGoneLeaveAsTheyReachTheFront() {
+        var queues = WaitingQueues()
+        for key in UInt64(1)...4 { queues.append(key, cluster: "svc") }
+        let live: Set<UInt64> = [3]
+        queues.prune("svc") { live.contains($0) }
+        #expect(queues.take("svc").map(Array.init) == [3, 4])
+        queues.giveBack([], cluster: "svc")
+        #expect(!queues.has("svc") && queues.clusters.isEmpty)
+        queues.append(9, cluster: "x")
+        queues.prune("x") { _ in false }
+        #expect(!queues.has("x"))
+    }
+}

@@ -253,7 +253,7 @@ extension RelayCore {
     /// Requests and builds for `network` that waited for a gateway: they go now.
     mutating func dispatchWaitingRemote(network target: String, now: NIODeadline, actions: inout [RelayAction]) {
         let suffix = "@\(target)"
-        for cluster in requests.waitingClusters.filter({ $0.hasSuffix(suffix) }) + waitingBuilds.keys.filter({ $0.hasSuffix(suffix) }) {
+        for cluster in requests.waitingClusters.filter({ $0.hasSuffix(suffix) }) + waitingBuilds.clusters.filter({ $0.hasSuffix(suffix) }) {
             dispatchWaiting(cluster: cluster, now: now, actions: &actions)
         }
     }

@@ -12,7 +12,7 @@ extension RelayCore {
         let version = routing.version
         routing.update(relay)
         guard routing.version != version else { return }
-        for cluster in relay.clusters.keys where requests.hasWaiting(cluster) || waitingBuilds[cluster] != nil {
+        for cluster in relay.clusters.keys where requests.hasWaiting(cluster) || waitingBuilds.has(cluster) {
             dispatchWaiting(cluster: cluster, now: now, actions: &actions)
         }
         for target in relay.gateways.keys { dispatchWaitingRemote(network: target, now: now, actions: &actions) }

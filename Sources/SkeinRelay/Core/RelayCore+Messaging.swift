@@ -131,13 +131,13 @@ extension RelayCore {
             }
             requests.giveBack(stillWaiting, cluster: cluster)
         }
-        if var queue = waitingBuilds.removeValue(forKey: cluster) {
+        if var queue = waitingBuilds.take(cluster) {
             var stillWaiting = Deque<UInt64>()
             while let key = queue.popFirst() {
                 guard builds[key] != nil else { continue }
                 if !dispatchBuild(key, now: now, actions: &actions) { stillWaiting.append(key) }
             }
-            if !stillWaiting.isEmpty { waitingBuilds[cluster] = stillWaiting }
+            waitingBuilds.giveBack(stillWaiting, cluster: cluster)
         }
     }
 

@@ -174,7 +174,7 @@ extension RelayCore {
             let (reason, detail) = build.refusal ?? fallback
             failBuild(build, key: key, failure: reason, detail: detail, actions: &actions)
         } else {
-            waitingBuilds[build.cluster, default: []].append(key)
+            waitingBuilds.append(key, cluster: build.cluster)
         }
     }
 
@@ -264,9 +264,8 @@ extension RelayCore {
 
     /// Like `pruneWaitingRequests`, for tunnel builds waiting for a member.
     mutating func pruneWaitingBuilds(cluster: String) {
-        guard var queue = waitingBuilds.removeValue(forKey: cluster) else { return }
-        while let first = queue.first, builds[first] == nil { queue.removeFirst() }
-        if !queue.isEmpty { waitingBuilds[cluster] = queue }
+        let builds = self.builds
+        waitingBuilds.prune(cluster) { builds[$0] != nil }
     }
 
     mutating func tunnelAllow(from id: ConnectionID, tunnelID: UInt64, bytes: UInt64, actions: inout [RelayAction]) {

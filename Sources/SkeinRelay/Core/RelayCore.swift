@@ -102,7 +102,7 @@ public struct RelayCore {
     var topics = TopicIndex()
     var requests = RequestTable()
     var builds: [UInt64: PendingBuild] = [:]
-    var waitingBuilds: [String: Deque<UInt64>] = [:]
+    var waitingBuilds = WaitingQueues()
     var tunnels: [UInt64: Tunnel] = [:]
     var nextKey: UInt64 = 0
     var timers = Heap<TimerEntry>()

@@ -87,9 +87,8 @@ extension RelayCore {
         private var pending: [UInt64: PendingRequest] = [:]
         /// Requests forwarded to each relay and not yet answered by it (`forwarded`, `inDoubt`).
         private(set) var inFlight: [NodeID: Int] = [:]
-        /// Per cluster, requests waiting for a member or a relay that serves it, oldest first
-        /// (entries of requests that are gone are dropped as they reach the front).
-        private var waiting: [String: Deque<UInt64>] = [:]
+        /// Per cluster, requests waiting for a member or a relay that serves it.
+        private var waiting = WaitingQueues()
 
         var count: Int { pending.count }
 
@@ -148,30 +147,20 @@ extension RelayCore {
 
         // MARK: Waiting for a member
 
-        mutating func wait(_ key: UInt64, cluster: String) {
-            waiting[cluster, default: []].append(key)
-        }
+        mutating func wait(_ key: UInt64, cluster: String) { waiting.append(key, cluster: cluster) }
 
-        func hasWaiting(_ cluster: String) -> Bool { waiting[cluster] != nil }
+        func hasWaiting(_ cluster: String) -> Bool { waiting.has(cluster) }
 
-        var waitingClusters: Dictionary<String, Deque<UInt64>>.Keys { waiting.keys }
+        var waitingClusters: Dictionary<String, Deque<UInt64>>.Keys { waiting.clusters }
 
-        /// Takes a cluster's queue (to send what can go now; give back what cannot).
-        mutating func takeWaiting(_ cluster: String) -> Deque<UInt64>? {
-            waiting.removeValue(forKey: cluster)
-        }
+        mutating func takeWaiting(_ cluster: String) -> Deque<UInt64>? { waiting.take(cluster) }
 
-        mutating func giveBack(_ queue: Deque<UInt64>, cluster: String) {
-            if !queue.isEmpty { waiting[cluster] = queue }
-        }
+        mutating func giveBack(_ queue: Deque<UInt64>, cluster: String) { waiting.giveBack(queue, cluster: cluster) }
 
-        /// Drops requests that no longer wait (answered, timed out, their caller left) from the
-        /// front of a cluster's queue, and the queue once empty: requests to clusters that never
-        /// get a member must not pile up. An entry behind a live one goes when it reaches the front.
+        /// Drops requests that are gone from the front of a cluster's queue (`WaitingQueues.prune`).
         mutating func prune(_ cluster: String) {
-            guard var queue = waiting.removeValue(forKey: cluster) else { return }
-            while let first = queue.first, pending[first] == nil { queue.removeFirst() }
-            if !queue.isEmpty { waiting[cluster] = queue }
+            let pending = self.pending
+            waiting.prune(cluster) { pending[$0] != nil }
         }
     }
 }

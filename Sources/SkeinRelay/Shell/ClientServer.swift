@@ -235,19 +235,10 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         flush()
     }
 
-    /// Local clients as `/status` reports them.
-    public var clientStatus: JSON {
-        get async {
-            (try? await eventLoop.submit { () -> JSON in
-                .object([
-                    ("connections", .int(Int64(self.core.connectionCount))),
-                    ("pendingRequests", .int(Int64(self.core.pendingRequestCount))),
-                    ("tunnels", .int(Int64(self.core.tunnelCount))),
-                    ("clusters", .object(self.core.clusterMembership.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
-                    ("topics", .object(self.core.topicSubscriptions.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
-                ])
-            }.get()) ?? .null
-        }
+    /// Local clients, for `/status` (on the event loop).
+    var clientStatus: RelayStatus.Clients {
+        eventLoop.preconditionInEventLoop()
+        return RelayStatus.Clients(core)
     }
 
     public var connectionCount: Int {

@@ -222,36 +222,14 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
 
     // MARK: - Reporting
 
-    /// This federation as `/status` reports it (Docs/operations.md).
-    func statusJSON(
-        core: [(node: NodeID, network: String, designated: Bool, theirInterest: Int, ourInterest: Int)], theirExports: [ExportRule]?
-    ) -> JSON {
+    /// This federation for `/status`, with the loop's view of its links (on the event loop).
+    func status(core: [(node: NodeID, network: String, designated: Bool, theirInterest: Int, ourInterest: Int)], theirExports: [ExportRule]?) -> RelayStatus.Federation {
         eventLoop.preconditionInEventLoop()
         let spec = configuration.spec
-        let linkRows: [JSON] = linked.keys.sorted().map { node in
-            let link = linked[node]!
-            let row = core.first { $0.node == node }
-            return .object([
-                ("peer", .string(link.peerName ?? "")),
-                ("address", .string(link.advertisedAddress ?? link.dialedAddress ?? "")),
-                ("node", .string(node.description)),
-                ("direction", .string(link.isInitiator ? "outbound" : "inbound")),
-                ("keyId", .string(link.keyID?.description ?? "")),
-                ("designated", .bool(row?.designated ?? false)),
-                ("theirInterest", .int(Int64(row?.theirInterest ?? 0))),
-                ("ourInterest", .int(Int64(row?.ourInterest ?? 0))),
-            ])
-        }
-        return .object([
-            ("network", .string(spec.network)),
-            ("listen", .string(spec.listen ?? "")),
-            ("gateways", .array(spec.gateways.map { .string($0) })),
-            ("reachable", .bool(!linked.isEmpty)),
-            ("links", .array(linkRows)),
-            ("weExport", .array(exports.map { .string("\($0)") })),
-            ("theyExport", theirExports.map { .array($0.map { .string("\($0)") }) } ?? .null),
-            ("keys", .array(links.keyringIDs.map { .string($0) })),
-        ])
+        return RelayStatus.Federation(
+            network: spec.network, listen: spec.listen ?? "", gateways: spec.gateways,
+            links: linked.map { ($0.key, $0.value.row) }, core: core, weExport: exports, theyExport: theirExports,
+            keys: links.keyringIDs)
     }
 }
 

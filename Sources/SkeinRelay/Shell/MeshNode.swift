@@ -326,23 +326,8 @@ public final class MeshNode: MeshTransport, @unchecked Sendable {
 
     // MARK: - Reporting
 
-    /// Peer links as `/status` reports them.
-    public var linksJSON: JSON {
-        get async {
-            (try? await eventLoop.submit { () -> JSON in
-                .array(self.links.establishedLinks.sorted { $0.id < $1.id }.map { link in
-                    .object([
-                        ("peer", .string(link.peerName ?? "")),
-                        ("address", .string(link.advertisedAddress ?? "")),
-                        ("node", .string(link.peerNodeID.map { NodeID(bytes: $0).description } ?? "")),
-                        ("direction", .string(link.isInitiator ? "outbound" : "inbound")),
-                        ("keyId", .string(link.keyID?.description ?? "")),
-                        ("cipher", .string(link.cipher?.description ?? "")),
-                    ])
-                })
-            }.get()) ?? .null
-        }
-    }
+    /// The established peer links, for `/status` (on the event loop).
+    var linkRows: [LinkRow] { links.rows }
 }
 
 extension PeerLink {
@@ -435,34 +420,6 @@ func logMembershipEvent(_ event: MembershipEvent, logger: Logger) {
     }
 }
 
-/// `/members`: every known relay (the shape is in Docs/operations.md).
-func membersJSON(_ membership: Membership) -> JSON {
-    let members = membership.members.sorted { ($0.name, $0.id) < ($1.name, $1.id) }
-    let stats = membership.stats
-    return .object([
-        ("self", .string(membership.id.description)),
-        ("members", .array(members.map { $0.json(isSelf: $0.id == membership.id) })),
-        ("stats", .object([
-            ("localHealth", .int(Int64(membership.localHealth))),
-            ("udpFailedWhileStreamWorked", .int(Int64(stats.udpFailedWhileStreamWorked))),
-            ("suspicionsRaised", .int(Int64(stats.suspicionsRaised))),
-            ("accusationsWithheld", .int(Int64(stats.accusationsWithheld))),
-            ("stalls", .int(Int64(stats.stalls))),
-            ("malformedDropped", .int(Int64(stats.malformedDropped))),
-            ("refutations", .int(Int64(stats.refutations))),
-            ("refutationsWithheld", .int(Int64(stats.refutationsWithheld))),
-            ("deathsDeclared", .int(Int64(stats.deathsDeclared))),
-            ("deadProbesSent", .int(Int64(stats.deadProbesSent))),
-            ("probesSent", .int(Int64(stats.probesSent))),
-            ("acksReceived", .int(Int64(stats.acksReceived))),
-            ("pushPullsSent", .int(Int64(stats.pushPullsSent))),
-            ("pushPullsReceived", .int(Int64(stats.pushPullsReceived))),
-            ("datagramsSent", .int(Int64(stats.datagramsSent))),
-            ("datagramsReceived", .int(Int64(stats.datagramsReceived))),
-        ])),
-    ])
-}
-
 struct MeshMetrics {
     let gossipSocketReopened = Counter(label: "skein_gossip_socket_reopened_total")
     let staleLinksReset = Counter(label: "skein_peer_links_reset_total")
@@ -492,25 +449,6 @@ extension DatagramError {
 extension Member {
     var logMetadata: Logger.Metadata {
         ["name": "\(name)", "node": "\(id)", "address": "\(address)", "incarnation": "\(incarnation)"]
-    }
-
-    func json(isSelf: Bool) -> JSON {
-        .object([
-            ("name", .string(name)),
-            ("node", .string(id.description)),
-            ("address", .string(address.description)),
-            ("status", .string(status.rawValue)),
-            ("incarnation", .int(Int64(clamping: incarnation))),
-            ("self", .bool(isSelf)),
-            ("zone", metadata.map { .string($0.zone) } ?? .null),
-            ("clusters", metadata.map { m in .object(m.clusters.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }) } ?? .null),
-            ("topics", metadata.map { m in .array(m.topics.sorted().map { .string($0) }) } ?? .null),
-            ("load", metadata.map { .int(Int64($0.load)) } ?? .null),
-            ("gateways", metadata.map { m in
-                .object(m.gateways.sorted { $0.key < $1.key }.map { ($0.key, .array($0.value.map { .string("\($0)") })) })
-            } ?? .null),
-            ("metadataVersion", .int(Int64(clamping: metadataVersion))),
-        ])
     }
 }
 

@@ -165,6 +165,11 @@ public final class PeerLinks: @unchecked Sendable {
 
     public var establishedLinks: [PeerLink] { index.links }
 
+    /// The established links as `/status` lists them, oldest first.
+    var rows: [LinkRow] {
+        establishedLinks.sorted { $0.id < $1.id }.map(\.row)
+    }
+
     /// Ends every link to `node` at once with a TCP reset, dropping what they hold unsent: the
     /// relay was unreachable long enough to be held dead, and a connection that carried traffic
     /// through the outage sits in TCP's retransmission backoff (seconds after the path is back,
@@ -362,6 +367,12 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         if let peerName { m["peer-name"] = "\(peerName)" }
         if let keyID { m["key-id"] = "\(keyID)" }
         return m
+    }
+
+    var row: LinkRow {
+        LinkRow(
+            peer: peerName ?? "", address: advertisedAddress ?? dialedAddress ?? "", node: peerNode, outbound: isInitiator,
+            keyID: keyID?.description ?? "", cipher: cipher?.description ?? "")
     }
 
     /// Queues a frame; it is sealed and written at the end of this event-loop tick together

@@ -215,38 +215,25 @@ extension RelayService {
         }
     }
 
-    /// The relay's state as `/status` reports it (the shape is in Docs/operations.md).
+    /// The relay's state as `/status` reports it (`RelayStatus`; the shape is in
+    /// Docs/operations.md): one snapshot of the loop and every link, taken on the event loop.
     public func status() async -> JSON {
         let configuration = server.configuration
-        let clients = await server.clientStatus
-        var fields: [(String, JSON)] = [
-            ("relay", .object([
-                ("protocol", .string("v1.0-draft2")),
-                ("extensions", .array([.string("skein/1")])),
-                ("network", .string(configuration.network)),
-                ("keys", .array(currentKeyIDs.map { .string($0) })),
-            ])),
-            ("clients", clients),
-        ]
-        if !gateways.isEmpty {
-            let gateways = self.gateways
-            let federation = (try? await server.eventLoop.submit { () -> JSON in
-                let rows = self.server.federationRows
-                return .array(gateways.map { $0.statusJSON(core: rows.links, theirExports: rows.exports[$0.network]) })
-            }.get()) ?? .null
-            fields.append(("federation", federation))
-        }
-        if let mesh {
-            let address = mesh.address
-            fields.append(("mesh", .object([
-                ("name", .string(mesh.configuration.name)),
-                ("node", .string(mesh.nodeID.description)),
-                ("address", .string(address.description)),
-                ("zone", .string(mesh.configuration.zone)),
-                ("links", await mesh.linksJSON),
-            ])))
-        }
-        return .object(fields)
+        let keys = currentKeyIDs
+        let gateways = self.gateways
+        let mesh = self.mesh
+        return (try? await server.eventLoop.submit { () -> JSON in
+            let rows = self.server.federationRows
+            let status = RelayStatus(
+                network: configuration.network, keys: keys, clients: self.server.clientStatus,
+                federations: gateways.map { $0.status(core: rows.links, theirExports: rows.exports[$0.network]) },
+                mesh: mesh.map {
+                    RelayStatus.Mesh(
+                        name: $0.configuration.name, node: $0.nodeID, address: $0.address.description, zone: $0.configuration.zone,
+                        links: $0.linkRows)
+                })
+            return status.json
+        }.get()) ?? .null
     }
 
     private var currentKeyIDs: [String] {
