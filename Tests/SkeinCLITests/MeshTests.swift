@@ -86,7 +86,8 @@ extension Scope {
 
 /// Polls `condition` until it holds, or fails with `what` after `limit` (SkeinTestSupport).
 func waitFor(_ what: String, within limit: Duration = .seconds(15), _ condition: () async throws -> Bool) async throws {
-    try await waitUntil(within: limit, polling: .milliseconds(50), what, condition)
+    // A failing probe (a relay still starting) is "not yet", not the end of the wait.
+    try await waitUntil(within: limit, polling: .milliseconds(50), what) { (try? await condition()) == true }
 }
 
 /// Waits until every relay in `observers` sees `name` with `status`.

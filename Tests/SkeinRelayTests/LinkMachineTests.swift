@@ -172,6 +172,23 @@ import SkeinTestSupport
         #expect(dial.closure?.wasEstablished == false)
     }
 
+    @Test func aRetiredKeyClosesTheLinksMadeWithItAndADialEndedBeforeItConnectedClosesItsSocket() {
+        var pair = Pair()
+        pair.connect(now: t0, a: Self.context(1), b: Self.context(2))
+        var actions: [PeerLinkAction] = []
+        pair.a.keysChanged(Keyring(primary: Self.key, accepted: [NetworkKey.generate()]), now: t0, actions: &actions)
+        #expect(actions.isEmpty && pair.a.isEstablished)
+        pair.a.keysChanged(Keyring(primary: NetworkKey.generate()), now: t0, actions: &actions)
+        #expect(actions.contains { if case .ended(let c) = $0 { c.reason.contains("was retired") && c.how == .goodbye } else { false } })
+
+        var dial = PeerLinkMachine(role: .initiator, hello: ("a:1", "a"), timers: Self.timers)
+        actions = []
+        dial.close(reason: "superseded", goodbye: false, now: t0, actions: &actions)
+        actions = []
+        dial.connected(now: t0, ephemeralSecret: SecureRandom.bytes(32), context: Self.context(1), actions: &actions)
+        #expect(actions.map(\.name) == ["close"])
+    }
+
     @Test func helloAndPingAreAnsweredOnlyWhenEstablished() {
         var m = PeerLinkMachine(role: .responder, hello: ("b:1", "b"), timers: Self.timers)
         var actions: [PeerLinkAction] = []
@@ -246,6 +263,20 @@ import SkeinTestSupport
         #expect(index.link(toNode: NodeID(bytes: high)) == 1 && index.link(toAddress: "high:1") == 1)
     }
 
+    @Test func aLinkFoundByItsDialedNameThatLosesTheTieBreakLeavesNoEntryBehind() {
+        // This relay (the higher id) dialed gw.example as link 3, whose peer says HELLO as
+        // 10.0.0.9; then the peer's own link 4 (initiated by the lower id) wins the tie-break.
+        var index = PeerLinkIndex<Int>()
+        index.dialed(3, 3, address: "gw.example:7001")
+        var decisions: [PeerLinkIndex<Int>.Decision] = []
+        _ = index.hello(3, 3, node: NodeID(bytes: low), initiator: high, address: "10.0.0.9:7001", decisions: &decisions)
+        #expect(index.hello(4, 4, node: NodeID(bytes: low), initiator: low, address: "10.0.0.9:7001", decisions: &decisions))
+        #expect(decisions.map(\.summary) == ["adopt 3→4", "close 3 duplicate link goodbye"])
+        let carried = index.closed(3, node: NodeID(bytes: low), address: "10.0.0.9:7001", dialed: "gw.example:7001")
+        #expect(!carried)
+        #expect(index.link(toAddress: "gw.example:7001") == nil && index.link(toAddress: "10.0.0.9:7001") == 4)
+    }
+
     @Test func aDialedNameStaysFoundAfterThePeerAdvertisesAnotherAndEveryEntryGoesWithTheLink() {
         var index = PeerLinkIndex<Int>()
         index.dialed(3, 3, address: "gw.example:7001")
@@ -306,7 +337,7 @@ import SkeinTestSupport
         m.linkUp(1, node: node, advertised: "gw:1", dialed: "gw:1", now: t0, actions: &actions)
         #expect(actions == [.send(1, .gateway(network: "eu", exports: []))])
         actions = []
-        m.received(.gateway(network: "us", exports: []), on: 1, actions: &actions)
+        m.gateway(network: "us", exports: [], on: 1, now: t0, actions: &actions)
         #expect(actions == [.report(.linkUp(node)), .linked(node, network: "us", exports: [])])
         #expect(m.linked[node] == 1)
         actions = []
@@ -326,7 +357,7 @@ import SkeinTestSupport
         #expect(actions == [.report(.frameBeforeGateway(.ping)), .close(1, reason: "protocol violation: ping before GATEWAY", goodbye: false)])
         m.linkUp(2, node: node, advertised: "gw:1", dialed: nil, now: t0, actions: &actions)
         actions = []
-        m.received(.gateway(network: "asia", exports: []), on: 2, actions: &actions)
+        m.gateway(network: "asia", exports: [], on: 2, now: t0, actions: &actions)
         #expect(actions.first == .report(.wrongNetwork(said: "asia")))
         #expect(m.linked.isEmpty)
     }
@@ -335,12 +366,49 @@ import SkeinTestSupport
         var m = machine()
         var actions: [GatewayLinkAction] = []
         m.timer(now: t0, actions: &actions)
+        m.dialed("gw:1", link: 1)
         m.linkUp(1, node: node, advertised: "gw:1", dialed: "gw:1", now: t0, actions: &actions)
-        m.received(.gateway(network: "us", exports: []), on: 1, actions: &actions)
+        m.gateway(network: "us", exports: [], on: 1, now: t0, actions: &actions)
         actions = []
         m.linkDown(1, dialed: "gw:1", graceful: false, reason: "reset", now: t0 + .seconds(9), actions: &actions)
         #expect(actions == [.unlinked(node), .report(.linkDown(node, graceful: false, reason: "reset")), .dial("gw:1")])
         #expect(m.linked.isEmpty)
+    }
+
+    @Test func aGatewayThatDropsTheLinkSoonAfterGatewayBacksOffInsteadOfLooping() {
+        var m = machine()
+        var actions: [GatewayLinkAction] = []
+        var now = t0
+        m.timer(now: now, actions: &actions)
+        for (round, expected) in [500, 1000, 2000].enumerated() {
+            let link = UInt64(round + 1)
+            m.dialed("gw:1", link: link)
+            m.linkUp(link, node: node, advertised: "gw:1", dialed: "gw:1", now: now, actions: &actions)
+            m.gateway(network: "us", exports: [], on: link, now: now, actions: &actions)
+            actions = []
+            m.linkDown(link, dialed: "gw:1", graceful: true, reason: "refused after GATEWAY", now: now + .milliseconds(10), actions: &actions)
+            #expect(!actions.contains(.dial("gw:1")), "round \(round)")
+            #expect(m.nextDeadline == now + .milliseconds(10) + .milliseconds(Int64(expected)), "round \(round)")
+            now = m.nextDeadline!
+            actions = []
+            m.timer(now: now, actions: &actions)
+            #expect(actions.contains(.dial("gw:1")))
+        }
+    }
+
+    @Test func aDialAnsweredByALinkAlreadyOpenIsFollowedByThatLink() {
+        // The dial to gw:1 got link 5, which was already open under another name and never says
+        // GATEWAY; when it ends, gw:1 backs off and is dialed again (no dial is left hanging).
+        var m = machine()
+        var actions: [GatewayLinkAction] = []
+        m.timer(now: t0, actions: &actions)
+        m.dialed("gw:1", link: 5)
+        m.linkUp(5, node: node, advertised: "10.0.0.9:1", dialed: nil, now: t0, actions: &actions)
+        actions = []
+        m.timer(now: t0 + .seconds(1), actions: &actions)
+        #expect(!actions.contains(.dial("gw:1")))
+        m.linkDown(5, dialed: nil, graceful: false, reason: "reset", now: t0 + .seconds(1), actions: &actions)
+        #expect(m.nextDeadline == t0 + .seconds(1) + .milliseconds(500))
     }
 
     @Test func anInboundLinkFromAGatewayMeansItIsNotDialedAndALostDuplicateIsNoFailure() {

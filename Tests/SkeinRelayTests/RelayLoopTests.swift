@@ -218,5 +218,9 @@ struct RelayLoopTests {
         loop.handle(.drain(until: t0 + .seconds(5)), now: t0, actions: &actions)
         loop.handle(.timer, now: t0 + .seconds(5), actions: &actions)
         #expect(reported(actions) == ["drained 1"])
+        // Asked again once drained: answered at once, never left waiting.
+        actions = []
+        loop.handle(.drain(until: t0 + .seconds(9)), now: t0 + .seconds(6), actions: &actions)
+        #expect(reported(actions) == ["drained 1"])
     }
 }

@@ -12,7 +12,7 @@ public func eventually(
     sourceLocation: SourceLocation = #_sourceLocation, _ condition: () async throws -> Bool
 ) async -> Bool {
     do {
-        try await waitUntil(within: timeout, polling: polling, what, condition)
+        try await waitUntil(within: timeout, polling: polling, what) { (try? await condition()) == true }
         return true
     } catch {
         Issue.record("\(error)", sourceLocation: sourceLocation)
@@ -21,14 +21,15 @@ public func eventually(
 }
 
 /// Polls `condition` every `polling` until it holds, or throws `TimedOut` naming `what` at the
-/// deadline (for harnesses that add their own context). A condition that throws counts as not
-/// holding yet; cancellation ends the wait with `CancellationError`.
+/// deadline (for harnesses that add their own context). An error the condition throws ends the
+/// wait at once (a process that exited will never print); cancellation ends it with
+/// `CancellationError`.
 public func waitUntil(
     within timeout: Duration, polling: Duration = .milliseconds(10), _ what: String, _ condition: () async throws -> Bool
 ) async throws {
     let deadline = ContinuousClock.now + timeout
     while true {
-        if (try? await condition()) == true { return }
+        if try await condition() { return }
         guard ContinuousClock.now < deadline else { throw TimedOut(what: what, after: timeout) }
         try await Task.sleep(for: polling)
     }

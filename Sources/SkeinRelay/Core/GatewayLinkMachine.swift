@@ -44,12 +44,17 @@ public struct GatewayLinkMachine: Sendable {
         }
     }
 
-    /// A configured gateway that has no link.
+    /// Where a configured gateway's link stands.
     enum Dial: Sendable, Equatable {
-        /// A dial is under way.
-        case inFlight(failures: Int)
+        /// A dial is under way; `link` is the link it got, once the shell says (`dialed`: it may
+        /// be a link that was already open to that address).
+        case inFlight(failures: Int, link: UInt64?)
         /// The last `failures` dials failed; the next is due at `at`.
         case waiting(failures: Int, at: NIODeadline)
+        /// Its link said GATEWAY at `since`. The failures before it are forgiven once it has
+        /// stayed up for `maxRedial`: a link that is accepted and then dropped at once (a peer
+        /// that refuses us after GATEWAY) keeps backing off instead of being redialed in a loop.
+        case up(failures: Int, since: NIODeadline, link: UInt64)
     }
 
     public let settings: Settings
@@ -89,34 +94,49 @@ public struct GatewayLinkMachine: Sendable {
         actions.append(.send(link, .gateway(network: settings.localNetwork, exports: settings.exports)))
     }
 
-    /// A frame arrived on `link`.
+    /// The shell carried out `.dial(address)`: `link` is the link it got (new, or one already open).
+    public mutating func dialed(_ address: String, link: UInt64) {
+        if case .inFlight(let failures, nil) = dials[address] { dials[address] = .inFlight(failures: failures, link: link) }
+    }
+
+    /// The peer's GATEWAY on `link`: its network and what it exports to this one.
+    public mutating func gateway(network: String, exports rules: [ExportRule], on link: UInt64, now: NIODeadline, actions: inout [GatewayLinkAction]) {
+        // A duplicate link that lost (one link per pair) may still deliver its GATEWAY.
+        guard let state = links[link] else { return }
+        guard network == settings.network else {
+            actions.append(.report(.wrongNetwork(said: network)))
+            actions.append(.close(link, reason: "this link is for network \(settings.network), not \(network)", goodbye: true))
+            return
+        }
+        let node: NodeID
+        switch state {
+        case .awaitingGateway(let n, let addresses), .linked(let n, let addresses):
+            node = n
+            links[link] = .linked(node: n, addresses: addresses)
+        }
+        for address in gatewayAddresses(of: link) {
+            switch dials[address] {
+            case .inFlight(let failures, _), .waiting(let failures, _), .up(let failures, _, _):
+                dials[address] = .up(failures: failures, since: now, link: link)
+            case nil:
+                dials[address] = .up(failures: 0, since: now, link: link)
+            }
+        }
+        let isNew = linked[node] == nil
+        linked[node] = link
+        if isNew { actions.append(.report(.linkUp(node))) }
+        actions.append(.linked(node, network: network, exports: rules))
+    }
+
+    /// Any other frame on `link` (GATEWAY goes to `gateway`).
     public mutating func received(_ frame: PeerFrame, on link: UInt64, actions: inout [GatewayLinkAction]) {
         switch (frame, links[link]) {
-        case (_, .linked(let node, _)) where !frame.isMembershipOrGateway:
-            actions.append(.deliver(node, frame))
-        case (.gateway(let network, let rules), .some(let state)):
-            guard network == settings.network else {
-                actions.append(.report(.wrongNetwork(said: network)))
-                actions.append(.close(link, reason: "this link is for network \(settings.network), not \(network)", goodbye: true))
-                return
-            }
-            let node: NodeID
-            switch state {
-            case .awaitingGateway(let n, let addresses), .linked(let n, let addresses):
-                node = n
-                links[link] = .linked(node: n, addresses: addresses)
-                // Reached: a later loss redials at once, without backoff.
-                for address in addresses { dials[address] = nil }
-            }
-            let isNew = linked[node] == nil
-            linked[node] = link
-            if isNew { actions.append(.report(.linkUp(node))) }
-            actions.append(.linked(node, network: network, exports: rules))
-        case (.gateway, nil):
-            // A duplicate link that lost (one link per pair) may still deliver its GATEWAY.
+        case (.gateway, _):
             return
         case (.membership, _):
             actions.append(.close(link, reason: "membership does not cross networks", goodbye: true))
+        case (_, .linked(let node, _)):
+            actions.append(.deliver(node, frame))
         default:
             // Everything waits for GATEWAY: nothing enters before the exports apply to it.
             actions.append(.report(.frameBeforeGateway(frame.kind)))
@@ -125,29 +145,59 @@ public struct GatewayLinkMachine: Sendable {
     }
 
     /// A link ended. `dialed`: the address this relay dialed for it. A dial that ended before
-    /// its GATEWAY was accepted is a failure, and backs off.
+    /// its GATEWAY was accepted is a failure and backs off; so is a link lost soon after it.
     public mutating func linkDown(
         _ link: UInt64, dialed: String?, graceful: Bool, reason: String, now: NIODeadline, actions: inout [GatewayLinkAction]
     ) {
+        let addresses = gatewayAddresses(of: link, dialed: dialed)
         if let state = links.removeValue(forKey: link), case .linked(let node, _) = state, linked[node] == link {
             linked[node] = nil
             // Even a goodbye ends what the link carried: nothing sent on it can be answered now.
             actions.append(.unlinked(node))
             actions.append(.report(.linkDown(node, graceful: graceful, reason: reason)))
         }
-        if let dialed, links.values.contains(where: { $0.addresses.contains(dialed) }) {
-            // Another link reaches it (this one lost the duplicate-link tie-break).
-            dials[dialed] = nil
-        } else if let dialed, case .inFlight(let failures) = dials[dialed] {
-            // A dial that failed: try again later, backing off while it keeps failing.
-            let failures = failures + 1
+        let covered = Set(links.values.flatMap(\.addresses))
+        for address in addresses {
+            let failures: Int
+            switch dials[address] {
+            case .up(_, _, let up) where up != link:
+                continue  // another link of it is up
+            case _ where covered.contains(address):
+                // Another link reaches it (this one lost the duplicate-link tie-break).
+                dials[address] = nil
+                continue
+            case .up(let before, let since, _):
+                guard now - since < settings.maxRedial else {
+                    dials[address] = nil  // it was up long enough: redial at once
+                    continue
+                }
+                failures = before + 1
+            case .inFlight(let before, _):
+                failures = before + 1
+            case .waiting, nil:
+                continue
+            }
+            // Try again later, backing off while it keeps failing.
             let delay = min(settings.maxRedial.nanoseconds, settings.redial.nanoseconds << min(failures - 1, 16))
-            dials[dialed] = .waiting(failures: failures, at: now + .nanoseconds(delay))
+            dials[address] = .waiting(failures: failures, at: now + .nanoseconds(delay))
             if failures == 1 || failures % 20 == 0 {
-                actions.append(.report(.unreachable(address: dialed, failures: failures, reason: reason)))
+                actions.append(.report(.unreachable(address: address, failures: failures, reason: reason)))
             }
         }
         reconcile(now: now, actions: &actions)
+    }
+
+    /// The configured gateways `link` stands for: the addresses it advertised or was dialed as,
+    /// and any dial that got this link.
+    private func gatewayAddresses(of link: UInt64, dialed: String? = nil) -> [String] {
+        let own = Set((links[link]?.addresses ?? []) + (dialed.map { [$0] } ?? []))
+        return settings.gateways.filter { address in
+            if own.contains(address) { return true }
+            switch dials[address] {
+            case .inFlight(_, link?), .up(_, _, link): return true
+            default: return false
+            }
+        }
     }
 
     /// Stops dialing (the relay stops).
@@ -167,13 +217,18 @@ public struct GatewayLinkMachine: Sendable {
             case .inFlight:
                 continue
             case .waiting(let failures, let at) where at <= now:
-                dials[address] = .inFlight(failures: failures)
+                dials[address] = .inFlight(failures: failures, link: nil)
                 actions.append(.dial(address))
             case .waiting:
                 continue
+            case .up(_, _, let link) where links[link] != nil:
+                continue  // its link is up under another name
+            case .up(let failures, _, _):
+                dials[address] = .inFlight(failures: failures, link: nil)
+                actions.append(.dial(address))
             case nil:
                 // Its link is gone: dial again at once.
-                dials[address] = .inFlight(failures: 0)
+                dials[address] = .inFlight(failures: 0, link: nil)
                 actions.append(.dial(address))
             }
         }

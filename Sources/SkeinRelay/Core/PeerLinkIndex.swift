@@ -105,7 +105,12 @@ public struct PeerLinkIndex<Link> {
     /// Link `id` ended (whatever its state). Returns whether it was the peer's link.
     @discardableResult
     public mutating func closed(_ id: UInt64, node: NodeID?, address: String?, dialed: String?) -> Bool {
-        if let dialed { removeDial(id, from: dialed) }
+        if let dialed {
+            removeDial(id, from: dialed)
+            // A link that lost the tie-break after it had been found by the name it was dialed
+            // as: that entry goes too, or the name would point at a closed link.
+            if byAddress[dialed]?.id == id { byAddress[dialed] = nil }
+        }
         if let address, byAddress[address]?.id == id { byAddress[address] = nil }
         guard let node, let entry = byNode[node], entry.id == id else { return false }
         if let dialed = entry.dialed, byAddress[dialed]?.id == id { byAddress[dialed] = nil }

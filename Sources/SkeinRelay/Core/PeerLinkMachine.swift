@@ -21,8 +21,10 @@ public struct PeerLinkMachine: Sendable {
         public var idleClose: TimeAmount
         /// How long a link that said goodbye reads what the peer still sends.
         public var linger: TimeAmount
+        /// The linger of every link (Docs/peer-protocol.md §5.4).
+        public static let linger: TimeAmount = .seconds(2)
 
-        public init(keepaliveInterval: TimeAmount, idleTimeout: TimeAmount, idleClose: TimeAmount, linger: TimeAmount = .seconds(2)) {
+        public init(keepaliveInterval: TimeAmount, idleTimeout: TimeAmount, idleClose: TimeAmount, linger: TimeAmount = Self.linger) {
             self.keepaliveInterval = keepaliveInterval
             self.idleTimeout = idleTimeout
             self.idleClose = idleClose
@@ -64,12 +66,15 @@ public struct PeerLinkMachine: Sendable {
         case responder(HandshakeResponder)
     }
 
-    /// Who is at the other end, once the handshake proved it.
+    /// Who is at the other end, once the handshake proved it. Plain values only, so the
+    /// per-read and per-write notes of `established` copy no reference.
     public struct LinkPeer: Sendable, Equatable {
-        public var nodeID: [UInt8]
         public var node: NodeID
         public var keyID: KeyID
         public var cipher: PeerCipher
+
+        /// The node id as the handshake carried it (16 bytes).
+        public var nodeID: [UInt8] { node.bytes }
     }
 
     public struct Established: Sendable {
@@ -140,6 +145,10 @@ public struct PeerLinkMachine: Sendable {
 
     /// The socket is connected. An initiator writes msg1; both sides arm the handshake deadline.
     public mutating func connected(now: NIODeadline, ephemeralSecret: [UInt8], context: HandshakeContext, actions: inout [PeerLinkAction]) {
+        if case .closed = state {
+            actions.append(.close)  // ended while it was being dialed: the socket goes too
+            return
+        }
         guard case .connecting = state else { return }
         switch role {
         case .initiator:
@@ -274,6 +283,13 @@ public struct PeerLinkMachine: Sendable {
         }
     }
 
+    /// The keyring changed: an established link whose key is no longer in it closes with a
+    /// GOODBYE (and reconnects with a current key).
+    public mutating func keysChanged(_ keyring: Keyring, now: NIODeadline, actions: inout [PeerLinkAction]) {
+        guard case .established(let e) = state, keyring.key(for: e.peer.keyID) == nil else { return }
+        close(reason: "key \(e.peer.keyID) was retired", goodbye: true, now: now, actions: &actions)
+    }
+
     /// Ends the link at once with a TCP reset: what is unsent is dropped.
     public mutating func reset(reason: String, actions: inout [PeerLinkAction]) {
         switch state {
@@ -334,8 +350,7 @@ public struct PeerLinkMachine: Sendable {
             actions.append(.write(bytes))
         case .established(let session, let send, let leftover):
             actions.append(.write(send))
-            let peer = LinkPeer(
-                nodeID: session.peerNodeID, node: NodeID(bytes: session.peerNodeID), keyID: session.keyID, cipher: session.cipher)
+            let peer = LinkPeer(node: NodeID(bytes: session.peerNodeID), keyID: session.keyID, cipher: session.cipher)
             state = .established(Established(
                 peer: peer, lastReceived: now, lastSent: now, lastUseful: now, usefulFrames: 0, pingToken: 0))
             actions.append(.established(session, leftover: leftover))

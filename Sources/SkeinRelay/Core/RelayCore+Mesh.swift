@@ -200,7 +200,7 @@ extension RelayCore {
         }
         switch outcome {
         case .noMembers, .refused(.networkUnreachable, _):
-            requests[key]!.refusal = outcome
+            requests.update(key) { $0.refusal = outcome }
             reroute(key, from: relay, now: now, actions: &actions)
         case .memberLost where request.failFast:
             requests.remove(key)
@@ -218,7 +218,7 @@ extension RelayCore {
     private mutating func reroute(_ key: UInt64, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
         guard requests[key] != nil else { return }
         requests.decline(key, by: relay)
-        requests[key]!.declinedBy.insert(relay)
+        requests.update(key) { $0.declinedBy.insert(relay) }
         let request = requests[key]!
         actions.append(.report(.requestRerouted(cluster: request.cluster, from: relay)))
         // Never back to a relay that declined it: two relays with stale metadata would bounce it

@@ -126,7 +126,7 @@ extension RelayCore {
             var stillWaiting = Deque<UInt64>()
             while let key = queue.popFirst() {
                 guard requests[key] != nil else { continue }  // timed out or caller gone
-                requests[key]!.declinedBy = []  // what relays serve changed: everyone may try again
+                requests.update(key) { $0.declinedBy = [] }  // what relays serve changed: everyone may try again
                 if !dispatch(key, now: now, actions: &actions) { stillWaiting.append(key) }
             }
             requests.giveBack(stillWaiting, cluster: cluster)

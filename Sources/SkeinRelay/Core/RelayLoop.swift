@@ -68,6 +68,21 @@ public enum PeerLinkEnd: Sendable, Equatable {
     case broken(NodeID)
     /// A dial to the address never got through (`refused`: ECONNREFUSED, nothing listens there).
     case dialFailed(MemberAddress, refused: Bool)
+
+    /// What a link's end means to the loop: a goodbye is no failure; a link that carried the
+    /// relay's traffic (it said HELLO) broke; a dial that never got that far failed. Nil for an
+    /// accepted connection that ended before it was either (a failed handshake).
+    public init?(closure: PeerLinkClosure, saidHello: Bool, dialed: MemberAddress?) {
+        if closure.how == .goodbye {
+            self = .graceful
+        } else if let node = closure.peer?.node, saidHello {
+            self = .broken(node)
+        } else if let dialed {
+            self = .dialFailed(dialed, refused: closure.how == .failed(refused: true))
+        } else {
+            return nil
+        }
+    }
 }
 
 /// What the loop needs to know about the mesh it takes part in.
@@ -225,7 +240,12 @@ public struct RelayLoop {
             left = true
             metadataDue = nil
         case .drain(let until):
-            if shutdown == .serving { shutdown = .draining(until: until) }
+            if shutdown == .serving {
+                shutdown = .draining(until: until)
+            } else {
+                // Already drained (or closing): the answer is now.
+                actions.append(.report(.drained(unanswered: core.pendingRequestCount)))
+            }
         case .closeAll(let reason):
             core.closeAll(reason: reason, actions: &actions)
             shutdown = .closing
@@ -253,7 +273,7 @@ public struct RelayLoop {
     /// During shutdown, after every input: is the step the shell waits for done?
     @inline(__always)
     mutating func noteShutdown(now: NIODeadline, actions: inout [RelayAction]) {
-        guard shutdown != .serving else { return }
+        if case .serving = shutdown { return }
         switch shutdown {
         case .draining(let until) where core.pendingRequestCount == 0 || now >= until:
             shutdown = .drained

@@ -92,10 +92,16 @@ extension RelayCore {
 
         var count: Int { pending.count }
 
-        /// A request's fields, read and changed in place; its stage only through `move`.
-        subscript(key: UInt64) -> PendingRequest? {
-            get { pending[key] }
-            _modify { yield &pending[key] }
+        subscript(key: UInt64) -> PendingRequest? { pending[key] }
+
+        /// Changes a request's other fields in place (its stage changes through `move`; the
+        /// counts are taken again around `body`, so even a replaced request is counted right).
+        mutating func update(_ key: UInt64, _ body: (inout PendingRequest) -> Void) {
+            guard var request = pending.removeValue(forKey: key) else { return }
+            count(request.stage, -1)
+            body(&request)
+            count(request.stage, 1)
+            pending[key] = request
         }
 
         mutating func insert(_ request: PendingRequest, key: UInt64) {
@@ -138,8 +144,8 @@ extension RelayCore {
         private mutating func count(_ stage: PendingRequest.Stage, _ delta: Int) {
             switch stage {
             case .forwarded(let relay, _), .inDoubt(let relay, _):
-                let n = inFlight[relay, default: 0] + delta
-                inFlight[relay] = n == 0 ? nil : n
+                // In place, one lookup; a relay's entry stays at 0 (one per relay ever asked).
+                inFlight[relay, default: 0] += delta
             case .waiting, .handedOver, .lost:
                 break
             }

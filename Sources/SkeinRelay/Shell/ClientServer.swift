@@ -151,6 +151,8 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         let future = promise.futureResult
         return await withTaskCancellationHandler {
             eventLoop.execute {
+                // One waiter per report: an earlier one is answered now rather than left hanging.
+                self[keyPath: slot]?.succeed(-1)
                 self[keyPath: slot] = promise
                 if let cap {
                     let timeout = self.eventLoop.scheduleTask(in: cap) { promise.succeed(-1) }
@@ -474,21 +476,6 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
             self.flush()
         }
         wakeup = (next, task)
-    }
-}
-
-/// Why the relay could not start.
-public enum RelayStartupError: Error, CustomStringConvertible {
-    case cannotListen([String])
-    case cannotListenAdmin(String)
-
-    public var description: String {
-        switch self {
-        case .cannotListen(let failures):
-            "cannot listen for clients: " + failures.joined(separator: "; ")
-        case .cannotListenAdmin(let failure):
-            "cannot listen for the admin endpoint (--admin-port): " + failure
-        }
     }
 }
 

@@ -117,7 +117,11 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
         }
         links.onFrame = { [unowned self] frame, link in
             var actions: [GatewayLinkAction] = []
-            self.machine.received(frame, on: link.id, actions: &actions)
+            if case .gateway(let network, let exports) = frame {
+                self.machine.gateway(network: network, exports: exports, on: link.id, now: .now(), actions: &actions)
+            } else {
+                self.machine.received(frame, on: link.id, actions: &actions)
+            }
             self.perform(actions, link: link)
         }
         links.onReadComplete = { [unowned self] _ in self.sink.inputsComplete() }
@@ -155,7 +159,8 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
             case .deliver(let node, let frame):
                 sink.inputDeferred(.gatewayFrame(node, frame))
             case .dial(let address):
-                _ = links.link(to: address)
+                let dialed = links.link(to: address)
+                machine.dialed(address, link: dialed.id)
             case .send(let id, let frame):
                 resolve(id)?.send(frame)
             case .close(let id, let reason, let goodbye):
@@ -233,6 +238,3 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
     }
 }
 
-extension PeerLinks {
-    var keyringIDs: [String] { keyring.keyIDs.map(\.description) }
-}

@@ -331,31 +331,11 @@ public final class MeshNode: MeshTransport, @unchecked Sendable {
 }
 
 extension PeerLink {
-    /// How the link ended, for the relay loop; nil for one that ended before it was either
-    /// established or a dial (an accepted connection that failed its handshake).
+    /// How the link ended, for the relay loop (`PeerLinkEnd.init(closure:said:dialed:)`).
     var end: PeerLinkEnd? {
-        // A goodbye (idle, duplicate, key retired, leaving) is not a failure.
-        if closedGracefully { return .graceful }
-        if let node = peerNode, advertisedAddress != nil { return .broken(node) }
-        if let dialed = dialedAddress, let (host, port) = splitHostPort(dialed) {
-            return .dialFailed(MemberAddress(host: host, port: UInt16(port)), refused: connectionRefused)
-        }
-        return nil
-    }
-}
-
-/// Why the mesh could not start.
-public enum MeshStartupError: Error, CustomStringConvertible {
-    case badAddress(String)
-    case cannotBind(String)
-    case noKeyring
-
-    public var description: String {
-        switch self {
-        case .badAddress(let a): "\(a) is not host:port"
-        case .cannotBind(let why): "cannot listen for relay-to-relay traffic (--bind): \(why)"
-        case .noKeyring: "a relay in a mesh needs the network key"
-        }
+        guard let closure else { return nil }
+        let dialed = dialedAddress.flatMap(splitHostPort).map { MemberAddress(host: $0.0, port: UInt16($0.1)) }
+        return PeerLinkEnd(closure: closure, saidHello: advertisedAddress != nil, dialed: dialed)
     }
 }
 

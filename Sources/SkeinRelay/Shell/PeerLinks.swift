@@ -13,8 +13,9 @@ public struct PeerLinkSettings: Sendable {
     /// the links, detects failed relays, so this is slow: a ping costs about 100 bytes each way
     /// (IP, TCP, record and frame), and at rest it is most of a relay's TCP traffic.
     public var keepaliveInterval: TimeAmount = .seconds(5)
-    /// A link that has received nothing for this long is closed as broken (a paused or
-    /// partitioned peer; a crashed one is usually seen at once as a closed socket).
+    /// A link that has received nothing for this long is closed, with a GOODBYE in case the peer
+    /// still reads (a paused or partitioned peer; a crashed one is usually seen at once as a
+    /// closed socket). Membership, not the link, decides whether that relay is gone.
     public var idleTimeout: TimeAmount = .seconds(15)
     /// A link that has carried no frame but keepalives (no request, reply, event, tunnel data
     /// or membership message) for this long closes gracefully; the next frame redials. Idle
@@ -94,8 +95,7 @@ public final class PeerLinks: @unchecked Sendable {
 
     var timers: PeerLinkMachine.Timers {
         PeerLinkMachine.Timers(
-            keepaliveInterval: settings.keepaliveInterval, idleTimeout: settings.idleTimeout, idleClose: settings.idleClose,
-            linger: PeerLink.lingerTime)
+            keepaliveInterval: settings.keepaliveInterval, idleTimeout: settings.idleTimeout, idleClose: settings.idleClose)
     }
 
     // MARK: - Listening and dialing
@@ -148,13 +148,6 @@ public final class PeerLinks: @unchecked Sendable {
         return index.link(toAddress: address) ?? dial(address)
     }
 
-    /// Whether a link to the relay listening on (or dialed as) `address` is established or being
-    /// opened.
-    func hasLink(to address: String) -> Bool {
-        eventLoop.preconditionInEventLoop()
-        return index.link(toAddress: address) != nil
-    }
-
     /// The established link to a peer, if any.
     public func link(toNode node: NodeID) -> PeerLink? {
         if let lastLookup, lastLookup.node == node { return lastLookup.link }
@@ -164,6 +157,9 @@ public final class PeerLinks: @unchecked Sendable {
     }
 
     public var establishedLinks: [PeerLink] { index.links }
+
+    /// The ids of the keys links are accepted with, for `/status`.
+    var keyringIDs: [String] { keyring.keyIDs.map(\.description) }
 
     /// The established links as `/status` lists them, oldest first.
     var rows: [LinkRow] {
@@ -184,6 +180,7 @@ public final class PeerLinks: @unchecked Sendable {
 
     private func dial(_ address: String) -> PeerLink {
         let placeholder = makeLink(channel: nil, role: .initiator, dialedAddress: address)
+        guard !placeholder.isClosed else { return placeholder }  // shutting down
         guard let (host, port) = splitHostPort(address) else {
             placeholder.fail("cannot dial \(address): not host:port")
             return placeholder
@@ -212,6 +209,9 @@ public final class PeerLinks: @unchecked Sendable {
         nextLinkID += 1
         let link = PeerLink(id: nextLinkID, owner: self, channel: channel, role: role, dialedAddress: dialedAddress)
         links[link.id] = link
+        // A link that starts while the relay shuts down ends before its handshake (no HELLO
+        // would announce a relay that is leaving).
+        if closing { link.fail("relay shutting down") }
         return link
     }
 
@@ -222,11 +222,7 @@ public final class PeerLinks: @unchecked Sendable {
     public func update(keyring: Keyring) {
         eventLoop.preconditionInEventLoop()
         self.keyring = keyring
-        for link in links.values {
-            if let keyID = link.keyID, keyring.key(for: keyID) == nil {
-                link.close(reason: "key \(keyID) was retired", goodbye: true)
-            }
-        }
+        for link in links.values { link.keysChanged(keyring) }
     }
 
     // MARK: - Shutdown
@@ -256,7 +252,6 @@ public final class PeerLinks: @unchecked Sendable {
         index.established(link.id)
         metrics.handshakesSucceeded.increment()
         logger.info("peer link established", metadata: link.logMetadata)
-        if closing { link.close(reason: "relay shutting down", goodbye: true) }
     }
 
     func helloReceived(_ link: PeerLink, address: String, name: String) {
@@ -407,7 +402,7 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
 
     /// Ends the link. With `goodbye`, an established link first tells the peer why and then
     /// closes gracefully: it stops sending at once, but keeps reading (and delivering) what the
-    /// peer had already sent until the peer closes too, for at most `lingerTime`. So frames in
+    /// peer had already sent until the peer closes too, for at most the machine's linger. So frames in
     /// flight on a link that closes (a duplicate, a retired key, a shutdown) are not lost.
     public func close(reason: String, goodbye: Bool) {
         var actions: [PeerLinkAction] = []
@@ -422,8 +417,12 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
         perform(actions)
     }
 
-    /// How long a gracefully closing link waits for the peer to close its side.
-    static let lingerTime: TimeAmount = .seconds(2)
+    /// The keyring changed (SIGHUP): a link authenticated with a key no longer in it closes.
+    func keysChanged(_ keyring: Keyring) {
+        var actions: [PeerLinkAction] = []
+        machine.keysChanged(keyring, now: .now(), actions: &actions)
+        perform(actions)
+    }
 
     // MARK: - Driven by the handler and owner
 
@@ -563,6 +562,11 @@ public final class PeerLink: @unchecked Sendable, CustomStringConvertible {
                 owner.logger.warning("peer link silent, closing", metadata: logMetadata.merging(["silent-ms": "\(time.nanoseconds / 1_000_000)"]) { $1 })
             case .ended(let closure):
                 self.closure = closure
+                // Closed for good (not lingering after a GOODBYE): nothing is left to time.
+                if machine.isClosed {
+                    timer?.cancel()
+                    timer = nil
+                }
                 owner.closed(self)
             }
         }

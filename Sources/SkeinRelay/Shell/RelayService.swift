@@ -6,6 +6,7 @@ import ServiceLifecycle
 import SkeinCrypto
 import SkeinFederation
 import SkeinWire
+import UnixSignals
 
 /// Everything `skein relay` can be told. Docs/relay-settings.md documents each field and flag.
 public struct RelayConfiguration: Sendable {
@@ -86,9 +87,13 @@ public final class RelayService: Service, Sendable {
     /// the parts as services of one `ServiceGroup` until graceful shutdown, which stops them in
     /// reverse order (`services`).
     public func run() async throws {
-        let services: [any Service]
+        // SIGHUP is trapped before anything starts, and until everything stopped (the reloader
+        // is the first service, so the last to stop): its default action would end the process.
+        let sighup = server.configuration.reloadsOnSIGHUP ? await UnixSignalsSequence(trapping: .sighup) : nil
+        var services: [any Service] = []
+        if let sighup { services.append(KeyReloader(relay: self, signals: sighup, logger: logger)) }
         do {
-            services = try await start()
+            services += try await start()
         } catch {
             ready.finish()
             for gateway in gateways { await gateway.close() }
@@ -118,14 +123,14 @@ public final class RelayService: Service, Sendable {
     /// Binds and starts every part; returns them as services in the order they must outlive
     /// each other. A graceful shutdown stops them from the last to the first:
     ///
-    /// 1. the SIGHUP reloader;
-    /// 2. membership: the relay leaves the mesh, so others see "left" (not "dead") and stop
+    /// 1. membership: the relay leaves the mesh, so others see "left" (not "dead") and stop
     ///    sending it new work;
-    /// 3. the admin endpoint;
-    /// 4. clients: no new connections; requests in flight finish (the loop says when, or
+    /// 2. the admin endpoint;
+    /// 3. clients: no new connections; requests in flight finish (the loop says when, or
     ///    `drainTimeout`); every connection is closed with a reason;
-    /// 5. the gateway links (what the drain needed of them is done);
-    /// 6. the peer links and the gossip socket.
+    /// 4. the gateway links (what the drain needed of them is done);
+    /// 5. the peer links and the gossip socket;
+    /// 6. the SIGHUP reloader (`run` puts it first in the list, so it stops last).
     private func start() async throws -> [any Service] {
         try await server.start()
         var services: [any Service] = []
@@ -150,7 +155,6 @@ public final class RelayService: Service, Sendable {
             services.append(AdminService(endpoint: endpoint))
         }
         if let meshNode { services.append(MembershipService(mesh: meshNode, logger: logger)) }
-        if server.configuration.reloadsOnSIGHUP { services.append(KeyReloader(relay: self, logger: logger)) }
         return services
     }
 }

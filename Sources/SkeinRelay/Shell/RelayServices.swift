@@ -72,12 +72,14 @@ struct MembershipService: Service {
 /// keyrings to the relay. A file that no longer reads keeps the current keyring, with an error.
 struct KeyReloader: Service {
     let relay: RelayService
+    /// Trapping SIGHUP since before the relay started.
+    let signals: UnixSignalsSequence
     let logger: Logger
 
     func run() async throws {
         let configuration = relay.server.configuration
         let federations = configuration.federations.map { ($0.spec.network, $0.spec.keyFiles) }
-        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+        for await _ in signals.cancelOnGracefulShutdown() {
             for (network, files) in federations {
                 do {
                     await relay.reload(federation: network, keyring: try Keyring.load(fromFiles: files))

@@ -4,8 +4,9 @@ import SkeinRelay
 
 /// Two networks in one simulation (`MeshScenario.networks == 2`): `eu` is the first half of the
 /// relays, `us` the rest, each with its own membership. The first relay of each is a gateway,
-/// and one gateway link joins the two (redialed every 500 ms while it is down, as gateways
-/// redial; broken by a crash, a reset, or a long partition, like a peer link). Each network
+/// and one gateway link joins the two: checked every 500 ms and dialed when it is down and both
+/// gateways run (a stand-in for `GatewayLinkMachine`'s redials, which have tests of their own);
+/// broken by a crash, a reset, or a long partition, like a peer link. Each network
 /// exports cluster `svc` (requests, broadcasts, tunnels) and topic `t` to the other; cluster
 /// `private` and topic `secret` exist in both and are exported by neither.
 extension MeshSimulation {
@@ -43,7 +44,8 @@ extension MeshSimulation {
         return settings
     }
 
-    /// Dials the gateway link when both gateways run and can reach each other and it is down.
+    /// Dials the gateway link when both gateways run and can reach each other and it is down;
+    /// then checks again in 500 ms (one chain of checks for the whole run).
     mutating func maintainGatewayLink() {
         let (a, b) = (0, scenario.relays / 2)
         defer { if time < runEnd { push(time + 500_000_000, .gatewayCheck) } }
@@ -51,7 +53,6 @@ extension MeshSimulation {
         guard links[key] == nil, relays[a].loop != nil, relays[b].loop != nil,
             relays[a].state == .running, relays[b].state == .running, !blocked(a, b)
         else { return }
-        // Only one check runs per pair of processes: a restarted gateway schedules its own.
         nextLinkID += 1
         var link = SimLink(id: nextLinkID, key: key, initiator: a, processes: (relays[a].process, relays[b].process))
         link.isGateway = true

@@ -53,6 +53,7 @@ package struct MeshSimulation {
             slotByAddress[relays[slot].address] = slot
         }
         for slot in 0..<scenario.relays { start(slot) }
+        if scenario.networks > 1 { push(time, .gatewayCheck) }
         for (index, fault) in scenario.faults.enumerated() {
             push(trafficStart + Int64(fault.at * 1e9), .fault(index))
         }
@@ -134,7 +135,6 @@ package struct MeshSimulation {
         if size > 2 { seeds.append(relays[first + (slot - first + size / 2) % size].address) }
         deliver(.join(seeds.filter { $0 != relay.address }), to: slot, process: relay.process)
         startClients(slot)
-        if isGateway(slot) { push(time, .gatewayCheck) }
     }
 
     mutating func crash(_ slot: Int) {
