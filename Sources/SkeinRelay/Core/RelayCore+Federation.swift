@@ -19,15 +19,6 @@ public struct FederationPolicy: Sendable, Equatable {
     }
 }
 
-/// A gateway of another network this relay holds a gateway link to.
-struct ForeignGateway {
-    var network: String
-    /// What its network exports to this one (its GATEWAY frame).
-    var exports: ExportTable
-    /// Topics of this network its network subscribes to through this link (its INTEREST).
-    var interest: Set<String> = []
-}
-
 // Federation (Docs/federation.md): `name@network` from local clients, from this network's relays
 // to a gateway, and over gateway links into this network; exports; interest for subscriptions.
 extension RelayCore {
@@ -38,15 +29,7 @@ extension RelayCore {
     /// A gateway link to `node`, a gateway of `network`, is up and said what its network exports.
     public mutating func gatewayLinked(_ node: NodeID, network: String, exports: [ExportRule], now: NIODeadline, actions: inout [RelayAction]) {
         let wasReachable = !foreignLinks(to: network).isEmpty
-        if let previous = foreign[node] {
-            foreignByNetwork[previous.network]?.removeAll { $0 == node }
-            foreign[node] = ForeignGateway(network: network, exports: ExportTable(exports), interest: previous.interest)
-        } else {
-            foreign[node] = ForeignGateway(network: network, exports: ExportTable(exports))
-        }
-        foreignByNetwork[network, default: []].append(node)
-        foreignByNetwork[network]!.sort()
-        federationVersion &+= 1
+        foreign.link(node, network: network, exports: ExportTable(exports))
         directoryVersion &+= 1  // this relay's gateways changed: its metadata says so
         if !wasReachable { actions.append(.report(.federationLinkChanged(network: network, up: true))) }
         refreshInterest(network: network, actions: &actions)
@@ -55,10 +38,7 @@ extension RelayCore {
 
     /// The gateway link to `node` ended (`loss` says how: broken, or closed with a goodbye).
     public mutating func gatewayUnlinked(_ node: NodeID, loss: RelayLoss, now: NIODeadline, actions: inout [RelayAction]) {
-        guard let gateway = foreign.removeValue(forKey: node) else { return }
-        foreignByNetwork[gateway.network]?.removeAll { $0 == node }
-        if foreignByNetwork[gateway.network]?.isEmpty == true { foreignByNetwork[gateway.network] = nil }
-        federationVersion &+= 1
+        guard let gateway = foreign.unlink(node) else { return }
         sentInterest[node] = nil
         directoryVersion &+= 1
         relayUnavailable(node, loss, now: now, actions: &actions)
@@ -108,7 +88,7 @@ extension RelayCore {
     /// what it exports to this network: advertised in this relay's metadata.
     public var gatewayAdvertisement: [String: [ExportRule]] {
         var out: [String: [ExportRule]] = [:]
-        for node in foreign.keys.sorted() {
+        for node in foreign.all.keys.sorted() {
             let gateway = foreign[node]!
             if out[gateway.network] == nil { out[gateway.network] = gateway.exports.rules }
         }
@@ -118,7 +98,7 @@ extension RelayCore {
     /// Linked gateways of other networks, for `/status`: node, network, whether it is the
     /// designated link, the interest it registered here and the interest sent to it.
     public var foreignGatewayStatus: [(node: NodeID, network: String, designated: Bool, theirInterest: Int, ourInterest: Int)] {
-        foreign.keys.sorted().map { node in
+        foreign.all.keys.sorted().map { node in
             let gateway = foreign[node]!
             return (node, gateway.network, designatedLink(to: gateway.network) == node, gateway.interest.count, sentInterest[node]?.count ?? 0)
         }
@@ -141,12 +121,12 @@ extension RelayCore {
 
     /// Established gateway links to `network`, in node id order.
     func foreignLinks(to network: String) -> [NodeID] {
-        foreignByNetwork[network] ?? []
+        foreign.links(to: network)
     }
 
     /// The link ordered traffic to `network` takes: to the remote gateway with the lowest node id.
     func designatedLink(to network: String) -> NodeID? {
-        foreignByNetwork[network]?.first
+        foreign.designatedLink(to: network)
     }
 
     func isDesignatedGateway(for network: String) -> Bool {
@@ -299,7 +279,7 @@ extension RelayCore {
                 outcome = .failure(RemoteSendRefusal(reason: .networkUnreachable, detail: Self.unreachable(target)))
             }
             route = RemoteSendRoute(
-                name: text, kind: kind, network: target, federationVersion: federationVersion, routingVersion: routing.version,
+                name: text, kind: kind, network: target, federationVersion: foreign.version, routingVersion: routing.version,
                 outcome: outcome)
             lastRemoteSend = route
         }
@@ -317,7 +297,7 @@ extension RelayCore {
     /// network's name: only those are routed through `sendRemote`).
     func remoteSendIsCached(_ text: String, _ kind: ExportKinds) -> Bool {
         guard let last = lastRemoteSend else { return false }
-        return last.name == text && last.kind == kind && last.federationVersion == federationVersion
+        return last.name == text && last.kind == kind && last.federationVersion == foreign.version
             && last.routingVersion == routing.version
     }
 
@@ -388,7 +368,7 @@ extension RelayCore {
 
     /// One event to each other network that subscribes to `topic` through this gateway.
     mutating func deliverToInterest(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
-        for (node, gateway) in foreign where gateway.interest.contains(topic) {
+        for (node, gateway) in foreign.all where gateway.interest.contains(topic) {
             actions.append(.sendPeer(node, .event(topic: topic, body: body)))
             if let publisher { noteDelivery(from: publisher, toRelay: node, actions: &actions) }
         }
@@ -438,7 +418,7 @@ extension RelayCore {
             accepted.insert(topic)
         }
         guard accepted != gateway.interest else { return }
-        foreign[node]!.interest = accepted
+        foreign.setInterest(node, accepted)
         directoryVersion &+= 1  // this relay now subscribes to them on the other network's behalf
     }
 
@@ -468,7 +448,7 @@ extension RelayCore {
     /// After anything that may change who is designated or what is subscribed to.
     mutating func refreshAllInterest(actions: inout [RelayAction]) {
         guard !foreign.isEmpty else { return }
-        for target in Set(foreign.values.map(\.network)).sorted() {
+        for target in Set(foreign.all.values.map(\.network)).sorted() {
             refreshInterest(network: target, actions: &actions)
         }
     }
@@ -477,7 +457,7 @@ extension RelayCore {
     /// gateway, other networks' interest.
     var advertisedTopics: [String: Int] {
         var out = topics.counts
-        for gateway in foreign.values {
+        for gateway in foreign.all.values {
             for topic in gateway.interest { out[topic, default: 0] += 1 }
         }
         return out
@@ -534,7 +514,7 @@ extension RelayCore {
         let remaining = remainingMillis(build.deadline, now)
         let links = foreignLinks(to: target).filter { !excluding.contains($0) }
         if let link = routing.pickTwo(links, inFlight: { inFlight[$0, default: 0] }) {
-            builds[key]!.forwardedTo = link
+            builds[key]!.stage = .forwarded(to: link)
             let bare = FederatedName(build.cluster, localNetwork: network).name
             actions.append(.sendPeer(link, .tunnelOpen(id: key, cluster: bare, remainingMillis: remaining, flags: flags)))
             return true
@@ -542,7 +522,7 @@ extension RelayCore {
         guard build.routesHere,
             let gateway = routing.pickGateway(to: target, excluding: excluding, inFlight: { inFlight[$0, default: 0] })
         else { return false }
-        builds[key]!.forwardedTo = gateway
+        builds[key]!.stage = .forwarded(to: gateway)
         actions.append(.sendPeer(gateway, .tunnelOpen(id: key, cluster: build.cluster, remainingMillis: remaining, flags: flags)))
         return true
     }

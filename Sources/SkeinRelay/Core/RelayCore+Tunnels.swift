@@ -147,7 +147,7 @@ extension RelayCore {
         }
         let inFlight = requests.inFlight
         if let relay = routing.pick(cluster: build.cluster, excluding: excluding, inFlight: { inFlight[$0, default: 0] }) {
-            builds[key]!.forwardedTo = relay
+            builds[key]!.stage = .forwarded(to: relay)
             let flags: PeerRequestFlags = build.failFast ? .failFast : []
             actions.append(.sendPeer(relay, .tunnelOpen(id: key, cluster: build.cluster, remainingMillis: remainingMillis(build.deadline, now), flags: flags)))
             return true
@@ -185,8 +185,7 @@ extension RelayCore {
         let buildID = connections[member]!.nextBuildID
         connections[member]!.nextBuildID += 1
         connections[member]!.memberBuilds[buildID] = key
-        build.member = member
-        build.memberBuildID = buildID
+        build.stage = .offered(member: member, buildID: buildID)
         builds[key] = build
         actions.append(.send(member, .tunnelInit(buildID: buildID, chunkLimit: settings.effectiveChunkLimit)))
         return true
@@ -236,9 +235,7 @@ extension RelayCore {
 
     mutating func expireBuild(_ key: UInt64, actions: inout [RelayAction]) {
         guard let build = builds.removeValue(forKey: key) else { return }
-        if let member = build.member {
-            connections[member]?.memberBuilds[build.memberBuildID] = nil
-        }
+        if let member = build.member { connections[member.id]?.memberBuilds[member.buildID] = nil }
         pruneWaitingBuilds(cluster: build.cluster)
         failBuild(build, key: key, failure: nil, detail: "timed out", actions: &actions)
     }
@@ -383,7 +380,7 @@ extension RelayCore {
             return  // Already closed (a close crossing ours): the acknowledgement is all it needs.
         case .building(let key):
             if let build = builds.removeValue(forKey: key) {
-                if let member = build.member { connections[member]?.memberBuilds[build.memberBuildID] = nil }
+                if let member = build.member { connections[member.id]?.memberBuilds[member.buildID] = nil }
                 pruneWaitingBuilds(cluster: build.cluster)
                 connections[id]!.outgoing.remove(key)
                 resumeIfBelowLimit(id, actions: &actions)
@@ -453,7 +450,7 @@ extension RelayCore {
             builds[key] = nil
             open(build, key: key, far: .relay(relay), farID: farID, actions: &actions)
         case .refused(let reason, let detail) where reason == .noMembers || reason == .networkUnreachable:
-            builds[key]!.forwardedTo = nil
+            builds[key]!.stage = .waiting
             builds[key]!.refusal = (reason, detail)
             actions.append(.report(.requestRerouted(cluster: build.cluster, from: relay)))
             if !dispatchBuild(key, excluding: [relay], now: now, actions: &actions) {
@@ -502,7 +499,7 @@ extension RelayCore {
         for key in builds.filter({ $0.value.forwardedTo == relay }).keys.sorted() {
             guard let build = builds[key] else { continue }
             if neverSent {
-                builds[key]!.forwardedTo = nil
+                builds[key]!.stage = .waiting
                 if !dispatchBuild(key, excluding: [relay], now: now, actions: &actions) {
                     waitForBuildMember(key, actions: &actions)
                 }
@@ -513,7 +510,7 @@ extension RelayCore {
         }
         for key in builds.filter({ $0.value.initiator == .relay(relay) }).keys.sorted() {
             guard let build = builds.removeValue(forKey: key) else { continue }
-            if let member = build.member { connections[member]?.memberBuilds[build.memberBuildID] = nil }
+            if let member = build.member { connections[member.id]?.memberBuilds[member.buildID] = nil }
         }
     }
 }

@@ -114,11 +114,7 @@ public struct RelayCore {
     /// Connections whose output is blocked (not writable) now.
     var blockedConnections = 0
     /// Gateways of other networks this relay holds gateway links to (Docs/federation.md).
-    var foreign: [NodeID: ForeignGateway] = [:]
-    /// The same links by network, in node id order (the first is the designated link).
-    var foreignByNetwork: [String: [NodeID]] = [:]
-    /// Bumped whenever gateway links or what they say change, so cached federation routes expire.
-    var federationVersion: UInt64 = 0
+    var foreign = ForeignGateways()
     /// The last broadcast or publish to another network: where it went, or why it could not.
     var lastRemoteSend: RemoteSendRoute?
     /// The last `name@network` read (`remoteName`).
@@ -411,7 +407,7 @@ public struct RelayCore {
             case .building(let key):
                 if let build = builds.removeValue(forKey: key) {
                     if let member = build.member {
-                        connections[member]?.memberBuilds[build.memberBuildID] = nil
+                        connections[member.id]?.memberBuilds[member.buildID] = nil
                     } else {
                         pruneWaitingBuilds(cluster: build.cluster)
                     }
@@ -617,11 +613,27 @@ extension RelayCore {
         var initiatorTunnelID: UInt64
         var cluster: String
         var deadline: NIODeadline
-        /// The member offered the tunnel and its build id, once one is chosen.
-        var member: ConnectionID?
-        var memberBuildID: UInt64 = 0
-        /// The remote relay the build was forwarded to, until it answers.
-        var forwardedTo: NodeID?
+        /// Where the build is: waiting, offered to a member here, or with a remote relay.
+        var stage = Stage.waiting
+
+        enum Stage {
+            /// Waiting for a member here or a relay that serves the cluster.
+            case waiting
+            /// Offered to a member here, which knows it by `buildID`.
+            case offered(member: ConnectionID, buildID: UInt64)
+            /// With a remote relay until it answers (confirmed, refused, or "no members").
+            case forwarded(to: NodeID)
+        }
+
+        /// The member it was offered to and its build id.
+        var member: (id: ConnectionID, buildID: UInt64)? {
+            if case .offered(let member, let buildID) = stage { (member, buildID) } else { nil }
+        }
+
+        /// The remote relay it was forwarded to, until that relay answers.
+        var forwardedTo: NodeID? {
+            if case .forwarded(let relay) = stage { relay } else { nil }
+        }
         /// The initiator wants early, distinct failures (`skein/1`).
         var failFast = false
         /// As for requests: this relay chooses where the build goes.
