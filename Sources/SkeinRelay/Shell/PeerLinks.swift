@@ -113,10 +113,7 @@ public final class PeerLinks: @unchecked Sendable {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 65_536, maximum: 1 << 20))
             .childChannelOption(.writeBufferWaterMark, value: Self.waterMark)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let link = self.makeLink(channel: channel, role: .responder, dialedAddress: nil)
-                    try channel.pipeline.syncOperations.addHandler(PeerLinkHandler(link: link))
-                }
+                channel.eventLoop.makeCompletedFuture { _ = try self.accepted(channel) }
             }
             .bind(host: host, port: port).get()
         try await eventLoop.submit { self.listener = channel }.get()
@@ -192,16 +189,34 @@ public final class PeerLinks: @unchecked Sendable {
             .channelOption(.writeBufferWaterMark, value: Self.waterMark)
             .connectTimeout(settings.connectTimeout)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    placeholder.attach(channel)
-                    try channel.pipeline.syncOperations.addHandler(PeerLinkHandler(link: placeholder))
-                }
+                channel.eventLoop.makeCompletedFuture { try self.connect(placeholder, over: channel) }
             }
             .connect(host: host, port: port)
             .whenFailure { error in
                 placeholder.fail("cannot connect to \(address): \(error)", refused: isConnectionRefused(error))
             }
         return placeholder
+    }
+
+    /// A link on a connection a peer made (the listener's, or a test's channel).
+    func accepted(_ channel: any Channel) throws -> PeerLink {
+        let link = makeLink(channel: channel, role: .responder, dialedAddress: nil)
+        try channel.pipeline.syncOperations.addHandler(PeerLinkHandler(link: link))
+        return link
+    }
+
+    /// A dial to `address` over `channel` (a test's, not yet connected): what `link(to:)` does
+    /// once its socket exists.
+    func dial(_ address: String, over channel: any Channel) throws -> PeerLink {
+        let link = makeLink(channel: nil, role: .initiator, dialedAddress: address)
+        index.dialed(link.id, link, address: address)
+        try connect(link, over: channel)
+        return link
+    }
+
+    private func connect(_ link: PeerLink, over channel: any Channel) throws {
+        link.attach(channel)
+        try channel.pipeline.syncOperations.addHandler(PeerLinkHandler(link: link))
     }
 
     private func makeLink(channel: (any Channel)?, role: PeerLinkMachine.Role, dialedAddress: String?) -> PeerLink {
