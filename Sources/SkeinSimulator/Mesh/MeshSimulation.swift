@@ -53,7 +53,6 @@ package struct MeshSimulation {
             slotByAddress[relays[slot].address] = slot
         }
         for slot in 0..<scenario.relays { start(slot) }
-        if scenario.networks > 1 { push(time, .gatewayCheck) }
         for (index, fault) in scenario.faults.enumerated() {
             push(trafficStart + Int64(fault.at * 1e9), .fault(index))
         }
@@ -102,8 +101,8 @@ package struct MeshSimulation {
             faultEnd(scenario.faults[index])
         case .restart(let slot):
             if relays[slot].loop == nil { start(slot) }
-        case .gatewayCheck:
-            maintainGatewayLink()
+        case .gateway(let slot, let process, let input):
+            gatewayInput(input, at: slot, process: process)
         case .trafficEnd:
             break
         }
@@ -135,12 +134,14 @@ package struct MeshSimulation {
         if size > 2 { seeds.append(relays[first + (slot - first + size / 2) % size].address) }
         deliver(.join(seeds.filter { $0 != relay.address }), to: slot, process: relay.process)
         startClients(slot)
+        if isGateway(slot) { startGateway(slot) }
     }
 
     mutating func crash(_ slot: Int) {
         guard relays[slot].loop != nil else { return }
         let process = relays[slot].process
         relays[slot].loop = nil
+        relays[slot].gateway = nil
         relays[slot].state = .down
         relays[slot].timerAt = nil
         relays[slot].inbox = []
@@ -286,9 +287,9 @@ package struct MeshSimulation {
         let queued = links[key]!.queued
         links[key]!.queued = []
         if link.isGateway {
-            // Each side's GATEWAY: the other network and what it exports to this one.
-            deliver(.gatewayLinked(relays[key.b].node, network: network(key.b), exports: exports(from: key.b)), to: key.a, process: link.processes.0)
-            deliver(.gatewayLinked(relays[key.a].node, network: network(key.a), exports: exports(from: key.a)), to: key.b, process: link.processes.1)
+            for (slot, process) in [(key.a, link.processes.0), (key.b, link.processes.1)] {
+                gatewayInput(.linkUp(id), at: slot, process: process)
+            }
         } else {
             deliver(.peerLinkUp(relays[key.b].node), to: key.a, process: link.processes.0)
             deliver(.peerLinkUp(relays[key.a].node), to: key.b, process: link.processes.1)
@@ -304,6 +305,10 @@ package struct MeshSimulation {
         let initiator = link.initiator
         let target = key.other(initiator)
         let process = initiator == key.a ? link.processes.0 : link.processes.1
+        if link.isGateway {
+            gatewayInput(.linkDown(id, reason: refused ? "connection refused" : "dial timed out"), at: initiator, process: process)
+            return
+        }
         deliver(.peerLinkDown(.dialFailed(relays[target].address, refused: refused)), to: initiator, process: process)
     }
 
@@ -340,7 +345,7 @@ package struct MeshSimulation {
         }
         let process = to == key.a ? link.processes.0 : link.processes.1
         if link.isGateway {
-            deliver(.gatewayFrame(relays[from].node, frame), to: to, process: process)
+            gatewayInput(.frame(id, frame), at: to, process: process)
         } else if case .membership(let bytes) = frame {
             deliver(.membershipStream(Array(bytes.readableBytesView), from: relays[from].address), to: to, process: process)
         } else {
@@ -355,12 +360,16 @@ package struct MeshSimulation {
         report.linksBroken += 1
         guard link.isUp else {
             let process = link.initiator == key.a ? link.processes.0 : link.processes.1
+            if link.isGateway {
+                push(time + delay, .gateway(slot: link.initiator, process: process, .linkDown(link.id, reason: "dial failed")))
+                return
+            }
             push(time + delay, .input(slot: link.initiator, process: process, .peerLinkDown(.dialFailed(relays[key.other(link.initiator)].address, refused: true))))
             return
         }
         if link.isGateway {
-            push(time + delay, .input(slot: key.a, process: link.processes.0, .gatewayUnlinked(relays[key.b].node)))
-            push(time + delay, .input(slot: key.b, process: link.processes.1, .gatewayUnlinked(relays[key.a].node)))
+            push(time + delay, .gateway(slot: key.a, process: link.processes.0, .linkDown(link.id, reason: "link broken")))
+            push(time + delay, .gateway(slot: key.b, process: link.processes.1, .linkDown(link.id, reason: "link broken")))
             return
         }
         push(time + delay, .input(slot: key.a, process: link.processes.0, .peerLinkDown(.broken(relays[key.b].node))))
@@ -628,6 +637,9 @@ struct SimRelay {
     var state = State.down
     var loop: RelayLoop?
     var timerAt: Int64?
+    /// A gateway's links to the other network, decided by the relay's own machine.
+    var gateway: GatewayLinkMachine?
+    var gatewayTimerAt: Int64?
     var inbox: [RelayInput] = []
     var pausedUntil: Int64 = -1
     var clients: [Int] = []
@@ -683,8 +695,8 @@ struct MeshPending: Comparable {
         case fault(Int)
         case faultEnd(Int)
         case restart(Int)
-        /// Federated: dial the gateway link if it is down (every 500 ms, as the gateways redial).
-        case gatewayCheck
+        /// Federated: an input to a gateway's `GatewayLinkMachine`.
+        case gateway(slot: Int, process: Int, GatewayInput)
         case trafficEnd
     }
     var at: Int64
