@@ -30,6 +30,9 @@ package struct MeshReport: Sendable {
         package var completed = 0
         package var failedAtInitiator = 0
         package var failedAtMember = 0
+        /// Failed at the member after the initiator's close had been acknowledged: the
+        /// initiator cannot hear it (the relay acknowledges TUNNEL CLOSE at once, as Iris does).
+        package var failedAfterClose = 0
         /// Ends still open when the run ended (recent ones; old ones are violations).
         package var openAtEnd = 0
     }
@@ -120,7 +123,7 @@ package struct MeshReport: Sendable {
         lines.append("broadcasts        \(broadcasts) sent, \(broadcastsDelivered) delivered")
         if networks > 1 { lines.append("federation        \(federatedReplies) replies and \(federatedEvents) events from the other network; \(answers.notExported + (answers.failures["not exported"] ?? 0)) requests refused as not exported") }
         lines.append("tunnels           \(tunnels.opened) opened, \(tunnels.built) built, \(tunnels.buildsTimedOut + tunnels.buildsFailed.values.reduce(0, +)) builds failed \(listing(tunnels.buildsFailed)), "
-            + "\(tunnels.completed) completed, failed at initiator \(tunnels.failedAtInitiator) / member \(tunnels.failedAtMember), \(tunnels.messagesDelivered) messages, \(tunnels.openAtEnd) open at the end")
+            + "\(tunnels.completed) completed, failed at initiator \(tunnels.failedAtInitiator) / member \(tunnels.failedAtMember) (\(tunnels.failedAfterClose) after the initiator's close), \(tunnels.messagesDelivered) messages, \(tunnels.openAtEnd) open at the end")
         if !answers.refusals.isEmpty { lines.append("refusals          \(listing(answers.refusals))") }
         lines.append("relay events      \(listing(relayEvents))")
         lines.append("faults            \(faults.isEmpty ? "none" : faults.joined(separator: "; "))")
@@ -154,6 +157,7 @@ package struct MeshReport: Sendable {
                 ("buildsTimedOut", int(tunnels.buildsTimedOut)), ("buildsFailed", object(tunnels.buildsFailed)),
                 ("messagesDelivered", int(tunnels.messagesDelivered)), ("completed", int(tunnels.completed)),
                 ("failedAtInitiator", int(tunnels.failedAtInitiator)), ("failedAtMember", int(tunnels.failedAtMember)),
+                ("failedAfterClose", int(tunnels.failedAfterClose)),
                 ("openAtEnd", int(tunnels.openAtEnd)),
             ])),
             ("relayEvents", object(relayEvents)), ("faults", .array(faults.map { .string($0) })),

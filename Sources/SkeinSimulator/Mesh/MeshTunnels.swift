@@ -34,6 +34,8 @@ struct SimTunnels {
 
     var initiated: [UInt64: Initiated] = [:]
     var accepted: [UInt64: Accepted] = [:]
+    /// Initiated tunnels whose close the relay acknowledged (the initiator's end is done).
+    var closed: Set<UInt64> = []
     var nextID: UInt64 = 0
 
     static let window: UInt64 = 4096
@@ -154,12 +156,17 @@ extension MeshSimulation {
                     report.tunnels.completed += 1
                 } else {
                     report.tunnels.failedAtMember += 1
+                    // Its initiator had closed and heard the relay's acknowledgement: it cannot
+                    // hear this failure (TUNNEL CLOSE is acknowledged at once, as in Iris).
+                    if let origin = end.origin, origin.client < clients.count, clients[origin.client].tunnels.closed.contains(origin.tunnel) {
+                        report.tunnels.failedAfterClose += 1
+                    }
                 }
                 return
             }
             switch clients[index].tunnels.initiated.removeValue(forKey: id) {
             case .closing:
-                if !reason.isEmpty { report.tunnels.failedAtInitiator += 1 }
+                if reason.isEmpty { clients[index].tunnels.closed.insert(id) } else { report.tunnels.failedAtInitiator += 1 }
             case .open:
                 if reason.isEmpty { invariants.violation("\(name): tunnel \(id) closed gracefully, but neither end closed it", at: time) }
                 report.tunnels.failedAtInitiator += 1
