@@ -292,25 +292,23 @@ public struct PeerLinkMachine: Sendable {
 
     /// Ends the link at once with a TCP reset: what is unsent is dropped.
     public mutating func reset(reason: String, actions: inout [PeerLinkAction]) {
-        switch state {
-        case .connecting, .handshaking, .established:
-            end(PeerLinkClosure(reason: reason, how: wasEstablished ? .broken : .failed(refused: false), peer: peer), then: .reset, actions: &actions)
-        case .closing(let peer, _):
-            state = .closed(PeerLinkClosure(reason: reason, how: .goodbye, peer: peer))
-            actions.append(.reset)
-        case .closed:
-            return
-        }
+        abort(reason, refused: false, socket: .reset, actions: &actions)
     }
 
     /// The dial failed, the socket failed, or a record did not open: the link is broken.
     public mutating func failed(_ reason: String, refused: Bool = false, actions: inout [PeerLinkAction]) {
+        abort(reason, refused: refused, socket: .close, actions: &actions)
+    }
+
+    /// Ends the link without a GOODBYE, the socket as `socket` says. A link already closing
+    /// after its GOODBYE just stops reading: it was reported then.
+    private mutating func abort(_ reason: String, refused: Bool, socket: PeerLinkAction, actions: inout [PeerLinkAction]) {
         switch state {
         case .connecting, .handshaking, .established:
-            end(PeerLinkClosure(reason: reason, how: wasEstablished ? .broken : .failed(refused: refused), peer: peer), then: .close, actions: &actions)
+            end(PeerLinkClosure(reason: reason, how: wasEstablished ? .broken : .failed(refused: refused), peer: peer), then: socket, actions: &actions)
         case .closing(let peer, _):
             state = .closed(PeerLinkClosure(reason: reason, how: .goodbye, peer: peer))
-            actions.append(.close)
+            actions.append(socket)
         case .closed:
             return
         }

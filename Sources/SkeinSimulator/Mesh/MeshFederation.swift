@@ -100,20 +100,8 @@ extension MeshSimulation {
                 relays[slot].gateway!.dialed(address, link: UInt64(link.id))
                 return
             }
-            nextLinkID += 1
-            var link = SimLink(id: nextLinkID, key: key, initiator: slot, processes: (relays[key.a].process, relays[key.b].process))
-            link.isGateway = true
-            links[key] = link
-            linkKeys[link.id] = key
-            report.dials += 1
-            relays[slot].gateway!.dialed(address, link: UInt64(link.id))
-            if relays[other].loop == nil {
-                push(time + 1_000_000, .dialFailed(link.id, refused: true))
-            } else if blocked(slot, other) || relays[other].state == .paused {
-                push(time + scenario.connectTimeout.nanoseconds, .dialFailed(link.id, refused: false))
-            } else {
-                push(time + 2 * streamDelay(slot, other), .linkUp(link.id))
-            }
+            let id = dial(from: slot, to: other, gateway: true)
+            relays[slot].gateway!.dialed(address, link: UInt64(id))
         case .send(let id, let frame):
             guard let key = linkKeys[Int(id)], let link = links[key] else { return }
             if link.isUp { transmit(frame, on: key, from: slot) } else { links[key]!.queued.append((slot, frame)) }

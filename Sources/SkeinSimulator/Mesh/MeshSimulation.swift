@@ -248,11 +248,19 @@ package struct MeshSimulation {
             }
             return
         }
+        _ = dial(from: from, to: to, gateway: false)
+        links[key]!.queued.append((from, frame))
+    }
+
+    /// A new link from `from` to `to`: up one round trip later, refused by a crashed host, or
+    /// timed out across a partition or to a paused one. Returns its id.
+    mutating func dial(from: Int, to: Int, gateway: Bool) -> Int {
+        let key = LinkKey(from, to)
         nextLinkID += 1
-        let link = SimLink(id: nextLinkID, key: key, initiator: from, processes: (relays[key.a].process, relays[key.b].process))
+        var link = SimLink(id: nextLinkID, key: key, initiator: from, processes: (relays[key.a].process, relays[key.b].process))
+        link.isGateway = gateway
         links[key] = link
         linkKeys[link.id] = key
-        links[key]!.queued.append((from, frame))
         report.dials += 1
         if relays[to].loop == nil {
             push(time + 1_000_000, .dialFailed(link.id, refused: true))
@@ -261,6 +269,7 @@ package struct MeshSimulation {
         } else {
             push(time + 2 * streamDelay(from, to), .linkUp(link.id))
         }
+        return link.id
     }
 
     func streamDelay(_ a: Int, _ b: Int) -> Int64 {
