@@ -120,10 +120,11 @@ extension RelayCore {
 
         /// The request's next stage.
         mutating func move(_ key: UInt64, to stage: PendingRequest.Stage) {
-            guard let old = pending[key]?.stage else { return }
-            count(old, -1)
+            // One lookup: every request moves at least once on its way.
+            guard let index = pending.index(forKey: key) else { return }
+            count(pending.values[index].stage, -1)
             count(stage, 1)
-            pending[key]!.stage = stage
+            pending.values[index].stage = stage
         }
 
         /// `relay` declined the request, or never got it: back to waiting, with its body.
