@@ -396,6 +396,31 @@ import SkeinTestSupport
         }
     }
 
+    @Test func aDialThatLosesTheTieBreakToThePeersLinkUnderAnotherNameIsNoFailure() {
+        // We dial gw:1; the peer's own link (7, advertising 10.0.0.9:1) is up and wins the
+        // tie-break; our dial (8) ends as a duplicate. gw:1 is the peer's, reached by link 7:
+        // neither a failure nor a reason to dial again.
+        var m = machine()
+        var actions: [GatewayLinkAction] = []
+        m.timer(now: t0, actions: &actions)
+        m.dialed("gw:1", link: 8)
+        m.linkUp(7, node: node, advertised: "10.0.0.9:1", dialed: nil, now: t0, actions: &actions)
+        m.gateway(network: "us", exports: [], on: 7, now: t0, actions: &actions)
+        actions = []
+        m.linkDown(8, dialed: "gw:1", node: node, graceful: true, reason: "duplicate link", now: t0, actions: &actions)
+        #expect(!actions.contains { if case .report(.unreachable) = $0 { true } else { false } })
+        #expect(!actions.contains(.dial("gw:1")) && m.nextDeadline == nil)
+        m.timer(now: t0 + .seconds(30), actions: &actions)
+        #expect(!actions.contains(.dial("gw:1")))
+        // Frames still arriving on the ended link are nobody's: no violation, nothing passed on.
+        actions = []
+        m.received(.ping(token: 1), on: 8, actions: &actions)
+        #expect(actions.isEmpty)
+        // When link 7 goes, gw:1 is dialed again (it was up long enough: at once).
+        m.linkDown(7, dialed: nil, node: node, graceful: false, reason: "reset", now: t0 + .seconds(30), actions: &actions)
+        #expect(actions.contains(.dial("gw:1")))
+    }
+
     @Test func aDialAnsweredByALinkAlreadyOpenIsFollowedByThatLink() {
         // The dial to gw:1 got link 5, which was already open under another name and never says
         // GATEWAY; when it ends, gw:1 backs off and is dialed again (no dial is left hanging).

@@ -42,6 +42,12 @@ public struct GatewayLinkMachine: Sendable {
             case .awaitingGateway(_, let a), .linked(_, let a): a
             }
         }
+
+        var node: NodeID {
+            switch self {
+            case .awaitingGateway(let n, _), .linked(let n, _): n
+            }
+        }
     }
 
     /// Where a configured gateway's link stands.
@@ -131,7 +137,10 @@ public struct GatewayLinkMachine: Sendable {
     /// Any other frame on `link` (GATEWAY goes to `gateway`).
     public mutating func received(_ frame: PeerFrame, on link: UInt64, actions: inout [GatewayLinkAction]) {
         switch (frame, links[link]) {
-        case (.gateway, _):
+        case (.gateway, _), (_, nil):
+            // A link that ended and still delivers what was in flight (it lingers after a
+            // GOODBYE), or one that lost the tie-break before its HELLO counted: its peer is
+            // reached through the other link; nothing to check or to pass on here.
             return
         case (.membership, _):
             actions.append(.close(link, reason: "membership does not cross networks", goodbye: true))
@@ -144,12 +153,16 @@ public struct GatewayLinkMachine: Sendable {
         }
     }
 
-    /// A link ended. `dialed`: the address this relay dialed for it. A dial that ended before
-    /// its GATEWAY was accepted is a failure and backs off; so is a link lost soon after it.
+    /// A link ended. `dialed`: the address this relay dialed for it; `node`: the peer, if the
+    /// handshake proved it. A dial that ended before its GATEWAY was accepted is a failure and
+    /// backs off; so is a link lost soon after it. A link that lost the duplicate-link tie-break
+    /// to another link of the same peer is none: that link stands for its addresses now.
     public mutating func linkDown(
-        _ link: UInt64, dialed: String?, graceful: Bool, reason: String, now: NIODeadline, actions: inout [GatewayLinkAction]
+        _ link: UInt64, dialed: String?, node: NodeID? = nil, graceful: Bool, reason: String, now: NIODeadline,
+        actions: inout [GatewayLinkAction]
     ) {
         let addresses = gatewayAddresses(of: link, dialed: dialed)
+        let sibling = node.flatMap { node in links.first { $0.key != link && $0.value.node == node }?.key }
         if let state = links.removeValue(forKey: link), case .linked(let node, _) = state, linked[node] == link {
             linked[node] = nil
             // Even a goodbye ends what the link carried: nothing sent on it can be answered now.
@@ -165,6 +178,10 @@ public struct GatewayLinkMachine: Sendable {
             case _ where covered.contains(address):
                 // Another link reaches it (this one lost the duplicate-link tie-break).
                 dials[address] = nil
+                continue
+            case .inFlight(let before, _) where sibling != nil, .up(let before, _, _) where sibling != nil, .waiting(let before, _) where sibling != nil:
+                // The same peer's other link (it may advertise another address) stands for it.
+                dials[address] = .up(failures: before, since: now, link: sibling!)
                 continue
             case .up(let before, let since, _):
                 guard now - since < settings.maxRedial else {

@@ -37,7 +37,9 @@ extension RelayCore {
     public mutating func relayUnavailable(_ id: NodeID, _ loss: RelayLoss, now: NIODeadline, actions: inout [RelayAction]) {
         switch loss {
         case .suspect, .linkBroken, .neverReached: routing.suspend(id)
-        case .left, .dead: routing.remove(id)
+        case .left, .dead:
+            routing.remove(id)
+            requests.forget(id)
         }
         refreshAllInterest(actions: &actions)
         guard loss != .suspect else { return }

@@ -137,6 +137,11 @@ extension RelayCore {
             }
         }
 
+        /// `relay` is gone for good (dead, left): its count goes too, if nothing is with it.
+        mutating func forget(_ relay: NodeID) {
+            if inFlight[relay] == 0 { inFlight[relay] = nil }
+        }
+
         /// The requests with `relay`, in key order.
         func forwarded(to relay: NodeID) -> [UInt64] {
             pending.filter { $0.value.forwardedTo == relay }.keys.sorted()

@@ -135,8 +135,8 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
             self.byID[link.id] = nil
             var actions: [GatewayLinkAction] = []
             self.machine.linkDown(
-                link.id, dialed: link.dialedAddress, graceful: link.closedGracefully, reason: link.closeReason ?? "closed", now: .now(),
-                actions: &actions)
+                link.id, dialed: link.dialedAddress, node: link.peerNode, graceful: link.closedGracefully,
+                reason: link.closeReason ?? "closed", now: .now(), actions: &actions)
             self.perform(actions, link: link)
         }
         var actions: [GatewayLinkAction] = []
@@ -166,8 +166,10 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
             case .close(let id, let reason, let goodbye):
                 resolve(id)?.close(reason: reason, goodbye: goodbye)
             case .armTimer(let deadline):
+                // The machine's own next deadline: an input handled while these actions were
+                // carried out (a dial that failed at once) may have made it earlier.
                 timer?.cancel()
-                timer = eventLoop.scheduleTask(deadline: deadline) { [unowned self] in
+                timer = eventLoop.scheduleTask(deadline: machine.nextDeadline ?? deadline) { [unowned self] in
                     var actions: [GatewayLinkAction] = []
                     self.machine.timer(now: .now(), actions: &actions)
                     self.perform(actions, link: nil)

@@ -209,6 +209,7 @@ public final class PeerLinks: @unchecked Sendable {
     /// once its socket exists.
     func dial(_ address: String, over channel: any Channel) throws -> PeerLink {
         let link = makeLink(channel: nil, role: .initiator, dialedAddress: address)
+        guard !link.isClosed else { return link }  // shutting down
         index.dialed(link.id, link, address: address)
         try connect(link, over: channel)
         return link
@@ -274,17 +275,22 @@ public final class PeerLinks: @unchecked Sendable {
         var decisions: [PeerLinkIndex<PeerLink>.Decision] = []
         let initiator = link.isInitiator ? identity.nodeID : peer.nodeID
         let carries = index.hello(link.id, link, node: peer.node, initiator: initiator, address: address, decisions: &decisions)
+        var closes: [(link: PeerLink, reason: String, goodbye: Bool)] = []
         for decision in decisions {
             switch decision {
             case .adopt(let from, let into): from.adoptQueuedFrames(into: into)
-            case .close(let other, let reason, let goodbye): other.close(reason: reason, goodbye: goodbye)
+            case .close(let other, let reason, let goodbye): closes.append((other, reason, goodbye))
             }
         }
-        guard carries else { return }
-        link.advertisedAddress = address
-        link.peerName = name
-        metrics.linksUp.record(index.count)
-        onLinkUp?(link)
+        if carries {
+            link.advertisedAddress = address
+            link.peerName = name
+            metrics.linksUp.record(index.count)
+            onLinkUp?(link)
+        }
+        // The links it replaces end after it is announced, so whoever follows the links sees
+        // the peer reachable throughout.
+        for other in closes { other.link.close(reason: other.reason, goodbye: other.goodbye) }
     }
 
     func closed(_ link: PeerLink) {

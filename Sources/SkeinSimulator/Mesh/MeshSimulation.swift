@@ -315,7 +315,10 @@ package struct MeshSimulation {
         let target = key.other(initiator)
         let process = initiator == key.a ? link.processes.0 : link.processes.1
         if link.isGateway {
-            gatewayInput(.linkDown(id, reason: refused ? "connection refused" : "dial timed out"), at: initiator, process: process)
+            // Both sides: the other may have joined this dial with its own (one link per pair).
+            let reason = refused ? "connection refused" : "dial timed out"
+            gatewayInput(.linkDown(id, reason: reason), at: initiator, process: process)
+            gatewayInput(.linkDown(id, reason: reason), at: target, process: target == key.a ? link.processes.0 : link.processes.1)
             return
         }
         deliver(.peerLinkDown(.dialFailed(relays[target].address, refused: refused)), to: initiator, process: process)
@@ -370,7 +373,9 @@ package struct MeshSimulation {
         guard link.isUp else {
             let process = link.initiator == key.a ? link.processes.0 : link.processes.1
             if link.isGateway {
-                push(time + delay, .gateway(slot: link.initiator, process: process, .linkDown(link.id, reason: "dial failed")))
+                for (slot, process) in [(key.a, link.processes.0), (key.b, link.processes.1)] {
+                    push(time + delay, .gateway(slot: slot, process: process, .linkDown(link.id, reason: "dial failed")))
+                }
                 return
             }
             push(time + delay, .input(slot: link.initiator, process: process, .peerLinkDown(.dialFailed(relays[key.other(link.initiator)].address, refused: true))))
