@@ -414,8 +414,12 @@ import SkeinTestSupport
         #expect(!actions.contains(.dial("gw:1")))
         // Frames still arriving on the ended link are nobody's: no violation, nothing passed on.
         actions = []
-        m.received(.ping(token: 1), on: 8, actions: &actions)
+        m.received(.ping(token: 1), on: 8, linkEnded: true, actions: &actions)
         #expect(actions.isEmpty)
+        // But a link still open that never said HELLO sends nothing before GATEWAY.
+        m.received(.ping(token: 2), on: 9, actions: &actions)
+        #expect(actions == [.report(.frameBeforeGateway(.ping)), .close(9, reason: "protocol violation: ping before GATEWAY", goodbye: false)])
+        actions = []
         // When link 7 goes, gw:1 is dialed again (it was up long enough: at once).
         m.linkDown(7, dialed: nil, node: node, graceful: false, reason: "reset", now: t0 + .seconds(30), actions: &actions)
         #expect(actions.contains(.dial("gw:1")))

@@ -134,13 +134,15 @@ public struct GatewayLinkMachine: Sendable {
         actions.append(.linked(node, network: network, exports: rules))
     }
 
-    /// Any other frame on `link` (GATEWAY goes to `gateway`).
-    public mutating func received(_ frame: PeerFrame, on link: UInt64, actions: inout [GatewayLinkAction]) {
+    /// Any other frame on `link` (GATEWAY goes to `gateway`). `linkEnded`: the link has ended
+    /// and only delivers what was in flight (it lingers after a GOODBYE, or lost the tie-break).
+    public mutating func received(_ frame: PeerFrame, on link: UInt64, linkEnded: Bool = false, actions: inout [GatewayLinkAction]) {
         switch (frame, links[link]) {
-        case (.gateway, _), (_, nil):
-            // A link that ended and still delivers what was in flight (it lingers after a
-            // GOODBYE), or one that lost the tie-break before its HELLO counted: its peer is
-            // reached through the other link; nothing to check or to pass on here.
+        case (.gateway, _):
+            return
+        case (_, nil) where linkEnded:
+            // Its peer is reached through another link, or not at all: nothing to check or to
+            // pass on. (A link that is still open and unknown has not said HELLO: a violation.)
             return
         case (.membership, _):
             actions.append(.close(link, reason: "membership does not cross networks", goodbye: true))

@@ -120,7 +120,7 @@ public final class GatewayNode: LinkTransport, @unchecked Sendable {
             if case .gateway(let network, let exports) = frame {
                 self.machine.gateway(network: network, exports: exports, on: link.id, now: .now(), actions: &actions)
             } else {
-                self.machine.received(frame, on: link.id, actions: &actions)
+                self.machine.received(frame, on: link.id, linkEnded: link.isClosed, actions: &actions)
             }
             self.perform(actions, link: link)
         }
