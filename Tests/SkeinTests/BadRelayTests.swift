@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -248,11 +251,22 @@ struct BadRelayTests {
     }
 
     @Test func nothingListening() async throws {
-        // Bind a port, then close it, so nothing listens there.
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0).get()
-        let port = server.localAddress!.port!
-        try await server.close()
+        // A port bound but not listening: connections to it are refused, and while the socket is
+        // held no other test's listener can take the port (closing a listener first let a relay
+        // started meanwhile by another test get the same port, and the connect succeeded).
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        #expect(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
         let outcome = await error { try await Skein.connect(to: .tcp(host: "127.0.0.1", port: port)) }
         guard (outcome as? SkeinError)?.code == .cannotConnect else {
             Issue.record("expected cannotConnect, got \(String(describing: outcome))")
