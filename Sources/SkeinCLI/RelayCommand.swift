@@ -74,6 +74,9 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Close a blocked connection once this many bytes from other relays wait for it.", valueName: "bytes"))
     var slowConsumerBytes = Int(RelaySettings().slowConsumerBytes)
 
+    @Option(name: .long, help: ArgumentHelp("How long another relay holds a stream for a blocked receiver here unless refreshed (refreshed every half).", valueName: "ms"))
+    var holdLease = Int(RelaySettings().holdLease.nanoseconds / 1_000_000)
+
     @Option(name: .long, help: ArgumentHelp("On shutdown, time allowed for in-flight requests.", valueName: "ms"))
     var drainTimeout = 5000
 
@@ -160,7 +163,7 @@ struct RelayCommand: AsyncParsableCommand {
             (maxMessageSize, "--max-message-size"), (maxStringSize, "--max-string-size"), (tunnelChunkLimit, "--tunnel-chunk-limit"), (tunnelBuffer, "--tunnel-buffer"),
             (maxPendingRequests, "--max-pending-requests"), (maxTunnels, "--max-tunnels"), (sendBuffer, "--send-buffer"),
             (handshakeTimeout, "--handshake-timeout"), (maxTimeout, "--max-timeout"), (slowConsumerTimeout, "--slow-consumer-timeout"),
-            (slowConsumerBytes, "--slow-consumer-bytes"),
+            (slowConsumerBytes, "--slow-consumer-bytes"), (holdLease, "--hold-lease"),
         ] where value <= 0 {
             throw ValidationError("\(flag) must be positive")
         }
@@ -220,6 +223,7 @@ struct RelayCommand: AsyncParsableCommand {
         configuration.settings.maxTunnelsPerConnection = maxTunnels
         configuration.settings.slowConsumerTimeout = .milliseconds(Int64(slowConsumerTimeout))
         configuration.settings.slowConsumerBytes = UInt64(slowConsumerBytes)
+        configuration.settings.holdLease = .milliseconds(Int64(holdLease))
 
         configuration.network = networkName
         configuration.keyring = keyring

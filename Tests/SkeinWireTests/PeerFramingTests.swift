@@ -26,6 +26,11 @@ struct PeerFramingTests {
         .gateway(network: "", exports: []),
         .interest(topics: ["news.eu", "news.us", ""]),
         .interest(topics: []),
+        .hold(stream: .publish(topic: "news"), leaseMillis: 1000),
+        .hold(stream: .broadcast(cluster: "all"), leaseMillis: 0),
+        .hold(stream: .event(topic: "news@us"), leaseMillis: .max),
+        .release(stream: .publish(topic: "news")),
+        .release(stream: .broadcast(cluster: "")),
         .event(topic: "news", body: ByteBuffer(string: "flash")),
         .broadcast(cluster: "echo", body: ByteBuffer(string: "all")),
         .publish(topic: "news", body: ByteBuffer(string: "flash")),
@@ -81,6 +86,27 @@ struct PeerFramingTests {
         // Docs/federation.md §5: GATEWAY us, exporting request|tunnel on db.
         PeerFrame.gateway(network: "us", exports: [ExportRule(kinds: [.request, .tunnel], pattern: "db")]).encode(into: &buffer)
         #expect(Array(buffer.readableBytesView) == [0x06, 0x08, 0x02, 0x75, 0x73, 0x01, 0x05, 0x02, 0x64, 0x62])
+    }
+
+    @Test("HOLD and RELEASE as Docs/peer-protocol.md §5 shows them; a stream kind other than BROADCAST, PUBLISH or EVENT ends the link")
+    func flowControlFrames() throws {
+        var buffer = ByteBuffer()
+        PeerFrame.hold(stream: .publish(topic: "news"), leaseMillis: 1000).encode(into: &buffer)
+        #expect(Array(buffer.readableBytesView) == [0x08, 0x08, 0x13, 0x04, 0x6e, 0x65, 0x77, 0x73, 0xe8, 0x07])
+        buffer.clear()
+        PeerFrame.release(stream: .broadcast(cluster: "all")).encode(into: &buffer)
+        #expect(Array(buffer.readableBytesView) == [0x09, 0x05, 0x12, 0x03, 0x61, 0x6c, 0x6c])
+        #expect(PeerFrame.hold(stream: .event(topic: "t"), leaseMillis: 1).trafficClass == .control)
+        for bad: [UInt8] in [
+            [0x08, 0x04, 0x10, 0x01, 0x61, 0x01],  // REQUEST is no stream
+            [0x09, 0x03, 0x00, 0x01, 0x61],  // nor is 0
+            [0x08, 0x03, 0x13, 0x01, 0x61],  // a HOLD without its lease
+            [0x09, 0x04, 0x13, 0x01, 0x61, 0x00],  // a trailing byte
+        ] {
+            var inbox = PeerInbox()
+            var frames: [PeerFrame] = []
+            #expect(throws: PeerFrameError.self, "\(bad)") { try inbox.receive(record: ByteBuffer(bytes: bad), into: &frames) }
+        }
     }
 
     @Test("an export list or interest set longer than its payload could hold is refused before allocation")

@@ -73,6 +73,8 @@ extension RelayCore {
             deliverRemoteEvent(topic: "\(topic)@\(gateway.network)", body: body, actions: &actions)
         case .interest(let topics):
             foreignInterest(from: node, gateway, topics: topics, actions: &actions)
+        case .hold, .release:
+            flowControl(frame, from: node, now: now, actions: &actions)
         case .tunnelOpen(let id, let cluster, let remaining, let flags):
             foreignTunnelOpen(from: node, gateway, id: id, cluster: cluster, remainingMillis: remaining, flags: flags, now: now, actions: &actions)
         case .tunnelConfirm, .tunnelAllowance, .tunnelData, .tunnelClose:
@@ -289,7 +291,7 @@ extension RelayCore {
             refuse(sender, op: op, name: text, reason: refusal.reason, detail: refusal.detail, network: route.network, actions: &actions)
         case .success(let (next, carried)):
             actions.append(.sendPeer(next, kind == .broadcast ? .broadcast(cluster: carried, body: body) : .publish(topic: carried, body: body)))
-            noteDelivery(from: sender, toRelay: next, actions: &actions)
+            noteDelivery(from: sender, toRelay: next, stream: kind == .broadcast ? .broadcast(cluster: carried) : .publish(topic: carried), actions: &actions)
         }
     }
 
@@ -329,7 +331,7 @@ extension RelayCore {
         let remote = routing.relays(broadcastingTo: cluster)
         for relay in remote {
             actions.append(.sendPeer(relay, .broadcast(cluster: cluster, body: body)))
-            if let sender { noteDelivery(from: sender, toRelay: relay, actions: &actions) }
+            if let sender { noteDelivery(from: sender, toRelay: relay, stream: .broadcast(cluster: cluster), actions: &actions) }
         }
         guard let members = clusters[cluster]?.members else {
             if remote.isEmpty { actions.append(.report(.broadcastWithoutMembers(cluster: cluster))) }
@@ -348,7 +350,7 @@ extension RelayCore {
         let route = publishRoute(topic)
         for relay in route.relays {
             actions.append(.sendPeer(relay, .publish(topic: topic, body: body)))
-            if let publisher { noteDelivery(from: publisher, toRelay: relay, actions: &actions) }
+            if let publisher { noteDelivery(from: publisher, toRelay: relay, stream: .publish(topic: topic), actions: &actions) }
         }
         for subscriber in route.subscribers {
             actions.append(.send(subscriber, .publish(topic: topic, event: body)))
@@ -370,7 +372,7 @@ extension RelayCore {
     mutating func deliverToInterest(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
         for (node, gateway) in foreign.all where gateway.interest.contains(topic) {
             actions.append(.sendPeer(node, .event(topic: topic, body: body)))
-            if let publisher { noteDelivery(from: publisher, toRelay: node, actions: &actions) }
+            if let publisher { noteDelivery(from: publisher, toRelay: node, stream: .event(topic: topic), actions: &actions) }
         }
     }
 
@@ -388,7 +390,7 @@ extension RelayCore {
 
     /// A `topic@network` event from another relay of this network: delivered here only if that
     /// relay is the designated gateway to the network, so a change of gateway never duplicates.
-    mutating func relayedRemoteEvent(topic: String, body: ByteBuffer, from relay: NodeID, actions: inout [RelayAction]) {
+    mutating func relayedRemoteEvent(topic: String, body: ByteBuffer, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
         let name = remoteName(topic)
         guard let target = name.network, designatedGateway(to: target) == relay else {
             actions.append(.report(.federationDropped(network: name.network ?? network, reason: "event from a relay that is not the designated gateway")))
@@ -398,7 +400,9 @@ extension RelayCore {
         for subscriber in subscribers {
             actions.append(.send(subscriber, .publish(topic: topic, event: body)))
         }
-        if blockedConnections > 0 { queuedWhileBlocked(subscribers, bytes: body.readableBytes, actions: &actions) }
+        if blockedConnections > 0 {
+            queuedWhileBlocked(subscribers, bytes: body.readableBytes, from: relay, stream: .event(topic: topic), now: now, actions: &actions)
+        }
     }
 
     /// `text` as a name, remembering the last one read (a flood names one topic).

@@ -45,8 +45,9 @@ extension RelayCore {
         guard loss != .suspect else { return }
         let neverSent = loss == .neverReached
         let leaving = loss == .left
-        // Nothing more will be sent there: whoever waited for its link goes on.
+        // Nothing more will be sent there: whoever waited for its link or its holds goes on.
         relayWritabilityChanged(id, writable: true, actions: &actions)
+        forgetHolds(of: id, actions: &actions)
         dropRelayTunnels(id, neverSent: neverSent, now: now, actions: &actions)
         let forwarded = requests.forwarded(to: id)
         guard neverSent else {
@@ -87,14 +88,86 @@ extension RelayCore {
         }
     }
 
-    /// A local connection sent an event to `relay`: pause it if that relay's link is full.
-    mutating func noteDelivery(from source: ConnectionID, toRelay relay: NodeID, actions: inout [RelayAction]) {
-        guard !blockedRelays.isEmpty, blockedRelays[relay] != nil, var conn = connections[source] else { return }
+    /// A local connection sent `stream` to `relay`: pause it if that relay's link is full, or if
+    /// that relay asked to hold the stream (its receiver is blocked).
+    @inline(__always)
+    mutating func noteDelivery(
+        from source: ConnectionID, toRelay relay: NodeID, stream: @autoclosure () -> PeerFlowStream, actions: inout [RelayAction]
+    ) {
+        if !blockedRelays.isEmpty, blockedRelays[relay] != nil { pause(source, byLinkTo: relay, actions: &actions) }
+        if holds.hasGrants { pause(source, byHold: HoldKey(relay: relay, stream: stream()), actions: &actions) }
+    }
+
+    private mutating func pause(_ source: ConnectionID, byLinkTo relay: NodeID, actions: inout [RelayAction]) {
+        guard var conn = connections[source] else { return }
         let wasReading = conn.isReading
         guard conn.blockedByRelays.insert(relay).inserted else { return }
         connections[source] = conn
         blockedRelays[relay]!.insert(source)
         if wasReading { actions.append(.pauseReading(source)) }
+    }
+
+    private mutating func pause(_ source: ConnectionID, byHold key: HoldKey, actions: inout [RelayAction]) {
+        guard holds.isHeld(key), var conn = connections[source] else { return }
+        let wasReading = conn.isReading
+        guard conn.heldBy.insert(key).inserted else { return }
+        connections[source] = conn
+        _ = holds.pause(source, by: key)
+        if wasReading { actions.append(.pauseReading(source)) }
+    }
+
+    // MARK: - Flow control (Docs/mesh.md, "Flow control")
+
+    /// Another relay asks this one to hold `stream` (`.hold`) or ends a hold (`.release`).
+    mutating func flowControl(_ frame: PeerFrame, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+        switch frame {
+        case .hold(let stream, let leaseMillis):
+            let key = HoldKey(relay: relay, stream: stream)
+            let until = now + .milliseconds(Int64(min(leaseMillis, Self.maxHoldLeaseMillis)))
+            holds.grant(key, until: until)
+            schedule(.holdLease(key, until: until), at: until)
+        case .release(let stream):
+            let key = HoldKey(relay: relay, stream: stream)
+            resume(holds.revoke(key), heldBy: key, actions: &actions)
+        default:
+            break
+        }
+    }
+
+    /// The longest lease a HOLD may ask for: a bound on how long a peer's one frame can pause
+    /// senders here without a refresh.
+    static let maxHoldLeaseMillis: UInt64 = 60_000
+
+    /// The hold `key` ended: its paused connections read again unless something else pauses them.
+    mutating func resume(_ paused: Set<ConnectionID>, heldBy key: HoldKey, actions: inout [RelayAction]) {
+        for source in paused.sorted() {
+            guard var conn = connections[source], conn.heldBy.remove(key) != nil else { continue }
+            connections[source] = conn
+            if conn.isReading && conn.phase != .closed { actions.append(.resumeReading(source)) }
+        }
+    }
+
+    /// RELEASE each hold nobody here needs now.
+    mutating func release(_ keys: [HoldKey], actions: inout [RelayAction]) {
+        for key in keys { actions.append(.sendPeer(key.relay, .release(stream: key.stream))) }
+    }
+
+    /// Every hold still needed goes out again, so a lost HOLD is healed and a granted one does
+    /// not lapse while its receiver is blocked.
+    mutating func refreshHolds(now: NIODeadline, actions: inout [RelayAction]) {
+        guard holds.hasAsked else { return }
+        let lease = UInt64(settings.holdLease.nanoseconds / 1_000_000)
+        for key in holds.askedKeys.sorted(by: { ($0.relay, $0.stream.name) < ($1.relay, $1.stream.name) }) {
+            actions.append(.sendPeer(key.relay, .hold(stream: key.stream, leaseMillis: lease)))
+        }
+        schedule(.refreshHolds, at: now + .nanoseconds(settings.holdLease.nanoseconds / 2))
+    }
+
+    /// `relay` is gone: holds end both ways (what it paused here reads again; what it was asked
+    /// is asked again on the next link, if still needed).
+    mutating func forgetHolds(of relay: NodeID, actions: inout [RelayAction]) {
+        guard holds.hasAsked || holds.hasGrants else { return }
+        for (key, paused) in holds.forget(relay: relay) { resume(paused, heldBy: key, actions: &actions) }
     }
 
     /// Events or broadcasts from another relay were just queued for `receivers`. The link is not
@@ -103,11 +176,20 @@ extension RelayCore {
     /// closed as a slow consumer at once (reported, counted, never silent), as it would be at
     /// `slowConsumerTimeout`. So a flat-out publisher on another relay cannot grow this relay's
     /// memory without bound for a subscriber that does not read.
-    mutating func queuedWhileBlocked<C: Collection<ConnectionID>>(_ receivers: C, bytes: Int, actions: inout [RelayAction]) {
+    mutating func queuedWhileBlocked<C: Collection<ConnectionID>>(
+        _ receivers: C, bytes: Int, from relay: NodeID, stream: PeerFlowStream, now: NIODeadline, actions: inout [RelayAction]
+    ) {
         for id in receivers {
             guard let conn = connections[id], !conn.writable, conn.phase == .open else { continue }
             let queued = conn.queuedWhileBlocked + UInt64(bytes)
             connections[id]!.queuedWhileBlocked = queued
+            let key = HoldKey(relay: relay, stream: stream)
+            let wasAsking = holds.hasAsked
+            if holds.ask(key, for: id) {
+                let lease = UInt64(settings.holdLease.nanoseconds / 1_000_000)
+                actions.append(.sendPeer(relay, .hold(stream: stream, leaseMillis: lease)))
+                if !wasAsking { schedule(.refreshHolds, at: now + .nanoseconds(settings.holdLease.nanoseconds / 2)) }
+            }
             guard queued > settings.slowConsumerBytes else { continue }
             actions.append(.report(.slowConsumer(id)))
             closeWithReason(
@@ -145,7 +227,9 @@ extension RelayCore {
             for member in members {
                 actions.append(.send(member, .broadcast(message: body)))
             }
-            if blockedConnections > 0 { queuedWhileBlocked(members, bytes: body.readableBytes, actions: &actions) }
+            if blockedConnections > 0 {
+                queuedWhileBlocked(members, bytes: body.readableBytes, from: relay, stream: .broadcast(cluster: cluster), now: now, actions: &actions)
+            }
         case .publish(let topic, let body):
             if publishRouteIsCached(topic) == false, FederatedName.isRemote(topic, localNetwork: network) {
                 relayedRemoteSend(.publish, name: remoteName(topic), body: body, actions: &actions)
@@ -155,10 +239,14 @@ extension RelayCore {
             for subscriber in subscribers {
                 actions.append(.send(subscriber, .publish(topic: topic, event: body)))
             }
-            if blockedConnections > 0 { queuedWhileBlocked(subscribers, bytes: body.readableBytes, actions: &actions) }
+            if blockedConnections > 0 {
+                queuedWhileBlocked(subscribers, bytes: body.readableBytes, from: relay, stream: .publish(topic: topic), now: now, actions: &actions)
+            }
             if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: nil, actions: &actions) }
         case .event(let topic, let body):
-            relayedRemoteEvent(topic: topic, body: body, from: relay, actions: &actions)
+            relayedRemoteEvent(topic: topic, body: body, from: relay, now: now, actions: &actions)
+        case .hold, .release:
+            flowControl(frame, from: relay, now: now, actions: &actions)
         case .tunnelOpen(let id, let cluster, let remaining, let flags):
             if FederatedName.isRemote(cluster, localNetwork: network) {
                 relayedRemoteTunnelOpen(

@@ -262,7 +262,7 @@ extension RelayCore {
         let route = publishRoute(topic)
         for relay in route.relays {
             actions.append(.sendPeer(relay, .publish(topic: topic, body: event)))
-            noteDelivery(from: publisher, toRelay: relay, actions: &actions)
+            noteDelivery(from: publisher, toRelay: relay, stream: .publish(topic: topic), actions: &actions)
         }
         for subscriber in route.subscribers {
             actions.append(.send(subscriber, .publish(topic: topic, event: event)))

@@ -97,6 +97,8 @@ public struct RelayCore {
     /// Remote relays whose peer link cannot take more bytes now, with the local connections
     /// paused because they published or broadcast to them meanwhile.
     var blockedRelays: [NodeID: Set<ConnectionID>] = [:]
+    /// Holds asked of other relays for blocked receivers here, and granted to them.
+    var holds = FlowHolds()
     var connections: [ConnectionID: Connection] = [:]
     var clusters: [String: ClusterDirectory] = [:]
     var topics = TopicIndex()
@@ -163,6 +165,9 @@ public struct RelayCore {
         connections[id] = nil
         lastOpen = nil
         if !conn.writable { blockedConnections -= 1 }
+        if holds.hasAsked || holds.hasGrants {
+            release(holds.connectionGone(id, heldBy: conn.heldBy), actions: &actions)
+        }
         // A close the relay already decided (graceful CLOSE, violation, shutdown) was reported then.
         if conn.phase != .closed {
             actions.append(.report(.connectionClosed(id, graceful: false)))
@@ -191,6 +196,7 @@ public struct RelayCore {
             conn.blockedSources = []
             connections[id] = conn
             for source in waiters { unblock(source, from: id, actions: &actions) }
+            if holds.hasAsked { release(holds.receiverDone(id), actions: &actions) }
         } else {
             conn.blockedSince = now
             connections[id] = conn
@@ -295,6 +301,10 @@ public struct RelayCore {
                         actions: &actions
                     )
                 }
+            case .holdLease(let key, let until):
+                if let paused = holds.expire(key, until: until) { resume(paused, heldBy: key, actions: &actions) }
+            case .refreshHolds:
+                refreshHolds(now: now, actions: &actions)
             }
         }
     }
@@ -434,6 +444,10 @@ public struct RelayCore {
         case request(UInt64)
         case build(UInt64)
         case slowConsumer(ConnectionID, since: NIODeadline)
+        /// The lease of a hold granted to another relay ends (unless refreshed since).
+        case holdLease(HoldKey, until: NIODeadline)
+        /// Holds asked of other relays are due for a refresh.
+        case refreshHolds
     }
 
     struct TimerEntry: Comparable {
@@ -452,7 +466,7 @@ public struct RelayCore {
         // Timers are discarded lazily, so an answered request's entry stays until its deadline:
         // with long timeouts and a high request rate those pile up (rate × timeout entries).
         // Once stale entries clearly outnumber live ones, drop them all (amortised O(1)).
-        let liveBound = requests.count + builds.count + 2 * connections.count
+        let liveBound = requests.count + builds.count + 2 * connections.count + holds.grantCount
         if timers.count > 2 * liveBound + 1024 {
             timers = Heap(timers.unordered.filter { isLive($0.timer) })
         }
@@ -469,6 +483,10 @@ public struct RelayCore {
             builds[key] != nil
         case .slowConsumer(let id, let since):
             connections[id].map { !$0.writable && $0.blockedSince == since } ?? false
+        case .holdLease(let key, let until):
+            holds.isLive(key, until: until)
+        case .refreshHolds:
+            holds.hasAsked
         }
     }
 
@@ -568,8 +586,10 @@ extension RelayCore {
         var blockedBy: Set<ConnectionID> = []
         /// Remote relays whose full peer link keeps this connection paused.
         var blockedByRelays: Set<NodeID> = []
+        /// Holds other relays asked for, on streams this connection sent to them.
+        var heldBy: Set<HoldKey> = []
         var atRequestLimit = false
-        var isReading: Bool { blockedBy.isEmpty && blockedByRelays.isEmpty && !atRequestLimit }
+        var isReading: Bool { blockedBy.isEmpty && blockedByRelays.isEmpty && heldBy.isEmpty && !atRequestLimit }
     }
 
     /// Who is waiting for a request's answer.

@@ -29,6 +29,10 @@ public struct RelaySettings: Sendable, Equatable {
     /// two relays and is not paused for one subscriber, so this bounds what a flat-out publisher
     /// on another relay can pile up here before `slowConsumerTimeout`.
     public var slowConsumerBytes: UInt64 = 64 << 20
+    /// How long a HOLD this relay asks of another lasts unless refreshed (Docs/mesh.md, "Flow
+    /// control"); it is refreshed every half lease while a receiver here still needs it. A lost
+    /// RELEASE pauses a sender at most this long.
+    public var holdLease: TimeAmount = .seconds(1)
     /// Where requests go when the mesh offers several relays (Docs/mesh.md).
     public var routing = RoutingPolicy()
     /// This relay's network and, for a gateway, what it exports (Docs/federation.md).

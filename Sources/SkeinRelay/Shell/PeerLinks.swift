@@ -8,7 +8,7 @@ import SkeinWire
 
 /// Settings of the relay-to-relay links (Docs/peer-protocol.md, Docs/relay-settings.md).
 public struct PeerLinkSettings: Sendable {
-    public var handshake = HandshakeSettings()
+    public var handshake = HandshakeSettings(protocolVersion: PeerProtocol.version)
     /// A link that has sent or received nothing for this long sends a ping. Membership, not
     /// the links, detects failed relays, so this is slow: a ping costs about 100 bytes each way
     /// (IP, TCP, record and frame), and at rest it is most of a relay's TCP traffic.

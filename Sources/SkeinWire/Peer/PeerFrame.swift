@@ -2,9 +2,43 @@ import NIOCore
 import SkeinFederation
 
 /// The peer protocol's version of the frame layer (Docs/peer-protocol.md §5). The handshake
-/// carries the peer protocol version; this layout belongs to version 1.
+/// carries the peer protocol version; this layout belongs to version 2 (version 1 had no HOLD
+/// and RELEASE).
 public enum PeerProtocol {
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
+}
+
+/// What a HOLD or RELEASE names (Docs/mesh.md, "Flow control"): the traffic of one kind and
+/// name the receiver of the frame sends to its sender — one topic's events, one cluster's
+/// broadcasts, or one federated topic's events.
+public enum PeerFlowStream: Sendable, Hashable {
+    case broadcast(cluster: String)
+    case publish(topic: String)
+    case event(topic: String)
+
+    /// The kind of the frames it names (BROADCAST, PUBLISH or EVENT): its tag on the wire.
+    public var kind: PeerFrame.Kind {
+        switch self {
+        case .broadcast: .broadcast
+        case .publish: .publish
+        case .event: .event
+        }
+    }
+
+    public var name: String {
+        switch self {
+        case .broadcast(let name), .publish(let name), .event(let name): name
+        }
+    }
+
+    init?(kind: UInt8, name: String) {
+        switch PeerFrame.Kind(rawValue: kind) {
+        case .broadcast: self = .broadcast(cluster: name)
+        case .publish: self = .publish(topic: name)
+        case .event: self = .event(topic: name)
+        default: return nil
+        }
+    }
 }
 
 /// Which queue a frame travels in. Each record is filled control first, then interactive, then
@@ -65,6 +99,11 @@ public enum PeerFrame: Sendable, Equatable {
     case gateway(network: String, exports: [ExportRule])
     /// Gateway links only: every topic the sender's network subscribes to through this link.
     case interest(topics: [String])
+    /// Flow control: the sender has a receiver that cannot take more of `stream` now; the
+    /// receiver of this frame pauses what feeds it there, for `leaseMillis` or until RELEASE.
+    case hold(stream: PeerFlowStream, leaseMillis: UInt64)
+    /// Flow control: the hold on `stream` is over.
+    case release(stream: PeerFlowStream)
     // Interactive class.
     case request(id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags, body: ByteBuffer)
     case reply(id: UInt64, outcome: PeerReplyOutcome)
@@ -89,6 +128,8 @@ public enum PeerFrame: Sendable, Equatable {
         case membership = 0x04
         case gateway = 0x06
         case interest = 0x07
+        case hold = 0x08
+        case release = 0x09
         case request = 0x10
         case reply = 0x11
         case broadcast = 0x12
@@ -102,7 +143,7 @@ public enum PeerFrame: Sendable, Equatable {
 
         public var trafficClass: PeerTrafficClass {
             switch self {
-            case .hello, .ping, .pong, .goodbye, .membership, .gateway, .interest: .control
+            case .hello, .ping, .pong, .goodbye, .membership, .gateway, .interest, .hold, .release: .control
             case .request, .reply, .broadcast, .publish, .event, .tunnelOpen, .tunnelConfirm, .tunnelAllowance:
                 .interactive
             // A close travels behind the tunnel's data, never ahead of it.
@@ -120,6 +161,8 @@ public enum PeerFrame: Sendable, Equatable {
         case .membership: .membership
         case .gateway: .gateway
         case .interest: .interest
+        case .hold: .hold
+        case .release: .release
         case .request: .request
         case .reply: .reply
         case .broadcast: .broadcast
@@ -151,6 +194,10 @@ public enum PeerFrame: Sendable, Equatable {
             return fieldSize(network) + varintSize(UInt64(exports.count)) + exports.reduce(0) { $0 + 1 + fieldSize($1.pattern) }
         case .interest(let topics):
             return varintSize(UInt64(topics.count)) + topics.reduce(0) { $0 + fieldSize($1) }
+        case .hold(let stream, let lease):
+            return 1 + fieldSize(stream.name) + varintSize(lease)
+        case .release(let stream):
+            return 1 + fieldSize(stream.name)
         case .request(let id, let cluster, let remaining, _, let body):
             return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + 1 + body.readableBytes
         case .reply(let id, let outcome):
@@ -248,6 +295,13 @@ public enum PeerFrame: Sendable, Equatable {
         case .interest(let topics):
             buffer.writeVarint(UInt64(topics.count))
             for topic in topics { buffer.writeField(topic) }
+        case .hold(let stream, let lease):
+            buffer.writeInteger(stream.kind.rawValue)
+            buffer.writeField(stream.name)
+            buffer.writeVarint(lease)
+        case .release(let stream):
+            buffer.writeInteger(stream.kind.rawValue)
+            buffer.writeField(stream.name)
         case .request(let id, let cluster, let remaining, let flags, let body):
             buffer.writeVarint(id)
             buffer.writeField(cluster)
@@ -354,6 +408,14 @@ public enum PeerFrame: Sendable, Equatable {
                 frame = try Self.decodeGateway(&r)
             case .interest:
                 frame = try Self.decodeInterest(&r)
+            case .hold:
+                if let stream = try Self.decodeStream(&r, of: kind, names: &names), let lease = try r.varint() {
+                    frame = .hold(stream: stream, leaseMillis: lease)
+                } else {
+                    frame = nil
+                }
+            case .release:
+                frame = try Self.decodeStream(&r, of: kind, names: &names).map { .release(stream: $0) }
             case .request:
                 if let id = try r.varint(), let cluster = try r.name("cluster", cache: &names), let remaining = try r.varint(),
                     let flags = r.byte()
@@ -464,6 +526,15 @@ extension PeerFrame {
             exports.append(ExportRule(kinds: ExportKinds(rawValue: kinds), pattern: pattern))
         }
         return .gateway(network: network, exports: exports)
+    }
+
+    /// A HOLD's or RELEASE's stream: `u8 kind (0x12, 0x13 or 0x14), string name`.
+    static func decodeStream(_ r: inout FieldReader, of kind: Kind, names: inout NameCache) throws -> PeerFlowStream? {
+        guard let tag = r.byte(), let name = try r.name("name", cache: &names) else { return nil }
+        guard let stream = PeerFlowStream(kind: tag, name: name) else {
+            throw PeerFrameError.malformed(kind, "stream kind 0x\(String(tag, radix: 16)) is not BROADCAST, PUBLISH or EVENT")
+        }
+        return stream
     }
 
     static func decodeInterest(_ r: inout FieldReader) throws(WireError) -> PeerFrame? {

@@ -1,0 +1,169 @@
+import NIOCore
+import SkeinMembership
+import SkeinTestSupport
+import SkeinWire
+import Testing
+
+@testable import SkeinRelay
+
+/// Flow control across relays (Docs/mesh.md, "Flow control"): a blocked receiver here holds the
+/// relays that feed it; a hold from another relay pauses the senders here that feed it.
+@Suite("Relay core: flow control across relays")
+struct CoreFlowControlTests {
+    static let event = ByteBuffer(repeating: 7, count: 100)
+    static let news = PeerFlowStream.publish(topic: "news")
+
+    @Test("a blocked subscriber holds each relay that feeds it, once, refreshes the hold, and releases it when writable")
+    func receiverAsks() {
+        var d = CoreDriver { $0.holdLease = .seconds(1) }
+        let (b, _) = d.relay(1)
+        let (c, _) = d.relay(2)
+        let slow = d.connect()
+        _ = d.send(.subscribe(topic: "news"), from: slow)
+        // Writable: nothing is held.
+        #expect(d.peer(.publish(topic: "news", body: Self.event), from: b).peerFrames.isEmpty)
+        _ = d.writability(slow, false)
+        let first = d.peer(.publish(topic: "news", body: Self.event), from: b)
+        #expect(first.frames(to: slow) == [.publish(topic: "news", event: Self.event)])  // never dropped
+        #expect(first.peerFrames(to: b) == [.hold(stream: Self.news, leaseMillis: 1000)])
+        #expect(d.peer(.publish(topic: "news", body: Self.event), from: b).peerFrames.isEmpty)  // once
+        #expect(d.peer(.publish(topic: "news", body: Self.event), from: c).peerFrames(to: c) == [.hold(stream: Self.news, leaseMillis: 1000)])
+        // Every half lease while blocked, the holds go out again.
+        let refresh = d.advance(.milliseconds(500))
+        #expect(refresh.peerFrames(to: b) == [.hold(stream: Self.news, leaseMillis: 1000)])
+        #expect(refresh.peerFrames(to: c) == [.hold(stream: Self.news, leaseMillis: 1000)])
+        // Writable again: both released, and the refresh stops.
+        let drained = d.writability(slow, true)
+        #expect(drained.peerFrames(to: b) == [.release(stream: Self.news)])
+        #expect(drained.peerFrames(to: c) == [.release(stream: Self.news)])
+        #expect(d.advance(.seconds(2)).peerFrames.isEmpty)
+        #expect(!d.core.holds.hasAsked)
+    }
+
+    @Test("a hold stays while any receiver it serves is blocked; a receiver that closes releases its share")
+    func sharedHolds() {
+        var d = CoreDriver()
+        let (b, _) = d.relay(1)
+        let one = d.connect()
+        let two = d.connect(cluster: "all")
+        _ = d.send(.subscribe(topic: "news"), from: one)
+        _ = d.send(.subscribe(topic: "news"), from: two)
+        _ = d.writability(one, false)
+        _ = d.writability(two, false)
+        #expect(d.peer(.publish(topic: "news", body: Self.event), from: b).peerFrames(to: b).count == 1)
+        // Broadcasts are held by cluster, apart from events.
+        #expect(
+            d.peer(.broadcast(cluster: "all", body: Self.event), from: b).peerFrames(to: b) == [
+                .hold(stream: .broadcast(cluster: "all"), leaseMillis: 1000)
+            ])
+        #expect(d.writability(one, true).peerFrames.isEmpty)  // `two` still needs the topic's hold
+        let gone = d.lose(two)
+        let released = gone.peerFrames(to: b)
+        #expect(released.count == 2 && released.contains(.release(stream: Self.news)) && released.contains(.release(stream: .broadcast(cluster: "all"))))
+        #expect(!d.core.holds.hasAsked)
+    }
+
+    @Test("a hold from another relay pauses each local publisher of that stream to it after its event, and nobody else")
+    func senderPauses() {
+        var d = CoreDriver()
+        let (b, _) = d.relay(1, topics: ["news", "sport"])
+        let (c, _) = d.relay(2, topics: ["news"])
+        let publisher = d.connect()
+        let other = d.connect()
+        #expect(d.peer(.hold(stream: Self.news, leaseMillis: 1000), from: b).isEmpty)
+        let sent = d.send(.publish(topic: "news", event: Self.event), from: publisher)
+        // Not lost: it goes to both relays; then its publisher waits.
+        #expect(sent.peerFrames(to: b) == [.publish(topic: "news", body: Self.event)])
+        #expect(sent.peerFrames(to: c) == [.publish(topic: "news", body: Self.event)])
+        #expect(sent.contains(.pauseReading(publisher)))
+        // Another topic to the same relay keeps its speed.
+        #expect(!d.send(.publish(topic: "sport", event: Self.event), from: other).contains(.pauseReading(other)))
+        // RELEASE: it reads again.
+        #expect(d.peer(.release(stream: Self.news), from: b) == [.resumeReading(publisher)])
+        #expect(!d.send(.publish(topic: "news", event: Self.event), from: publisher).contains(.pauseReading(publisher)))
+    }
+
+    @Test("a hold ends with its lease unless refreshed; a lost relay holds nobody back")
+    func leases() {
+        var d = CoreDriver()
+        let (b, _) = d.relay(1, clusters: ["all": 1])
+        let sender = d.connect()
+        _ = d.peer(.hold(stream: .broadcast(cluster: "all"), leaseMillis: 1000), from: b)
+        #expect(d.send(.broadcast(cluster: "all", message: Self.event), from: sender).contains(.pauseReading(sender)))
+        _ = d.advance(.milliseconds(600))
+        _ = d.peer(.hold(stream: .broadcast(cluster: "all"), leaseMillis: 1000), from: b)  // refreshed: ends at 1.6 s
+        #expect(d.advance(.milliseconds(500)).isEmpty)  // the first lease's end does nothing
+        #expect(d.advance(.milliseconds(500)) == [.resumeReading(sender)])
+        // A lease longer than the bound is cut to it.
+        _ = d.peer(.hold(stream: .broadcast(cluster: "all"), leaseMillis: .max), from: b)
+        _ = d.send(.broadcast(cluster: "all", message: Self.event), from: sender)
+        #expect(d.removeRelay(b).contains(.resumeReading(sender)))
+        #expect(!d.core.holds.hasGrants)
+    }
+
+    @Test("a paused publisher stays paused until every hold and full output that pauses it ends")
+    func severalReasons() {
+        var d = CoreDriver()
+        let (b, _) = d.relay(1, topics: ["news"])
+        let (c, _) = d.relay(2, topics: ["news"])
+        let publisher = d.connect()
+        _ = d.peer(.hold(stream: Self.news, leaseMillis: 5000), from: b)
+        _ = d.peer(.hold(stream: Self.news, leaseMillis: 5000), from: c)
+        let sent = d.send(.publish(topic: "news", event: Self.event), from: publisher)
+        #expect(sent.filter { $0 == .pauseReading(publisher) }.count == 1)
+        #expect(d.peer(.release(stream: Self.news), from: b).isEmpty)
+        #expect(d.peer(.release(stream: Self.news), from: c) == [.resumeReading(publisher)])
+        // A publisher that closes while held leaves nothing behind.
+        _ = d.peer(.hold(stream: Self.news, leaseMillis: 5000), from: b)
+        _ = d.send(.publish(topic: "news", event: Self.event), from: publisher)
+        _ = d.lose(publisher)
+        #expect(d.peer(.release(stream: Self.news), from: b).isEmpty)
+    }
+
+    @Test("a hold from a relay that is not sending leaves every sender alone; a stale release does nothing")
+    func strayFrames() {
+        var d = CoreDriver()
+        let (b, _) = d.relay(1, topics: ["news"])
+        let publisher = d.connect()
+        #expect(d.peer(.release(stream: Self.news), from: b).isEmpty)
+        _ = d.peer(.hold(stream: .publish(topic: "elsewhere"), leaseMillis: 1000), from: b)
+        #expect(!d.send(.publish(topic: "news", event: Self.event), from: publisher).contains(.pauseReading(publisher)))
+        #expect(d.advance(.seconds(1)).isEmpty)
+        #expect(!d.core.holds.hasGrants)
+    }
+}
+
+@Suite("FlowHolds")
+struct FlowHoldsTests {
+    let b = testNode(1)
+    let c = testNode(2)
+
+    @Test("asks once per relay and stream; releases when the last receiver is done")
+    func asking() {
+        var holds = FlowHolds()
+        let key = HoldKey(relay: b, stream: .publish(topic: "t"))
+        let asks = [holds.ask(key, for: ConnectionID(1)), holds.ask(key, for: ConnectionID(1)), holds.ask(key, for: ConnectionID(2))]
+        #expect(asks == [true, false, false])
+        #expect(holds.receiverDone(ConnectionID(1)).isEmpty)
+        #expect(holds.receiverDone(ConnectionID(2)) == [key])
+        #expect(!holds.hasAsked)
+    }
+
+    @Test("forgetting a relay ends its holds both ways and nobody else's")
+    func forgetting() {
+        var holds = FlowHolds()
+        let atB = HoldKey(relay: b, stream: .event(topic: "t@us"))
+        let atC = HoldKey(relay: c, stream: .event(topic: "t@us"))
+        _ = holds.ask(atB, for: ConnectionID(1))
+        _ = holds.ask(atC, for: ConnectionID(1))
+        let now = NIODeadline.uptimeNanoseconds(1_000)
+        holds.grant(atB, until: now)
+        let pauses = [holds.pause(ConnectionID(5), by: atB), holds.pause(ConnectionID(5), by: atB)]
+        #expect(pauses == [true, false])
+        let ended = holds.forget(relay: b)
+        #expect(ended.count == 1 && ended[0].0 == atB && ended[0].1 == [ConnectionID(5)])
+        #expect(holds.askedKeys.map { $0 } == [atC])
+        #expect(holds.receiverDone(ConnectionID(1)) == [atC])
+        #expect(holds.expire(atB, until: now) == nil)
+    }
+}
