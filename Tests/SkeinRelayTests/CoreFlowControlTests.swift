@@ -1,4 +1,5 @@
 import NIOCore
+import SkeinFederation
 import SkeinMembership
 import SkeinTestSupport
 import SkeinWire
@@ -165,5 +166,46 @@ struct FlowHoldsTests {
         #expect(holds.askedKeys.map { $0 } == [atC])
         #expect(holds.receiverDone(ConnectionID(1)) == [atC])
         #expect(holds.expire(atB, until: now) == nil)
+    }
+}
+
+@Suite("Relay core: flow control over gateway links")
+struct CoreGatewayFlowControlTests {
+    static let body = ByteBuffer(repeating: 3, count: 100)
+    static let open = ExportTable([ExportRule(kinds: [.subscribe, .publish, .broadcast], pattern: "*")])
+
+    @Test("a blocked receiver here of what a gateway link brings in holds that link's gateway, as it would a relay")
+    func receiverHoldsGateway() {
+        var d = CoreDriver(network: "us", exports: ["eu": Self.open])
+        let (g, _) = d.link(1, network: "eu")
+        let subscriber = d.connect()
+        let member = d.connect(cluster: "workers")
+        _ = d.send(.subscribe(topic: "orders"), from: subscriber)
+        _ = d.writability(subscriber, false)
+        _ = d.writability(member, false)
+        let order = d.fromGateway(.publish(topic: "orders", body: Self.body), g)
+        #expect(order.frames(to: subscriber) == [.publish(topic: "orders", event: Self.body)])
+        #expect(order.peerFrames(to: g) == [.hold(stream: .publish(topic: "orders"), leaseMillis: 1000)])
+        let work = d.fromGateway(.broadcast(cluster: "workers", body: Self.body), g)
+        #expect(work.peerFrames(to: g) == [.hold(stream: .broadcast(cluster: "workers"), leaseMillis: 1000)])
+        #expect(d.writability(subscriber, true).peerFrames(to: g) == [.release(stream: .publish(topic: "orders"))])
+        // The link going down forgets what was asked of it (the member's hold is still asked).
+        #expect(d.core.holds.askedKeys.contains { $0.relay == g })
+        _ = d.unlink(g)
+        #expect(!d.core.holds.askedKeys.contains { $0.relay == g })
+    }
+
+    @Test("a hold from a gateway link pauses the local publishers whose events go to that network's interest")
+    func gatewayHoldsPublisher() {
+        var d = CoreDriver(network: "us", exports: ["eu": Self.open])
+        let (g, _) = d.link(1, network: "eu")
+        _ = d.fromGateway(.interest(topics: ["news"]), g)
+        let publisher = d.connect()
+        #expect(d.send(.publish(topic: "news", event: Self.body), from: publisher).peerFrames(to: g) == [.event(topic: "news", body: Self.body)])
+        _ = d.fromGateway(.hold(stream: .event(topic: "news"), leaseMillis: 1000), g)
+        let held = d.send(.publish(topic: "news", event: Self.body), from: publisher)
+        #expect(held.peerFrames(to: g) == [.event(topic: "news", body: Self.body)])
+        #expect(held.contains(.pauseReading(publisher)))
+        #expect(d.fromGateway(.release(stream: .event(topic: "news")), g) == [.resumeReading(publisher)])
     }
 }

@@ -60,9 +60,15 @@ extension RelayCore {
         case .broadcast(let cluster, let body):
             guard admits(.broadcast, cluster, from: node, gateway, actions: &actions) else { return }
             broadcastHere(cluster: cluster, body: body, from: nil, actions: &actions)
+            if blockedConnections > 0, let members = clusters[cluster]?.members {
+                queuedWhileBlocked(members, bytes: body.readableBytes, from: node, stream: .broadcast(cluster: cluster), now: now, actions: &actions)
+            }
         case .publish(let topic, let body):
             guard admits(.publish, topic, from: node, gateway, actions: &actions) else { return }
             publishHere(topic: topic, body: body, from: nil, actions: &actions)
+            if blockedConnections > 0 {
+                queuedWhileBlocked(topics.subscribers(of: topic), bytes: body.readableBytes, from: node, stream: .publish(topic: topic), now: now, actions: &actions)
+            }
         case .event(let topic, let body):
             // An event of the other network's topic, for this network's interest in it: only from
             // the link this relay subscribed through, so a change of link never duplicates it.
@@ -70,7 +76,11 @@ extension RelayCore {
                 actions.append(.report(.federationDropped(network: gateway.network, reason: "event from a gateway link not subscribed through")))
                 return
             }
-            deliverRemoteEvent(topic: "\(topic)@\(gateway.network)", body: body, actions: &actions)
+            let local = "\(topic)@\(gateway.network)"
+            deliverRemoteEvent(topic: local, body: body, actions: &actions)
+            if blockedConnections > 0 {
+                queuedWhileBlocked(topics.subscribers(of: local), bytes: body.readableBytes, from: node, stream: .event(topic: topic), now: now, actions: &actions)
+            }
         case .interest(let topics):
             foreignInterest(from: node, gateway, topics: topics, actions: &actions)
         case .hold, .release:
