@@ -41,6 +41,41 @@ struct CoreFlowControlTests {
         #expect(!d.core.holds.hasAsked)
     }
 
+    @Test("a receiver the relay closes (slow consumer) releases its holds at once, not when its socket goes")
+    func closedReceiverReleases() {
+        var d = CoreDriver { $0.slowConsumerTimeout = .seconds(2) }
+        let (b, _) = d.relay(1)
+        let stuck = d.connect()
+        _ = d.send(.subscribe(topic: "news"), from: stuck)
+        _ = d.writability(stuck, false)
+        #expect(d.peer(.publish(topic: "news", body: Self.event), from: b).peerFrames(to: b).count == 1)
+        let closed = d.advance(.seconds(2))
+        #expect(closed.reports.contains(.slowConsumer(stuck)))
+        #expect(closed.peerFrames(to: b).contains(.release(stream: Self.news)))
+        #expect(!d.core.holds.hasAsked)
+        #expect(d.advance(.seconds(2)).peerFrames.isEmpty, "no refresh for a closed receiver")
+    }
+
+    @Test("a receiver that flaps between blocked and writable keeps one refresh, not one per flap")
+    func flappingKeepsOneRefresh() {
+        var d = CoreDriver { $0.holdLease = .seconds(1) }
+        let (b, _) = d.relay(1)
+        let flappy = d.connect()
+        _ = d.send(.subscribe(topic: "news"), from: flappy)
+        for _ in 0..<5 {
+            _ = d.writability(flappy, false)
+            _ = d.peer(.publish(topic: "news", body: Self.event), from: b)
+            _ = d.writability(flappy, true)
+            _ = d.advance(.milliseconds(50))
+        }
+        _ = d.writability(flappy, false)
+        _ = d.peer(.publish(topic: "news", body: Self.event), from: b)
+        for _ in 0..<4 {
+            let refresh = d.advance(.milliseconds(500))
+            #expect(refresh.peerFrames(to: b) == [.hold(stream: Self.news, leaseMillis: 1000)])
+        }
+    }
+
     @Test("a hold stays while any receiver it serves is blocked; a receiver that closes releases its share")
     func sharedHolds() {
         var d = CoreDriver()

@@ -155,13 +155,27 @@ extension RelayCore {
     /// Every hold still needed goes out again, so a lost HOLD is healed and a granted one does
     /// not lapse while its receiver is blocked.
     mutating func refreshHolds(now: NIODeadline, actions: inout [RelayAction]) {
+        refreshDue = nil
         guard holds.hasAsked else { return }
-        let lease = UInt64(settings.holdLease.nanoseconds / 1_000_000)
         for key in holds.askedKeys.sorted(by: { ($0.relay, $0.stream.name) < ($1.relay, $1.stream.name) }) {
-            actions.append(.sendPeer(key.relay, .hold(stream: key.stream, leaseMillis: lease)))
+            actions.append(.sendPeer(key.relay, .hold(stream: key.stream, leaseMillis: holdLeaseMillis)))
         }
-        schedule(.refreshHolds, at: now + .nanoseconds(settings.holdLease.nanoseconds / 2))
+        scheduleRefresh(now: now)
     }
+
+    /// The one refresh timer, unless it is already armed (so a receiver that flaps between
+    /// blocked and writable never starts a second chain of refreshes).
+    private mutating func scheduleRefresh(now: NIODeadline) {
+        guard refreshDue == nil else { return }
+        // Half the lease, never less than a millisecond (a lease set in code below that would
+        // otherwise refresh at `now` again, forever).
+        let due = now + .nanoseconds(max(settings.holdLease.nanoseconds / 2, 1_000_000))
+        refreshDue = due
+        schedule(.refreshHolds, at: due)
+    }
+
+    /// The lease a HOLD asks for, in whole milliseconds (at least 1).
+    var holdLeaseMillis: UInt64 { UInt64(max(settings.holdLease.nanoseconds / 1_000_000, 1)) }
 
     /// `relay` is gone: holds end both ways (what it paused here reads again; what it was asked
     /// is asked again on the next link, if still needed).
@@ -183,12 +197,9 @@ extension RelayCore {
             guard let conn = connections[id], !conn.writable, conn.phase == .open else { continue }
             let queued = conn.queuedWhileBlocked + UInt64(bytes)
             connections[id]!.queuedWhileBlocked = queued
-            let key = HoldKey(relay: relay, stream: stream)
-            let wasAsking = holds.hasAsked
-            if holds.ask(key, for: id) {
-                let lease = UInt64(settings.holdLease.nanoseconds / 1_000_000)
-                actions.append(.sendPeer(relay, .hold(stream: stream, leaseMillis: lease)))
-                if !wasAsking { schedule(.refreshHolds, at: now + .nanoseconds(settings.holdLease.nanoseconds / 2)) }
+            if holds.ask(HoldKey(relay: relay, stream: stream), for: id) {
+                actions.append(.sendPeer(relay, .hold(stream: stream, leaseMillis: holdLeaseMillis)))
+                scheduleRefresh(now: now)
             }
             guard queued > settings.slowConsumerBytes else { continue }
             actions.append(.report(.slowConsumer(id)))

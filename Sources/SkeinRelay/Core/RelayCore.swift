@@ -99,6 +99,8 @@ public struct RelayCore {
     var blockedRelays: [NodeID: Set<ConnectionID>] = [:]
     /// Holds asked of other relays for blocked receivers here, and granted to them.
     var holds = FlowHolds()
+    /// When the refresh of asked holds is due, while its timer is armed.
+    var refreshDue: NIODeadline?
     var connections: [ConnectionID: Connection] = [:]
     var clusters: [String: ClusterDirectory] = [:]
     var topics = TopicIndex()
@@ -372,6 +374,8 @@ public struct RelayCore {
         guard var conn = connections[id], !conn.detached else { return }
         conn.detached = true
         connections[id] = conn
+        // It receives nothing more: the holds it asked for end now, not when its socket goes.
+        if holds.hasAsked { release(holds.receiverDone(id), actions: &actions) }
         if let cluster = conn.cluster {
             clusters[cluster]?.remove(id)
             if clusters[cluster]?.members.isEmpty == true { clusters[cluster] = nil }
@@ -486,7 +490,7 @@ public struct RelayCore {
         case .holdLease(let key, let until):
             holds.isLive(key, until: until)
         case .refreshHolds:
-            holds.hasAsked
+            refreshDue != nil
         }
     }
 
