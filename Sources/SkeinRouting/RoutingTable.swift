@@ -206,7 +206,7 @@ package struct RoutingTable: Sendable {
 }
 
 /// A small, fast, seeded generator (Steele et al.): routing needs fairness, not secrecy.
-struct SplitMix64: Sendable {
+struct SplitMix64: RandomNumberGenerator, Sendable {
     var state: UInt64
 
     init(seed: UInt64) { state = seed }
