@@ -208,14 +208,14 @@ struct CoreMeshTests {
         // The 3001st byte: closed, with the reason, reported; the other subscriber is untouched.
         let over = d.peer(.publish(topic: "news", body: event), from: b)
         #expect(over.frames(to: fine) == [.publish(topic: "news", event: event)])
-        #expect(over.reports == [.slowConsumer(slow)])
+        #expect(over.reports == [.slowConsumer(slow, reason: "slow consumer: more than 3000 bytes from other relays queued while its output was blocked")])
         #expect(over.closeReason(of: slow) == "slow consumer: more than 3000 bytes from other relays queued while its output was blocked")
         #expect(d.core.topicSubscriptions == ["news": 1])
         #expect(d.peer(.publish(topic: "news", body: event), from: b).frames(to: slow).isEmpty)
         // Broadcasts from another relay count the same way, for members.
         _ = d.writability(member, false)
         for _ in 0..<3 { #expect(d.peer(.broadcast(cluster: "all", body: event), from: b).reports.isEmpty) }
-        #expect(d.peer(.broadcast(cluster: "all", body: event), from: b).reports == [.slowConsumer(member)])
+        #expect(d.peer(.broadcast(cluster: "all", body: event), from: b).reports == [.slowConsumer(member, reason: "slow consumer: more than 3000 bytes from other relays queued while its output was blocked")])
         // A blocked connection that goes away leaves no count behind.
         _ = d.lose(slow)
         _ = d.lose(member)

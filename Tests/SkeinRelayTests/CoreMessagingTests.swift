@@ -169,7 +169,7 @@ struct CoreMessagingTests {
         _ = d.send(.publish(topic: "t", event: buffer("x")), from: p)
         #expect(d.advance(.milliseconds(9999)).isEmpty)
         let out = d.advance(.milliseconds(1))
-        #expect(out.reports.first == .slowConsumer(s))
+        #expect(out.reports.first == .slowConsumer(s, reason: "slow consumer: output blocked for more than 10000 ms"))
         #expect(out.closeReason(of: s) == "slow consumer: output blocked for more than 10000 ms")
         #expect(out.contains(.resumeReading(p)), "the publisher it held is released")
         #expect(d.core.topicSubscriptions.isEmpty)

@@ -202,10 +202,9 @@ extension RelayCore {
                 scheduleRefresh(now: now)
             }
             guard queued > settings.slowConsumerBytes else { continue }
-            actions.append(.report(.slowConsumer(id)))
-            closeWithReason(
-                id, "slow consumer: more than \(settings.slowConsumerBytes) bytes from other relays queued while its output was blocked",
-                actions: &actions)
+            let reason = "slow consumer: more than \(settings.slowConsumerBytes) bytes from other relays queued while its output was blocked"
+            actions.append(.report(.slowConsumer(id, reason: reason)))
+            closeWithReason(id, reason, actions: &actions)
         }
     }
 

@@ -58,7 +58,8 @@ public enum RelayEvent: Sendable, Equatable {
     case handshakeCompleted(ConnectionID, cluster: String)
     case handshakeRejected(ConnectionID, reason: String)
     case protocolViolation(ConnectionID, reason: String)
-    case slowConsumer(ConnectionID)
+    /// Closed as a slow consumer, with the reason its CLOSE carries.
+    case slowConsumer(ConnectionID, reason: String)
     case connectionClosed(ConnectionID, graceful: Bool)
     case requestTimedOut(cluster: String, handedToMember: Bool)
     case lateReplyDropped(ConnectionID)
@@ -296,10 +297,11 @@ public struct RelayCore {
                 expireBuild(key, actions: &actions)
             case .slowConsumer(let id, let since):
                 if let conn = connections[id], !conn.writable, conn.blockedSince == since {
-                    actions.append(.report(.slowConsumer(id)))
+                    let reason = "slow consumer: output blocked for more than \(settings.slowConsumerTimeout.nanoseconds / 1_000_000) ms"
+                    actions.append(.report(.slowConsumer(id, reason: reason)))
                     closeWithReason(
                         id,
-                        "slow consumer: output blocked for more than \(settings.slowConsumerTimeout.nanoseconds / 1_000_000) ms",
+                        reason,
                         actions: &actions
                     )
                 }

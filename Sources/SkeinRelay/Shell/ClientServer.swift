@@ -411,9 +411,9 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         case .protocolViolation(let id, let reason):
             metrics.protocolViolations.increment()
             logger.notice("closing connection", metadata: ["connection": "\(id)", "reason": "\(reason)"])
-        case .slowConsumer(let id):
+        case .slowConsumer(let id, let reason):
             metrics.slowConsumers.increment()
-            logger.notice("closing slow consumer", metadata: ["connection": "\(id)"])
+            logger.notice("closing slow consumer", metadata: ["connection": "\(id)", "reason": "\(reason)"])
         case .connectionClosed(let id, let graceful):
             logger.debug("client disconnected", metadata: ["connection": "\(id)", "graceful": "\(graceful)"])
         case .requestTimedOut:
