@@ -156,6 +156,17 @@ struct CoreFlowControlTests {
         #expect(d.peer(.release(stream: Self.news), from: b).isEmpty)
     }
 
+    @Test("a HOLD past the per-relay bound is ignored and reported; the relay's other holds stand")
+    func tooManyHolds() {
+        var d = CoreDriver()
+        let (b, _) = d.relay(1, topics: ["news"])
+        let publisher = d.connect()
+        _ = d.peer(.hold(stream: Self.news, leaseMillis: 5000), from: b)
+        for i in 1..<FlowHolds.maxGrantsPerRelay { _ = d.peer(.hold(stream: .publish(topic: "t\(i)"), leaseMillis: 5000), from: b) }
+        #expect(d.peer(.hold(stream: .publish(topic: "past"), leaseMillis: 5000), from: b).reports == [.holdsRefused(b)])
+        #expect(d.send(.publish(topic: "news", event: Self.event), from: publisher).contains(.pauseReading(publisher)))
+    }
+
     @Test("a hold from a relay that is not sending leaves every sender alone; a stale release does nothing")
     func strayFrames() {
         var d = CoreDriver()
@@ -183,6 +194,27 @@ struct FlowHoldsTests {
         #expect(holds.receiverDone(ConnectionID(1)).isEmpty)
         #expect(holds.receiverDone(ConnectionID(2)) == [key])
         #expect(!holds.hasAsked)
+    }
+
+    @Test("one relay may hold at most maxGrantsPerRelay streams here; a refresh of one it holds is always taken")
+    func grantBound() {
+        var holds = FlowHolds()
+        let now = NIODeadline.uptimeNanoseconds(1_000)
+        let limit = FlowHolds.maxGrantsPerRelay
+        var taken = 0
+        for i in 0..<limit { taken += holds.grant(HoldKey(relay: b, stream: .publish(topic: "t\(i)")), until: now) ? 1 : 0 }
+        let over = holds.grant(HoldKey(relay: b, stream: .publish(topic: "one too many")), until: now)
+        let refresh = holds.grant(HoldKey(relay: b, stream: .publish(topic: "t0")), until: now + .seconds(1))
+        let otherRelay = holds.grant(HoldKey(relay: c, stream: .publish(topic: "t0")), until: now)
+        #expect(taken == limit && !over && refresh && otherRelay)
+        #expect(holds.isLive(HoldKey(relay: b, stream: .publish(topic: "t0")), until: now + .seconds(1)))
+        // One ending makes room for one more.
+        _ = holds.revoke(HoldKey(relay: b, stream: .publish(topic: "t1")))
+        let again = holds.grant(HoldKey(relay: b, stream: .publish(topic: "one too many")), until: now)
+        #expect(again)
+        _ = holds.forget(relay: b)
+        let fresh = holds.grant(HoldKey(relay: b, stream: .publish(topic: "t1")), until: now)
+        #expect(fresh && holds.grantCount == 2)
     }
 
     @Test("forgetting a relay ends its holds both ways and nobody else's")

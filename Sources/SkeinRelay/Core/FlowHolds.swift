@@ -2,10 +2,15 @@ import NIOCore
 import SkeinMembership
 import SkeinWire
 
-/// One relay's traffic of one stream: what a hold is about.
-struct HoldKey: Hashable {
+/// One relay's traffic of one stream: what a hold is about. Ordered by relay, then stream kind
+/// and name, so frames sent for a set of holds go out in the same order on every run.
+struct HoldKey: Hashable, Comparable {
     var relay: NodeID
     var stream: PeerFlowStream
+
+    static func < (a: Self, b: Self) -> Bool {
+        (a.relay, a.stream.kind.rawValue, a.stream.name) < (b.relay, b.stream.kind.rawValue, b.stream.name)
+    }
 }
 
 /// Flow control across relays (Docs/mesh.md, "Flow control"), both halves. Pure.
@@ -26,6 +31,11 @@ struct FlowHolds {
     private var askedFor: [ConnectionID: Set<HoldKey>] = [:]
     /// Per granted hold, its end and the local connections it pauses.
     private var granted: [HoldKey: Grant] = [:]
+    /// Granted holds per relay, to bound what one peer's HOLDs can make this relay keep.
+    private var grantsByRelay: [NodeID: Int] = [:]
+    /// Most holds one relay may have granted here at once; past it a new HOLD is ignored (that
+    /// relay's receiver then falls back to `--slow-consumer-bytes`).
+    static let maxGrantsPerRelay = 65_536
 
     struct Grant: Equatable {
         var until: NIODeadline
@@ -59,14 +69,30 @@ struct FlowHolds {
                 released.append(key)
             }
         }
-        return released.sorted { ($0.relay, $0.stream.name) < ($1.relay, $1.stream.name) }
+        return released.sorted()
     }
 
     // MARK: Granted (another relay's receivers are blocked)
 
-    /// `relay` asks to hold `stream` until `until` (a refresh moves the end).
-    mutating func grant(_ key: HoldKey, until: NIODeadline) {
-        granted[key, default: Grant(until: until)].until = until
+    /// `relay` asks to hold `stream` until `until` (a refresh moves the end). False if the relay
+    /// already has `maxGrantsPerRelay` other holds here: nothing is recorded.
+    mutating func grant(_ key: HoldKey, until: NIODeadline) -> Bool {
+        if granted[key] != nil {
+            granted[key]!.until = until
+            return true
+        }
+        guard grantsByRelay[key.relay, default: 0] < Self.maxGrantsPerRelay else { return false }
+        granted[key] = Grant(until: until)
+        grantsByRelay[key.relay, default: 0] += 1
+        return true
+    }
+
+    @discardableResult
+    private mutating func removeGrant(_ key: HoldKey) -> Grant? {
+        guard let grant = granted.removeValue(forKey: key) else { return nil }
+        grantsByRelay[key.relay]! -= 1
+        if grantsByRelay[key.relay] == 0 { grantsByRelay[key.relay] = nil }
+        return grant
     }
 
     /// Whether traffic of `key` should pause its sender now.
@@ -79,14 +105,14 @@ struct FlowHolds {
 
     /// RELEASE: the connections the hold paused.
     mutating func revoke(_ key: HoldKey) -> Set<ConnectionID> {
-        granted.removeValue(forKey: key)?.paused ?? []
+        removeGrant(key)?.paused ?? []
     }
 
     /// The lease that ended at `until` ends the hold, unless a refresh moved it: the connections
     /// it paused, or nil if it is still on (or gone).
     mutating func expire(_ key: HoldKey, until: NIODeadline) -> Set<ConnectionID>? {
         guard let grant = granted[key], grant.until == until else { return nil }
-        granted[key] = nil
+        removeGrant(key)
         return grant.paused
     }
 
@@ -106,7 +132,7 @@ struct FlowHolds {
             }
         }
         let ended = granted.filter { $0.key.relay == relay }
-        for key in ended.keys { granted[key] = nil }
+        for key in ended.keys { removeGrant(key) }
         return ended.map { ($0.key, $0.value.paused) }
     }
 

@@ -124,7 +124,10 @@ extension RelayCore {
         case .hold(let stream, let leaseMillis):
             let key = HoldKey(relay: relay, stream: stream)
             let until = now + .milliseconds(Int64(min(leaseMillis, Self.maxHoldLeaseMillis)))
-            holds.grant(key, until: until)
+            guard holds.grant(key, until: until) else {
+                actions.append(.report(.holdsRefused(relay)))
+                return
+            }
             schedule(.holdLease(key, until: until), at: until)
         case .release(let stream):
             let key = HoldKey(relay: relay, stream: stream)
@@ -157,7 +160,7 @@ extension RelayCore {
     mutating func refreshHolds(now: NIODeadline, actions: inout [RelayAction]) {
         refreshDue = nil
         guard holds.hasAsked else { return }
-        for key in holds.askedKeys.sorted(by: { ($0.relay, $0.stream.name) < ($1.relay, $1.stream.name) }) {
+        for key in holds.askedKeys.sorted() {
             actions.append(.sendPeer(key.relay, .hold(stream: key.stream, leaseMillis: holdLeaseMillis)))
         }
         scheduleRefresh(now: now)

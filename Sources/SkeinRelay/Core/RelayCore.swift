@@ -60,6 +60,8 @@ public enum RelayEvent: Sendable, Equatable {
     case protocolViolation(ConnectionID, reason: String)
     /// Closed as a slow consumer, with the reason its CLOSE carries.
     case slowConsumer(ConnectionID, reason: String)
+    /// A HOLD from this relay was ignored: it already holds `FlowHolds.maxGrantsPerRelay` streams here.
+    case holdsRefused(NodeID)
     case connectionClosed(ConnectionID, graceful: Bool)
     case requestTimedOut(cluster: String, handedToMember: Bool)
     case lateReplyDropped(ConnectionID)

@@ -414,6 +414,9 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         case .slowConsumer(let id, let reason):
             metrics.slowConsumers.increment()
             logger.notice("closing slow consumer", metadata: ["connection": "\(id)", "reason": "\(reason)"])
+        case .holdsRefused(let relay):
+            // Per frame, so at debug level: a relay past the bound sends many.
+            logger.debug("hold ignored: that relay already holds the most streams here", metadata: ["relay": "\(relay)"])
         case .connectionClosed(let id, let graceful):
             logger.debug("client disconnected", metadata: ["connection": "\(id)", "graceful": "\(graceful)"])
         case .requestTimedOut:

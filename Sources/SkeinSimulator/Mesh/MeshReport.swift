@@ -96,6 +96,7 @@ package struct MeshReport: Sendable {
         case .requestTimedOut: "request timed out"
         case .requestRerouted: "request rerouted"
         case .slowConsumer: "slow consumer"
+        case .holdsRefused: "hold refused"
         case .protocolViolation: "protocol violation"
         case .handshakeRejected: "handshake rejected"
         case .broadcastWithoutMembers: "broadcast without members"
