@@ -29,7 +29,7 @@ final class InboundHandler: ChannelInboundHandler {
         connection.options.handlerExecution == .eventLoop ? connection.executor : nil
     }
     @exclusivity(unchecked) private var batchFeed: EventFeed?
-    @exclusivity(unchecked) private var batch: [ByteBuffer] = []
+    @exclusivity(unchecked) private var batch: [Subscription.Event] = []
     @exclusivity(unchecked) private var reading = true
     /// This side sent CLOSE: read everything from now on, full feeds or not, so the relay's
     /// answer and end of stream get through (a paused connection would never see them).
@@ -126,7 +126,7 @@ final class InboundHandler: ChannelInboundHandler {
         case .initialize, .deny:
             violation("relay sent \(frame.opcode) after the handshake", context: context)
         case .requestFailed, .tunnelFailed, .refused:
-            guard connection.dialect == .skein1 else {
+            guard connection.dialect.hasFailureFrames else {
                 return violation("relay sent \(frame.opcode), a skein/1 frame, on a v1.0-draft2 connection", context: context)
             }
             handleFailure(frame)
@@ -141,10 +141,17 @@ final class InboundHandler: ChannelInboundHandler {
             }
         case .publish(let topic, let event):
             if let feed = connection.shared.withLockedValue({ $0.subscriptions[topic] }) {
-                deliver(event, to: feed)
+                deliver(Subscription.Event(topic: topic, body: event), to: feed)
+            }
+        case .event(let subscription, let topic, _, let event):
+            guard connection.dialect >= .skein2 else {
+                return violation("relay sent EVENT, a skein/2 frame, on a \(connection.dialect.version) connection", context: context)
+            }
+            if let feed = connection.shared.withLockedValue({ $0.subscriptions[subscription] }) {
+                deliver(Subscription.Event(topic: topic, body: event), to: feed)
             }
         case .broadcast(let message):
-            if let broadcastFeed { deliver(message, to: broadcastFeed) }
+            if let broadcastFeed { deliver(Subscription.Event(topic: "", body: message), to: broadcastFeed) }
         case .request(let id, let body, let timeout):
             guard handler != nil else {
                 connection.sendNow(.reply(id: id, outcome: .fault("this connection is not a member of any cluster")))
@@ -233,7 +240,7 @@ final class InboundHandler: ChannelInboundHandler {
 
     /// Events are handed to their feed in batches (consecutive events of one feed within one
     /// read): one lock and at most one consumer wake-up per batch instead of per event.
-    private func deliver(_ event: ByteBuffer, to feed: EventFeed) {
+    private func deliver(_ event: Subscription.Event, to feed: EventFeed) {
         if let batchFeed, batchFeed !== feed { flushBatch() }
         batchFeed = feed
         batch.append(event)
@@ -283,7 +290,7 @@ final class InboundHandler: ChannelInboundHandler {
         Task(executorPreference: handlerExecutor) {
             do {
                 for try await message in sequence {
-                    await handler.handleBroadcast(message)
+                    await handler.handleBroadcast(message.body)
                 }
             } catch {}
         }

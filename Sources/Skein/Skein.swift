@@ -122,8 +122,12 @@ public struct ConnectionOptions: Sendable {
 
 /// The relay protocol a connection asks for.
 public enum ProtocolChoice: Sendable, Equatable {
-    /// `skein/1` if the relay speaks it, else `v1.0-draft2` (an Iris node): the default.
+    /// The newest the relay speaks: `skein/2`, else `skein/1`, else `v1.0-draft2` (an Iris
+    /// node). The default.
     case automatic
+    /// `skein/2` only (wildcard subscriptions): connecting to a relay without it fails with
+    /// `denied`.
+    case skein2
     /// `skein/1` only: connecting to a relay without it fails with `denied`.
     case skein1
     /// `v1.0-draft2` only, as every Iris binding speaks it: failures other than a member's

@@ -2,6 +2,7 @@ import DequeModule
 import NIOConcurrencyHelpers
 import NIOCore
 internal import NIOPosix
+internal import SkeinFederation
 internal import SkeinWire
 
 /// One connection to a relay. Safe to use from any number of tasks at once.
@@ -30,26 +31,30 @@ public final class SkeinConnection: Sendable {
         self.shared = NIOLockedValueBox(SharedState(outbox: channel.allocator.buffer(capacity: 4096)))
     }
 
-    /// Connects with the protocol `options` ask for: `automatic` tries `skein/1` and, if the
-    /// relay refuses it (an Iris node answers DENY), connects again with `v1.0-draft2`.
+    /// Connects with the protocol `options` ask for: `automatic` tries `skein/2`, then `skein/1`
+    /// if the relay refuses it (a relay before `skein/2` answers DENY), then `v1.0-draft2` (an
+    /// Iris node), each on a new connection.
     static func open(
         relay: RelayEndpoint, cluster: String, handler: (any ClusterHandler)?, options: ConnectionOptions
     ) async throws -> SkeinConnection {
+        let order: [ProtocolDialect]
         switch options.protocolVersion {
-        case .irisDraft2:
-            return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .iris)
-        case .skein1:
-            return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .skein1)
-        case .automatic:
+        case .irisDraft2: order = [.iris]
+        case .skein1: order = [.skein1]
+        case .skein2: order = [.skein2]
+        case .automatic: order = [.skein2, .skein1, .iris]
+        }
+        for dialect in order.dropLast() {
             do {
-                return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .skein1)
+                return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: dialect)
             } catch SkeinError.Code.denied {
-                return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: .iris)
+                continue
             }
         }
+        return try await open(relay: relay, cluster: cluster, handler: handler, options: options, dialect: order.last!)
     }
 
-    /// The protocol version agreed with the relay: `skein/1` or `v1.0-draft2`.
+    /// The protocol version agreed with the relay: `skein/2`, `skein/1` or `v1.0-draft2`.
     public var protocolVersion: String { shared.withLockedValue { $0.dialect.version } }
 
     var dialect: ProtocolDialect { shared.withLockedValue { $0.dialect } }
@@ -156,12 +161,29 @@ public final class SkeinConnection: Sendable {
         try await publish(topic: topic, ByteBuffer(string: event))
     }
 
-    /// Subscribes this connection to `topic`. Iterate the result to receive events; ending the
-    /// iteration (or calling `unsubscribe()`) unsubscribes.
+    /// Subscribes this connection to `topic`. Iterate the result to receive events (or its
+    /// ``Subscription/events`` for each event's topic); ending the iteration (or calling
+    /// `unsubscribe()`) unsubscribes.
+    ///
+    /// On a `skein/2` connection `topic` may be a pattern: `*` stands for exactly one token
+    /// (`orders.*.paid`) and a last `>` for one or more (`metrics.>`); tokens are separated by
+    /// `.`. A pattern that is not one (`a..*`, `a.>.b`) ends the subscription with
+    /// `invalidName`. If the connection asked for the newest protocol (`automatic`) and the
+    /// relay speaks an older one, a pattern throws `invalidName` at once: the relay would read it
+    /// as a plain topic of that name. A connection pinned to `skein1` or `irisDraft2` subscribes
+    /// to topics by name only, as Iris does: there `a.*` is the topic named `a.*`.
     public func subscribe(topic: String) async throws -> Subscription {
         let subscription = try shared.withLockedValue { state throws(SkeinError) -> Subscription in
             try state.checkOpen()
             guard state.subscriptions[topic] == nil else { throw SkeinError.alreadySubscribed(topic: topic) }
+            // Asked for the newest protocol and got an older one: the relay would read a pattern
+            // as the topic of that name. (A connection pinned to an older version asked for that.)
+            if options.protocolVersion == .automatic, state.dialect < .skein2,
+                TopicPattern.isPattern(FederatedName(topic, localNetwork: "").name)
+            {
+                throw SkeinError.invalidName(
+                    "\(topic.debugDescription) is a pattern, and the relay speaks \(state.dialect.version), not skein/2")
+            }
             let subscription = Subscription(topic: topic, connection: self, buffer: options.receiveBuffer)
             state.subscriptions[topic] = subscription.feed
             enqueueLocked(&state, .subscribe(topic: topic))

@@ -238,6 +238,7 @@ extension SkeinError {
         case .memberLost: self = .memberLost(detail)
         case .networkUnreachable: self = .networkUnreachable(detail)
         case .notExported: self = .notExported(detail)
+        case .invalidName: self = .invalidName(detail)
         case .other(let code): self = .relayFailure(reason: code, detail: detail)
         }
     }

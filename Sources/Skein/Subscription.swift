@@ -2,7 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 
 typealias FeedProducer = NIOThrowingAsyncSequenceProducer<
-    ByteBuffer, any Error, NIOAsyncSequenceProducerBackPressureStrategies.HighLowWatermark, FeedDelegate
+    Subscription.Event, any Error, NIOAsyncSequenceProducerBackPressureStrategies.HighLowWatermark, FeedDelegate
 >
 
 /// A bounded, backpressured queue of inbound events (one topic's events, or a member's
@@ -27,7 +27,7 @@ final class EventFeed: @unchecked Sendable {
 
     static func make(buffer: Int, delegate: FeedDelegate) -> (feed: EventFeed, sequence: FeedProducer) {
         let made = FeedProducer.makeSequence(
-            elementType: ByteBuffer.self,
+            elementType: Subscription.Event.self,
             failureType: (any Error).self,
             backPressureStrategy: .init(lowWatermark: max(1, buffer / 2), highWatermark: max(2, buffer)),
             finishOnDeinit: true,
@@ -74,15 +74,28 @@ final class ObjectIdentifierBox: @unchecked Sendable {
     @exclusivity(unchecked) weak var feed: EventFeed?
 }
 
-/// The events of one topic, in publish order per publisher. Iterate it to receive events;
-/// ending the iteration, calling `unsubscribe()`, or dropping every copy of an un-iterated
-/// subscription unsubscribes the connection. A subscription is iterated once: iterating it
-/// again ends at once.
+/// The events of one topic, or of every topic a `skein/2` pattern matches, in publish order
+/// per publisher. Iterate it to receive each event's body, or iterate ``events`` to receive each
+/// with the topic it was published to; ending the iteration, calling `unsubscribe()`, or
+/// dropping every copy of an un-iterated subscription unsubscribes the connection. A
+/// subscription is iterated once (either way): iterating it again ends at once.
 public struct Subscription: AsyncSequence, Sendable {
     public typealias Element = ByteBuffer
     public typealias Failure = any Error
 
-    /// The subscribed topic.
+    /// One event: the topic it was published to (for a pattern, the topic that matched) and
+    /// its body.
+    public struct Event: Sendable {
+        public var topic: String
+        public var body: ByteBuffer
+
+        public init(topic: String, body: ByteBuffer) {
+            self.topic = topic
+            self.body = body
+        }
+    }
+
+    /// The subscribed topic or pattern, as given to `subscribe(topic:)`.
     public let topic: String
     let feed: EventFeed
     private let sequence: FeedProducer
@@ -109,13 +122,37 @@ public struct Subscription: AsyncSequence, Sendable {
         Iterator(base: feed.claimIteration() ? sequence.makeAsyncIterator() : nil)
     }
 
+    /// The same events with their topics.
+    public var events: Events { Events(subscription: self) }
+
     public struct Iterator: AsyncIteratorProtocol {
         var base: FeedProducer.AsyncIterator?
 
-        /// The next event; nil after `unsubscribe()`; throws when the connection ends.
+        /// The next event's body; nil after `unsubscribe()`; throws when the connection ends.
         public mutating func next() async throws -> ByteBuffer? {
             guard base != nil else { return nil }
-            return try await base!.next()
+            return try await base!.next()?.body
+        }
+    }
+
+    /// The subscription's events with the topic each was published to.
+    public struct Events: AsyncSequence, Sendable {
+        public typealias Element = Event
+        public typealias Failure = any Error
+        let subscription: Subscription
+
+        public func makeAsyncIterator() -> Iterator {
+            Iterator(base: subscription.feed.claimIteration() ? subscription.sequence.makeAsyncIterator() : nil)
+        }
+
+        public struct Iterator: AsyncIteratorProtocol {
+            var base: FeedProducer.AsyncIterator?
+
+            /// The next event; nil after `unsubscribe()`; throws when the connection ends.
+            public mutating func next() async throws -> Event? {
+                guard base != nil else { return nil }
+                return try await base!.next()
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ struct ClientOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "auto (skein/1 if the relay speaks it: distinct, early failures such as no members), skein/1, or v1.0-draft2 (the Iris protocol: a request to a cluster without members waits for one until its timeout).",
+            "auto (the newest the relay speaks), skein/2 (wildcard subscriptions), skein/1 (distinct, early failures such as no members), or v1.0-draft2 (the Iris protocol: a request to a cluster without members waits for one until its timeout).",
             valueName: "version"))
     var `protocol` = "auto"
 
@@ -23,7 +23,7 @@ struct ClientOptions: ParsableArguments {
             throw ValidationError("give either --relay or --socket, not both")
         }
         guard protocolChoice != nil else {
-            throw ValidationError("--protocol must be auto, skein/1 or v1.0-draft2, not \(`protocol`.debugDescription)")
+            throw ValidationError("--protocol must be auto, skein/2, skein/1 or v1.0-draft2, not \(`protocol`.debugDescription)")
         }
         if let relay, RelayEndpoint(relay) == nil {
             throw ValidationError("--relay must be HOST:PORT, [IPV6]:PORT or PORT, not \(relay.debugDescription)")
@@ -39,6 +39,7 @@ struct ClientOptions: ParsableArguments {
     var protocolChoice: ProtocolChoice? {
         switch `protocol` {
         case "auto": .automatic
+        case "skein/2": .skein2
         case "skein/1": .skein1
         case "v1.0-draft2", "iris": .irisDraft2
         default: nil

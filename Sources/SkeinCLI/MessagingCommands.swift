@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import Skein
 
@@ -78,9 +79,15 @@ struct PublishCommand: AsyncParsableCommand {
     func run() async throws {
         let body = messageBody(data)
         do {
-            let connection = try await client.connect()
+            // A refusal (a wildcard topic, a name@network not exported or unreachable) comes
+            // before the relay's answer to CLOSE: it fails the command.
+            let refusal = NIOLockedValueBox<Refusal?>(nil)
+            var options = client.connectionOptions
+            options.onRefused = { refused in refusal.withLockedValue { $0 = $0 ?? refused } }
+            let connection = try await Skein.connect(to: client.endpoint, options: options)
             try await connection.publish(topic: topic, body)
             try await connection.close()
+            if let refused = refusal.withLockedValue({ $0 }) { throw refused.error }
         } catch {
             throw ExitStatus.fail(error)
         }
@@ -91,12 +98,17 @@ struct SubscribeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "subscribe",
         abstract: "Print a topic's events, one per line, until interrupted.",
-        discussion: "Prints `ready` to stderr once subscribed, so scripts can wait for it.")
+        discussion: """
+            Prints `ready` to stderr once subscribed, so scripts can wait for it. With skein/2 (the \
+            default against a Skein relay) the topic may be a pattern: `*` stands for one token and a \
+            last `>` for one or more, tokens separated by `.` (`orders.*.paid`, `metrics.>`).
+            """)
 
     @OptionGroup var client: ClientOptions
-    @Argument(help: "The topic.") var topic: String
+    @Argument(help: "The topic, or a pattern (skein/2).") var topic: String
     @Option(name: .long, help: "Exit after this many events.") var count: Int?
     @Flag(name: .long, help: "Do not add a newline after each event.") var raw = false
+    @Flag(name: .long, help: "Print each event's topic and a tab before it (for patterns).") var withTopic = false
 
     func validate() throws {
         try requireName(topic, "topic")
@@ -112,8 +124,9 @@ struct SubscribeCommand: AsyncParsableCommand {
             defer { stop.cancel() }
             printError("ready")
             var received = 0
-            for try await event in subscription {
-                writeStdout(event)
+            for try await event in subscription.events {
+                if withTopic { writeStdout(ByteBuffer(string: event.topic + "\t")) }
+                writeStdout(event.body)
                 if !raw { writeStdout(ByteBuffer(string: "\n")) }
                 received += 1
                 if let count, received >= count { break }

@@ -62,3 +62,57 @@ public struct FederatedName: Equatable, Hashable, Sendable, CustomStringConverti
         network.map { "\(name)@\($0)" } ?? name
     }
 }
+
+/// Topic patterns of `skein/2` (Docs/skein-2.md, "Wildcard topics"): tokens separated by `.`,
+/// where `*` matches exactly one token and a last `>` one or more.
+public enum TopicPattern {
+    /// Whether `topic` is a pattern (has a `*` token, or a `>` token), as a `skein/2` SUBSCRIBE
+    /// reads it. A topic without one is literal.
+    /// One pass over the bytes, no allocation: a `skein/2` publish is checked with it.
+    public static func isPattern(_ topic: String) -> Bool {
+        var tokenLength = 0
+        var wild = false
+        for byte in topic.utf8 {
+            if byte == UInt8(ascii: ".") {
+                if tokenLength == 1 && wild { return true }
+                tokenLength = 0
+                wild = false
+            } else {
+                tokenLength += 1
+                wild = tokenLength == 1 && (byte == UInt8(ascii: "*") || byte == UInt8(ascii: ">"))
+            }
+        }
+        return tokenLength == 1 && wild
+    }
+
+    /// Why `pattern` is not a valid pattern (an empty token, `>` before the end), or nil.
+    public static func problem(with pattern: String) -> String? {
+        let tokens = pattern.split(separator: ".", omittingEmptySubsequences: false)
+        if tokens.contains(where: \.isEmpty) { return "a pattern has no empty tokens" }
+        if tokens.dropLast().contains(">") { return "'>' may only be the last token" }
+        return nil
+    }
+
+    /// Whether a concrete topic is one a `skein/2` client may publish to (no wildcard token).
+    public static func isPublishable(_ topic: String) -> Bool { !isPattern(topic) }
+
+    /// Whether `pattern` matches `topic`, token by token (the reference the index is tested
+    /// against).
+    public static func matches(_ pattern: String, _ topic: String) -> Bool {
+        let p = pattern.split(separator: ".", omittingEmptySubsequences: false)
+        let t = topic.split(separator: ".", omittingEmptySubsequences: false)
+        for (i, token) in p.enumerated() {
+            if token == ">" && i == p.count - 1 { return t.count > i }
+            guard i < t.count, token == "*" || token == t[i] else { return false }
+        }
+        return p.count == t.count
+    }
+
+    /// `matches` for names that may carry a network (`orders.*@us` and `orders.eu@us`): the
+    /// networks must be the same, and the bare pattern must match the bare topic.
+    public static func matches(federated pattern: String, _ topic: String) -> Bool {
+        let p = FederatedName(pattern, localNetwork: "")
+        let t = FederatedName(topic, localNetwork: "")
+        return p.network == t.network && matches(p.name, t.name)
+    }
+}

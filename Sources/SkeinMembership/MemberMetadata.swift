@@ -12,25 +12,30 @@ public struct MemberMetadata: Equatable, Sendable {
     /// The other networks this relay is a gateway to, each with what it exports to this network
     /// (Docs/federation.md §6). Empty for a relay that is no gateway.
     public var gateways: [String: [ExportRule]]
+    /// `skein/2` subscription patterns of its local connections (`orders.*`, `metrics.>@us`),
+    /// beside the literal `topics`.
+    public var patterns: Set<String>
 
     public init(
         zone: String = "", clusters: [String: UInt32] = [:], topics: Set<String> = [], load: UInt32 = 0,
-        gateways: [String: [ExportRule]] = [:]
+        gateways: [String: [ExportRule]] = [:], patterns: Set<String> = []
     ) {
         self.zone = zone
         self.clusters = clusters
         self.topics = topics
         self.load = load
         self.gateways = gateways
+        self.patterns = patterns
     }
 
-    /// Layout: `u8 format(1) | str zone | varint nClusters | (str name, varint count)* |
+    /// Layout: `u8 format | str zone | varint nClusters | (str name, varint count)* |
     /// varint nTopics | str topic* | varint load | varint nGateways | (str network, varint nRules,
-    /// (u8 kinds, str pattern)*)*`, names sorted so equal values encode equally.
+    /// (u8 kinds, str pattern)*)*`, and in format 2 only `varint nPatterns | str pattern*`; names
+    /// sorted so equal values encode equally. Format 1 is written while there is no pattern.
     /// Throws when a string exceeds `MembershipWireLimits.maxMetadataStringBytes` or the whole exceeds `limit`.
     public func encoded(limit: Int) throws(MembershipError) -> [UInt8] {
         var writer = ByteWriter(capacity: 64)
-        writer.u8(1)
+        writer.u8(patterns.isEmpty ? 1 : 2)
         try Self.checked(zone)
         writer.string(zone)
         writer.varint(UInt64(clusters.count))
@@ -57,6 +62,13 @@ public struct MemberMetadata: Equatable, Sendable {
                 writer.string(rule.pattern)
             }
         }
+        if !patterns.isEmpty {
+            writer.varint(UInt64(patterns.count))
+            for pattern in patterns.sorted() {
+                try Self.checked(pattern)
+                writer.string(pattern)
+            }
+        }
         guard writer.bytes.count <= limit else {
             throw .metadataTooLarge(size: writer.bytes.count, limit: limit)
         }
@@ -67,7 +79,7 @@ public struct MemberMetadata: Equatable, Sendable {
     public static func decode(_ bytes: [UInt8], limit: Int) -> MemberMetadata? {
         guard bytes.count <= limit else { return nil }
         var reader = ByteReader(bytes)
-        guard reader.u8() == 1, let zone = reader.string(max: MembershipWireLimits.maxMetadataStringBytes),
+        guard let format = reader.u8(), format == 1 || format == 2, let zone = reader.string(max: MembershipWireLimits.maxMetadataStringBytes),
               let clusterCount = reader.length(max: reader.remaining / 2)
         else { return nil }
         var clusters: [String: UInt32] = [:]
@@ -98,8 +110,17 @@ public struct MemberMetadata: Equatable, Sendable {
             }
             gateways[network] = rules
         }
+        var patterns = Set<String>()
+        if format == 2 {
+            guard let patternCount = reader.length(max: reader.remaining), patternCount > 0 else { return nil }
+            for _ in 0..<patternCount {
+                guard let pattern = reader.string(max: MembershipWireLimits.maxMetadataStringBytes), patterns.insert(pattern).inserted
+                else { return nil }
+            }
+        }
         guard reader.isAtEnd else { return nil }
-        return MemberMetadata(zone: zone, clusters: clusters, topics: topics, load: UInt32(load), gateways: gateways)
+        return MemberMetadata(
+            zone: zone, clusters: clusters, topics: topics, load: UInt32(load), gateways: gateways, patterns: patterns)
     }
 
     private static func checked(_ string: String) throws(MembershipError) {

@@ -9,6 +9,9 @@ public struct RemoteRelay: Sendable, Equatable {
     /// Cluster → member connections on that relay.
     public var clusters: [String: UInt32]
     public var topics: Set<String>
+    /// `skein/2` subscription patterns (Docs/skein-2.md): an event goes to the relay when one
+    /// matches its topic.
+    public var patterns: Set<String>
     /// The relay's own load figure (its client connections).
     public var load: UInt32
     /// Other networks it is a gateway to, with what each exports to this one (Docs/federation.md).
@@ -16,13 +19,14 @@ public struct RemoteRelay: Sendable, Equatable {
 
     public init(
         id: NodeID, name: String, zone: String, clusters: [String: UInt32], topics: Set<String>, load: UInt32,
-        gateways: [String: ExportTable] = [:]
+        gateways: [String: ExportTable] = [:], patterns: Set<String> = []
     ) {
         self.id = id
         self.name = name
         self.zone = zone
         self.clusters = clusters
         self.topics = topics
+        self.patterns = patterns
         self.load = load
         self.gateways = gateways
     }
@@ -49,6 +53,7 @@ package struct RoutingTable: Sendable {
     package private(set) var relays: [NodeID: RemoteRelay] = [:]
     private var byCluster: [String: [NodeID]] = [:]
     private var byTopic: [String: [NodeID]] = [:]
+    private var byPattern = PatternIndex<NodeID>()
     private var byGateway: [String: [NodeID]] = [:]
     /// Relays taken out of the choice for a moment (`suspend`), with what they serve.
     private var suspended: [NodeID: RemoteRelay] = [:]
@@ -72,6 +77,7 @@ package struct RoutingTable: Sendable {
         relays[relay.id] = relay
         for (cluster, members) in relay.clusters where members > 0 { byCluster[cluster, default: []].append(relay.id) }
         for topic in relay.topics { byTopic[topic, default: []].append(relay.id) }
+        for pattern in relay.patterns { byPattern.insert(pattern, relay.id) }
         for network in relay.gateways.keys { byGateway[network, default: []].append(relay.id) }
         version &+= 1
     }
@@ -111,6 +117,7 @@ package struct RoutingTable: Sendable {
             byTopic[topic]?.removeAll { $0 == relay.id }
             if byTopic[topic]?.isEmpty == true { byTopic[topic] = nil }
         }
+        for pattern in relay.patterns { byPattern.remove(pattern, relay.id) }
         for network in relay.gateways.keys {
             byGateway[network]?.removeAll { $0 == relay.id }
             if byGateway[network]?.isEmpty == true { byGateway[network] = nil }
@@ -125,10 +132,19 @@ package struct RoutingTable: Sendable {
     /// link just broke, is running until membership says otherwise, and its subscribers want
     /// every event (sending redials a broken link). Dropping them instead starved subscribers
     /// behind a lossy link for as long as their relay was suspect (issue 17).
-    package func relays(subscribedTo topic: String) -> [NodeID] {
-        let usable = byTopic[topic] ?? []
+    ///
+    /// A relay whose literal topics and patterns both match is named once. Mutating only for the
+    /// pattern index's cache.
+    package mutating func relays(subscribedTo topic: String) -> [NodeID] {
+        var usable = byTopic[topic] ?? []
+        if !byPattern.isEmpty {
+            for relay in byPattern.values(matching: topic) where !usable.contains(relay) { usable.append(relay) }
+        }
         guard !suspended.isEmpty else { return usable }
-        return usable + suspended.values.filter { $0.topics.contains(topic) }.map(\.id).sorted()
+        return usable
+            + suspended.values.filter { relay in
+                relay.topics.contains(topic) || relay.patterns.contains { TopicPattern.matches(federated: $0, topic) }
+            }.map(\.id).sorted()
     }
 
     /// Remote relays with members of `cluster` that a broadcast goes to: usable and suspended
@@ -156,6 +172,9 @@ package struct RoutingTable: Sendable {
 
     /// Every topic some usable relay subscribes to (for federation's interest sets).
     package var subscribedTopics: Dictionary<String, [NodeID]>.Keys { byTopic.keys }
+
+    /// Every pattern some usable relay subscribes to (for federation's interest sets).
+    package var subscribedPatterns: Set<String> { relays.values.reduce(into: []) { $0.formUnion($1.patterns) } }
 
     /// Picks a gateway to `network` by power of two choices over requests in flight (for
     /// requests and tunnel builds, which need no fixed path).

@@ -1,37 +1,4 @@
-/// Topic patterns of `skein/2` (Docs/skein-2.md, "Wildcard topics"): tokens separated by `.`,
-/// where `*` matches exactly one token and a last `>` one or more.
-public enum TopicPattern {
-    /// Whether `topic` is a pattern (has a `*` token, or a `>` token), as a `skein/2` SUBSCRIBE
-    /// reads it. A topic without one is literal.
-    public static func isPattern(_ topic: String) -> Bool {
-        topic.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false).contains {
-            $0.count == 1 && ($0.first == UInt8(ascii: "*") || $0.first == UInt8(ascii: ">"))
-        }
-    }
-
-    /// Why `pattern` is not a valid pattern (an empty token, `>` before the end), or nil.
-    public static func problem(with pattern: String) -> String? {
-        let tokens = pattern.split(separator: ".", omittingEmptySubsequences: false)
-        if tokens.contains(where: \.isEmpty) { return "a pattern has no empty tokens" }
-        if tokens.dropLast().contains(">") { return "'>' may only be the last token" }
-        return nil
-    }
-
-    /// Whether a concrete topic is one a `skein/2` client may publish to (no wildcard token).
-    public static func isPublishable(_ topic: String) -> Bool { !isPattern(topic) }
-
-    /// Whether `pattern` matches `topic`, token by token (the reference the index is tested
-    /// against).
-    public static func matches(_ pattern: String, _ topic: String) -> Bool {
-        let p = pattern.split(separator: ".", omittingEmptySubsequences: false)
-        let t = topic.split(separator: ".", omittingEmptySubsequences: false)
-        for (i, token) in p.enumerated() {
-            if token == ">" && i == p.count - 1 { return t.count > i }
-            guard i < t.count, token == "*" || token == t[i] else { return false }
-        }
-        return p.count == t.count
-    }
-}
+import SkeinFederation
 
 /// An index from topic patterns to values (subscribers, relays): a token trie, as NATS's
 /// sublist, so a publish looks up its topic's tokens instead of scanning every pattern, with a
@@ -59,16 +26,18 @@ public struct SubjectTrie<Value: Hashable> {
 
     public var isEmpty: Bool { count == 0 }
 
-    /// Adds `value` under `pattern`; false if it was there already.
+    /// Adds `value` under `pattern`; false if it was there already. `match` reports it with
+    /// `label` (the pattern itself by default: a caller that indexes a part of a name reports
+    /// the whole).
     @discardableResult
-    public mutating func insert(_ pattern: String, _ value: Value) -> Bool {
+    public mutating func insert(_ pattern: String, _ value: Value, label: String? = nil) -> Bool {
         copyIfShared()
         var node = root
         for token in pattern.split(separator: ".", omittingEmptySubsequences: false) {
             node = Self.child(of: node, token, create: true)!
         }
         guard !node.values.contains(where: { $0.value == value }) else { return false }
-        node.values.append((pattern, value))
+        node.values.append((label ?? pattern, value))
         count += 1
         cache.removeAll(keepingCapacity: true)
         return true
@@ -103,12 +72,11 @@ public struct SubjectTrie<Value: Hashable> {
 
     /// Every (pattern, value) whose pattern matches the concrete `topic`.
     public mutating func match(_ topic: String) -> [(pattern: String, value: Value)] {
+        if isEmpty { return [] }
         if let hit = cache[topic] { return hit }
         var out: [(pattern: String, value: Value)] = []
-        if !isEmpty {
-            let tokens = topic.split(separator: ".", omittingEmptySubsequences: false)
-            Self.collect(root, tokens[...], into: &out)
-        }
+        let tokens = topic.split(separator: ".", omittingEmptySubsequences: false)
+        Self.collect(root, tokens[...], into: &out)
         if cache.count >= cacheLimit { cache.removeAll(keepingCapacity: true) }
         cache[topic] = out
         return out
@@ -164,3 +132,54 @@ public struct SubjectTrie<Value: Hashable> {
         return copy
     }
 }
+
+/// Patterns of this network's topics and of other networks' (`orders.*@us`), each network in a
+/// trie of its own: `orders.*@us` matches `orders.eu@us`, never `orders.eu`. Matches report the
+/// subscription as it was written, network included. Pure.
+public struct PatternIndex<Value: Hashable> {
+    private var byNetwork: [String: SubjectTrie<Value>] = [:]
+
+    public init() {}
+
+    public var isEmpty: Bool { byNetwork.isEmpty }
+
+    /// The bare pattern and the network of `subscription` ("" for this network's). A suffix that
+    /// is no network name is part of the pattern, as in `FederatedName`.
+    private static func split(_ subscription: String) -> (pattern: String, network: String) {
+        guard subscription.utf8.contains(UInt8(ascii: "@")) else { return (subscription, "") }
+        let name = FederatedName(subscription, localNetwork: "")
+        return (name.name, name.network ?? "")
+    }
+
+    @discardableResult
+    public mutating func insert(_ subscription: String, _ value: Value) -> Bool {
+        let (pattern, network) = Self.split(subscription)
+        return byNetwork[network, default: SubjectTrie()].insert(pattern, value, label: subscription)
+    }
+
+    @discardableResult
+    public mutating func remove(_ subscription: String, _ value: Value) -> Bool {
+        let (pattern, network) = Self.split(subscription)
+        guard byNetwork[network]?.remove(pattern, value) == true else { return false }
+        if byNetwork[network]!.isEmpty { byNetwork[network] = nil }
+        return true
+    }
+
+    /// Every (subscription, value) matching the concrete `topic` (`name` or `name@network`).
+    public mutating func match(_ topic: String) -> [(pattern: String, value: Value)] {
+        if byNetwork.isEmpty { return [] }
+        let (name, network) = Self.split(topic)
+        return byNetwork[network]?.match(name) ?? []
+    }
+
+    /// The distinct values matching `topic`, in first-match order.
+    public mutating func values(matching topic: String) -> [Value] {
+        var seen = Set<Value>()
+        return match(topic).compactMap { seen.insert($0.value).inserted ? $0.value : nil }
+    }
+}
+
+// The nodes are classes, but a trie is a value: every change first copies nodes that any other
+// copy still shares (`copyIfShared`), and matching only reads them.
+extension SubjectTrie: @unchecked Sendable where Value: Sendable {}
+extension PatternIndex: Sendable where Value: Sendable {}

@@ -17,11 +17,20 @@ public struct WireLimits: Sendable, Equatable {
     /// Largest tunnel chunk accepted (a relay sets its chunk limit here, so an oversized chunk
     /// is refused before it is buffered). Never more than `maxMessageSize` in effect.
     public var maxChunkSize: Int
+    /// Most entries in one frame's headers (`skein/2`).
+    public var maxHeaders: Int
+    /// Largest encoded headers block of one frame, its count included (`skein/2`).
+    public var maxHeaderBytes: Int
 
-    public init(maxMessageSize: Int = 32 << 20, maxStringSize: Int = 64 << 10, maxChunkSize: Int = .max) {
+    public init(
+        maxMessageSize: Int = 32 << 20, maxStringSize: Int = 64 << 10, maxChunkSize: Int = .max,
+        maxHeaders: Int = 64, maxHeaderBytes: Int = 16 << 10
+    ) {
         self.maxMessageSize = maxMessageSize
         self.maxStringSize = maxStringSize
         self.maxChunkSize = maxChunkSize
+        self.maxHeaders = maxHeaders
+        self.maxHeaderBytes = maxHeaderBytes
     }
 }
 
@@ -32,6 +41,8 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
     case varintOverflow
     case fieldTooLarge(field: String, length: UInt64, limit: Int)
     case invalidUTF8(field: String)
+    case tooManyHeaders(count: UInt64, limit: Int)
+    case emptyHeaderKey
 
     public var description: String {
         switch self {
@@ -45,6 +56,10 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
             "\(field) of \(length) bytes exceeds the limit of \(limit) bytes"
         case .invalidUTF8(let field):
             "\(field) is not valid UTF-8"
+        case .tooManyHeaders(let count, let limit):
+            "\(count) headers exceed the limit of \(limit)"
+        case .emptyHeaderKey:
+            "a header key is empty"
         }
     }
 }
@@ -318,6 +333,54 @@ extension FieldReader {
     }
 }
 
+// MARK: - Headers (`skein/2`)
+
+extension FieldReader {
+    /// `varint count, count × (string key, string value)`, within `maxHeaders` entries and
+    /// `maxHeaderBytes` encoded (counted from the count's first byte); a key is never empty.
+    @inlinable
+    mutating func headers() throws(WireError) -> [Header]? {
+        let start = buffer.readerIndex
+        guard let count = try varint() else { return nil }
+        guard count <= UInt64(limits.maxHeaders) else {
+            throw .tooManyHeaders(count: count, limit: limits.maxHeaders)
+        }
+        if count == 0 { return [] }
+        var headers: [Header] = []
+        headers.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let key = try string("header key") else { return nil }
+            guard !key.isEmpty else { throw .emptyHeaderKey }
+            guard let value = try string("header value") else { return nil }
+            headers.append(Header(key, value))
+            let used = buffer.readerIndex - start
+            guard used <= limits.maxHeaderBytes else {
+                throw .fieldTooLarge(field: "headers", length: UInt64(used), limit: limits.maxHeaderBytes)
+            }
+        }
+        return headers
+    }
+}
+
+/// Bytes of a headers block.
+@inlinable
+package func headersSize(_ headers: [Header]) -> Int {
+    var size = varintSize(UInt64(headers.count))
+    for header in headers { size += fieldSize(header.key) + fieldSize(header.value) }
+    return size
+}
+
+extension ByteBuffer {
+    @inlinable
+    package mutating func writeHeaders(_ headers: [Header]) {
+        writeVarint(UInt64(headers.count))
+        for header in headers {
+            writeField(header.key)
+            writeField(header.value)
+        }
+    }
+}
+
 // MARK: - Binding → relay
 
 extension ClientFrame {
@@ -340,7 +403,7 @@ extension ClientFrame {
                 let cluster = try r.string("cluster")
             else { return nil }
             frame = .initialize(magic: magic, version: version, cluster: cluster)
-        case .deny, .requestFailed, .tunnelFailed, .refused:
+        case .deny, .requestFailed, .tunnelFailed, .refused, .event:
             throw .unknownOpcode(op)  // These only travel relay → binding.
         case .close:
             frame = .close
@@ -553,6 +616,11 @@ extension RelayFrame {
                 let detail = try r.string("detail")
             else { return nil }
             frame = .refused(opcode: refusedOp, name: name, reason: FailureReason(rawValue: reason), detail: detail)
+        case .event:
+            guard let subscription = try r.string("subscription"), let topic = try r.string("topic"),
+                let headers = try r.headers(), let event = try r.binary("event")
+            else { return nil }
+            frame = .event(subscription: subscription, topic: topic, headers: headers, event: event)
         }
         buffer = r.buffer
         return frame
@@ -659,6 +727,11 @@ extension RelayFrame {
             buffer.writeField(name)
             buffer.writeInteger(reason.rawValue)
             buffer.writeField(detail)
+        case .event(let subscription, let topic, let headers, let event):
+            buffer.writeField(subscription)
+            buffer.writeField(topic)
+            buffer.writeHeaders(headers)
+            buffer.writeBinary(event)
         }
     }
 }

@@ -10,19 +10,26 @@ public enum RelayProtocol {
     public static let relayMagic = "iris-relay-magic"
     /// Skein's extension (Docs/skein-1.md): `v1.0-draft2` plus distinct, early failures.
     public static let skeinVersion = "skein/1"
+    /// `skein/1` plus wildcards, headers and surveys (Docs/skein-2.md).
+    public static let skein2Version = "skein/2"
 }
 
-/// Which version a connection speaks, once INIT has been exchanged.
-public enum ProtocolDialect: Sendable, Equatable {
+/// Which version a connection speaks, once INIT has been exchanged. Each later version is the
+/// one before plus frames of its own, so versions compare: `dialect >= .skein1` is "has the
+/// failure frames".
+public enum ProtocolDialect: Int, Sendable, Equatable, Comparable, CaseIterable {
     /// `v1.0-draft2`: what every Iris binding speaks.
     case iris
     /// `skein/1` (Docs/skein-1.md).
     case skein1
+    /// `skein/2` (Docs/skein-2.md).
+    case skein2
 
     public var version: String {
         switch self {
         case .iris: RelayProtocol.irisVersion
         case .skein1: RelayProtocol.skeinVersion
+        case .skein2: RelayProtocol.skein2Version
         }
     }
 
@@ -30,8 +37,25 @@ public enum ProtocolDialect: Sendable, Equatable {
         switch version {
         case RelayProtocol.irisVersion: self = .iris
         case RelayProtocol.skeinVersion: self = .skein1
+        case RelayProtocol.skein2Version: self = .skein2
         default: return nil
         }
+    }
+
+    /// `skein/1` or later: failures come early, as frames of their own.
+    public var hasFailureFrames: Bool { self >= .skein1 }
+
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// One message header (`skein/2`): a key, at least one byte, and a value. Keys may repeat.
+public struct Header: Sendable, Hashable {
+    public var key: String
+    public var value: String
+
+    public init(_ key: String, _ value: String) {
+        self.key = key
+        self.value = value
     }
 }
 
@@ -42,6 +66,8 @@ public enum FailureReason: Sendable, Equatable, Hashable, CustomStringConvertibl
     case memberLost
     case networkUnreachable
     case notExported
+    /// `skein/2`: a pattern that is not one, or a wildcard in a published topic.
+    case invalidName
     case other(UInt8)
 
     public init(rawValue: UInt8) {
@@ -50,6 +76,7 @@ public enum FailureReason: Sendable, Equatable, Hashable, CustomStringConvertibl
         case 2: self = .memberLost
         case 3: self = .networkUnreachable
         case 4: self = .notExported
+        case 5: self = .invalidName
         default: self = .other(rawValue)
         }
     }
@@ -60,6 +87,7 @@ public enum FailureReason: Sendable, Equatable, Hashable, CustomStringConvertibl
         case .memberLost: 2
         case .networkUnreachable: 3
         case .notExported: 4
+        case .invalidName: 5
         case .other(let code): code
         }
     }
@@ -70,6 +98,7 @@ public enum FailureReason: Sendable, Equatable, Hashable, CustomStringConvertibl
         case .memberLost: "member lost"
         case .networkUnreachable: "network unreachable"
         case .notExported: "not exported"
+        case .invalidName: "invalid name"
         case .other(let code): "failure \(code)"
         }
     }
@@ -95,6 +124,8 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case requestFailed = 0x20
     case tunnelFailed = 0x21
     case refused = 0x22
+    /// `skein/2`, relay → binding only (Docs/skein-2.md).
+    case event = 0x34
 }
 
 /// How a member answered a request (binding → relay).
@@ -171,6 +202,9 @@ public enum RelayFrame: Sendable, Equatable {
     case tunnelFailed(tunnelID: UInt64, reason: FailureReason, detail: String)
     /// `skein/1`: a BROADCAST, SUBSCRIBE or PUBLISH (its opcode) of `name` was not carried out.
     case refused(opcode: UInt8, name: String, reason: FailureReason, detail: String)
+    /// `skein/2`: an event for `subscription` (a pattern, or any subscription when the event
+    /// carries headers), published to `topic`.
+    case event(subscription: String, topic: String, headers: [Header], event: ByteBuffer)
 
     public var opcode: Opcode {
         switch self {
@@ -189,6 +223,7 @@ public enum RelayFrame: Sendable, Equatable {
         case .requestFailed: .requestFailed
         case .tunnelFailed: .tunnelFailed
         case .refused: .refused
+        case .event: .event
         }
     }
 }

@@ -61,6 +61,14 @@ import SkeinFederation
         #expect(MemberMetadata.decode(encoded, limit: 1024) == gateway)
         #expect(try gateway.encoded(limit: 1024) == encoded, "equal values encode equally")
         for cut in 0..<encoded.count { #expect(MemberMetadata.decode(Array(encoded[..<cut]), limit: 1024) == nil) }
+        // skein/2 patterns: format 2, written only when there are patterns (format 1 stays as it was).
+        let withPatterns = MemberMetadata(zone: "z", topics: ["a.*"], patterns: ["orders.*", "metrics.>@us"])
+        let patternBytes = try withPatterns.encoded(limit: 1024)
+        #expect(patternBytes.first == 2 && encoded.first == 1)
+        #expect(MemberMetadata.decode(patternBytes, limit: 1024) == withPatterns)
+        for cut in 0..<patternBytes.count { #expect(MemberMetadata.decode(Array(patternBytes[..<cut]), limit: 1024) == nil) }
+        // Format 2 with an empty pattern list is not how patterns are written: refused.
+        #expect(MemberMetadata.decode(Array(encoded.dropFirst()).reduce(into: [2]) { $0.append($1) } + [0], limit: 1024) == nil)
         #expect(NodeID(bytes: Self.a.bytes) == Self.a)
         #expect(Self.a.description == "0102030405060708090a0b0c0d0e0f10")
     }

@@ -260,19 +260,19 @@ struct CoreFederationGatewayTests {
         let (l1, _) = d.link(1, network: "us", exports: usExports.rules)
         // A relay of eu subscribes to news.eu@us (and to secret@us, which us does not export).
         let (_, changed) = d.relay(30, topics: ["news.eu@us", "secret@us", "local"], gateways: [:])
-        #expect(changed.peerFrames(to: l1) == [.interest(topics: ["news.eu"])])
+        #expect(changed.peerFrames(to: l1) == [.interest(topics: ["news.eu"], patterns: [])])
         #expect(changed.peerFrames(to: l2).isEmpty)
         // A local subscriber too; unchanged sets are not resent.
         let s = d.connect()
         let more = d.send(.subscribe(topic: "news.us@us"), from: s)
-        #expect(more.peerFrames(to: l1) == [.interest(topics: ["news.eu", "news.us"])])
+        #expect(more.peerFrames(to: l1) == [.interest(topics: ["news.eu", "news.us"], patterns: [])])
         #expect(d.send(.subscribe(topic: "news.eu@us"), from: d.connect()).peerFrames.isEmpty)
         // The designated link goes: the other link takes the whole set.
         let moved = d.unlink(l1)
-        #expect(moved.peerFrames(to: l2) == [.interest(topics: ["news.eu", "news.us"])])
+        #expect(moved.peerFrames(to: l2) == [.interest(topics: ["news.eu", "news.us"], patterns: [])])
         // Another gateway with a lower node id appears: this one is no longer designated.
         let (_, yielded) = d.relay(0, gateways: ["us": usExports])
-        #expect(yielded.peerFrames(to: l2) == [.interest(topics: [])])
+        #expect(yielded.peerFrames(to: l2) == [.interest(topics: [], patterns: [])])
     }
 
     @Test("events from the designated link reach subscribers here and every relay with subscribers, as name@network")
@@ -369,7 +369,7 @@ struct CoreFederationExportTests {
         var d = Self.core
         let (g, _) = d.link(1, network: "eu")
         let before = d.core.directoryVersion
-        let registered = d.fromGateway(.interest(topics: ["news.eu", "secret"]), g)
+        let registered = d.fromGateway(.interest(topics: ["news.eu", "secret"], patterns: []), g)
         #expect(registered.reports.contains(.federationRefused(network: "eu", kind: .subscribe, name: "secret")))
         #expect(d.core.topicSubscriptions["news.eu"] == 1, "advertised, so relays of us send its publishes here")
         #expect(d.core.topicSubscriptions["secret"] == nil)
@@ -382,7 +382,7 @@ struct CoreFederationExportTests {
         // Publishing into us from eu: only exported topics, and eu's own interest gets it back.
         let sub = d.connect()
         _ = d.send(.subscribe(topic: "orders"), from: sub)
-        _ = d.fromGateway(.interest(topics: ["news.eu"]), g)
+        _ = d.fromGateway(.interest(topics: ["news.eu"], patterns: []), g)
         let order = d.fromGateway(.publish(topic: "orders", body: ByteBuffer(string: "o")), g)
         #expect(order.frames(to: sub) == [.publish(topic: "orders", event: ByteBuffer(string: "o"))])
         #expect(d.fromGateway(.publish(topic: "news.eu", body: Self.q), g).reports.contains(.federationRefused(network: "eu", kind: .publish, name: "news.eu")))

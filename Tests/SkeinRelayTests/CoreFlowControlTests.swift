@@ -266,7 +266,7 @@ struct CoreGatewayFlowControlTests {
     func gatewayHoldsPublisher() {
         var d = CoreDriver(network: "us", exports: ["eu": Self.open])
         let (g, _) = d.link(1, network: "eu")
-        _ = d.fromGateway(.interest(topics: ["news"]), g)
+        _ = d.fromGateway(.interest(topics: ["news"], patterns: []), g)
         let publisher = d.connect()
         #expect(d.send(.publish(topic: "news", event: Self.body), from: publisher).peerFrames(to: g) == [.event(topic: "news", body: Self.body)])
         _ = d.fromGateway(.hold(stream: .event(topic: "news"), leaseMillis: 1000), g)

@@ -41,18 +41,18 @@ struct CoreHandshakeTests {
         #expect(d.core.clusterMembership.isEmpty)
     }
 
-    @Test("a version the relay does not speak is denied with the reason, then closed", arguments: ["skein/2", "v1.0-draft1", "", "v1.0"])
+    @Test("a version the relay does not speak is denied with the reason, then closed", arguments: ["skein/3", "v1.0-draft1", "", "v1.0"])
     func wrongVersion(_ version: String) {
         var d = CoreDriver()
         let c = d.open()
         let actions = d.send(.initialize(magic: "iris-client-magic", version: version, cluster: "echo"), from: c)
-        let reason = "Unsupported protocol. Client: \(version). Relay: v1.0-draft2, skein/1."
+        let reason = "Unsupported protocol. Client: \(version). Relay: v1.0-draft2, skein/1, skein/2."
         #expect(actions.effects == [.send(c, .deny(magic: "iris-relay-magic", reason: reason)), .disconnect(c)])
         #expect(actions.reports == [.handshakeRejected(c, reason: reason)])
         #expect(d.core.clusterMembership.isEmpty, "a denied connection never joins its cluster")
     }
 
-    @Test("skein/1 is accepted and answered with skein/1; v1.0-draft2 with v1.0-draft2", arguments: ["skein/1", "v1.0-draft2"])
+    @Test("every version spoken is answered with itself", arguments: ["skein/2", "skein/1", "v1.0-draft2"])
     func versionsSpoken(_ version: String) {
         var d = CoreDriver()
         let c = d.open()

@@ -26,11 +26,13 @@ import Testing
     @Test func aNewGatewayFromALinkKeepsItsInterestAndMovesItsNetwork() {
         var gateways = ForeignGateways()
         gateways.link(testNode(1), network: "us", exports: exports)
-        gateways.setInterest(testNode(1), ["news"])
+        gateways.setInterest(testNode(1), ["news"], patterns: ["orders.*"])
         gateways.link(testNode(1), network: "eu", exports: ExportTable())
         #expect(gateways[testNode(1)]?.interest == ["news"] && gateways[testNode(1)]?.exports == ExportTable())
+        #expect(gateways.interested(in: "orders.eu") == [testNode(1)] && gateways.interested(in: "news") == [testNode(1)])
+        #expect(gateways.interested(in: "orders") == [])
         #expect(gateways.links(to: "us").isEmpty && gateways.links(to: "eu") == [testNode(1)])
         _ = gateways.unlink(testNode(1))
-        #expect(gateways.isEmpty && gateways.links(to: "eu").isEmpty)
+        #expect(gateways.isEmpty && gateways.links(to: "eu").isEmpty && gateways.interested(in: "orders.eu") == [])
     }
 }

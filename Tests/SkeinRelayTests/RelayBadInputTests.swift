@@ -167,13 +167,13 @@ struct RelayBadInputTests {
         }
     }
 
-    @Test("wrong version: DENY with the reason, then the socket closes", arguments: ["skein/2", "v1.0-draft1"])
+    @Test("wrong version: DENY with the reason, then the socket closes", arguments: ["skein/3", "v1.0-draft1"])
     func wrongVersion(_ version: String) async throws {
         try await RelayHarness.run { relay in
             let witness = try await Witness.connect(relay)
             let offender = try await relay.connect("offender")
             try await offender.write(.initialize(magic: "iris-client-magic", version: version, cluster: ""))
-            let reason = "Unsupported protocol. Client: \(version). Relay: v1.0-draft2, skein/1."
+            let reason = "Unsupported protocol. Client: \(version). Relay: v1.0-draft2, skein/1, skein/2."
             let expected =
                 "01 10 69 72 69 73 2d 72 65 6c 61 79 2d 6d 61 67 69 63 "
                 + ByteBuffer(bytes: [UInt8(reason.utf8.count)] + Array(reason.utf8)).hex

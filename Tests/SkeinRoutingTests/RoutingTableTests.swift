@@ -29,6 +29,26 @@ struct RoutingTableTests {
         #expect(table.relays(subscribedTo: "news") == [node(2)])
     }
 
+    @Test("patterns index relays by what they match; a relay matching twice is named once; removal forgets them")
+    func patterns() {
+        var table = RoutingTable(seed: 1)
+        table.update(RemoteRelay(id: node(1), name: "r1", zone: "", clusters: [:], topics: ["a.b"], load: 0, patterns: ["a.*", "a.>"]))
+        table.update(RemoteRelay(id: node(2), name: "r2", zone: "", clusters: [:], topics: [], load: 0, patterns: ["*.b", "a.*@us"]))
+        #expect(table.relays(subscribedTo: "a.b") == [node(1), node(2)])
+        #expect(table.relays(subscribedTo: "a.c.d") == [node(1)])
+        #expect(table.relays(subscribedTo: "x.b") == [node(2)])
+        #expect(table.relays(subscribedTo: "a.x@us") == [node(2)], "another network's patterns match its topics only")
+        #expect(table.relays(subscribedTo: "a") == [])
+        #expect(table.subscribedPatterns == ["a.*", "a.>", "*.b", "a.*@us"])
+        table.suspend(node(2))
+        #expect(table.relays(subscribedTo: "x.b") == [node(2)], "suspended relays still get events for their patterns")
+        table.remove(node(2))
+        table.update(RemoteRelay(id: node(1), name: "r1", zone: "", clusters: [:], topics: [], load: 0, patterns: ["a.>"]))
+        #expect(table.relays(subscribedTo: "a.b") == [node(1)] && table.relays(subscribedTo: "x.b") == [])
+        table.remove(node(1))
+        #expect(table.relays(subscribedTo: "a.b.c") == [] && table.subscribedPatterns.isEmpty)
+    }
+
     @Test("a suspended relay gets no requests but still gets events and broadcasts (issue 17)")
     func suspendedRelaysStillGetFanOut() {
         var table = RoutingTable(seed: 1)

@@ -1,3 +1,4 @@
+import SkeinFederation
 import Testing
 
 @testable import SkeinRouting

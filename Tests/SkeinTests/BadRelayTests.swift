@@ -190,9 +190,11 @@ struct BadRelayTests {
         }
     }
 
-    @Test func anIrisNodeDenyingSkein1GetsV1Draft2Instead() async throws {
+    @Test func anIrisNodeDenyingSkein2AndSkein1GetsV1Draft2Instead() async throws {
         let reason = "Unsupported protocol. Client: skein/1. Relay: v1.0-draft2."
         try await FakeRelay.run(connections: [
+            // skein/2's INIT is as long as skein/1's.
+            [.init(after: FakeRelay.skein1InitSize, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: reason)), close: true)],
             [.init(after: FakeRelay.skein1InitSize, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: reason)), close: true)],
             [
                 .init(after: FakeRelay.clientInitSize, send: FakeRelay.relayInit),
@@ -206,6 +208,20 @@ struct BadRelayTests {
                 await error { try await connection.request(cluster: "echo", "hi", timeout: .seconds(30)) }
             }
             #expect(outcome as? SkeinError == .timedOut)
+        }
+    }
+
+    @Test func aRelayBeforeSkein2GetsSkein1() async throws {
+        let reason = "Unsupported protocol. Client: skein/2. Relay: v1.0-draft2, skein/1."
+        try await FakeRelay.run(connections: [
+            [.init(after: FakeRelay.skein1InitSize, send: FakeRelay.relayFrame(.deny(magic: "iris-relay-magic", reason: reason)), close: true)],
+            [.init(after: FakeRelay.skein1InitSize, send: FakeRelay.relayFrame(.initialize(magic: "iris-relay-magic", version: "skein/1")))],
+        ]) { endpoint in
+            let connection = try await within(.seconds(10), "connect") { try await Skein.connect(to: endpoint) }
+            #expect(connection.protocolVersion == "skein/1")
+            // A pattern would be a plain topic to this relay: refused here, before it is sent.
+            let outcome = await error { try await connection.subscribe(topic: "orders.*") }
+            #expect((outcome as? SkeinError)?.code == .invalidName)
         }
     }
 

@@ -130,7 +130,7 @@ struct RequestReplyTests {
     @Test func skein1RequestWithoutMembersFailsAtOnceWithNoMembers() async throws {
         try await TestRelay.run { relay in
             let client = try await relay.connect()
-            #expect(client.protocolVersion == "skein/1")
+            #expect(client.protocolVersion == "skein/2")
             let start = ContinuousClock.now
             let outcome = await error { try await client.request(cluster: "nobody", "hello?", timeout: .seconds(30)) }
             #expect(outcome as? SkeinError == .noMembers("nobody"))

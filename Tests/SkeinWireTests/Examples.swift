@@ -115,4 +115,22 @@ enum SpecExamples {
             name: "REFUSED SUBSCRIBE news@us, not exported, news", hex: "22 06 07 6e 65 77 73 40 75 73 04 04 6e 65 77 73",
             frame: .refused(opcode: 0x06, name: "news@us", reason: .notExported, detail: "news")),
     ]
+
+    /// skein/2 (Docs/skein-2.md).
+    static let skein2ClientINIT =
+        "00 11 69 72 69 73 2d 63 6c 69 65 6e 74 2d 6d 61 67 69 63 07 73 6b 65 69 6e 2f 32 00"
+    static let skein2RelayINIT =
+        "00 10 69 72 69 73 2d 72 65 6c 61 79 2d 6d 61 67 69 63 07 73 6b 65 69 6e 2f 32"
+    static let skein2: [Example<RelayFrame>] = [
+        Example(
+            name: "EVENT orders.* orders.eu, no headers, 01",
+            hex: "34 08 6f 72 64 65 72 73 2e 2a 09 6f 72 64 65 72 73 2e 65 75 00 01 01",
+            frame: .event(subscription: "orders.*", topic: "orders.eu", headers: [], event: ByteBuffer(bytes: [0x01]))),
+        Example(
+            name: "EVENT t t, k: v, ff", hex: "34 01 74 01 74 01 01 6b 01 76 01 ff",
+            frame: .event(subscription: "t", topic: "t", headers: [Header("k", "v")], event: ByteBuffer(bytes: [0xff]))),
+        Example(
+            name: "REFUSED SUBSCRIBE a..*, invalid name", hex: "22 06 04 61 2e 2e 2a 05 00",
+            frame: .refused(opcode: 0x06, name: "a..*", reason: .invalidName, detail: "")),
+    ]
 }

@@ -24,8 +24,8 @@ struct PeerFramingTests {
         .request(id: 9, cluster: "db@us", remainingMillis: 7, flags: .failFast, body: ByteBuffer(string: "q")),
         .gateway(network: "us", exports: [ExportRule(kinds: [.request, .tunnel], pattern: "db"), ExportRule(kinds: .subscribe, pattern: "news.*")]),
         .gateway(network: "", exports: []),
-        .interest(topics: ["news.eu", "news.us", ""]),
-        .interest(topics: []),
+        .interest(topics: ["news.eu", "news.us", ""], patterns: ["news.*", "metrics.>"]),
+        .interest(topics: [], patterns: []),
         .hold(stream: .publish(topic: "news"), leaseMillis: 1000),
         .hold(stream: .broadcast(cluster: "all"), leaseMillis: 0),
         .hold(stream: .event(topic: "news@us"), leaseMillis: .max),
@@ -86,6 +86,10 @@ struct PeerFramingTests {
         // Docs/federation.md §5: GATEWAY us, exporting request|tunnel on db.
         PeerFrame.gateway(network: "us", exports: [ExportRule(kinds: [.request, .tunnel], pattern: "db")]).encode(into: &buffer)
         #expect(Array(buffer.readableBytesView) == [0x06, 0x08, 0x02, 0x75, 0x73, 0x01, 0x05, 0x02, 0x64, 0x62])
+        buffer.clear()
+        // Docs/federation.md §5: INTEREST in topic news.eu and pattern orders.*.
+        PeerFrame.interest(topics: ["news.eu"], patterns: ["orders.*"]).encode(into: &buffer)
+        #expect(buffer.hexDump(format: .plain) == "07 13 01 07 6e 65 77 73 2e 65 75 01 08 6f 72 64 65 72 73 2e 2a")
     }
 
     @Test("HOLD and RELEASE as Docs/peer-protocol.md §5 shows them; a stream kind other than BROADCAST, PUBLISH or EVENT ends the link")

@@ -66,6 +66,8 @@ enum SampleFrames {
         .tunnelClose(tunnelID: 7, reason: ""),
         .tunnelClose(tunnelID: 7, reason: "remote connection closed"),
         .requestFailed(id: 0, reason: .noMembers, detail: "echo"),
+        .event(subscription: "orders.*", topic: "orders.eu", headers: [], event: buffer("e")),
+        .event(subscription: "a.>", topic: "a.b.c", headers: [Header("k", "v"), Header("k", ""), Header("traceparent", "00-ab-cd-01")], event: ByteBuffer()),
         .requestFailed(id: .max, reason: .other(0xff), detail: ""),
         .tunnelFailed(tunnelID: 7, reason: .networkUnreachable, detail: "us"),
         .tunnelFailed(tunnelID: .max, reason: .memberLost, detail: "grüße"),
@@ -110,7 +112,7 @@ struct RoundTripTests {
 
     @Test("the samples cover every case of both enums")
     func coverage() {
-        #expect(Set(SampleFrames.client.map(\.opcode)) == Set(Opcode.allCases).subtracting([.deny, .requestFailed, .tunnelFailed, .refused]))
+        #expect(Set(SampleFrames.client.map(\.opcode)) == Set(Opcode.allCases).subtracting([.deny, .requestFailed, .tunnelFailed, .refused, .event]))
         #expect(Set(SampleFrames.relay.map(\.opcode)) == Set(Opcode.allCases).subtracting([.subscribe, .unsubscribe]))
     }
 

@@ -54,12 +54,14 @@ struct SpecExampleTests {
         #expect(RelayProtocol.irisVersion == "v1.0-draft2")
         #expect(RelayProtocol.clientMagic == "iris-client-magic")
         #expect(RelayProtocol.relayMagic == "iris-relay-magic")
-        #expect(Opcode.allCases.map(\.rawValue) == Array(0x00...0x0d) + [0x20, 0x21, 0x22])
+        #expect(Opcode.allCases.map(\.rawValue) == Array(0x00...0x0d) + [0x20, 0x21, 0x22, 0x34])
         #expect(RelayProtocol.skeinVersion == "skein/1")
         #expect(ProtocolDialect(version: "skein/1") == .skein1)
         #expect(ProtocolDialect(version: "v1.0-draft2") == .iris)
-        #expect(ProtocolDialect(version: "skein/2") == nil)
-        #expect([FailureReason.noMembers, .memberLost, .networkUnreachable, .notExported].map(\.rawValue) == [1, 2, 3, 4])
+        #expect(ProtocolDialect(version: "skein/2") == .skein2 && RelayProtocol.skein2Version == "skein/2")
+        #expect(ProtocolDialect(version: "skein/3") == nil)
+        #expect(ProtocolDialect.iris < .skein1 && ProtocolDialect.skein1 < .skein2)
+        #expect([FailureReason.noMembers, .memberLost, .networkUnreachable, .notExported, .invalidName].map(\.rawValue) == [1, 2, 3, 4, 5])
     }
 
     @Test("skein/1 examples (Docs/skein-1.md)", arguments: SpecExamples.skein1)
@@ -78,5 +80,40 @@ struct SpecExampleTests {
         #expect(try ClientFrame.decode(from: &bytes, limits: WireLimits()) == .initialize(magic: "iris-client-magic", version: "skein/1", cluster: ""))
         var relay = ByteBuffer(hex: SpecExamples.skein1RelayINIT)
         #expect(try RelayFrame.decode(from: &relay, limits: WireLimits()) == .initialize(magic: "iris-relay-magic", version: "skein/1"))
+    }
+
+    @Test("skein/2 examples (Docs/skein-2.md)", arguments: SpecExamples.skein2)
+    func skein2Example(_ example: Example<RelayFrame>) throws {
+        var bytes = example.bytes
+        #expect(try RelayFrame.decode(from: &bytes, limits: WireLimits()) == example.frame)
+        #expect(bytes.readableBytes == 0)
+        var encoded = ByteBuffer()
+        example.frame.encode(into: &encoded)
+        #expect(encoded == example.bytes)
+    }
+
+    @Test("skein/2 INIT (Docs/skein-2.md)")
+    func skein2Init() throws {
+        var bytes = ByteBuffer(hex: SpecExamples.skein2ClientINIT)
+        #expect(try ClientFrame.decode(from: &bytes, limits: WireLimits()) == .initialize(magic: "iris-client-magic", version: "skein/2", cluster: ""))
+        var relay = ByteBuffer(hex: SpecExamples.skein2RelayINIT)
+        #expect(try RelayFrame.decode(from: &relay, limits: WireLimits()) == .initialize(magic: "iris-relay-magic", version: "skein/2"))
+    }
+
+    @Test("headers beyond their limits, or with an empty key, are refused before they are kept")
+    func headerLimits() {
+        let limits = WireLimits(maxHeaders: 2, maxHeaderBytes: 12)
+        // EVENT s t, then headers: three entries; an empty key; 13 bytes of headers.
+        for (hex, error) in [
+            ("34 01 73 01 74 03", WireError.tooManyHeaders(count: 3, limit: 2)),
+            ("34 01 73 01 74 01 00 01 76", WireError.emptyHeaderKey),
+            ("34 01 73 01 74 01 05 6b 6b 6b 6b 6b 05 76 76 76 76 76", WireError.fieldTooLarge(field: "headers", length: 13, limit: 12)),
+        ] {
+            var bytes = ByteBuffer(hex: hex)
+            #expect(throws: error, "\(hex)") { try RelayFrame.decode(from: &bytes, limits: limits) }
+        }
+        // Incomplete is not invalid: no error until the bytes are there.
+        var partial = ByteBuffer(hex: "34 01 73 01 74 01 01 6b")
+        #expect((try? RelayFrame.decode(from: &partial, limits: limits)) == .some(nil))
     }
 }

@@ -67,7 +67,7 @@ extension RelayCore {
             guard admits(.publish, topic, from: node, gateway, actions: &actions) else { return }
             publishHere(topic: topic, body: body, from: nil, actions: &actions)
             if blockedConnections > 0 {
-                queuedWhileBlocked(topics.subscribers(of: topic), bytes: body.readableBytes, from: node, stream: .publish(topic: topic), now: now, actions: &actions)
+                queuedWhileBlocked(topics.subscribers(of: topic).connections, bytes: body.readableBytes, from: node, stream: .publish(topic: topic), now: now, actions: &actions)
             }
         case .event(let topic, let body):
             // An event of the other network's topic, for this network's interest in it: only from
@@ -79,10 +79,10 @@ extension RelayCore {
             let local = "\(topic)@\(gateway.network)"
             deliverRemoteEvent(topic: local, body: body, actions: &actions)
             if blockedConnections > 0 {
-                queuedWhileBlocked(topics.subscribers(of: local), bytes: body.readableBytes, from: node, stream: .event(topic: topic), now: now, actions: &actions)
+                queuedWhileBlocked(topics.subscribers(of: local).connections, bytes: body.readableBytes, from: node, stream: .event(topic: topic), now: now, actions: &actions)
             }
-        case .interest(let topics):
-            foreignInterest(from: node, gateway, topics: topics, actions: &actions)
+        case .interest(let topics, let patterns):
+            foreignInterest(from: node, gateway, topics: topics, patterns: patterns, actions: &actions)
         case .hold, .release:
             flowControl(frame, from: node, now: now, actions: &actions)
         case .tunnelOpen(let id, let cluster, let remaining, let flags):
@@ -158,6 +158,13 @@ extension RelayCore {
     /// Whether this network exports `name` for `kind` to the network of `gateway`; a refusal is
     /// reported (logged and counted by the shell).
     mutating func admits(_ kind: ExportKinds, _ name: String, from node: NodeID, _ gateway: ForeignGateway, actions: inout [RelayAction]) -> Bool {
+        let allowed = exported(kind, name, to: node, gateway)
+        if !allowed { actions.append(.report(.federationRefused(network: gateway.network, kind: kind, name: name))) }
+        return allowed
+    }
+
+    /// Whether this network exports `name` for `kind` to `gateway`'s network, unreported.
+    mutating func exported(_ kind: ExportKinds, _ name: String, to node: NodeID, _ gateway: ForeignGateway) -> Bool {
         // Exports are fixed for the relay's life: the last decision holds for the same question
         // (a flood of events to one topic is checked once).
         let allowed: Bool
@@ -169,7 +176,6 @@ extension RelayCore {
                 && settings.federation.exports[gateway.network]?.allows(kind, FederatedName(name, localNetwork: network).name) == true
             lastAdmission = (node, kind, name, allowed)
         }
-        if !allowed { actions.append(.report(.federationRefused(network: gateway.network, kind: kind, name: name))) }
         return allowed
     }
 
@@ -330,7 +336,7 @@ extension RelayCore {
         actions: inout [RelayAction]
     ) {
         actions.append(.report(.federationDropped(network: target, reason: detail)))
-        if connections[id]?.dialect == .skein1 {
+        if connections[id]?.dialect.hasFailureFrames == true {
             actions.append(.send(id, .refused(opcode: op.rawValue, name: name, reason: reason, detail: detail)))
         }
     }
@@ -362,25 +368,17 @@ extension RelayCore {
             actions.append(.sendPeer(relay, .publish(topic: topic, body: body)))
             if let publisher { noteDelivery(from: publisher, toRelay: relay, stream: .publish(topic: topic), actions: &actions) }
         }
-        for subscriber in route.subscribers {
-            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
-            if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
-        }
+        sendEvent(topic: topic, body: body, to: route.subscribers, from: publisher, actions: &actions)
         if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: publisher, actions: &actions) }
-    }
-
-    /// A published event for the subscriptions on this relay, and for other networks' interest.
-    mutating func deliverLocally(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
-        if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: publisher, actions: &actions) }
-        for subscriber in topics.subscribers(of: topic) {
-            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
-            if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
-        }
     }
 
     /// One event to each other network that subscribes to `topic` through this gateway.
+    /// A network subscribed by a pattern gets only what this network exports to it: the pattern
+    /// was not checked when it came, so the topic is, here (once per flood: `admits` remembers).
     mutating func deliverToInterest(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
-        for (node, gateway) in foreign.all where gateway.interest.contains(topic) {
+        for node in foreign.interested(in: topic) {
+            guard let gateway = foreign[node] else { continue }
+            if !gateway.interest.contains(topic), !exported(.subscribe, topic, to: node, gateway) { continue }
             actions.append(.sendPeer(node, .event(topic: topic, body: body)))
             if let publisher { noteDelivery(from: publisher, toRelay: node, stream: .event(topic: topic), actions: &actions) }
         }
@@ -393,9 +391,7 @@ extension RelayCore {
         for relay in routing.relays(subscribedTo: topic) {
             actions.append(.sendPeer(relay, .event(topic: topic, body: body)))
         }
-        for subscriber in topics.subscribers(of: topic) {
-            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
-        }
+        sendEvent(topic: topic, body: body, to: topics.subscribers(of: topic), from: nil, actions: &actions)
     }
 
     /// A `topic@network` event from another relay of this network: delivered here only if that
@@ -407,11 +403,9 @@ extension RelayCore {
             return
         }
         let subscribers = topics.subscribers(of: topic)
-        for subscriber in subscribers {
-            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
-        }
+        sendEvent(topic: topic, body: body, to: subscribers, from: nil, actions: &actions)
         if blockedConnections > 0 {
-            queuedWhileBlocked(subscribers, bytes: body.readableBytes, from: relay, stream: .event(topic: topic), now: now, actions: &actions)
+            queuedWhileBlocked(subscribers.connections, bytes: body.readableBytes, from: relay, stream: .event(topic: topic), now: now, actions: &actions)
         }
     }
 
@@ -425,14 +419,20 @@ extension RelayCore {
 
     // MARK: - Subscriptions (interest)
 
-    /// Another network's complete set of topics it subscribes to through `node`.
-    private mutating func foreignInterest(from node: NodeID, _ gateway: ForeignGateway, topics wanted: [String], actions: inout [RelayAction]) {
+    /// Another network's complete set of topics and patterns it subscribes to through `node`.
+    /// A topic this network does not export is refused here; a pattern is kept (with a valid
+    /// form), and each event it matches is checked on its way out (`deliverToInterest`).
+    private mutating func foreignInterest(
+        from node: NodeID, _ gateway: ForeignGateway, topics wanted: [String], patterns: [String], actions: inout [RelayAction]
+    ) {
         var accepted: Set<String> = []
         for topic in wanted where admits(.subscribe, topic, from: node, gateway, actions: &actions) {
             accepted.insert(topic)
         }
-        guard accepted != gateway.interest else { return }
-        foreign.setInterest(node, accepted)
+        let valid = Set(patterns.filter { TopicPattern.isPattern($0) && TopicPattern.problem(with: $0) == nil
+            && !FederatedName.isRemote($0, localNetwork: network) })
+        guard accepted != gateway.interest || valid != gateway.patterns else { return }
+        foreign.setInterest(node, accepted, patterns: valid)
         directoryVersion &+= 1  // this relay now subscribes to them on the other network's behalf
     }
 
@@ -442,20 +442,22 @@ extension RelayCore {
     mutating func refreshInterest(network target: String, actions: inout [RelayAction]) {
         let links = foreignLinks(to: target)
         guard !links.isEmpty || sentInterest.keys.contains(where: { foreign[$0]?.network == target }) else { return }
-        var wanted: Set<String> = []
+        var wanted = SentInterest()
         if isDesignatedGateway(for: target) {
             let suffix = "@\(target)"
             let exports = knownExports(of: target)
-            for topic in topics.subscribedTopics where topic.hasSuffix(suffix) { wanted.insert(String(topic.dropLast(suffix.count))) }
-            for topic in routing.subscribedTopics where topic.hasSuffix(suffix) { wanted.insert(String(topic.dropLast(suffix.count))) }
-            if let exports { wanted = wanted.filter { exports.allows(.subscribe, $0) } }
+            for topic in topics.subscribedTopics where topic.hasSuffix(suffix) { wanted.topics.insert(String(topic.dropLast(suffix.count))) }
+            for topic in routing.subscribedTopics where topic.hasSuffix(suffix) { wanted.topics.insert(String(topic.dropLast(suffix.count))) }
+            if let exports { wanted.topics = wanted.topics.filter { exports.allows(.subscribe, $0) } }
+            for pattern in topics.subscribedPatterns where pattern.hasSuffix(suffix) { wanted.patterns.insert(String(pattern.dropLast(suffix.count))) }
+            for pattern in routing.subscribedPatterns where pattern.hasSuffix(suffix) { wanted.patterns.insert(String(pattern.dropLast(suffix.count))) }
         }
         let link = designatedLink(to: target)
         for node in links {
-            let set = node == link ? wanted : []
-            guard sentInterest[node, default: []] != set else { continue }
+            let set = node == link ? wanted : SentInterest()
+            guard sentInterest[node, default: SentInterest()] != set else { continue }
             sentInterest[node] = set
-            actions.append(.sendPeer(node, .interest(topics: set.sorted())))
+            actions.append(.sendPeer(node, .interest(topics: set.topics.sorted(), patterns: set.patterns.sorted())))
         }
     }
 
@@ -474,6 +476,14 @@ extension RelayCore {
         for gateway in foreign.all.values {
             for topic in gateway.interest { out[topic, default: 0] += 1 }
         }
+        return out
+    }
+
+    /// Patterns subscribed to on this relay for its metadata: its own connections' and, as a
+    /// gateway, other networks'.
+    var advertisedPatterns: Set<String> {
+        var out = Set(topics.subscribedPatterns)
+        for gateway in foreign.all.values { out.formUnion(gateway.patterns) }
         return out
     }
 

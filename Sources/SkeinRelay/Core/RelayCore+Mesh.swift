@@ -249,11 +249,9 @@ extension RelayCore {
                 return
             }
             let subscribers = publishRoute(topic).subscribers
-            for subscriber in subscribers {
-                actions.append(.send(subscriber, .publish(topic: topic, event: body)))
-            }
+            sendEvent(topic: topic, body: body, to: subscribers, from: nil, actions: &actions)
             if blockedConnections > 0 {
-                queuedWhileBlocked(subscribers, bytes: body.readableBytes, from: relay, stream: .publish(topic: topic), now: now, actions: &actions)
+                queuedWhileBlocked(subscribers.connections, bytes: body.readableBytes, from: relay, stream: .publish(topic: topic), now: now, actions: &actions)
             }
             if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: nil, actions: &actions) }
         case .event(let topic, let body):

@@ -20,7 +20,7 @@ extension RelayCore {
         let key = makeKey()
         let deadline = deadline(now: now, millis: timeoutMillis)
         var request = PendingRequest(caller: .local(caller), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
-        request.failFast = connections[caller]!.dialect == .skein1
+        request.failFast = connections[caller]!.dialect.hasFailureFrames
         request.routesHere = true
         let remote = FederatedName.isRemote(cluster, localNetwork: network) ? FederatedName(cluster, localNetwork: network) : nil
         request.network = remote?.network
@@ -171,21 +171,21 @@ extension RelayCore {
             connections[caller]?.outgoing.remove(key)
             let frame: RelayFrame
             let id = request.callerRequestID
-            let skein1 = connections[caller]?.dialect == .skein1
+            let failureFrames = connections[caller]?.dialect.hasFailureFrames == true
             switch outcome {
             case .success(let body): frame = .reply(id: id, outcome: .success(body))
             case .fault(let fault): frame = .reply(id: id, outcome: .fault(fault))
             case .timedOut: frame = .reply(id: id, outcome: .timedOut)
             case .noMembers:
-                frame = skein1 ? .requestFailed(id: id, reason: .noMembers, detail: request.cluster) : .reply(id: id, outcome: .timedOut)
+                frame = failureFrames ? .requestFailed(id: id, reason: .noMembers, detail: request.cluster) : .reply(id: id, outcome: .timedOut)
             case .memberLost:
-                frame = skein1
+                frame = failureFrames
                     ? .requestFailed(id: id, reason: .memberLost, detail: "the member holding the request was lost")
                     : .reply(id: id, outcome: .timedOut)
             case .refused(let reason, let detail):
                 // An Iris caller learns "not exported" as a fault (nothing will change before its
                 // deadline); anything else it can only hear as a timeout.
-                if skein1 {
+                if failureFrames {
                     frame = .requestFailed(id: id, reason: reason, detail: detail)
                 } else if reason == .notExported {
                     frame = .reply(id: id, outcome: .fault("not exported: \(detail)"))
@@ -226,13 +226,17 @@ extension RelayCore {
 
     mutating func subscribe(_ id: ConnectionID, topic: String, actions: inout [RelayAction]) {
         let remote = FederatedName.isRemote(topic, localNetwork: network) ? FederatedName(topic, localNetwork: network) : nil
+        guard let subscription = subscription(of: id, to: topic, bare: remote?.name ?? topic, actions: &actions) else { return }
         // A `skein/1` subscription to what the other network does not export is refused and not
-        // registered; an Iris one is registered (it will simply never be fed).
-        if let remote, connections[id]!.dialect == .skein1, let (reason, detail) = exportRefusal(.subscribe, remote) {
+        // registered; an Iris one is registered (it will simply never be fed). A pattern is
+        // checked against the exports event by event, at the exporting gateway.
+        if let remote, case .literal = subscription, connections[id]!.dialect.hasFailureFrames,
+            let (reason, detail) = exportRefusal(.subscribe, remote)
+        {
             refuse(id, op: .subscribe, name: topic, reason: reason, detail: detail, network: remote.network!, actions: &actions)
             return
         }
-        guard topics.subscribe(id, to: topic) else {
+        guard topics.subscribe(id, to: subscription) else {
             violation(id, "protocol violation: already subscribed to topic \(topic.debugDescription)", actions: &actions)
             return
         }
@@ -240,13 +244,55 @@ extension RelayCore {
         if let target = remote?.network { refreshInterest(network: target, actions: &actions) }
     }
 
+    /// What `topic` subscribes to on `id`: a pattern if `id` speaks `skein/2` and `bare` (the
+    /// name without its network) has a wildcard token, else the topic of that name. Nil, after
+    /// REFUSED (invalid name), for a pattern that is not one.
+    private mutating func subscription(of id: ConnectionID, to topic: String, bare: String, actions: inout [RelayAction]) -> TopicSubscription? {
+        guard connections[id]!.dialect >= .skein2, TopicPattern.isPattern(bare) else { return .literal(topic) }
+        if let problem = TopicPattern.problem(with: bare) {
+            actions.append(.send(id, .refused(opcode: Opcode.subscribe.rawValue, name: topic, reason: .invalidName, detail: problem)))
+            return nil
+        }
+        return .pattern(topic)
+    }
+
     mutating func unsubscribe(_ id: ConnectionID, topic: String, actions: inout [RelayAction]) {
-        guard topics.unsubscribe(id, from: topic) else {
+        let name = FederatedName(topic, localNetwork: network)
+        let subscription: TopicSubscription =
+            connections[id]!.dialect >= .skein2 && TopicPattern.isPattern(name.name) ? .pattern(topic) : .literal(topic)
+        guard topics.unsubscribe(id, from: subscription) else {
             violation(id, "protocol violation: not subscribed to topic \(topic.debugDescription)", actions: &actions)
             return
         }
         directoryVersion &+= 1
-        if let target = FederatedName(topic, localNetwork: network).network { refreshInterest(network: target, actions: &actions) }
+        if let target = name.network { refreshInterest(network: target, actions: &actions) }
+    }
+
+    /// A `skein/2` publish names a concrete topic: one with a wildcard token is refused (and
+    /// not carried). False if refused.
+    mutating func checkPublishable(_ id: ConnectionID, topic: String, actions: inout [RelayAction]) -> Bool {
+        guard TopicPattern.isPattern(FederatedName.isRemote(topic, localNetwork: network) ? FederatedName(topic, localNetwork: network).name : topic)
+        else { return true }
+        actions.append(.send(id, .refused(
+            opcode: Opcode.publish.rawValue, name: topic, reason: .invalidName,
+            detail: "a published topic has no wildcard token ('*' or '>')")))
+        return false
+    }
+
+    /// Sends an event on `topic` to local subscriptions: PUBLISH to those that name the topic,
+    /// EVENT (naming the pattern) to matching patterns. `publisher`, a local connection, is
+    /// paused by full outputs.
+    mutating func sendEvent(
+        topic: String, body: ByteBuffer, to subscribers: LocalSubscribers, from publisher: ConnectionID?, actions: inout [RelayAction]
+    ) {
+        for subscriber in subscribers.literal {
+            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
+            if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
+        }
+        for (pattern, subscriber) in subscribers.patterns {
+            actions.append(.send(subscriber, .event(subscription: pattern, topic: topic, headers: [], event: body)))
+            if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
+        }
     }
 
     /// A local client's publish: every subscription here, one copy to each other relay with
@@ -264,10 +310,7 @@ extension RelayCore {
             actions.append(.sendPeer(relay, .publish(topic: topic, body: event)))
             noteDelivery(from: publisher, toRelay: relay, stream: .publish(topic: topic), actions: &actions)
         }
-        for subscriber in route.subscribers {
-            actions.append(.send(subscriber, .publish(topic: topic, event: event)))
-            noteDelivery(from: publisher, to: subscriber, actions: &actions)
-        }
+        sendEvent(topic: topic, body: event, to: route.subscribers, from: publisher, actions: &actions)
         if !foreign.isEmpty { deliverToInterest(topic: topic, body: event, from: publisher, actions: &actions) }
     }
 

@@ -117,7 +117,7 @@ extension RelayCore {
         let key = makeKey()
         let deadline = deadline(now: now, millis: timeoutMillis)
         var build = PendingBuild(initiator: .local(initiator), initiatorTunnelID: tunnelID, cluster: cluster, deadline: deadline)
-        build.failFast = conn.dialect == .skein1
+        build.failFast = conn.dialect.hasFailureFrames
         build.routesHere = true
         let remote = FederatedName.isRemote(cluster, localNetwork: network) ? FederatedName(cluster, localNetwork: network) : nil
         build.network = remote?.network
@@ -248,7 +248,7 @@ extension RelayCore {
         case .local(let initiator):
             connections[initiator]?.tunnelIDs[build.initiatorTunnelID] = nil
             connections[initiator]?.outgoing.remove(key)
-            if let failure, connections[initiator]?.dialect == .skein1 {
+            if let failure, connections[initiator]?.dialect.hasFailureFrames == true {
                 actions.append(.send(initiator, .tunnelFailed(tunnelID: build.initiatorTunnelID, reason: failure, detail: detail)))
             } else {
                 actions.append(.send(initiator, .tunnelConfirm(tunnelID: build.initiatorTunnelID, outcome: .timedOut)))

@@ -129,7 +129,7 @@ public struct RelayCore {
     /// The last export decision for what a gateway link sent in.
     var lastAdmission: (node: NodeID, kind: ExportKinds, name: String, allowed: Bool)?
     /// The interest last sent on each gateway link.
-    var sentInterest: [NodeID: Set<String>] = [:]
+    var sentInterest: [NodeID: SentInterest] = [:]
     /// This relay's node id in its network's membership (the shell sets it), to tell whether it
     /// is the designated gateway.
     public var localNode = NodeID(high: 0, low: 0)
@@ -149,6 +149,8 @@ public struct RelayCore {
     /// Topics subscribed to here, with subscription counts: local connections' and, as a
     /// gateway, other networks' interest (what this relay's metadata advertises).
     public var topicSubscriptions: [String: Int] { advertisedTopics }
+    /// `skein/2` patterns subscribed to by local connections, with subscription counts.
+    public var patternSubscriptions: [String: Int] { topics.patternCounts }
     /// Changes whenever a cluster gains or loses a member or a topic a subscription: the mesh
     /// compares it to know when to advertise new metadata.
     public internal(set) var directoryVersion: UInt64 = 0
@@ -257,6 +259,7 @@ public struct RelayCore {
         case .unsubscribe(let topic):
             unsubscribe(id, topic: topic, actions: &actions)
         case .publish(let topic, let event):
+            if connections[id]!.dialect >= .skein2, !checkPublishable(id, topic: topic, actions: &actions) { return }
             publish(from: id, topic: topic, event: event, actions: &actions)
         case .tunnelInit(let tunnelID, let cluster, let timeout):
             tunnelInit(from: id, tunnelID: tunnelID, cluster: cluster, timeoutMillis: timeout, now: now, actions: &actions)
@@ -325,7 +328,7 @@ public struct RelayCore {
             return
         }
         guard let dialect = ProtocolDialect(version: version) else {
-            let reason = "Unsupported protocol. Client: \(version). Relay: \(RelayProtocol.irisVersion), \(RelayProtocol.skeinVersion)."
+            let reason = "Unsupported protocol. Client: \(version). Relay: \(RelayProtocol.irisVersion), \(RelayProtocol.skeinVersion), \(RelayProtocol.skein2Version)."
             actions.append(.send(id, .deny(magic: RelayProtocol.relayMagic, reason: reason)))
             actions.append(.disconnect(id))
             markClosed(id)
@@ -626,12 +629,19 @@ extension RelayCore {
         var detail: String
     }
 
+    /// What this relay, as a gateway, last asked of one link: topics and patterns.
+    struct SentInterest: Equatable {
+        var topics: Set<String> = []
+        var patterns: Set<String> = []
+        var count: Int { topics.count + patterns.count }
+    }
+
     struct PublishRoute {
         var topic: String
         var directoryVersion: UInt64
         var routingVersion: UInt64
         var relays: [NodeID]
-        var subscribers: [ConnectionID]
+        var subscribers: LocalSubscribers
     }
 
     struct PendingBuild {

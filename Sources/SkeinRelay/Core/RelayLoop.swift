@@ -321,7 +321,8 @@ public struct RelayLoop {
             clusters: core.clusterMembership.mapValues { UInt32(clamping: $0) },
             topics: Set(core.topicSubscriptions.keys),
             load: UInt32(clamping: core.connectionCount),
-            gateways: core.gatewayAdvertisement)
+            gateways: core.gatewayAdvertisement,
+            patterns: core.advertisedPatterns)
         do {
             let directives = try membership!.updateMetadata(metadata, now: now)
             advertisedVersion = version
@@ -436,6 +437,6 @@ extension RemoteRelay {
     init(member: Member, metadata: MemberMetadata) {
         self.init(
             id: member.id, name: member.name, zone: metadata.zone, clusters: metadata.clusters, topics: metadata.topics,
-            load: metadata.load, gateways: metadata.gateways.mapValues(ExportTable.init))
+            load: metadata.load, gateways: metadata.gateways.mapValues(ExportTable.init), patterns: metadata.patterns)
     }
 }

@@ -23,6 +23,7 @@ struct RelayStatus {
         var tunnels: Int
         var clusters: [String: Int]
         var topics: [String: Int]
+        var patterns: [String: Int]
 
         init(_ core: RelayCore) {
             connections = core.connectionCount
@@ -30,6 +31,7 @@ struct RelayStatus {
             tunnels = core.tunnelCount
             clusters = core.clusterMembership
             topics = core.topicSubscriptions
+            patterns = core.patternSubscriptions
         }
     }
 
@@ -65,7 +67,7 @@ struct RelayStatus {
         var fields: [(String, JSON)] = [
             ("relay", .object([
                 ("protocol", .string("v1.0-draft2")),
-                ("extensions", .array([.string("skein/1")])),
+                ("extensions", .array([.string("skein/1"), .string("skein/2")])),
                 ("network", .string(network)),
                 ("keys", .array(keys.map { .string($0) })),
             ])),
@@ -75,6 +77,7 @@ struct RelayStatus {
                 ("tunnels", .int(Int64(clients.tunnels))),
                 ("clusters", Self.counts(clients.clusters)),
                 ("topics", Self.counts(clients.topics)),
+                ("patterns", Self.counts(clients.patterns)),
             ])),
         ]
         if !federations.isEmpty { fields.append(("federation", .array(federations.map(\.json)))) }
@@ -176,6 +179,7 @@ extension Member {
             ("zone", metadata.map { .string($0.zone) } ?? .null),
             ("clusters", metadata.map { m in .object(m.clusters.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }) } ?? .null),
             ("topics", metadata.map { m in .array(m.topics.sorted().map { .string($0) }) } ?? .null),
+            ("patterns", metadata.map { m in .array(m.patterns.sorted().map { .string($0) }) } ?? .null),
             ("load", metadata.map { .int(Int64($0.load)) } ?? .null),
             ("gateways", metadata.map { m in
                 .object(m.gateways.sorted { $0.key < $1.key }.map { ($0.key, .array($0.value.map { .string("\($0)") })) })

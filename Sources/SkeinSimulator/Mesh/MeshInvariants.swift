@@ -146,7 +146,7 @@ struct MeshInvariants {
                 answers.timeouts += 1
             }
         case .requestFailed(let id, let reason, _):
-            if client.dialect != .skein1 { violation("\(client.name): a skein/1 failure on a \(client.dialect.version) connection", at: time) }
+            if client.dialect.hasFailureFrames == false { violation("\(client.name): a skein/1 failure on a \(client.dialect.version) connection", at: time) }
             guard answered(id, by: &client, at: time, pausedUntil: pausedUntil) != nil else { return }
             answers.failures[reason.description, default: 0] += 1
         case .publish(let topic, let event):
@@ -170,9 +170,12 @@ struct MeshInvariants {
             inOrder(message, last: &client.lastBroadcast, what: "broadcast", client: client, at: time)
         case .refused(_, let name, let reason, _):
             // A skein/1 broadcast with nobody in the cluster yet: a fair answer.
-            if client.dialect != .skein1 { violation("\(client.name): REFUSED on a \(client.dialect.version) connection", at: time) }
+            if client.dialect.hasFailureFrames == false { violation("\(client.name): REFUSED on a \(client.dialect.version) connection", at: time) }
             answers.refusals[reason.description, default: 0] += 1
             _ = name
+        case .event(let subscription, let topic, _, _):
+            // The simulated clients speak v1.0-draft2 and skein/1: no pattern, no EVENT.
+            violation("\(client.name): EVENT for \(subscription) on \(topic) on a \(client.dialect.version) connection", at: time)
         case .close(let reason):
             violation("\(client.name): closed by its relay: \(reason)", at: time)
         case .deny(_, let reason):

@@ -104,7 +104,7 @@ extension MeshSimulation {
                 invariants.violation("\(name): TUNNEL FAILED for tunnel \(id), which it is not building", at: time)
                 return
             }
-            if clients[index].dialect != .skein1 { invariants.violation("\(name): a skein/1 tunnel failure on a \(clients[index].dialect.version) connection", at: time) }
+            if clients[index].dialect.hasFailureFrames == false { invariants.violation("\(name): a skein/1 tunnel failure on a \(clients[index].dialect.version) connection", at: time) }
             clients[index].tunnels.initiated[id] = nil
             report.tunnels.buildsFailed[reason.description, default: 0] += 1
         case .tunnelAllow(let id, let bytes):

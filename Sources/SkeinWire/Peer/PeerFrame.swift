@@ -97,8 +97,9 @@ public enum PeerFrame: Sendable, Equatable {
     /// Gateway links only (Docs/federation.md §5): the sender's network and what it exports to
     /// the receiver's.
     case gateway(network: String, exports: [ExportRule])
-    /// Gateway links only: every topic the sender's network subscribes to through this link.
-    case interest(topics: [String])
+    /// Gateway links only: every topic the sender's network subscribes to through this link,
+    /// and every `skein/2` pattern (checked against the receiver's exports event by event).
+    case interest(topics: [String], patterns: [String])
     /// Flow control: the sender has a receiver that cannot take more of `stream` now; the
     /// receiver of this frame pauses what feeds it there, for `leaseMillis` or until RELEASE.
     case hold(stream: PeerFlowStream, leaseMillis: UInt64)
@@ -192,8 +193,9 @@ public enum PeerFrame: Sendable, Equatable {
             return bytes.readableBytes
         case .gateway(let network, let exports):
             return fieldSize(network) + varintSize(UInt64(exports.count)) + exports.reduce(0) { $0 + 1 + fieldSize($1.pattern) }
-        case .interest(let topics):
+        case .interest(let topics, let patterns):
             return varintSize(UInt64(topics.count)) + topics.reduce(0) { $0 + fieldSize($1) }
+                + varintSize(UInt64(patterns.count)) + patterns.reduce(0) { $0 + fieldSize($1) }
         case .hold(let stream, let lease):
             return 1 + fieldSize(stream.name) + varintSize(lease)
         case .release(let stream):
@@ -292,9 +294,11 @@ public enum PeerFrame: Sendable, Equatable {
                 buffer.writeInteger(rule.kinds.rawValue)
                 buffer.writeField(rule.pattern)
             }
-        case .interest(let topics):
+        case .interest(let topics, let patterns):
             buffer.writeVarint(UInt64(topics.count))
             for topic in topics { buffer.writeField(topic) }
+            buffer.writeVarint(UInt64(patterns.count))
+            for pattern in patterns { buffer.writeField(pattern) }
         case .hold(let stream, let lease):
             buffer.writeInteger(stream.kind.rawValue)
             buffer.writeField(stream.name)
@@ -538,17 +542,25 @@ extension PeerFrame {
     }
 
     static func decodeInterest(_ r: inout FieldReader) throws(WireError) -> PeerFrame? {
+        guard let topics = try decodeNames(&r, "interest list", "topic"),
+            let patterns = try decodeNames(&r, "interest patterns", "pattern")
+        else { return nil }
+        return .interest(topics: topics, patterns: patterns)
+    }
+
+    /// `varint count, count × string`, the count bounded before allocation.
+    private static func decodeNames(_ r: inout FieldReader, _ list: String, _ field: String) throws(WireError) -> [String]? {
         guard let count = try r.varint() else { return nil }
         guard count <= UInt64(min(maxListEntries, r.buffer.readableBytes)) else {
-            throw .fieldTooLarge(field: "interest list", length: count, limit: min(maxListEntries, r.buffer.readableBytes))
+            throw .fieldTooLarge(field: list, length: count, limit: min(maxListEntries, r.buffer.readableBytes))
         }
-        var topics: [String] = []
-        topics.reserveCapacity(Int(count))
+        var names: [String] = []
+        names.reserveCapacity(Int(count))
         for _ in 0..<count {
-            guard let topic = try r.string("topic") else { return nil }
-            topics.append(topic)
+            guard let name = try r.string(field) else { return nil }
+            names.append(name)
         }
-        return .interest(topics: topics)
+        return names
     }
 }
 
