@@ -1,5 +1,6 @@
 import DequeModule
 import NIOCore
+internal import ServiceContextModule
 internal import SkeinWire
 
 /// Decodes the relay's frames and dispatches them: replies to waiting callers, events to
@@ -21,7 +22,7 @@ final class InboundHandler: ChannelInboundHandler {
     @exclusivity(unchecked) private var runningHandlers = 0
     /// Requests waiting for a free handler, with the deadline they arrived with: time spent
     /// here counts against it.
-    @exclusivity(unchecked) private var queuedRequests: Deque<(id: UInt64, body: ByteBuffer, deadline: ContinuousClock.Instant)> = []
+    @exclusivity(unchecked) private var queuedRequests: Deque<(id: UInt64, request: ServiceRequest)> = []
     @exclusivity(unchecked) private var broadcastFeed: EventFeed?
     @exclusivity(unchecked) private var pausedFeeds: Set<ObjectIdentifier> = []
     /// Where handlers run: nil for the global executor, or this connection's event loop.
@@ -133,37 +134,29 @@ final class InboundHandler: ChannelInboundHandler {
         case .close(let reason):
             closeReason = reason
         case .reply(let id, let outcome):
-            let waiter = connection.shared.withLockedValue { $0.requests.removeValue(forKey: id) }
-            switch outcome {
-            case .success(let body): waiter?.resume(returning: body)
-            case .fault(let fault): waiter?.resume(throwing: SkeinError.remoteFault(fault))
-            case .timedOut: waiter?.resume(throwing: SkeinError.timedOut)
-            }
+            answered(id, outcome, headers: Headers())
+        case .hreply(let id, let headers, let outcome):
+            guard connection.dialect >= .skein2 else { return skein2Only(frame, context: context) }
+            answered(id, outcome, headers: Headers(headers))
+        case .hbroadcast(let headers, let message):
+            guard connection.dialect >= .skein2 else { return skein2Only(frame, context: context) }
+            if let broadcastFeed { deliver(Subscription.Event(topic: "", body: message, headers: Headers(headers)), to: broadcastFeed) }
+        case .hrequest(let id, let headers, let body, let timeout):
+            guard connection.dialect >= .skein2 else { return skein2Only(frame, context: context) }
+            received(request: id, body: body, headers: Headers(headers), timeoutMillis: timeout)
         case .publish(let topic, let event):
             if let feed = connection.shared.withLockedValue({ $0.subscriptions[topic] }) {
                 deliver(Subscription.Event(topic: topic, body: event), to: feed)
             }
-        case .event(let subscription, let topic, _, let event):
-            guard connection.dialect >= .skein2 else {
-                return violation("relay sent EVENT, a skein/2 frame, on a \(connection.dialect.version) connection", context: context)
-            }
+        case .event(let subscription, let topic, let headers, let event):
+            guard connection.dialect >= .skein2 else { return skein2Only(frame, context: context) }
             if let feed = connection.shared.withLockedValue({ $0.subscriptions[subscription] }) {
-                deliver(Subscription.Event(topic: topic, body: event), to: feed)
+                deliver(Subscription.Event(topic: topic, body: event, headers: Headers(headers)), to: feed)
             }
         case .broadcast(let message):
             if let broadcastFeed { deliver(Subscription.Event(topic: "", body: message), to: broadcastFeed) }
         case .request(let id, let body, let timeout):
-            guard handler != nil else {
-                connection.sendNow(.reply(id: id, outcome: .fault("this connection is not a member of any cluster")))
-                return
-            }
-            let deadline = ContinuousClock.now + .milliseconds(Int64(clamping: timeout))
-            if runningHandlers < connection.options.maxConcurrentHandlers {
-                startRequest(id: id, body: body, deadline: deadline)
-            } else {
-                queuedRequests.append((id, body, deadline))
-                updateReading()
-            }
+            received(request: id, body: body, headers: Headers(), timeoutMillis: timeout)
         case .tunnelInit(let buildID, let chunkLimit):
             // A plain client never confirms; the relay times the build out.
             guard let handler, let tunnel = connection.acceptTunnel(buildID: buildID, chunkLimit: chunkLimit) else { return }
@@ -196,6 +189,34 @@ final class InboundHandler: ChannelInboundHandler {
             }
         case .tunnelClose(let id, let reason):
             connection.shared.withLockedValue({ $0.tunnels[id] })?.closedByRelay(reason: reason)
+        }
+    }
+
+    private func skein2Only(_ frame: RelayFrame, context: ChannelHandlerContext) {
+        violation("relay sent \(frame.opcode), a skein/2 frame, on a \(connection.dialect.version) connection", context: context)
+    }
+
+    private func answered(_ id: UInt64, _ outcome: RequestOutcome, headers: Headers) {
+        let waiter = connection.shared.withLockedValue { $0.requests.removeValue(forKey: id) }
+        switch outcome {
+        case .success(let body): waiter?.resume(returning: Message(body, headers: headers))
+        case .fault(let fault): waiter?.resume(throwing: SkeinError.remoteFault(fault))
+        case .timedOut: waiter?.resume(throwing: SkeinError.timedOut)
+        }
+    }
+
+    private func received(request id: UInt64, body: ByteBuffer, headers: Headers, timeoutMillis timeout: UInt64) {
+        guard handler != nil else {
+            connection.sendNow(.reply(id: id, outcome: .fault("this connection is not a member of any cluster")))
+            return
+        }
+        let deadline = ContinuousClock.now + .milliseconds(Int64(clamping: timeout))
+        let request = ServiceRequest(body: body, timeout: .milliseconds(Int64(clamping: timeout)), deadline: deadline, headers: headers)
+        if runningHandlers < connection.options.maxConcurrentHandlers {
+            startRequest(id: id, request)
+        } else {
+            queuedRequests.append((id, request))
+            updateReading()
         }
     }
 
@@ -290,35 +311,61 @@ final class InboundHandler: ChannelInboundHandler {
         Task(executorPreference: handlerExecutor) {
             do {
                 for try await message in sequence {
-                    await handler.handleBroadcast(message.body)
+                    if message.headers.isEmpty {
+                        await handler.handleBroadcast(message.body, headers: message.headers)
+                    } else {
+                        await ServiceContext.withValue(message.headers.serviceContext) {
+                            await handler.handleBroadcast(message.body, headers: message.headers)
+                        }
+                    }
                 }
             } catch {}
         }
     }
 
-    private func startRequest(id: UInt64, body: ByteBuffer, deadline: ContinuousClock.Instant) {
+    private func startRequest(id: UInt64, _ queued: ServiceRequest) {
         guard let handler else { return }
         runningHandlers += 1
-        let request = ServiceRequest(body: body, timeout: max(.zero, deadline - .now), deadline: deadline)
+        // Time spent queued here counts against the deadline.
+        var request = queued
+        request.timeout = max(.zero, request.deadline - .now)
         let limit = connection.options.maxMessageSize
         let connection = self.connection
         let loop = connection.channel.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
-        Task(executorPreference: handlerExecutor) {
+        Task(executorPreference: handlerExecutor) { [request] in
             let outcome: ReplyOutcome
+            var headers = Headers()
             do {
-                let reply = try await handler.handleRequest(request)
+                let reply: Message
+                if request.headers.isEmpty {
+                    reply = try await handler.respond(to: request)
+                } else {
+                    // The caller's trace context is the handler's, and goes back with the reply.
+                    let context = request.headers.serviceContext
+                    reply = try await ServiceContext.withValue(context) {
+                        var reply = try await handler.respond(to: request)
+                        reply.headers = reply.headers.withTraceContext()
+                        return reply
+                    }
+                }
+                headers = reply.headers
                 // Too big for the wire: the relay would end this whole connection over it.
                 outcome =
-                    reply.readableBytes <= limit
-                    ? .success(reply)
-                    : .fault("\(SkeinError.messageTooLarge(size: reply.readableBytes, limit: limit))")
+                    reply.body.readableBytes <= limit
+                    ? .success(reply.body)
+                    : .fault("\(SkeinError.messageTooLarge(size: reply.body.readableBytes, limit: limit))")
+                if (try? connection.check(headers)) == nil { headers = Headers() }
             } catch let fault as SkeinFault {
                 outcome = .fault(fault.message)
             } catch {
                 outcome = .fault(String(describing: error))
             }
-            connection.sendNow(.reply(id: id, outcome: outcome))
+            if headers.isEmpty || connection.dialect < .skein2 {
+                connection.sendNow(.reply(id: id, outcome: outcome))
+            } else {
+                connection.sendNow(.hreply(id: id, headers: headers.entries, outcome: outcome))
+            }
             loop.execute { bound.value.requestFinished() }
         }
     }
@@ -326,7 +373,7 @@ final class InboundHandler: ChannelInboundHandler {
     private func requestFinished() {
         runningHandlers -= 1
         if let next = queuedRequests.popFirst() {
-            startRequest(id: next.id, body: next.body, deadline: next.deadline)
+            startRequest(id: next.id, next.request)
         }
         updateReading()
     }

@@ -106,6 +106,11 @@ public struct ConnectionOptions: Sendable {
     /// holds at most 4 GiB − 1 bytes (the default). A larger message ends that tunnel alone,
     /// with `messageTooLarge`.
     public var maxTunnelMessageSize = Int(UInt32.max)
+    /// Most headers one message may carry, and the largest encoded headers block: the relay's
+    /// defaults (`--max-headers`, `--max-header-bytes`). Beyond them a call fails alone with
+    /// `invalidName` instead of the relay closing the connection.
+    public var maxHeaders = 64
+    public var maxHeaderBytes = 16 << 10
     /// How long `connect` waits for the relay's answer.
     public var handshakeTimeout: Duration = .seconds(5)
     /// Event loop group to use; nil uses the shared singleton.
@@ -155,6 +160,16 @@ public struct ServiceRequest: Sendable {
     public var timeout: Duration
     /// The instant after which an answer is useless: the relay has already timed it out.
     public var deadline: ContinuousClock.Instant
+    /// The request's headers (`skein/2`; empty from an older caller or relay). Trace context in
+    /// them is already the handler's `ServiceContext.current`.
+    public var headers = Headers()
+
+    public init(body: ByteBuffer, timeout: Duration, deadline: ContinuousClock.Instant, headers: Headers = Headers()) {
+        self.body = body
+        self.timeout = timeout
+        self.deadline = deadline
+        self.headers = headers
+    }
 }
 
 /// Serves a cluster. Every method has a default, so a handler implements what it needs.
@@ -166,6 +181,12 @@ public protocol ClusterHandler: Sendable {
     func handleBroadcast(_ message: ByteBuffer) async
     /// Receives a tunnel some client opened to this cluster; the tunnel is closed when this returns.
     func handleTunnel(_ tunnel: Tunnel) async
+    /// Answers one request with a body and headers (`skein/2`). The default answers with
+    /// `handleRequest(_:)` and no headers of its own; either way, the reply carries the trace
+    /// context the request came with.
+    func respond(to request: ServiceRequest) async throws -> Message
+    /// Receives one broadcast with its headers. The default calls `handleBroadcast(_:)`.
+    func handleBroadcast(_ message: ByteBuffer, headers: Headers) async
 }
 
 extension ClusterHandler {
@@ -174,6 +195,8 @@ extension ClusterHandler {
     }
     public func handleBroadcast(_ message: ByteBuffer) async {}
     public func handleTunnel(_ tunnel: Tunnel) async {}
+    public func respond(to request: ServiceRequest) async throws -> Message { Message(try await handleRequest(request)) }
+    public func handleBroadcast(_ message: ByteBuffer, headers: Headers) async { await handleBroadcast(message) }
 }
 
 /// An error whose message is sent to the caller verbatim as the request's fault.

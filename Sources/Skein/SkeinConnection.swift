@@ -103,8 +103,27 @@ public final class SkeinConnection: Sendable {
 
     /// Sends a request to one member of `cluster` and waits for its answer. The relay owns the
     /// deadline: the answer is the reply, or `SkeinError.remoteFault`, or `SkeinError.timedOut`.
+    ///
+    /// Inside a span (swift-distributed-tracing), on a `skein/2` connection, the request carries
+    /// the trace context in its headers, and the member's handler continues it.
     public func request(cluster: String, _ body: ByteBuffer, timeout: Duration) async throws -> ByteBuffer {
+        try await exchange(cluster: cluster, body, headers: Headers(), timeout: timeout).body
+    }
+
+    /// `request(cluster:_:timeout:)` with headers (`skein/2`; on an older connection they are not
+    /// sent), answered with the reply's body and headers.
+    public func request(cluster: String, _ body: ByteBuffer, headers: Headers, timeout: Duration) async throws -> Message {
+        try await exchange(cluster: cluster, body, headers: headers, timeout: timeout)
+    }
+
+    public func request(cluster: String, _ body: String, headers: Headers, timeout: Duration) async throws -> Message {
+        try await exchange(cluster: cluster, ByteBuffer(string: body), headers: headers, timeout: timeout)
+    }
+
+    private func exchange(cluster: String, _ body: ByteBuffer, headers: Headers, timeout: Duration) async throws -> Message {
         try checkSize(body)
+        try check(headers)
+        let headers = headers.withTraceContext()
         let millis = timeout.wholeMilliseconds
         let id = try shared.withLockedValue { state throws(SkeinError) -> UInt64 in
             try state.checkOpen()
@@ -113,14 +132,18 @@ public final class SkeinConnection: Sendable {
             return id
         }
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ByteBuffer, any Error>) in
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Message, any Error>) in
                 let failure = shared.withLockedValue { state -> (any Error)? in
                     if let failure = state.failure { return failure }
                     // Cancelled before the continuation was registered: `onCancel` found
                     // nothing to resume, so the request must not go out and wait its full timeout.
                     if Task.isCancelled { return CancellationError() }
                     state.requests[id] = continuation
-                    enqueueLocked(&state, .request(id: id, cluster: cluster, body: body, timeoutMillis: millis))
+                    if headers.isEmpty || state.dialect < .skein2 {
+                        enqueueLocked(&state, .request(id: id, cluster: cluster, body: body, timeoutMillis: millis))
+                    } else {
+                        enqueueLocked(&state, .hrequest(id: id, cluster: cluster, headers: headers.entries, body: body, timeoutMillis: millis))
+                    }
                     return nil
                 }
                 if let failure { continuation.resume(throwing: failure) }
@@ -147,6 +170,15 @@ public final class SkeinConnection: Sendable {
         try await send(.broadcast(cluster: cluster, message: message))
     }
 
+    /// `broadcast(cluster:_:)` with headers (`skein/2`; on an older connection they are not sent).
+    public func broadcast(cluster: String, _ message: ByteBuffer, headers: Headers) async throws {
+        try checkSize(message)
+        try check(headers)
+        let headers = headers.withTraceContext()
+        guard !headers.isEmpty, dialect >= .skein2 else { return try await send(.broadcast(cluster: cluster, message: message)) }
+        try await send(.hbroadcast(cluster: cluster, headers: headers.entries, message: message))
+    }
+
     public func broadcast(cluster: String, _ message: String) async throws {
         try await broadcast(cluster: cluster, ByteBuffer(string: message))
     }
@@ -155,6 +187,20 @@ public final class SkeinConnection: Sendable {
     public func publish(topic: String, _ event: ByteBuffer) async throws {
         try checkSize(event)
         try await send(.publish(topic: topic, event: event))
+    }
+
+    /// `publish(topic:_:)` with headers (`skein/2`; on an older connection they are not sent).
+    /// Subscribers on `skein/2` receive them in ``Subscription/Event/headers``.
+    public func publish(topic: String, _ event: ByteBuffer, headers: Headers) async throws {
+        try checkSize(event)
+        try check(headers)
+        let headers = headers.withTraceContext()
+        guard !headers.isEmpty, dialect >= .skein2 else { return try await send(.publish(topic: topic, event: event)) }
+        try await send(.hpublish(topic: topic, headers: headers.entries, event: event))
+    }
+
+    public func publish(topic: String, _ event: String, headers: Headers) async throws {
+        try await publish(topic: topic, ByteBuffer(string: event), headers: headers)
     }
 
     public func publish(topic: String, _ event: String) async throws {
@@ -284,6 +330,18 @@ public final class SkeinConnection: Sendable {
         }
     }
 
+    /// Headers the relay would refuse (it ends the whole connection over them) fail alone, here.
+    func check(_ headers: Headers) throws(SkeinError) {
+        if let problem = headers.problem { throw SkeinError.invalidName(problem) }
+        guard headers.count <= options.maxHeaders else {
+            throw SkeinError.invalidName("\(headers.count) headers exceed the limit of \(options.maxHeaders)")
+        }
+        let size = headersSize(headers.entries)
+        guard size <= options.maxHeaderBytes else {
+            throw SkeinError.messageTooLarge(size: size, limit: options.maxHeaderBytes)
+        }
+    }
+
     /// Queues a frame and waits while the output is above its high-water mark.
     func send(_ frame: ClientFrame) async throws {
         let mustWait = try shared.withLockedValue { state throws(SkeinError) -> Bool in
@@ -366,7 +424,7 @@ struct SharedState {
     var failure: SkeinError?
     var closeSent = false
     var nextRequestID: UInt64 = 0
-    var requests: [UInt64: CheckedContinuation<ByteBuffer, any Error>] = [:]
+    var requests: [UInt64: CheckedContinuation<Message, any Error>] = [:]
     var nextTunnelID: UInt64 = 0
     var tunnels: [UInt64: Tunnel] = [:]
     var subscriptions: [String: EventFeed] = [:]

@@ -88,10 +88,13 @@ public struct Subscription: AsyncSequence, Sendable {
     public struct Event: Sendable {
         public var topic: String
         public var body: ByteBuffer
+        /// The publisher's headers (`skein/2`; empty from an older publisher).
+        public var headers: Headers
 
-        public init(topic: String, body: ByteBuffer) {
+        public init(topic: String, body: ByteBuffer, headers: Headers = Headers()) {
             self.topic = topic
             self.body = body
+            self.headers = headers
         }
     }
 

@@ -4,15 +4,38 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Skein
 
+/// `-H key=value`, repeatable: headers for a skein/2 message (Docs/skein-2.md).
+struct HeaderOptions: ParsableArguments {
+    @Option(
+        name: [.customShort("H"), .customLong("header")],
+        help: ArgumentHelp("A header to send (skein/2), repeatable: `-H key=value`. An older relay gets the body without them.", valueName: "key=value"))
+    var header: [String] = []
+
+    func validate() throws { _ = try headers() }
+
+    func headers() throws -> Headers {
+        var headers = Headers()
+        for text in header {
+            guard let equals = text.firstIndex(of: "="), equals != text.startIndex else {
+                throw ValidationError("-H must be key=value with a key, not \(text.debugDescription)")
+            }
+            headers.add(String(text[..<equals]), String(text[text.index(after: equals)...]))
+        }
+        return headers
+    }
+}
+
 struct RequestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "request",
         abstract: "Send a request to one member of a cluster and print its reply.",
         discussion: """
-            The reply body goes to stdout as is; on a terminal a newline follows a reply that does not end in one, so the prompt starts on a line of its own (piped or redirected, the bytes are exact). A fault goes to stderr (exit 1); a timeout exits 3.
+            The reply body goes to stdout as is; on a terminal a newline follows a reply that does not end in one, so the prompt starts on a line of its own (piped or redirected, the bytes are exact). A fault goes to stderr (exit 1); a timeout exits 3. With --headers, the reply's headers go to stderr first, one `key: value` per line.
             """)
 
     @OptionGroup var client: ClientOptions
+    @OptionGroup var headerOptions: HeaderOptions
+    @Flag(name: .customLong("headers"), help: "Print the reply's headers (skein/2) to stderr.") var printHeaders = false
     @Argument(help: "The cluster to ask.") var cluster: String
     @Argument(help: "The request body; read from stdin when absent or '-'.") var data: String?
     @Option(name: .long, help: ArgumentHelp("How long the relay waits for an answer, in milliseconds.", valueName: "ms"))
@@ -27,7 +50,9 @@ struct RequestCommand: AsyncParsableCommand {
             let connection = try await client.connect()
             let reply: ByteBuffer
             do {
-                reply = try await connection.request(cluster: cluster, body, timeout: timeout)
+                let answer = try await connection.request(cluster: cluster, body, headers: try headerOptions.headers(), timeout: timeout)
+                reply = answer.body
+                if printHeaders { for (key, value) in answer.headers { printError("\(key): \(value)") } }
             } catch {
                 try? await connection.close()
                 throw error
@@ -49,6 +74,7 @@ struct BroadcastCommand: AsyncParsableCommand {
         commandName: "broadcast", abstract: "Send a message to every member of a cluster.")
 
     @OptionGroup var client: ClientOptions
+    @OptionGroup var headerOptions: HeaderOptions
     @Argument(help: "The cluster.") var cluster: String
     @Argument(help: "The message; read from stdin when absent or '-'.") var data: String?
 
@@ -58,7 +84,7 @@ struct BroadcastCommand: AsyncParsableCommand {
         let body = messageBody(data)
         do {
             let connection = try await client.connect()
-            try await connection.broadcast(cluster: cluster, body)
+            try await connection.broadcast(cluster: cluster, body, headers: try headerOptions.headers())
             try await connection.close()
         } catch {
             throw ExitStatus.fail(error)
@@ -71,6 +97,7 @@ struct PublishCommand: AsyncParsableCommand {
         commandName: "publish", abstract: "Publish an event to every subscriber of a topic.")
 
     @OptionGroup var client: ClientOptions
+    @OptionGroup var headerOptions: HeaderOptions
     @Argument(help: "The topic.") var topic: String
     @Argument(help: "The event; read from stdin when absent or '-'.") var data: String?
 
@@ -85,7 +112,7 @@ struct PublishCommand: AsyncParsableCommand {
             var options = client.connectionOptions
             options.onRefused = { refused in refusal.withLockedValue { $0 = $0 ?? refused } }
             let connection = try await Skein.connect(to: client.endpoint, options: options)
-            try await connection.publish(topic: topic, body)
+            try await connection.publish(topic: topic, body, headers: try headerOptions.headers())
             try await connection.close()
             if let refused = refusal.withLockedValue({ $0 }) { throw refused.error }
         } catch {
@@ -109,6 +136,7 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Exit after this many events.") var count: Int?
     @Flag(name: .long, help: "Do not add a newline after each event.") var raw = false
     @Flag(name: .long, help: "Print each event's topic and a tab before it (for patterns).") var withTopic = false
+    @Flag(name: .long, help: "Print each event's headers (skein/2), as [key: value, …] and a tab, before it.") var headers = false
 
     func validate() throws {
         try requireName(topic, "topic")
@@ -126,6 +154,7 @@ struct SubscribeCommand: AsyncParsableCommand {
             var received = 0
             for try await event in subscription.events {
                 if withTopic { writeStdout(ByteBuffer(string: event.topic + "\t")) }
+                if headers { writeStdout(ByteBuffer(string: "\(event.headers)\t")) }
                 writeStdout(event.body)
                 if !raw { writeStdout(ByteBuffer(string: "\n")) }
                 received += 1

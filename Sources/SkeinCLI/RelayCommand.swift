@@ -47,6 +47,12 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Largest string field (cluster, topic, fault, reason), in bytes.", valueName: "bytes"))
     var maxStringSize = RelaySettings().wire.maxStringSize
 
+    @Option(name: .long, help: ArgumentHelp("Most headers one skein/2 message may carry.", valueName: "count"))
+    var maxHeaders = RelaySettings().wire.maxHeaders
+
+    @Option(name: .long, help: ArgumentHelp("Largest encoded headers block of one skein/2 message, in bytes.", valueName: "bytes"))
+    var maxHeaderBytes = RelaySettings().wire.maxHeaderBytes
+
     @Option(name: .long, help: ArgumentHelp("Close connections that send no INIT within this time.", valueName: "ms"))
     var handshakeTimeout = 5000
 
@@ -160,7 +166,7 @@ struct RelayCommand: AsyncParsableCommand {
         }
         guard (0...65535).contains(clientPort) else { throw ValidationError("--client-port must be 0…65535") }
         for (value, flag) in [
-            (maxMessageSize, "--max-message-size"), (maxStringSize, "--max-string-size"), (tunnelChunkLimit, "--tunnel-chunk-limit"), (tunnelBuffer, "--tunnel-buffer"),
+            (maxMessageSize, "--max-message-size"), (maxStringSize, "--max-string-size"), (maxHeaders, "--max-headers"), (maxHeaderBytes, "--max-header-bytes"), (tunnelChunkLimit, "--tunnel-chunk-limit"), (tunnelBuffer, "--tunnel-buffer"),
             (maxPendingRequests, "--max-pending-requests"), (maxTunnels, "--max-tunnels"), (sendBuffer, "--send-buffer"),
             (handshakeTimeout, "--handshake-timeout"), (maxTimeout, "--max-timeout"), (slowConsumerTimeout, "--slow-consumer-timeout"),
             (slowConsumerBytes, "--slow-consumer-bytes"), (holdLease, "--hold-lease"),
@@ -215,6 +221,8 @@ struct RelayCommand: AsyncParsableCommand {
         configuration.drainTimeout = .milliseconds(Int64(drainTimeout))
         configuration.settings.wire.maxMessageSize = maxMessageSize
         configuration.settings.wire.maxStringSize = maxStringSize
+        configuration.settings.wire.maxHeaders = maxHeaders
+        configuration.settings.wire.maxHeaderBytes = maxHeaderBytes
         configuration.settings.handshakeTimeout = .milliseconds(Int64(handshakeTimeout))
         configuration.settings.maxTimeout = .milliseconds(Int64(maxTimeout))
         configuration.settings.tunnelChunkLimit = UInt64(tunnelChunkLimit)

@@ -405,6 +405,29 @@ extension ClientFrame {
             frame = .initialize(magic: magic, version: version, cluster: cluster)
         case .deny, .requestFailed, .tunnelFailed, .refused, .event:
             throw .unknownOpcode(op)  // These only travel relay → binding.
+        case .hbroadcast:
+            guard let cluster = try r.name("cluster", cache: &names), let headers = try r.headers(),
+                let message = try r.binary("broadcast message")
+            else { return nil }
+            frame = .hbroadcast(cluster: cluster, headers: headers, message: message)
+        case .hrequest:
+            guard let id = try r.varint(), let cluster = try r.name("cluster", cache: &names), let headers = try r.headers(),
+                let body = try r.binary("request"), let timeout = try r.varint()
+            else { return nil }
+            frame = .hrequest(id: id, cluster: cluster, headers: headers, body: body, timeoutMillis: timeout)
+        case .hreply:
+            guard let id = try r.varint(), let headers = try r.headers(), let success = try r.bool() else { return nil }
+            if success {
+                guard let body = try r.binary("reply") else { return nil }
+                frame = .hreply(id: id, headers: headers, outcome: .success(body))
+            } else {
+                guard let fault = try r.string("fault") else { return nil }
+                frame = .hreply(id: id, headers: headers, outcome: .fault(fault))
+            }
+        case .hpublish:
+            guard let topic = try r.name("topic", cache: &names), let headers = try r.headers(), let event = try r.binary("event")
+            else { return nil }
+            frame = .hpublish(topic: topic, headers: headers, event: event)
         case .close:
             frame = .close
         case .broadcast:
@@ -534,6 +557,31 @@ extension ClientFrame {
             buffer.writeBinary(chunk)
         case .tunnelClose(let id):
             buffer.writeVarint(id)
+        case .hbroadcast(let cluster, let headers, let message):
+            buffer.writeField(cluster)
+            buffer.writeHeaders(headers)
+            buffer.writeBinary(message)
+        case .hrequest(let id, let cluster, let headers, let body, let timeout):
+            buffer.writeVarint(id)
+            buffer.writeField(cluster)
+            buffer.writeHeaders(headers)
+            buffer.writeBinary(body)
+            buffer.writeVarint(timeout)
+        case .hreply(let id, let headers, let outcome):
+            buffer.writeVarint(id)
+            buffer.writeHeaders(headers)
+            switch outcome {
+            case .success(let body):
+                buffer.writeBool(true)
+                buffer.writeBinary(body)
+            case .fault(let fault):
+                buffer.writeBool(false)
+                buffer.writeField(fault)
+            }
+        case .hpublish(let topic, let headers, let event):
+            buffer.writeField(topic)
+            buffer.writeHeaders(headers)
+            buffer.writeBinary(event)
         }
     }
 }
@@ -579,8 +627,29 @@ extension RelayFrame {
                     frame = .reply(id: id, outcome: .fault(fault))
                 }
             }
-        case .subscribe, .unsubscribe:
+        case .subscribe, .unsubscribe, .hpublish:
             throw .unknownOpcode(op)  // Only travel binding → relay.
+        case .hbroadcast:
+            guard let headers = try r.headers(), let message = try r.binary("broadcast message") else { return nil }
+            frame = .hbroadcast(headers: headers, message: message)
+        case .hrequest:
+            guard let id = try r.varint(), let headers = try r.headers(), let body = try r.binary("request"), let timeout = try r.varint()
+            else { return nil }
+            frame = .hrequest(id: id, headers: headers, body: body, timeoutMillis: timeout)
+        case .hreply:
+            guard let id = try r.varint(), let headers = try r.headers(), let timedOut = try r.bool() else { return nil }
+            if timedOut {
+                frame = .hreply(id: id, headers: headers, outcome: .timedOut)
+            } else {
+                guard let success = try r.bool() else { return nil }
+                if success {
+                    guard let body = try r.binary("reply") else { return nil }
+                    frame = .hreply(id: id, headers: headers, outcome: .success(body))
+                } else {
+                    guard let fault = try r.string("fault") else { return nil }
+                    frame = .hreply(id: id, headers: headers, outcome: .fault(fault))
+                }
+            }
         case .publish:
             guard let topic = try r.string("topic"), let event = try r.binary("event") else { return nil }
             frame = .publish(topic: topic, event: event)
@@ -732,6 +801,29 @@ extension RelayFrame {
             buffer.writeField(topic)
             buffer.writeHeaders(headers)
             buffer.writeBinary(event)
+        case .hbroadcast(let headers, let message):
+            buffer.writeHeaders(headers)
+            buffer.writeBinary(message)
+        case .hrequest(let id, let headers, let body, let timeout):
+            buffer.writeVarint(id)
+            buffer.writeHeaders(headers)
+            buffer.writeBinary(body)
+            buffer.writeVarint(timeout)
+        case .hreply(let id, let headers, let outcome):
+            buffer.writeVarint(id)
+            buffer.writeHeaders(headers)
+            switch outcome {
+            case .timedOut:
+                buffer.writeBool(true)
+            case .success(let body):
+                buffer.writeBool(false)
+                buffer.writeBool(true)
+                buffer.writeBinary(body)
+            case .fault(let fault):
+                buffer.writeBool(false)
+                buffer.writeBool(false)
+                buffer.writeField(fault)
+            }
         }
     }
 }

@@ -124,7 +124,13 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case requestFailed = 0x20
     case tunnelFailed = 0x21
     case refused = 0x22
-    /// `skein/2`, relay → binding only (Docs/skein-2.md).
+    /// `skein/2` (Docs/skein-2.md): frames with headers, both ways.
+    case hbroadcast = 0x30
+    case hrequest = 0x31
+    case hreply = 0x32
+    /// Binding → relay only.
+    case hpublish = 0x33
+    /// Relay → binding only.
     case event = 0x34
 }
 
@@ -162,6 +168,11 @@ public enum ClientFrame: Sendable, Equatable {
     case tunnelAllow(tunnelID: UInt64, bytes: UInt64)
     case tunnelTransfer(tunnelID: UInt64, sizeOrContinuation: UInt64, chunk: ByteBuffer)
     case tunnelClose(tunnelID: UInt64)
+    /// `skein/2`: the same as the plain frames, with headers.
+    case hbroadcast(cluster: String, headers: [Header], message: ByteBuffer)
+    case hrequest(id: UInt64, cluster: String, headers: [Header], body: ByteBuffer, timeoutMillis: UInt64)
+    case hreply(id: UInt64, headers: [Header], outcome: ReplyOutcome)
+    case hpublish(topic: String, headers: [Header], event: ByteBuffer)
 
     public var opcode: Opcode {
         switch self {
@@ -178,6 +189,10 @@ public enum ClientFrame: Sendable, Equatable {
         case .tunnelAllow: .tunnelAllow
         case .tunnelTransfer: .tunnelTransfer
         case .tunnelClose: .tunnelClose
+        case .hbroadcast: .hbroadcast
+        case .hrequest: .hrequest
+        case .hreply: .hreply
+        case .hpublish: .hpublish
         }
     }
 }
@@ -205,6 +220,10 @@ public enum RelayFrame: Sendable, Equatable {
     /// `skein/2`: an event for `subscription` (a pattern, or any subscription when the event
     /// carries headers), published to `topic`.
     case event(subscription: String, topic: String, headers: [Header], event: ByteBuffer)
+    /// `skein/2`: the same as the plain frames, with headers.
+    case hbroadcast(headers: [Header], message: ByteBuffer)
+    case hrequest(id: UInt64, headers: [Header], body: ByteBuffer, timeoutMillis: UInt64)
+    case hreply(id: UInt64, headers: [Header], outcome: RequestOutcome)
 
     public var opcode: Opcode {
         switch self {
@@ -224,6 +243,9 @@ public enum RelayFrame: Sendable, Equatable {
         case .tunnelFailed: .tunnelFailed
         case .refused: .refused
         case .event: .event
+        case .hbroadcast: .hbroadcast
+        case .hrequest: .hrequest
+        case .hreply: .hreply
         }
     }
 }

@@ -17,6 +17,11 @@ struct PeerFramingTests {
         .reply(id: 300, outcome: .success(ByteBuffer(string: "world"))),
         .reply(id: 1, outcome: .fault("boom")),
         .reply(id: 2, outcome: .timedOut),
+        .headed(headers: [Header("traceparent", "00-ab-cd-01")], frame: .request(id: 7, cluster: "c", remainingMillis: 9, flags: .failFast, body: ByteBuffer(string: "q"))),
+        .headed(headers: [Header("k", "v"), Header("k", "")], frame: .reply(id: 7, outcome: .success(ByteBuffer(string: "a")))),
+        .headed(headers: [Header("k", "v")], frame: .publish(topic: "t", body: ByteBuffer())),
+        .headed(headers: [Header("k", "v")], frame: .broadcast(cluster: "b", body: ByteBuffer(string: "x"))),
+        .headed(headers: [Header("k", "v")], frame: .event(topic: "t@us", body: ByteBuffer(string: "x"))),
         .reply(id: 3, outcome: .noMembers),
         .reply(id: 4, outcome: .memberLost),
         .reply(id: 5, outcome: .refused(.notExported, "db is not exported")),
@@ -90,6 +95,25 @@ struct PeerFramingTests {
         // Docs/federation.md §5: INTEREST in topic news.eu and pattern orders.*.
         PeerFrame.interest(topics: ["news.eu"], patterns: ["orders.*"]).encode(into: &buffer)
         #expect(buffer.hexDump(format: .plain) == "07 13 01 07 6e 65 77 73 2e 65 75 01 08 6f 72 64 65 72 73 2e 2a")
+    }
+
+    @Test("HEADERS as Docs/peer-protocol.md §5 shows it; only requests, replies, broadcasts, publishes and events carry headers")
+    func headedFrames() throws {
+        var buffer = ByteBuffer()
+        PeerFrame.publish(topic: "t", body: ByteBuffer(bytes: [0xff])).with([Header("k", "v")]).encode(into: &buffer)
+        #expect(buffer.hexDump(format: .plain) == "15 09 01 01 6b 01 76 13 01 74 ff")
+        #expect(PeerFrame.publish(topic: "t", body: ByteBuffer()).with([]) == .publish(topic: "t", body: ByteBuffer()))
+        #expect(PeerFrame.headed(headers: [], frame: .event(topic: "t", body: ByteBuffer())).trafficClass == .interactive)
+        for bad: [UInt8] in [
+            [0x15, 0x03, 0x00, 0x23, 0x00],  // TUNNEL CLOSE carries none
+            [0x15, 0x03, 0x00, 0x15, 0x00],  // nor does HEADERS itself
+            [0x15, 0x04, 0x01, 0x00, 0x00, 0x13],  // an empty key
+            [0x15, 0x03, 0x00, 0x13, 0x05],  // the inner frame ends inside a field
+        ] {
+            var inbox = PeerInbox()
+            var frames: [PeerFrame] = []
+            #expect(throws: PeerFrameError.self, "\(bad)") { try inbox.receive(record: ByteBuffer(bytes: bad), into: &frames) }
+        }
     }
 
     @Test("HOLD and RELEASE as Docs/peer-protocol.md §5 shows them; a stream kind other than BROADCAST, PUBLISH or EVENT ends the link")

@@ -54,7 +54,7 @@ struct SpecExampleTests {
         #expect(RelayProtocol.irisVersion == "v1.0-draft2")
         #expect(RelayProtocol.clientMagic == "iris-client-magic")
         #expect(RelayProtocol.relayMagic == "iris-relay-magic")
-        #expect(Opcode.allCases.map(\.rawValue) == Array(0x00...0x0d) + [0x20, 0x21, 0x22, 0x34])
+        #expect(Opcode.allCases.map(\.rawValue) == Array(0x00...0x0d) + [0x20, 0x21, 0x22, 0x30, 0x31, 0x32, 0x33, 0x34])
         #expect(RelayProtocol.skeinVersion == "skein/1")
         #expect(ProtocolDialect(version: "skein/1") == .skein1)
         #expect(ProtocolDialect(version: "v1.0-draft2") == .iris)
@@ -98,6 +98,15 @@ struct SpecExampleTests {
         #expect(try ClientFrame.decode(from: &bytes, limits: WireLimits()) == .initialize(magic: "iris-client-magic", version: "skein/2", cluster: ""))
         var relay = ByteBuffer(hex: SpecExamples.skein2RelayINIT)
         #expect(try RelayFrame.decode(from: &relay, limits: WireLimits()) == .initialize(magic: "iris-relay-magic", version: "skein/2"))
+    }
+
+    @Test("HPUBLISH as Docs/skein-2.md shows it")
+    func hpublishExample() throws {
+        var bytes = ByteBuffer(hex: "33 01 74 01 01 6b 01 76 01 ff")
+        #expect(try ClientFrame.decode(from: &bytes, limits: WireLimits()) == .hpublish(topic: "t", headers: [Header("k", "v")], event: ByteBuffer(bytes: [0xff])))
+        var encoded = ByteBuffer()
+        ClientFrame.hpublish(topic: "t", headers: [Header("k", "v")], event: ByteBuffer(bytes: [0xff])).encode(into: &encoded)
+        #expect(encoded == ByteBuffer(hex: "33 01 74 01 01 6b 01 76 01 ff"))
     }
 
     @Test("headers beyond their limits, or with an empty key, are refused before they are kept")

@@ -50,22 +50,28 @@ extension RelayCore {
 
     /// A frame from a linked gateway of another network. Everything that enters is checked
     /// against this network's exports to that network.
-    public mutating func receivedFromGateway(_ frame: PeerFrame, from node: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+    public mutating func receivedFromGateway(
+        _ frame: PeerFrame, headers: [Header] = [], from node: NodeID, now: NIODeadline, actions: inout [RelayAction]
+    ) {
         guard let gateway = foreign[node] else { return }
         switch frame {
+        case .headed(let carried, let inner):
+            receivedFromGateway(inner, headers: carried, from: node, now: now, actions: &actions)
         case .request(let id, let cluster, let remaining, let flags, let body):
-            foreignRequest(from: node, gateway, id: id, cluster: cluster, remainingMillis: remaining, flags: flags, body: body, now: now, actions: &actions)
+            foreignRequest(
+                from: node, gateway, id: id, cluster: cluster, remainingMillis: remaining, flags: flags, body: body, headers: headers,
+                now: now, actions: &actions)
         case .reply(let id, let outcome):
-            receivedPeer(.reply(id: id, outcome: outcome), from: node, now: now, actions: &actions)
+            receivedPeer(.reply(id: id, outcome: outcome), headers: headers, from: node, now: now, actions: &actions)
         case .broadcast(let cluster, let body):
             guard admits(.broadcast, cluster, from: node, gateway, actions: &actions) else { return }
-            broadcastHere(cluster: cluster, body: body, from: nil, actions: &actions)
+            broadcastHere(cluster: cluster, body: body, headers: headers, from: nil, actions: &actions)
             if blockedConnections > 0, let members = clusters[cluster]?.members {
                 queuedWhileBlocked(members, bytes: body.readableBytes, from: node, stream: .broadcast(cluster: cluster), now: now, actions: &actions)
             }
         case .publish(let topic, let body):
             guard admits(.publish, topic, from: node, gateway, actions: &actions) else { return }
-            publishHere(topic: topic, body: body, from: nil, actions: &actions)
+            publishHere(topic: topic, body: body, headers: headers, from: nil, actions: &actions)
             if blockedConnections > 0 {
                 queuedWhileBlocked(topics.subscribers(of: topic).connections, bytes: body.readableBytes, from: node, stream: .publish(topic: topic), now: now, actions: &actions)
             }
@@ -77,7 +83,7 @@ extension RelayCore {
                 return
             }
             let local = "\(topic)@\(gateway.network)"
-            deliverRemoteEvent(topic: local, body: body, actions: &actions)
+            deliverRemoteEvent(topic: local, body: body, headers: headers, actions: &actions)
             if blockedConnections > 0 {
                 queuedWhileBlocked(topics.subscribers(of: local).connections, bytes: body.readableBytes, from: node, stream: .event(topic: topic), now: now, actions: &actions)
             }
@@ -192,7 +198,7 @@ extension RelayCore {
     /// Another relay of this network sends a request for `name@network` to this gateway.
     mutating func relayedRemoteRequest(
         from relay: NodeID, id: UInt64, name: FederatedName, remainingMillis: UInt64, flags: PeerRequestFlags, body: ByteBuffer,
-        now: NIODeadline, actions: inout [RelayAction]
+        headers: [Header] = [], now: NIODeadline, actions: inout [RelayAction]
     ) {
         guard let target = name.network, remainingMillis > 0 else {
             actions.append(.sendPeer(relay, .reply(id: id, outcome: .timedOut)))
@@ -204,6 +210,7 @@ extension RelayCore {
         }
         let deadline = deadline(now: now, millis: remainingMillis)
         var request = PendingRequest(caller: .relay(relay), callerRequestID: id, cluster: name.description, deadline: deadline, body: body)
+        request.headers = headers
         request.network = target
         request.failFast = flags.contains(.failFast)
         route(request, now: now, actions: &actions)
@@ -213,7 +220,7 @@ extension RelayCore {
     /// then routed here as if a local client had asked.
     private mutating func foreignRequest(
         from node: NodeID, _ gateway: ForeignGateway, id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags,
-        body: ByteBuffer, now: NIODeadline, actions: inout [RelayAction]
+        body: ByteBuffer, headers: [Header], now: NIODeadline, actions: inout [RelayAction]
     ) {
         guard admits(.request, cluster, from: node, gateway, actions: &actions) else {
             let detail = "cluster \(cluster) is not exported by network \(network) to \(gateway.network)"
@@ -226,6 +233,7 @@ extension RelayCore {
         }
         let deadline = deadline(now: now, millis: remainingMillis)
         var request = PendingRequest(caller: .relay(node), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        request.headers = headers
         request.routesHere = true
         request.failFast = flags.contains(.failFast)
         route(request, now: now, actions: &actions)
@@ -280,7 +288,8 @@ extension RelayCore {
     /// text as the client wrote it (decoded names are interned, so a flood compares one pointer):
     /// a flood reads the name and its exports once.
     mutating func sendRemote(
-        _ kind: ExportKinds, from sender: ConnectionID, text: String, body: ByteBuffer, actions: inout [RelayAction]
+        _ kind: ExportKinds, from sender: ConnectionID, text: String, body: ByteBuffer, headers: [Header] = [],
+        actions: inout [RelayAction]
     ) {
         let route: RemoteSendRoute
         if remoteSendIsCached(text, kind) {
@@ -306,7 +315,8 @@ extension RelayCore {
             let op: Opcode = kind == .broadcast ? .broadcast : .publish
             refuse(sender, op: op, name: text, reason: refusal.reason, detail: refusal.detail, network: route.network, actions: &actions)
         case .success(let (next, carried)):
-            actions.append(.sendPeer(next, kind == .broadcast ? .broadcast(cluster: carried, body: body) : .publish(topic: carried, body: body)))
+            let frame: PeerFrame = kind == .broadcast ? .broadcast(cluster: carried, body: body) : .publish(topic: carried, body: body)
+            actions.append(.sendPeer(next, frame.with(headers)))
             noteDelivery(from: sender, toRelay: next, stream: kind == .broadcast ? .broadcast(cluster: carried) : .publish(topic: carried), actions: &actions)
         }
     }
@@ -320,13 +330,16 @@ extension RelayCore {
     }
 
     /// A relay of this network sends a broadcast or publish for `name@network` to this gateway.
-    mutating func relayedRemoteSend(_ kind: ExportKinds, name: FederatedName, body: ByteBuffer, actions: inout [RelayAction]) {
+    mutating func relayedRemoteSend(
+        _ kind: ExportKinds, name: FederatedName, body: ByteBuffer, headers: [Header] = [], actions: inout [RelayAction]
+    ) {
         guard let target = name.network else { return }
         guard let link = designatedLink(to: target) else {
             actions.append(.report(.federationDropped(network: target, reason: Self.unreachable(target))))
             return
         }
-        actions.append(.sendPeer(link, kind == .broadcast ? .broadcast(cluster: name.name, body: body) : .publish(topic: name.name, body: body)))
+        let frame: PeerFrame = kind == .broadcast ? .broadcast(cluster: name.name, body: body) : .publish(topic: name.name, body: body)
+        actions.append(.sendPeer(link, frame.with(headers)))
     }
 
     /// Tells a local client its broadcast, publish or subscribe was not carried out: `skein/1`
@@ -343,18 +356,32 @@ extension RelayCore {
 
     /// A broadcast into this network's `cluster`: every member here and one copy to each relay
     /// of this network with members (`sender`, a local connection, is paused by full outputs).
-    mutating func broadcastHere(cluster: String, body: ByteBuffer, from sender: ConnectionID?, actions: inout [RelayAction]) {
+    mutating func broadcastHere(
+        cluster: String, body: ByteBuffer, headers: [Header] = [], from sender: ConnectionID?, actions: inout [RelayAction]
+    ) {
         let remote = routing.relays(broadcastingTo: cluster)
         for relay in remote {
-            actions.append(.sendPeer(relay, .broadcast(cluster: cluster, body: body)))
+            actions.append(.sendPeer(relay, PeerFrame.broadcast(cluster: cluster, body: body).with(headers)))
             if let sender { noteDelivery(from: sender, toRelay: relay, stream: .broadcast(cluster: cluster), actions: &actions) }
         }
         guard let members = clusters[cluster]?.members else {
             if remote.isEmpty { actions.append(.report(.broadcastWithoutMembers(cluster: cluster))) }
             return
         }
+        deliverBroadcast(body, headers: headers, to: members, from: sender, actions: &actions)
+    }
+
+    /// A broadcast to members here: with headers, `skein/2` members get HBROADCAST, older ones
+    /// BROADCAST with the body unchanged.
+    mutating func deliverBroadcast(
+        _ body: ByteBuffer, headers: [Header], to members: [ConnectionID], from sender: ConnectionID?, actions: inout [RelayAction]
+    ) {
         for member in members {
-            actions.append(.send(member, .broadcast(message: body)))
+            if headers.isEmpty || connections[member]?.dialect != .skein2 {
+                actions.append(.send(member, .broadcast(message: body)))
+            } else {
+                actions.append(.send(member, .hbroadcast(headers: headers, message: body)))
+            }
             if let sender { noteDelivery(from: sender, to: member, actions: &actions) }
         }
     }
@@ -362,24 +389,28 @@ extension RelayCore {
     /// A publish into this network's `topic`: every subscription here, one copy to each relay of
     /// this network with subscribers, and one event to each other network subscribed through
     /// this gateway.
-    mutating func publishHere(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
+    mutating func publishHere(
+        topic: String, body: ByteBuffer, headers: [Header] = [], from publisher: ConnectionID?, actions: inout [RelayAction]
+    ) {
         let route = publishRoute(topic)
         for relay in route.relays {
-            actions.append(.sendPeer(relay, .publish(topic: topic, body: body)))
+            actions.append(.sendPeer(relay, PeerFrame.publish(topic: topic, body: body).with(headers)))
             if let publisher { noteDelivery(from: publisher, toRelay: relay, stream: .publish(topic: topic), actions: &actions) }
         }
-        sendEvent(topic: topic, body: body, to: route.subscribers, from: publisher, actions: &actions)
-        if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: publisher, actions: &actions) }
+        sendEvent(topic: topic, body: body, headers: headers, to: route.subscribers, from: publisher, actions: &actions)
+        if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, headers: headers, from: publisher, actions: &actions) }
     }
 
     /// One event to each other network that subscribes to `topic` through this gateway.
     /// A network subscribed by a pattern gets only what this network exports to it: the pattern
     /// was not checked when it came, so the topic is, here (once per flood: `admits` remembers).
-    mutating func deliverToInterest(topic: String, body: ByteBuffer, from publisher: ConnectionID?, actions: inout [RelayAction]) {
+    mutating func deliverToInterest(
+        topic: String, body: ByteBuffer, headers: [Header] = [], from publisher: ConnectionID?, actions: inout [RelayAction]
+    ) {
         for node in foreign.interested(in: topic) {
             guard let gateway = foreign[node] else { continue }
             if !gateway.interest.contains(topic), !exported(.subscribe, topic, to: node, gateway) { continue }
-            actions.append(.sendPeer(node, .event(topic: topic, body: body)))
+            actions.append(.sendPeer(node, PeerFrame.event(topic: topic, body: body).with(headers)))
             if let publisher { noteDelivery(from: publisher, toRelay: node, stream: .event(topic: topic), actions: &actions) }
         }
     }
@@ -387,23 +418,25 @@ extension RelayCore {
     /// An event of another network's topic (`topic@network`) arriving at this network's
     /// designated gateway: to its subscribers here and once to each relay with subscribers.
     /// (Not through `publishRoute`: its cache must only ever hold this network's topics.)
-    mutating func deliverRemoteEvent(topic: String, body: ByteBuffer, actions: inout [RelayAction]) {
+    mutating func deliverRemoteEvent(topic: String, body: ByteBuffer, headers: [Header] = [], actions: inout [RelayAction]) {
         for relay in routing.relays(subscribedTo: topic) {
-            actions.append(.sendPeer(relay, .event(topic: topic, body: body)))
+            actions.append(.sendPeer(relay, PeerFrame.event(topic: topic, body: body).with(headers)))
         }
-        sendEvent(topic: topic, body: body, to: topics.subscribers(of: topic), from: nil, actions: &actions)
+        sendEvent(topic: topic, body: body, headers: headers, to: topics.subscribers(of: topic), from: nil, actions: &actions)
     }
 
     /// A `topic@network` event from another relay of this network: delivered here only if that
     /// relay is the designated gateway to the network, so a change of gateway never duplicates.
-    mutating func relayedRemoteEvent(topic: String, body: ByteBuffer, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+    mutating func relayedRemoteEvent(
+        topic: String, body: ByteBuffer, headers: [Header] = [], from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]
+    ) {
         let name = remoteName(topic)
         guard let target = name.network, designatedGateway(to: target) == relay else {
             actions.append(.report(.federationDropped(network: name.network ?? network, reason: "event from a relay that is not the designated gateway")))
             return
         }
         let subscribers = topics.subscribers(of: topic)
-        sendEvent(topic: topic, body: body, to: subscribers, from: nil, actions: &actions)
+        sendEvent(topic: topic, body: body, headers: headers, to: subscribers, from: nil, actions: &actions)
         if blockedConnections > 0 {
             queuedWhileBlocked(subscribers.connections, bytes: body.readableBytes, from: relay, stream: .event(topic: topic), now: now, actions: &actions)
         }

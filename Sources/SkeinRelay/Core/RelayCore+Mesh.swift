@@ -218,44 +218,49 @@ extension RelayCore {
     public func requestsInFlight(to relay: NodeID) -> Int { requests.inFlight[relay, default: 0] }
 
     /// A frame from another relay's peer link.
-    public mutating func receivedPeer(_ frame: PeerFrame, from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]) {
+    /// `headers` are those of a HEADERS frame that wrapped this one (`skein/2`).
+    public mutating func receivedPeer(
+        _ frame: PeerFrame, headers: [Header] = [], from relay: NodeID, now: NIODeadline, actions: inout [RelayAction]
+    ) {
         switch frame {
+        case .headed(let carried, let inner):
+            receivedPeer(inner, headers: carried, from: relay, now: now, actions: &actions)
         case .request(let id, let cluster, let remaining, let flags, let body):
             if FederatedName.isRemote(cluster, localNetwork: network) {
                 relayedRemoteRequest(
                     from: relay, id: id, name: FederatedName(cluster, localNetwork: network), remainingMillis: remaining, flags: flags,
-                    body: body, now: now, actions: &actions)
+                    body: body, headers: headers, now: now, actions: &actions)
             } else {
-                remoteRequest(from: relay, id: id, cluster: cluster, remainingMillis: remaining, body: body, now: now, actions: &actions)
+                remoteRequest(
+                    from: relay, id: id, cluster: cluster, remainingMillis: remaining, body: body, headers: headers, now: now,
+                    actions: &actions)
             }
         case .reply(let id, let outcome):
-            remoteReply(from: relay, key: id, outcome: outcome, now: now, actions: &actions)
+            remoteReply(from: relay, key: id, outcome: outcome, headers: headers, now: now, actions: &actions)
         case .broadcast(let cluster, let body):
             if FederatedName.isRemote(cluster, localNetwork: network) {
-                relayedRemoteSend(.broadcast, name: remoteName(cluster), body: body, actions: &actions)
+                relayedRemoteSend(.broadcast, name: remoteName(cluster), body: body, headers: headers, actions: &actions)
                 return
             }
             // Delivered to members here only: a broadcast crosses one hop.
             let members = clusters[cluster]?.members ?? []
-            for member in members {
-                actions.append(.send(member, .broadcast(message: body)))
-            }
+            deliverBroadcast(body, headers: headers, to: members, from: nil, actions: &actions)
             if blockedConnections > 0 {
                 queuedWhileBlocked(members, bytes: body.readableBytes, from: relay, stream: .broadcast(cluster: cluster), now: now, actions: &actions)
             }
         case .publish(let topic, let body):
             if publishRouteIsCached(topic) == false, FederatedName.isRemote(topic, localNetwork: network) {
-                relayedRemoteSend(.publish, name: remoteName(topic), body: body, actions: &actions)
+                relayedRemoteSend(.publish, name: remoteName(topic), body: body, headers: headers, actions: &actions)
                 return
             }
             let subscribers = publishRoute(topic).subscribers
-            sendEvent(topic: topic, body: body, to: subscribers, from: nil, actions: &actions)
+            sendEvent(topic: topic, body: body, headers: headers, to: subscribers, from: nil, actions: &actions)
             if blockedConnections > 0 {
                 queuedWhileBlocked(subscribers.connections, bytes: body.readableBytes, from: relay, stream: .publish(topic: topic), now: now, actions: &actions)
             }
-            if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, from: nil, actions: &actions) }
+            if !foreign.isEmpty { deliverToInterest(topic: topic, body: body, headers: headers, from: nil, actions: &actions) }
         case .event(let topic, let body):
-            relayedRemoteEvent(topic: topic, body: body, from: relay, now: now, actions: &actions)
+            relayedRemoteEvent(topic: topic, body: body, headers: headers, from: relay, now: now, actions: &actions)
         case .hold, .release:
             flowControl(frame, from: relay, now: now, actions: &actions)
         case .tunnelOpen(let id, let cluster, let remaining, let flags):
@@ -278,7 +283,7 @@ extension RelayCore {
     /// Another relay forwards a request: it goes to a member here or is answered "no members"
     /// at once, so the forwarding relay can try elsewhere while time is left.
     private mutating func remoteRequest(
-        from relay: NodeID, id: UInt64, cluster: String, remainingMillis: UInt64, body: ByteBuffer,
+        from relay: NodeID, id: UInt64, cluster: String, remainingMillis: UInt64, body: ByteBuffer, headers: [Header],
         now: NIODeadline, actions: inout [RelayAction]
     ) {
         guard remainingMillis > 0, clusters[cluster] != nil else {
@@ -287,7 +292,9 @@ extension RelayCore {
         }
         let key = makeKey()
         let deadline = deadline(now: now, millis: remainingMillis)
-        requests.insert(PendingRequest(caller: .relay(relay), callerRequestID: id, cluster: cluster, deadline: deadline, body: body), key: key)
+        var request = PendingRequest(caller: .relay(relay), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        request.headers = headers
+        requests.insert(request, key: key)
         schedule(.request(key), at: deadline)
         if !handOver(key, now: now, actions: &actions) {
             requests.remove(key)
@@ -295,7 +302,9 @@ extension RelayCore {
         }
     }
 
-    private mutating func remoteReply(from relay: NodeID, key: UInt64, outcome: PeerReplyOutcome, now: NIODeadline, actions: inout [RelayAction]) {
+    private mutating func remoteReply(
+        from relay: NodeID, key: UInt64, outcome: PeerReplyOutcome, headers: [Header], now: NIODeadline, actions: inout [RelayAction]
+    ) {
         guard let request = requests[key], request.forwardedTo == relay else {
             return  // late: the caller was answered (timeout) or left
         }
@@ -311,7 +320,7 @@ extension RelayCore {
             requests.move(key, to: .lost)
         case .success, .fault, .timedOut, .refused:
             requests.remove(key)
-            answer(request, key: key, outcome, actions: &actions)
+            answer(request, key: key, outcome, headers: headers, actions: &actions)
         }
     }
 

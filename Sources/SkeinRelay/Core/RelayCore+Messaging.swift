@@ -9,7 +9,7 @@ extension RelayCore {
     // MARK: - Request / reply
 
     mutating func request(
-        from caller: ConnectionID, id: UInt64, cluster: String, body: ByteBuffer, timeoutMillis: UInt64,
+        from caller: ConnectionID, id: UInt64, cluster: String, body: ByteBuffer, headers: [Header] = [], timeoutMillis: UInt64,
         now: NIODeadline, actions: inout [RelayAction]
     ) {
         if timeoutMillis == 0 {
@@ -20,6 +20,7 @@ extension RelayCore {
         let key = makeKey()
         let deadline = deadline(now: now, millis: timeoutMillis)
         var request = PendingRequest(caller: .local(caller), callerRequestID: id, cluster: cluster, deadline: deadline, body: body)
+        request.headers = headers
         request.failFast = connections[caller]!.dialect.hasFailureFrames
         request.routesHere = true
         let remote = FederatedName.isRemote(cluster, localNetwork: network) ? FederatedName(cluster, localNetwork: network) : nil
@@ -92,7 +93,12 @@ extension RelayCore {
         conn.assigned[memberRequestID] = key
         connections[member] = conn
         requests.move(key, to: .handedOver(member: member, id: memberRequestID))
-        actions.append(.send(member, .request(id: memberRequestID, body: body, timeoutMillis: remainingMillis(request.deadline, now))))
+        let timeout = remainingMillis(request.deadline, now)
+        if request.headers.isEmpty || conn.dialect < .skein2 {
+            actions.append(.send(member, .request(id: memberRequestID, body: body, timeoutMillis: timeout)))
+        } else {
+            actions.append(.send(member, .hrequest(id: memberRequestID, headers: request.headers, body: body, timeoutMillis: timeout)))
+        }
         return true
     }
 
@@ -103,7 +109,10 @@ extension RelayCore {
         requests.move(key, to: .forwarded(to: relay, body: body))
         let flags: PeerRequestFlags = request.failFast ? .failFast : []
         actions.append(
-            .sendPeer(relay, .request(id: key, cluster: cluster ?? request.cluster, remainingMillis: remainingMillis(request.deadline, now), flags: flags, body: body)))
+            .sendPeer(
+                relay,
+                PeerFrame.request(id: key, cluster: cluster ?? request.cluster, remainingMillis: remainingMillis(request.deadline, now), flags: flags, body: body)
+                    .with(request.headers)))
     }
 
     /// Milliseconds left, rounded up: a member must never be told 0 ms ("timed out at once")
@@ -148,7 +157,7 @@ extension RelayCore {
         requests.prune(cluster)
     }
 
-    mutating func reply(from member: ConnectionID, id: UInt64, outcome: ReplyOutcome, actions: inout [RelayAction]) {
+    mutating func reply(from member: ConnectionID, id: UInt64, outcome: ReplyOutcome, headers: [Header] = [], actions: inout [RelayAction]) {
         guard let key = connections[member]!.assigned.removeValue(forKey: id),
             let request = requests.remove(key)
         else {
@@ -157,19 +166,22 @@ extension RelayCore {
             return
         }
         switch outcome {
-        case .success(let body): answer(request, key: key, .success(body), actions: &actions)
-        case .fault(let fault): answer(request, key: key, .fault(fault), actions: &actions)
+        case .success(let body): answer(request, key: key, .success(body), headers: headers, actions: &actions)
+        case .fault(let fault): answer(request, key: key, .fault(fault), headers: headers, actions: &actions)
         }
     }
 
     /// Gives a request's caller its one answer (the request is already out of `requests`).
     /// A local `skein/1` caller hears the distinct failures as REQUEST FAILED; a `v1.0-draft2`
     /// caller can only hear `timedOut` (the core sends it those only at the deadline).
-    mutating func answer(_ request: PendingRequest, key: UInt64, _ outcome: PeerReplyOutcome, actions: inout [RelayAction]) {
+    /// A reply's headers reach a `skein/2` caller as HREPLY, and another relay inside HEADERS.
+    mutating func answer(
+        _ request: PendingRequest, key: UInt64, _ outcome: PeerReplyOutcome, headers: [Header] = [], actions: inout [RelayAction]
+    ) {
         switch request.caller {
         case .local(let caller):
             connections[caller]?.outgoing.remove(key)
-            let frame: RelayFrame
+            var frame: RelayFrame
             let id = request.callerRequestID
             let failureFrames = connections[caller]?.dialect.hasFailureFrames == true
             switch outcome {
@@ -193,10 +205,13 @@ extension RelayCore {
                     frame = .reply(id: id, outcome: .timedOut)
                 }
             }
+            if !headers.isEmpty, connections[caller]?.dialect == .skein2, case .reply(let id, let outcome) = frame {
+                frame = .hreply(id: id, headers: headers, outcome: outcome)
+            }
             actions.append(.send(caller, frame))
             resumeIfBelowLimit(caller, actions: &actions)
         case .relay(let origin):
-            actions.append(.sendPeer(origin, .reply(id: request.callerRequestID, outcome: outcome)))
+            actions.append(.sendPeer(origin, PeerFrame.reply(id: request.callerRequestID, outcome: outcome).with(headers)))
         }
     }
 
@@ -214,11 +229,13 @@ extension RelayCore {
 
     /// A local client's broadcast: every member here, and one copy to each other relay with
     /// members (which delivers it to its own).
-    mutating func broadcast(from sender: ConnectionID, cluster: String, message: ByteBuffer, actions: inout [RelayAction]) {
+    mutating func broadcast(
+        from sender: ConnectionID, cluster: String, message: ByteBuffer, headers: [Header] = [], actions: inout [RelayAction]
+    ) {
         if remoteSendIsCached(cluster, .broadcast) || FederatedName.isRemote(cluster, localNetwork: network) {
-            sendRemote(.broadcast, from: sender, text: cluster, body: message, actions: &actions)
+            sendRemote(.broadcast, from: sender, text: cluster, body: message, headers: headers, actions: &actions)
         } else {
-            broadcastHere(cluster: cluster, body: message, from: sender, actions: &actions)
+            broadcastHere(cluster: cluster, body: message, headers: headers, from: sender, actions: &actions)
         }
     }
 
@@ -282,15 +299,22 @@ extension RelayCore {
     /// Sends an event on `topic` to local subscriptions: PUBLISH to those that name the topic,
     /// EVENT (naming the pattern) to matching patterns. `publisher`, a local connection, is
     /// paused by full outputs.
+    /// With headers, a `skein/2` literal subscriber gets EVENT too (PUBLISH has no room for
+    /// them), and older ones PUBLISH with the body unchanged.
     mutating func sendEvent(
-        topic: String, body: ByteBuffer, to subscribers: LocalSubscribers, from publisher: ConnectionID?, actions: inout [RelayAction]
+        topic: String, body: ByteBuffer, headers: [Header] = [], to subscribers: LocalSubscribers, from publisher: ConnectionID?,
+        actions: inout [RelayAction]
     ) {
         for subscriber in subscribers.literal {
-            actions.append(.send(subscriber, .publish(topic: topic, event: body)))
+            if headers.isEmpty || connections[subscriber]?.dialect != .skein2 {
+                actions.append(.send(subscriber, .publish(topic: topic, event: body)))
+            } else {
+                actions.append(.send(subscriber, .event(subscription: topic, topic: topic, headers: headers, event: body)))
+            }
             if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
         }
         for (pattern, subscriber) in subscribers.patterns {
-            actions.append(.send(subscriber, .event(subscription: pattern, topic: topic, headers: [], event: body)))
+            actions.append(.send(subscriber, .event(subscription: pattern, topic: topic, headers: headers, event: body)))
             if let publisher { noteDelivery(from: publisher, to: subscriber, actions: &actions) }
         }
     }
@@ -299,19 +323,21 @@ extension RelayCore {
     /// subscribers (which delivers it to its own), and, on a gateway, one event to each other
     /// network subscribed through it. A publish to another network's topic goes there only:
     /// this network's subscribers of it get it back from that network, once, like every other.
-    mutating func publish(from publisher: ConnectionID, topic: String, event: ByteBuffer, actions: inout [RelayAction]) {
+    mutating func publish(
+        from publisher: ConnectionID, topic: String, event: ByteBuffer, headers: [Header] = [], actions: inout [RelayAction]
+    ) {
         // Either cached route says which network's topic it is: only a miss of both reads the name.
         if !publishRouteIsCached(topic), remoteSendIsCached(topic, .publish) || FederatedName.isRemote(topic, localNetwork: network) {
-            sendRemote(.publish, from: publisher, text: topic, body: event, actions: &actions)
+            sendRemote(.publish, from: publisher, text: topic, body: event, headers: headers, actions: &actions)
             return
         }
         let route = publishRoute(topic)
         for relay in route.relays {
-            actions.append(.sendPeer(relay, .publish(topic: topic, body: event)))
+            actions.append(.sendPeer(relay, PeerFrame.publish(topic: topic, body: event).with(headers)))
             noteDelivery(from: publisher, toRelay: relay, stream: .publish(topic: topic), actions: &actions)
         }
-        sendEvent(topic: topic, body: event, to: route.subscribers, from: publisher, actions: &actions)
-        if !foreign.isEmpty { deliverToInterest(topic: topic, body: event, from: publisher, actions: &actions) }
+        sendEvent(topic: topic, body: event, headers: headers, to: route.subscribers, from: publisher, actions: &actions)
+        if !foreign.isEmpty { deliverToInterest(topic: topic, body: event, headers: headers, from: publisher, actions: &actions) }
     }
 
     /// Whether the last publish route is for `topic` (so `topic` is one of this network's: only

@@ -271,6 +271,24 @@ public struct RelayCore {
             tunnelTransfer(from: id, tunnelID: tunnelID, sizeOrContinuation: size, chunk: chunk, actions: &actions)
         case .tunnelClose(let tunnelID):
             tunnelClose(from: id, tunnelID: tunnelID, actions: &actions)
+        case .hbroadcast, .hrequest, .hreply, .hpublish:
+            guard connections[id]!.dialect >= .skein2 else {
+                violation(id, "protocol violation: unknown opcode 0x\(String(frame.opcode.rawValue, radix: 16))", actions: &actions)
+                return
+            }
+            switch frame {
+            case .hbroadcast(let cluster, let headers, let message):
+                broadcast(from: id, cluster: cluster, message: message, headers: headers, actions: &actions)
+            case .hrequest(let requestID, let cluster, let headers, let body, let timeout):
+                request(from: id, id: requestID, cluster: cluster, body: body, headers: headers, timeoutMillis: timeout, now: now, actions: &actions)
+            case .hreply(let requestID, let headers, let outcome):
+                reply(from: id, id: requestID, outcome: outcome, headers: headers, actions: &actions)
+            case .hpublish(let topic, let headers, let event):
+                guard checkPublishable(id, topic: topic, actions: &actions) else { return }
+                publish(from: id, topic: topic, event: event, headers: headers, actions: &actions)
+            default:
+                break
+            }
         }
     }
 

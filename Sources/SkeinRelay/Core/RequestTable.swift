@@ -9,6 +9,8 @@ extension RelayCore {
         var callerRequestID: UInt64
         var cluster: String
         var deadline: NIODeadline
+        /// `skein/2` headers, carried with the body wherever it goes.
+        var headers: [Header] = []
         /// Where the request is in its life; each stage holds only what it needs.
         /// Changed only by `RequestTable.move`, so what relays hold is always counted right.
         fileprivate(set) var stage: Stage

@@ -80,6 +80,8 @@ public final class RelayService: Service, Sendable {
         var limits = limits
         limits.maxMessageSize = max(limits.maxMessageSize, clients.maxMessageSize)
         limits.maxStringSize = max(limits.maxStringSize, clients.maxStringSize)
+        limits.maxHeaders = max(limits.maxHeaders, clients.maxHeaders)
+        limits.maxHeaderBytes = max(limits.maxHeaderBytes, clients.maxHeaderBytes)
         return limits
     }
 

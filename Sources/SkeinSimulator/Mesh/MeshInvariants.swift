@@ -176,6 +176,9 @@ struct MeshInvariants {
         case .event(let subscription, let topic, _, _):
             // The simulated clients speak v1.0-draft2 and skein/1: no pattern, no EVENT.
             violation("\(client.name): EVENT for \(subscription) on \(topic) on a \(client.dialect.version) connection", at: time)
+        case .hbroadcast, .hrequest, .hreply:
+            // Nor headers.
+            violation("\(client.name): \(frame.opcode), a skein/2 frame, on a \(client.dialect.version) connection", at: time)
         case .close(let reason):
             violation("\(client.name): closed by its relay: \(reason)", at: time)
         case .deny(_, let reason):

@@ -85,7 +85,7 @@ public struct PeerRequestFlags: OptionSet, Sendable, Hashable {
 ///
 /// Layout: `[type u8][varint payload length][payload]`, where bit 7 of the type byte marks a
 /// fragment that continues in a later frame of the same traffic class (Docs/peer-protocol.md §5).
-public enum PeerFrame: Sendable, Equatable {
+public indirect enum PeerFrame: Sendable, Equatable {
     // Control class.
     /// The first frame each side sends: the address it listens on for peer links and gossip
     /// (`host:port`) and its relay name.
@@ -114,6 +114,9 @@ public enum PeerFrame: Sendable, Equatable {
     /// interest in it (federation, Docs/federation.md §5): on a gateway link, `topic` is bare; on
     /// a peer link, from a gateway to the relays of its network, it is `topic@network`.
     case event(topic: String, body: ByteBuffer)
+    /// A REQUEST, REPLY, BROADCAST, PUBLISH or EVENT with `skein/2` headers (Docs/skein-2.md):
+    /// what its headers travel in between relays. Only those five kinds are wrapped (`with`).
+    case headed(headers: [Header], frame: PeerFrame)
     case tunnelOpen(id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags)
     case tunnelConfirm(id: UInt64, outcome: PeerTunnelOutcome)
     case tunnelAllowance(id: UInt64, bytes: UInt64)
@@ -136,6 +139,7 @@ public enum PeerFrame: Sendable, Equatable {
         case broadcast = 0x12
         case publish = 0x13
         case event = 0x14
+        case headed = 0x15
         case tunnelOpen = 0x20
         case tunnelConfirm = 0x21
         case tunnelAllowance = 0x22
@@ -145,7 +149,7 @@ public enum PeerFrame: Sendable, Equatable {
         public var trafficClass: PeerTrafficClass {
             switch self {
             case .hello, .ping, .pong, .goodbye, .membership, .gateway, .interest, .hold, .release: .control
-            case .request, .reply, .broadcast, .publish, .event, .tunnelOpen, .tunnelConfirm, .tunnelAllowance:
+            case .request, .reply, .broadcast, .publish, .event, .headed, .tunnelOpen, .tunnelConfirm, .tunnelAllowance:
                 .interactive
             // A close travels behind the tunnel's data, never ahead of it.
             case .tunnelData, .tunnelClose: .bulk
@@ -169,6 +173,7 @@ public enum PeerFrame: Sendable, Equatable {
         case .broadcast: .broadcast
         case .publish: .publish
         case .event: .event
+        case .headed: .headed
         case .tunnelOpen: .tunnelOpen
         case .tunnelConfirm: .tunnelConfirm
         case .tunnelAllowance: .tunnelAllowance
@@ -211,6 +216,8 @@ public enum PeerFrame: Sendable, Equatable {
             }
         case .broadcast(let name, let body), .publish(let name, let body), .event(let name, let body):
             return fieldSize(name) + body.readableBytes
+        case .headed(let headers, let frame):
+            return headersSize(headers) + 1 + frame.payloadSize
         case .tunnelOpen(let id, let cluster, let remaining, _):
             return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + 1
         case .tunnelConfirm(let id, let outcome):
@@ -335,6 +342,10 @@ public enum PeerFrame: Sendable, Equatable {
         case .broadcast(let name, let body), .publish(let name, let body), .event(let name, let body):
             buffer.writeField(name)
             buffer.writeImmutableBuffer(body)
+        case .headed(let headers, let frame):
+            buffer.writeHeaders(headers)
+            buffer.writeInteger(frame.kind.rawValue)
+            frame.encodePayload(into: &buffer)
         case .tunnelOpen(let id, let cluster, let remaining, let flags):
             buffer.writeVarint(id)
             buffer.writeField(cluster)
@@ -453,6 +464,15 @@ public enum PeerFrame: Sendable, Equatable {
                 frame = try r.name("topic", cache: &names).map { .publish(topic: $0, body: r.rest()) }
             case .event:
                 frame = try r.name("topic", cache: &names).map { .event(topic: $0, body: r.rest()) }
+            case .headed:
+                if let headers = try r.headers(), let tag = r.byte() {
+                    guard let inner = Kind(rawValue: tag), Self.headable.contains(inner) else {
+                        throw PeerFrameError.malformed(kind, "kind 0x\(String(tag, radix: 16)) does not carry headers")
+                    }
+                    frame = .headed(headers: headers, frame: try Self.decode(kind: inner, payload: r.rest(), limits: limits, names: &names))
+                } else {
+                    frame = nil
+                }
             case .tunnelOpen:
                 if let id = try r.varint(), let cluster = try r.string("cluster"), let remaining = try r.varint(), let flags = r.byte() {
                     frame = .tunnelOpen(id: id, cluster: cluster, remainingMillis: remaining, flags: PeerRequestFlags(rawValue: flags))
@@ -515,6 +535,14 @@ public enum PeerFrame: Sendable, Equatable {
 }
 
 extension PeerFrame {
+    /// The kinds a HEADERS frame may wrap.
+    public static let headable: Set<Kind> = [.request, .reply, .broadcast, .publish, .event]
+
+    /// This frame with `headers`: itself when there are none.
+    public func with(_ headers: [Header]) -> PeerFrame {
+        headers.isEmpty ? self : .headed(headers: headers, frame: self)
+    }
+
     /// Most export rules or interest topics one frame may carry: a bound before allocation.
     public static let maxListEntries = 65_536
 
