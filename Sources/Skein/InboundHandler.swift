@@ -349,13 +349,16 @@ final class InboundHandler: ChannelInboundHandler {
                         return reply
                     }
                 }
-                headers = reply.headers
-                // Too big for the wire: the relay would end this whole connection over it.
-                outcome =
-                    reply.body.readableBytes <= limit
-                    ? .success(reply.body)
-                    : .fault("\(SkeinError.messageTooLarge(size: reply.body.readableBytes, limit: limit))")
-                if (try? connection.check(headers)) == nil { headers = Headers() }
+                // Too big for the wire, or headers it cannot carry: the relay would end this whole
+                // connection over them. The caller hears why, as a fault.
+                if reply.body.readableBytes > limit {
+                    outcome = .fault("\(SkeinError.messageTooLarge(size: reply.body.readableBytes, limit: limit))")
+                } else if let problem = connection.problem(with: reply.headers) {
+                    outcome = .fault("reply headers: \(problem)")
+                } else {
+                    outcome = .success(reply.body)
+                    headers = reply.headers
+                }
             } catch let fault as SkeinFault {
                 outcome = .fault(fault.message)
             } catch {

@@ -173,10 +173,9 @@ public final class SkeinConnection: Sendable {
     /// `broadcast(cluster:_:)` with headers (`skein/2`; on an older connection they are not sent).
     public func broadcast(cluster: String, _ message: ByteBuffer, headers: Headers) async throws {
         try checkSize(message)
-        try check(headers)
-        let headers = headers.withTraceContext()
-        guard !headers.isEmpty, dialect >= .skein2 else { return try await send(.broadcast(cluster: cluster, message: message)) }
-        try await send(.hbroadcast(cluster: cluster, headers: headers.entries, message: message))
+        try await send(.broadcast(cluster: cluster, message: message), headers: headers) {
+            .hbroadcast(cluster: cluster, headers: $0, message: message)
+        }
     }
 
     public func broadcast(cluster: String, _ message: String) async throws {
@@ -193,10 +192,9 @@ public final class SkeinConnection: Sendable {
     /// Subscribers on `skein/2` receive them in ``Subscription/Event/headers``.
     public func publish(topic: String, _ event: ByteBuffer, headers: Headers) async throws {
         try checkSize(event)
-        try check(headers)
-        let headers = headers.withTraceContext()
-        guard !headers.isEmpty, dialect >= .skein2 else { return try await send(.publish(topic: topic, event: event)) }
-        try await send(.hpublish(topic: topic, headers: headers.entries, event: event))
+        try await send(.publish(topic: topic, event: event), headers: headers) {
+            .hpublish(topic: topic, headers: $0, event: event)
+        }
     }
 
     public func publish(topic: String, _ event: String, headers: Headers) async throws {
@@ -330,6 +328,16 @@ public final class SkeinConnection: Sendable {
         }
     }
 
+    /// Why the relay would refuse `headers`, or nil.
+    func problem(with headers: Headers) -> SkeinError? {
+        do {
+            try check(headers)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
     /// Headers the relay would refuse (it ends the whole connection over them) fail alone, here.
     func check(_ headers: Headers) throws(SkeinError) {
         if let problem = headers.problem { throw SkeinError.invalidName(problem) }
@@ -340,6 +348,14 @@ public final class SkeinConnection: Sendable {
         guard size <= options.maxHeaderBytes else {
             throw SkeinError.messageTooLarge(size: size, limit: options.maxHeaderBytes)
         }
+    }
+
+    /// Sends `headed` with `headers` and the task's trace context, or `plain` when there are
+    /// none or the relay is older than `skein/2` (which drops them).
+    private func send(_ plain: ClientFrame, headers: Headers, _ headed: ([Header]) -> ClientFrame) async throws {
+        try check(headers)
+        let headers = headers.withTraceContext()
+        try await send(headers.isEmpty || dialect < .skein2 ? plain : headed(headers.entries))
     }
 
     /// Queues a frame and waits while the output is above its high-water mark.

@@ -381,6 +381,57 @@ extension ByteBuffer {
     }
 }
 
+// MARK: - Outcomes, shared by REPLY and HREPLY
+
+extension FieldReader {
+    /// A member's answer (binding → relay): `bool success`, then `binary reply` or `string fault`.
+    @inlinable
+    mutating func replyOutcome() throws(WireError) -> ReplyOutcome? {
+        guard let success = try bool() else { return nil }
+        if success { return try binary("reply").map { .success($0) } }
+        return try string("fault").map { .fault($0) }
+    }
+
+    /// A request's end (relay → binding): `bool timedOut`, and if not, a member's answer.
+    @inlinable
+    mutating func requestOutcome() throws(WireError) -> RequestOutcome? {
+        guard let timedOut = try bool() else { return nil }
+        if timedOut { return .timedOut }
+        switch try replyOutcome() {
+        case .success(let body)?: return .success(body)
+        case .fault(let fault)?: return .fault(fault)
+        case nil: return nil
+        }
+    }
+}
+
+extension ByteBuffer {
+    @inlinable
+    package mutating func writeReplyOutcome(_ outcome: ReplyOutcome) {
+        switch outcome {
+        case .success(let body):
+            writeBool(true)
+            writeBinary(body)
+        case .fault(let fault):
+            writeBool(false)
+            writeField(fault)
+        }
+    }
+
+    @inlinable
+    package mutating func writeRequestOutcome(_ outcome: RequestOutcome) {
+        switch outcome {
+        case .timedOut: writeBool(true)
+        case .success(let body):
+            writeBool(false)
+            writeReplyOutcome(.success(body))
+        case .fault(let fault):
+            writeBool(false)
+            writeReplyOutcome(.fault(fault))
+        }
+    }
+}
+
 // MARK: - Binding → relay
 
 extension ClientFrame {
@@ -416,14 +467,8 @@ extension ClientFrame {
             else { return nil }
             frame = .hrequest(id: id, cluster: cluster, headers: headers, body: body, timeoutMillis: timeout)
         case .hreply:
-            guard let id = try r.varint(), let headers = try r.headers(), let success = try r.bool() else { return nil }
-            if success {
-                guard let body = try r.binary("reply") else { return nil }
-                frame = .hreply(id: id, headers: headers, outcome: .success(body))
-            } else {
-                guard let fault = try r.string("fault") else { return nil }
-                frame = .hreply(id: id, headers: headers, outcome: .fault(fault))
-            }
+            guard let id = try r.varint(), let headers = try r.headers(), let outcome = try r.replyOutcome() else { return nil }
+            frame = .hreply(id: id, headers: headers, outcome: outcome)
         case .hpublish:
             guard let topic = try r.name("topic", cache: &names), let headers = try r.headers(), let event = try r.binary("event")
             else { return nil }
@@ -440,14 +485,8 @@ extension ClientFrame {
             else { return nil }
             frame = .request(id: id, cluster: cluster, body: body, timeoutMillis: timeout)
         case .reply:
-            guard let id = try r.varint(), let success = try r.bool() else { return nil }
-            if success {
-                guard let body = try r.binary("reply") else { return nil }
-                frame = .reply(id: id, outcome: .success(body))
-            } else {
-                guard let fault = try r.string("fault") else { return nil }
-                frame = .reply(id: id, outcome: .fault(fault))
-            }
+            guard let id = try r.varint(), let outcome = try r.replyOutcome() else { return nil }
+            frame = .reply(id: id, outcome: outcome)
         case .subscribe:
             guard let topic = try r.string("topic") else { return nil }
             frame = .subscribe(topic: topic)
@@ -528,14 +567,7 @@ extension ClientFrame {
             buffer.writeVarint(timeout)
         case .reply(let id, let outcome):
             buffer.writeVarint(id)
-            switch outcome {
-            case .success(let body):
-                buffer.writeBool(true)
-                buffer.writeBinary(body)
-            case .fault(let fault):
-                buffer.writeBool(false)
-                buffer.writeField(fault)
-            }
+            buffer.writeReplyOutcome(outcome)
         case .subscribe(let topic), .unsubscribe(let topic):
             buffer.writeField(topic)
         case .publish(let topic, let event):
@@ -570,14 +602,7 @@ extension ClientFrame {
         case .hreply(let id, let headers, let outcome):
             buffer.writeVarint(id)
             buffer.writeHeaders(headers)
-            switch outcome {
-            case .success(let body):
-                buffer.writeBool(true)
-                buffer.writeBinary(body)
-            case .fault(let fault):
-                buffer.writeBool(false)
-                buffer.writeField(fault)
-            }
+            buffer.writeReplyOutcome(outcome)
         case .hpublish(let topic, let headers, let event):
             buffer.writeField(topic)
             buffer.writeHeaders(headers)
@@ -614,19 +639,8 @@ extension RelayFrame {
             else { return nil }
             frame = .request(id: id, body: body, timeoutMillis: timeout)
         case .reply:
-            guard let id = try r.varint(), let timedOut = try r.bool() else { return nil }
-            if timedOut {
-                frame = .reply(id: id, outcome: .timedOut)
-            } else {
-                guard let success = try r.bool() else { return nil }
-                if success {
-                    guard let body = try r.binary("reply") else { return nil }
-                    frame = .reply(id: id, outcome: .success(body))
-                } else {
-                    guard let fault = try r.string("fault") else { return nil }
-                    frame = .reply(id: id, outcome: .fault(fault))
-                }
-            }
+            guard let id = try r.varint(), let outcome = try r.requestOutcome() else { return nil }
+            frame = .reply(id: id, outcome: outcome)
         case .subscribe, .unsubscribe, .hpublish:
             throw .unknownOpcode(op)  // Only travel binding → relay.
         case .hbroadcast:
@@ -637,19 +651,8 @@ extension RelayFrame {
             else { return nil }
             frame = .hrequest(id: id, headers: headers, body: body, timeoutMillis: timeout)
         case .hreply:
-            guard let id = try r.varint(), let headers = try r.headers(), let timedOut = try r.bool() else { return nil }
-            if timedOut {
-                frame = .hreply(id: id, headers: headers, outcome: .timedOut)
-            } else {
-                guard let success = try r.bool() else { return nil }
-                if success {
-                    guard let body = try r.binary("reply") else { return nil }
-                    frame = .hreply(id: id, headers: headers, outcome: .success(body))
-                } else {
-                    guard let fault = try r.string("fault") else { return nil }
-                    frame = .hreply(id: id, headers: headers, outcome: .fault(fault))
-                }
-            }
+            guard let id = try r.varint(), let headers = try r.headers(), let outcome = try r.requestOutcome() else { return nil }
+            frame = .hreply(id: id, headers: headers, outcome: outcome)
         case .publish:
             guard let topic = try r.string("topic"), let event = try r.binary("event") else { return nil }
             frame = .publish(topic: topic, event: event)
@@ -750,18 +753,7 @@ extension RelayFrame {
             buffer.writeVarint(timeout)
         case .reply(let id, let outcome):
             buffer.writeVarint(id)
-            switch outcome {
-            case .timedOut:
-                buffer.writeBool(true)
-            case .success(let body):
-                buffer.writeBool(false)
-                buffer.writeBool(true)
-                buffer.writeBinary(body)
-            case .fault(let fault):
-                buffer.writeBool(false)
-                buffer.writeBool(false)
-                buffer.writeField(fault)
-            }
+            buffer.writeRequestOutcome(outcome)
         case .publish(let topic, let event):
             buffer.writeField(topic)
             buffer.writeBinary(event)
@@ -812,18 +804,7 @@ extension RelayFrame {
         case .hreply(let id, let headers, let outcome):
             buffer.writeVarint(id)
             buffer.writeHeaders(headers)
-            switch outcome {
-            case .timedOut:
-                buffer.writeBool(true)
-            case .success(let body):
-                buffer.writeBool(false)
-                buffer.writeBool(true)
-                buffer.writeBinary(body)
-            case .fault(let fault):
-                buffer.writeBool(false)
-                buffer.writeBool(false)
-                buffer.writeField(fault)
-            }
+            buffer.writeRequestOutcome(outcome)
         }
     }
 }

@@ -64,8 +64,8 @@ struct SpecExampleTests {
         #expect([FailureReason.noMembers, .memberLost, .networkUnreachable, .notExported, .invalidName].map(\.rawValue) == [1, 2, 3, 4, 5])
     }
 
-    @Test("skein/1 examples (Docs/skein-1.md)", arguments: SpecExamples.skein1)
-    func skein1Example(_ example: Example<RelayFrame>) throws {
+    @Test("skein/1 and skein/2 examples (Docs/skein-1.md, Docs/skein-2.md)", arguments: SpecExamples.skein1 + SpecExamples.skein2)
+    func extensionExample(_ example: Example<RelayFrame>) throws {
         var bytes = example.bytes
         #expect(try RelayFrame.decode(from: &bytes, limits: WireLimits()) == example.frame)
         #expect(bytes.readableBytes == 0)
@@ -74,30 +74,15 @@ struct SpecExampleTests {
         #expect(encoded == example.bytes)
     }
 
-    @Test("skein/1 INIT (Docs/skein-1.md)")
-    func skein1Init() throws {
-        var bytes = ByteBuffer(hex: SpecExamples.skein1ClientINIT)
-        #expect(try ClientFrame.decode(from: &bytes, limits: WireLimits()) == .initialize(magic: "iris-client-magic", version: "skein/1", cluster: ""))
-        var relay = ByteBuffer(hex: SpecExamples.skein1RelayINIT)
-        #expect(try RelayFrame.decode(from: &relay, limits: WireLimits()) == .initialize(magic: "iris-relay-magic", version: "skein/1"))
-    }
-
-    @Test("skein/2 examples (Docs/skein-2.md)", arguments: SpecExamples.skein2)
-    func skein2Example(_ example: Example<RelayFrame>) throws {
-        var bytes = example.bytes
-        #expect(try RelayFrame.decode(from: &bytes, limits: WireLimits()) == example.frame)
-        #expect(bytes.readableBytes == 0)
-        var encoded = ByteBuffer()
-        example.frame.encode(into: &encoded)
-        #expect(encoded == example.bytes)
-    }
-
-    @Test("skein/2 INIT (Docs/skein-2.md)")
-    func skein2Init() throws {
-        var bytes = ByteBuffer(hex: SpecExamples.skein2ClientINIT)
-        #expect(try ClientFrame.decode(from: &bytes, limits: WireLimits()) == .initialize(magic: "iris-client-magic", version: "skein/2", cluster: ""))
-        var relay = ByteBuffer(hex: SpecExamples.skein2RelayINIT)
-        #expect(try RelayFrame.decode(from: &relay, limits: WireLimits()) == .initialize(magic: "iris-relay-magic", version: "skein/2"))
+    @Test("skein/1 and skein/2 INIT (Docs/skein-1.md, Docs/skein-2.md)", arguments: [
+        ("skein/1", SpecExamples.skein1ClientINIT, SpecExamples.skein1RelayINIT),
+        ("skein/2", SpecExamples.skein2ClientINIT, SpecExamples.skein2RelayINIT),
+    ])
+    func extensionInit(_ version: String, _ client: String, _ relay: String) throws {
+        var bytes = ByteBuffer(hex: client)
+        #expect(try ClientFrame.decode(from: &bytes, limits: WireLimits()) == .initialize(magic: "iris-client-magic", version: version, cluster: ""))
+        var answer = ByteBuffer(hex: relay)
+        #expect(try RelayFrame.decode(from: &answer, limits: WireLimits()) == .initialize(magic: "iris-relay-magic", version: version))
     }
 
     @Test("HPUBLISH as Docs/skein-2.md shows it")
