@@ -157,6 +157,19 @@ final class InboundHandler: ChannelInboundHandler {
             if let broadcastFeed { deliver(Subscription.Event(topic: "", body: message), to: broadcastFeed) }
         case .request(let id, let body, let timeout):
             received(request: id, body: body, headers: Headers(), timeoutMillis: timeout)
+        case .surveyAnswer(let id, let headers, let outcome):
+            guard connection.dialect >= .skein2 else { return skein2Only(frame, context: context) }
+            guard let survey = connection.shared.withLockedValue({ $0.surveys[id] }) else { return }
+            switch outcome {
+            case .success(let body): survey.continuation.yield(.reply(Message(body, headers: Headers(headers))))
+            case .fault(let fault): survey.continuation.yield(.fault(fault))
+            }
+        case .surveyEnd(let id, let tally):
+            guard connection.dialect >= .skein2 else { return skein2Only(frame, context: context) }
+            connection.shared.withLockedValue({ $0.surveys.removeValue(forKey: id) })?.finish(
+                Survey.Tally(
+                    asked: Int(clamping: tally.asked), answered: Int(clamping: tally.answered), faulted: Int(clamping: tally.faulted),
+                    lost: Int(clamping: tally.lost)))
         case .tunnelInit(let buildID, let chunkLimit):
             // A plain client never confirms; the relay times the build out.
             guard let handler, let tunnel = connection.acceptTunnel(buildID: buildID, chunkLimit: chunkLimit) else { return }
@@ -224,8 +237,11 @@ final class InboundHandler: ChannelInboundHandler {
     private func handleFailure(_ frame: RelayFrame) {
         switch frame {
         case .requestFailed(let id, let reason, let detail):
-            let waiter = connection.shared.withLockedValue { $0.requests.removeValue(forKey: id) }
+            let (waiter, survey) = connection.shared.withLockedValue {
+                ($0.requests.removeValue(forKey: id), $0.surveys.removeValue(forKey: id))
+            }
             waiter?.resume(throwing: SkeinError(reason, detail: detail))
+            survey?.continuation.finish(throwing: SkeinError(reason, detail: detail))
         case .tunnelFailed(let id, let reason, let detail):
             connection.shared.withLockedValue({ $0.tunnels[id] })?.fail(SkeinError(reason, detail: detail))
         case .refused(let op, let name, let reason, let detail):
@@ -409,17 +425,19 @@ final class InboundHandler: ChannelInboundHandler {
         handshakeTimer?.cancel()
         handshake?.fail(error)
         handshake = nil
-        let (requests, tunnels, feeds, waiters) = connection.shared.withLockedValue { state in
+        let (requests, surveys, tunnels, feeds, waiters) = connection.shared.withLockedValue { state in
             if state.failure == nil { state.failure = error }
             defer {
                 state.requests = [:]
+                state.surveys = [:]
                 state.tunnels = [:]
                 state.subscriptions = [:]
                 state.roomWaiters = [:]
             }
-            return (state.requests, state.tunnels, state.subscriptions, Array(state.roomWaiters.values))
+            return (state.requests, state.surveys, state.tunnels, state.subscriptions, Array(state.roomWaiters.values))
         }
         for (_, waiter) in requests { waiter.resume(throwing: error) }
+        for (_, survey) in surveys { survey.continuation.finish(throwing: error) }
         for (_, tunnel) in tunnels { tunnel.fail(error) }
         for feed in feeds.values + (broadcastFeed.map { [$0] } ?? []) {
             if graceful { feed.source.finish() } else { feed.source.finish(error) }

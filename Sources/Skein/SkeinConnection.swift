@@ -441,6 +441,8 @@ struct SharedState {
     var closeSent = false
     var nextRequestID: UInt64 = 0
     var requests: [UInt64: CheckedContinuation<Message, any Error>] = [:]
+    /// Surveys waiting for answers and their end, by id (from the requests' counter).
+    var surveys: [UInt64: Survey] = [:]
     var nextTunnelID: UInt64 = 0
     var tunnels: [UInt64: Tunnel] = [:]
     var subscriptions: [String: EventFeed] = [:]

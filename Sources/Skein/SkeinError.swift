@@ -44,6 +44,7 @@ public struct SkeinError: Error, Sendable, Hashable, CustomStringConvertible {
             case networkUnreachable
             case notExported
             case relayFailure
+            case unsupported
         }
 
         private let backing: Backing
@@ -68,6 +69,7 @@ public struct SkeinError: Error, Sendable, Hashable, CustomStringConvertible {
             case .networkUnreachable: "networkUnreachable"
             case .notExported: "notExported"
             case .relayFailure: "relayFailure"
+            case .unsupported: "unsupported"
             }
         }
 
@@ -107,6 +109,9 @@ public struct SkeinError: Error, Sendable, Hashable, CustomStringConvertible {
         /// `skein/1`: a failure reason this binding does not know (a newer relay); see
         /// ``SkeinError/relayFailureReason``.
         public static let relayFailure = Code(.relayFailure)
+        /// The connection's protocol version cannot do this (a survey needs `skein/2`); the
+        /// detail says what it speaks.
+        public static let unsupported = Code(.unsupported)
 
         /// Matches any error that is a ``SkeinError`` with this code, for `catch` clauses:
         /// `catch SkeinError.Code.timedOut { … }`.
@@ -187,6 +192,7 @@ extension SkeinError {
 
     /// The member answered with `fault`.
     public static func remoteFault(_ fault: String) -> SkeinError { SkeinError(.remoteFault, fault) }
+    public static func unsupported(_ detail: String) -> SkeinError { SkeinError(.unsupported, detail) }
 
     /// The connection is closed; `reason` is empty when the close was graceful.
     public static func connectionClosed(reason: String) -> SkeinError { SkeinError(.connectionClosed, reason) }

@@ -167,3 +167,77 @@ struct SubscribeCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct SurveyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "survey",
+        abstract: "Ask every member of a cluster, on every relay, and print each answer as it comes (skein/2).",
+        discussion: """
+            Each reply goes to stdout, one per line (with --headers, its headers as [key: value, …] and a tab first); each fault goes to stderr as `fault: TEXT`. When the survey ends (every member answered or went away, or the timeout), the counts go to stderr: `asked N, answered N, faulted N, lost N`. With --json, stdout has one JSON object per line instead: {"reply": TEXT, "headers": {…}} or {"fault": TEXT} per answer, then {"asked": N, "answered": N, "faulted": N, "lost": N}.
+
+            Exits 0 when the survey ends, whatever its counts. If it could not be made: 8 (no gateway to the other network is reachable), 9 (not exported), 4 (the relay is older than skein/2, or unreachable).
+            """)
+
+    @OptionGroup var client: ClientOptions
+    @OptionGroup var headerOptions: HeaderOptions
+    @Flag(name: .customLong("headers"), help: "Print each reply's headers (skein/2) before it.") var printHeaders = false
+    @Flag(name: .long, help: "Print JSON lines for machines instead.") var json = false
+    @Argument(help: "The cluster to ask.") var cluster: String
+    @Argument(help: "The survey body; read from stdin when absent or '-'.") var data: String?
+    @Option(name: .long, help: ArgumentHelp("How long the relay waits for answers, in milliseconds.", valueName: "ms"))
+    var timeout = 1000
+
+    func validate() throws { try requireName(cluster, "cluster") }
+
+    func run() async throws {
+        let timeout = try milliseconds(self.timeout, "--timeout")
+        let body = messageBody(data)
+        do {
+            let connection = try await client.connect()
+            let survey: Survey
+            do {
+                survey = try await connection.survey(cluster: cluster, body, headers: try headerOptions.headers(), timeout: timeout)
+                try await printAnswers(of: survey)
+            } catch {
+                try? await connection.close()
+                throw error
+            }
+            try? await connection.close()
+            guard let tally = survey.tally else { return }
+            if json {
+                writeJSONLine(["asked": tally.asked, "answered": tally.answered, "faulted": tally.faulted, "lost": tally.lost])
+            } else {
+                printError("\(tally)")
+            }
+        } catch {
+            throw ExitStatus.fail(error)
+        }
+    }
+
+    private func printAnswers(of survey: Survey) async throws {
+        for try await answer in survey {
+            switch answer {
+            case .reply(let message):
+                if json {
+                    var object: [String: Any] = ["reply": String(buffer: message.body)]
+                    if !message.headers.isEmpty {
+                        object["headers"] = Dictionary(message.headers.map { ($0.0, $0.1) }, uniquingKeysWith: { first, _ in first })
+                    }
+                    writeJSONLine(object)
+                } else {
+                    if printHeaders { writeStdout(ByteBuffer(string: "\(message.headers)\t")) }
+                    writeStdout(message.body)
+                    writeStdout(ByteBuffer(string: "\n"))
+                }
+            case .fault(let fault):
+                if json { writeJSONLine(["fault": fault]) } else { printError("fault: \(fault)") }
+            }
+        }
+    }
+
+    private func writeJSONLine(_ object: [String: Any]) {
+        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+        data.append(UInt8(ascii: "\n"))
+        writeStdout(ByteBuffer(bytes: data))
+    }
+}

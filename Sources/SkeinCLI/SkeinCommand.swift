@@ -31,6 +31,7 @@ struct SkeinCommand: AsyncParsableCommand {
             BroadcastCommand.self,
             PublishCommand.self,
             SubscribeCommand.self,
+            SurveyCommand.self,
             ServeCommand.self,
             TunnelCommand.self,
             StatusCommand.self,

@@ -155,6 +155,7 @@ enum AdminText {
             var table = TextTable()
             table.append(["connections", number(clients["connections"])])
             table.append(["pending requests", number(clients["pendingRequests"])])
+            table.append(["surveys", number(clients["surveys"])])
             table.append(["tunnels", number(clients["tunnels"])])
             table.append(["clusters", counted(clients["clusters"])])
             table.append(["topics", counted(clients["topics"])])

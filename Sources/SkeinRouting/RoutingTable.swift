@@ -156,6 +156,11 @@ package struct RoutingTable: Sendable {
         return usable + suspended.values.filter { ($0.clusters[cluster] ?? 0) > 0 }.map(\.id).sorted()
     }
 
+    /// How many members of `cluster` `relay` (usable or suspended) advertises.
+    package func memberCount(of cluster: String, at relay: NodeID) -> UInt32 {
+        (relays[relay] ?? suspended[relay])?.clusters[cluster] ?? 0
+    }
+
     /// Usable relays of this network that are gateways to `network`.
     package func gateways(to network: String) -> [NodeID] { byGateway[network] ?? [] }
 

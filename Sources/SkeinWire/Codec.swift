@@ -454,8 +454,13 @@ extension ClientFrame {
                 let cluster = try r.string("cluster")
             else { return nil }
             frame = .initialize(magic: magic, version: version, cluster: cluster)
-        case .deny, .requestFailed, .tunnelFailed, .refused, .event:
+        case .deny, .requestFailed, .tunnelFailed, .refused, .event, .surveyAnswer, .surveyEnd:
             throw .unknownOpcode(op)  // These only travel relay → binding.
+        case .survey:
+            guard let id = try r.varint(), let cluster = try r.name("cluster", cache: &names), let headers = try r.headers(),
+                let body = try r.binary("survey"), let timeout = try r.varint()
+            else { return nil }
+            frame = .survey(id: id, cluster: cluster, headers: headers, body: body, timeoutMillis: timeout)
         case .hbroadcast:
             guard let cluster = try r.name("cluster", cache: &names), let headers = try r.headers(),
                 let message = try r.binary("broadcast message")
@@ -607,6 +612,12 @@ extension ClientFrame {
             buffer.writeField(topic)
             buffer.writeHeaders(headers)
             buffer.writeBinary(event)
+        case .survey(let id, let cluster, let headers, let body, let timeout):
+            buffer.writeVarint(id)
+            buffer.writeField(cluster)
+            buffer.writeHeaders(headers)
+            buffer.writeBinary(body)
+            buffer.writeVarint(timeout)
         }
     }
 }
@@ -641,8 +652,16 @@ extension RelayFrame {
         case .reply:
             guard let id = try r.varint(), let outcome = try r.requestOutcome() else { return nil }
             frame = .reply(id: id, outcome: outcome)
-        case .subscribe, .unsubscribe, .hpublish:
+        case .subscribe, .unsubscribe, .hpublish, .survey:
             throw .unknownOpcode(op)  // Only travel binding → relay.
+        case .surveyAnswer:
+            guard let id = try r.varint(), let headers = try r.headers(), let outcome = try r.replyOutcome() else { return nil }
+            frame = .surveyAnswer(id: id, headers: headers, outcome: outcome)
+        case .surveyEnd:
+            guard let id = try r.varint(), let asked = try r.varint(), let answered = try r.varint(), let faulted = try r.varint(),
+                let lost = try r.varint()
+            else { return nil }
+            frame = .surveyEnd(id: id, tally: SurveyTally(asked: asked, answered: answered, faulted: faulted, lost: lost))
         case .hbroadcast:
             guard let headers = try r.headers(), let message = try r.binary("broadcast message") else { return nil }
             frame = .hbroadcast(headers: headers, message: message)
@@ -805,6 +824,16 @@ extension RelayFrame {
             buffer.writeVarint(id)
             buffer.writeHeaders(headers)
             buffer.writeRequestOutcome(outcome)
+        case .surveyAnswer(let id, let headers, let outcome):
+            buffer.writeVarint(id)
+            buffer.writeHeaders(headers)
+            buffer.writeReplyOutcome(outcome)
+        case .surveyEnd(let id, let tally):
+            buffer.writeVarint(id)
+            buffer.writeVarint(tally.asked)
+            buffer.writeVarint(tally.answered)
+            buffer.writeVarint(tally.faulted)
+            buffer.writeVarint(tally.lost)
         }
     }
 }

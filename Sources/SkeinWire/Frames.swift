@@ -132,6 +132,50 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case hpublish = 0x33
     /// Relay → binding only.
     case event = 0x34
+    /// Binding → relay only: ask every member of a cluster.
+    case survey = 0x35
+    /// Relay → binding only: one member's answer to a survey, and the survey's end.
+    case surveyAnswer = 0x36
+    case surveyEnd = 0x37
+}
+
+/// How a survey ended (SURVEY END): members it reached, and what became of them
+/// (`asked = answered + faulted + lost`).
+public struct SurveyTally: Sendable, Equatable, CustomStringConvertible {
+    public var asked: UInt64
+    public var answered: UInt64
+    public var faulted: UInt64
+    public var lost: UInt64
+
+    public init(asked: UInt64 = 0, answered: UInt64 = 0, faulted: UInt64 = 0, lost: UInt64 = 0) {
+        self.asked = asked
+        self.answered = answered
+        self.faulted = faulted
+        self.lost = lost
+    }
+
+    /// Both tallies, member by member (saturating: a count never wraps).
+    public static func + (a: Self, b: Self) -> Self {
+        func add(_ x: UInt64, _ y: UInt64) -> UInt64 {
+            let (sum, overflow) = x.addingReportingOverflow(y)
+            return overflow ? .max : sum
+        }
+        return Self(asked: add(a.asked, b.asked), answered: add(a.answered, b.answered), faulted: add(a.faulted, b.faulted), lost: add(a.lost, b.lost))
+    }
+
+    /// This tally made consistent with what is known: at least `answered` and `faulted` (the
+    /// answers seen), `asked` at least their sum, and `lost` the rest, so
+    /// `asked = answered + faulted + lost` holds whatever another relay sent.
+    public func reconciled(answered seenAnswered: UInt64, faulted seenFaulted: UInt64) -> Self {
+        let answered = max(self.answered, seenAnswered)
+        let faulted = max(self.faulted, seenFaulted)
+        let (answers, overflow) = answered.addingReportingOverflow(faulted)
+        guard !overflow else { return Self(asked: .max, answered: answered, faulted: .max - answered, lost: 0) }
+        let asked = max(self.asked, answers)
+        return Self(asked: asked, answered: answered, faulted: faulted, lost: asked - answers)
+    }
+
+    public var description: String { "asked \(asked), answered \(answered), faulted \(faulted), lost \(lost)" }
 }
 
 /// How a member answered a request (binding → relay).
@@ -173,6 +217,8 @@ public enum ClientFrame: Sendable, Equatable {
     case hrequest(id: UInt64, cluster: String, headers: [Header], body: ByteBuffer, timeoutMillis: UInt64)
     case hreply(id: UInt64, headers: [Header], outcome: ReplyOutcome)
     case hpublish(topic: String, headers: [Header], event: ByteBuffer)
+    /// `skein/2`: ask every member of `cluster`; answers come as SURVEY ANSWER, then SURVEY END.
+    case survey(id: UInt64, cluster: String, headers: [Header], body: ByteBuffer, timeoutMillis: UInt64)
 
     public var opcode: Opcode {
         switch self {
@@ -193,6 +239,7 @@ public enum ClientFrame: Sendable, Equatable {
         case .hrequest: .hrequest
         case .hreply: .hreply
         case .hpublish: .hpublish
+        case .survey: .survey
         }
     }
 }
@@ -224,6 +271,10 @@ public enum RelayFrame: Sendable, Equatable {
     case hbroadcast(headers: [Header], message: ByteBuffer)
     case hrequest(id: UInt64, headers: [Header], body: ByteBuffer, timeoutMillis: UInt64)
     case hreply(id: UInt64, headers: [Header], outcome: RequestOutcome)
+    /// `skein/2`: one member's answer to survey `id`.
+    case surveyAnswer(id: UInt64, headers: [Header], outcome: ReplyOutcome)
+    /// `skein/2`: survey `id` is over; no answer follows.
+    case surveyEnd(id: UInt64, tally: SurveyTally)
 
     public var opcode: Opcode {
         switch self {
@@ -246,6 +297,8 @@ public enum RelayFrame: Sendable, Equatable {
         case .hbroadcast: .hbroadcast
         case .hrequest: .hrequest
         case .hreply: .hreply
+        case .surveyAnswer: .surveyAnswer
+        case .surveyEnd: .surveyEnd
         }
     }
 }

@@ -26,7 +26,8 @@ struct AdminTests {
             #expect(!text.stdoutText.contains("\u{1B}"), "no colour when stdout is not a terminal")
             // The values of a section start in one column.
             let clientRows = output.drop { $0 != "Clients" }.dropFirst().prefix { !$0.isEmpty }
-            #expect(clientRows.count == 5)
+            #expect(clientRows.count == 6)
+            #expect(output.contains { cells($0) == ["surveys", "0"] }, "\(text.stdoutText)")
             let valueColumns = Set(clientRows.map { row in
                 row.distance(from: row.startIndex, to: row.range(of: cells(row)[1], options: .backwards)!.lowerBound)
             })

@@ -289,6 +289,18 @@ struct FederationTests {
                 #expect(String(buffer: try await client.request(cluster: "db@us", "\(i)", timeout: .seconds(5))) == "db@u3: \(i)")
             }
 
+            // A survey of db@us (skein/2): every member of db in us (one, on u3), and us's tally.
+            let surveyor = try await Skein.connect(to: net["e3"].endpoint)
+            let survey = try await surveyor.survey(cluster: "db@us", "count", timeout: .seconds(5))
+            var surveyed: [String] = []
+            for try await answer in survey { surveyed.append(answer.body.map { String(buffer: $0) } ?? "fault") }
+            #expect(surveyed == ["db@u3: count"] && survey.tally == Survey.Tally(asked: 1, answered: 1, faulted: 0, lost: 0))
+            // workers is exported for broadcasts only: a survey is a request, refused distinctly.
+            let refusedSurvey = try await surveyor.survey(cluster: "workers@us", "x", timeout: .seconds(5))
+            let notExported = await caught { for try await _ in refusedSurvey {} }
+            #expect((notExported as? SkeinError)?.code == .notExported, "\(String(describing: notExported))")
+            try await surveyor.close()
+
             // A tunnel, both ways, in order.
             let tunnel = try await client.tunnel(cluster: "db@us", timeout: .seconds(5))
             for i in 0..<20 {

@@ -24,7 +24,7 @@ import Testing
             mesh: RelayStatus.Mesh(name: "a", node: testNode(1), address: "10.0.0.1:7946", zone: "z", links: [row]))
         let text = status.json.serialized
         #expect(text.hasPrefix(#"{"relay":{"protocol":"v1.0-draft2","extensions":["skein/1","skein/2"],"network":"eu","keys":["k1"]}"#))
-        #expect(text.contains(#""clients":{"connections":1,"pendingRequests":0,"tunnels":0,"clusters":{"svc":1},"topics":{},"patterns":{}}"#))
+        #expect(text.contains(#""clients":{"connections":1,"pendingRequests":0,"surveys":0,"tunnels":0,"clusters":{"svc":1},"topics":{},"patterns":{}}"#))
         #expect(text.contains(#""reachable":true"#) && text.contains(#""designated":true,"theirInterest":2,"ourInterest":1"#))
         #expect(text.contains(#""theyExport":null"#) && text.contains(#""weExport":["\#(ExportRule(kinds: .request, pattern: "svc"))"]"#))
         #expect(text.contains(#""mesh":{"name":"a","node":"00000000000000000000000000000001","address":"10.0.0.1:7946","zone":"z","links":[{"peer":"b","address":"10.0.0.2:7946","node":"00000000000000000000000000000002","direction":"outbound","keyId":"k1","cipher":"aes-256-gcm"}]}"#))

@@ -94,14 +94,27 @@ struct BadInputTests {
     @Test("every byte that is not an opcode is rejected at once, in both directions")
     func everyUnknownOpcode() {
         for op in UInt8(0x0e)...0xff {
-            // 0x30–0x33 are skein/2's frames with headers, both ways (Docs/skein-2.md), and 0x34
-            // its EVENT: a bare opcode is an incomplete frame there, not an unknown one.
-            guard !(0x30...0x34).contains(op) else { continue }
+            // 0x30–0x33 are skein/2's frames with headers, both ways (Docs/skein-2.md), 0x34
+            // its EVENT and 0x35–0x37 its surveys: a bare opcode is an incomplete frame there
+            // (one way, the other way an unknown opcode, checked in `oneWayFrames`).
+            guard !(0x30...0x37).contains(op) else { continue }
             var c = ByteBuffer(bytes: [op])
             #expect(throws: WireError.unknownOpcode(op)) { try ClientFrame.decode(from: &c, limits: WireLimits()) }
             // 0x20–0x22 are skein/1's relay → binding frames (Docs/skein-1.md).
             guard !(0x20...0x22).contains(op) else { continue }
             var r = ByteBuffer(bytes: [op])
+            #expect(throws: WireError.unknownOpcode(op)) { try RelayFrame.decode(from: &r, limits: WireLimits()) }
+        }
+    }
+
+    @Test("skein/2's one-way frames are unknown opcodes the other way")
+    func oneWayFrames() {
+        for op: UInt8 in [0x34, 0x36, 0x37] {
+            var c = ByteBuffer(bytes: [op, 0x00])
+            #expect(throws: WireError.unknownOpcode(op)) { try ClientFrame.decode(from: &c, limits: WireLimits()) }
+        }
+        for op: UInt8 in [0x33, 0x35] {
+            var r = ByteBuffer(bytes: [op, 0x00])
             #expect(throws: WireError.unknownOpcode(op)) { try RelayFrame.decode(from: &r, limits: WireLimits()) }
         }
     }

@@ -22,6 +22,11 @@ struct PeerFramingTests {
         .headed(headers: [Header("k", "v")], frame: .publish(topic: "t", body: ByteBuffer())),
         .headed(headers: [Header("k", "v")], frame: .broadcast(cluster: "b", body: ByteBuffer(string: "x"))),
         .headed(headers: [Header("k", "v")], frame: .event(topic: "t@us", body: ByteBuffer(string: "x"))),
+        .survey(id: 7, cluster: "inv", remainingMillis: 1000, body: ByteBuffer(string: "q")),
+        .headed(headers: [Header("k", "v")], frame: .survey(id: 0, cluster: "db@us", remainingMillis: 0, body: ByteBuffer())),
+        .surveyAnswer(id: 7, outcome: .success(ByteBuffer(string: "a"))),
+        .headed(headers: [Header("k", "v")], frame: .surveyAnswer(id: .max, outcome: .fault("f"))),
+        .surveyEnd(id: 7, tally: SurveyTally(asked: 3, answered: 2, faulted: 1, lost: 0)),
         .reply(id: 3, outcome: .noMembers),
         .reply(id: 4, outcome: .memberLost),
         .reply(id: 5, outcome: .refused(.notExported, "db is not exported")),
@@ -109,6 +114,29 @@ struct PeerFramingTests {
             [0x15, 0x03, 0x00, 0x15, 0x00],  // nor does HEADERS itself
             [0x15, 0x04, 0x01, 0x00, 0x00, 0x13],  // an empty key
             [0x15, 0x03, 0x00, 0x13, 0x05],  // the inner frame ends inside a field
+        ] {
+            var inbox = PeerInbox()
+            var frames: [PeerFrame] = []
+            #expect(throws: PeerFrameError.self, "\(bad)") { try inbox.receive(record: ByteBuffer(bytes: bad), into: &frames) }
+        }
+    }
+
+    @Test("SURVEY, SURVEY ANSWER and SURVEY END as Docs/peer-protocol.md §5 shows them")
+    func surveyFrames() throws {
+        let examples: [(PeerFrame, String)] = [
+            (.survey(id: 7, cluster: "inv", remainingMillis: 1000, body: ByteBuffer(string: "q")), "16 08 07 03 69 6e 76 e8 07 71"),
+            (.surveyAnswer(id: 7, outcome: .success(ByteBuffer(string: "a"))), "17 03 07 00 61"),
+            (.surveyEnd(id: 7, tally: SurveyTally(asked: 3, answered: 2, faulted: 1, lost: 0)), "18 05 07 03 02 01 00"),
+        ]
+        for (frame, hex) in examples {
+            var buffer = ByteBuffer()
+            frame.encode(into: &buffer)
+            #expect(buffer.hexDump(format: .plain) == hex)
+            #expect(frame.trafficClass == .interactive)
+        }
+        for bad: [UInt8] in [
+            [0x17, 0x02, 0x07, 0x02],  // an answer is a success (0) or a fault (1)
+            [0x18, 0x04, 0x07, 0x03, 0x02, 0x01],  // an end has four counts
         ] {
             var inbox = PeerInbox()
             var frames: [PeerFrame] = []

@@ -40,6 +40,8 @@ enum SampleFrames {
         .hreply(id: 3, headers: [Header("k", "v")], outcome: .success(buffer("a"))),
         .hreply(id: .max, headers: [], outcome: .fault("boom")),
         .hpublish(topic: "t", headers: [Header("k", "v"), Header("k", "w")], event: buffer("e")),
+        .survey(id: 4, cluster: "inv", headers: [Header("k", "v")], body: buffer("q"), timeoutMillis: 1000),
+        .survey(id: .max, cluster: "", headers: [], body: ByteBuffer(), timeoutMillis: 0),
     ]
 
     static let relay: [RelayFrame] = [
@@ -84,6 +86,10 @@ enum SampleFrames {
         .tunnelFailed(tunnelID: .max, reason: .memberLost, detail: "grüße"),
         .refused(opcode: 0x06, name: "news@us", reason: .notExported, detail: "news"),
         .refused(opcode: 0x00, name: "", reason: .other(0), detail: ""),
+        .surveyAnswer(id: 4, headers: [Header("k", "v")], outcome: .success(buffer("a"))),
+        .surveyAnswer(id: .max, headers: [], outcome: .fault("")),
+        .surveyEnd(id: 4, tally: SurveyTally(asked: 3, answered: 1, faulted: 1, lost: 1)),
+        .surveyEnd(id: 0, tally: SurveyTally(asked: .max, answered: .max, faulted: 0, lost: 0)),
     ]
 }
 
@@ -123,8 +129,8 @@ struct RoundTripTests {
 
     @Test("the samples cover every case of both enums")
     func coverage() {
-        #expect(Set(SampleFrames.client.map(\.opcode)) == Set(Opcode.allCases).subtracting([.deny, .requestFailed, .tunnelFailed, .refused, .event]))
-        #expect(Set(SampleFrames.relay.map(\.opcode)) == Set(Opcode.allCases).subtracting([.subscribe, .unsubscribe, .hpublish]))
+        #expect(Set(SampleFrames.client.map(\.opcode)) == Set(Opcode.allCases).subtracting([.deny, .requestFailed, .tunnelFailed, .refused, .event, .surveyAnswer, .surveyEnd]))
+        #expect(Set(SampleFrames.relay.map(\.opcode)) == Set(Opcode.allCases).subtracting([.subscribe, .unsubscribe, .hpublish, .survey]))
     }
 
     @Test("frames that carry the same fields both ways encode identically")

@@ -54,7 +54,7 @@ struct SpecExampleTests {
         #expect(RelayProtocol.irisVersion == "v1.0-draft2")
         #expect(RelayProtocol.clientMagic == "iris-client-magic")
         #expect(RelayProtocol.relayMagic == "iris-relay-magic")
-        #expect(Opcode.allCases.map(\.rawValue) == Array(0x00...0x0d) + [0x20, 0x21, 0x22, 0x30, 0x31, 0x32, 0x33, 0x34])
+        #expect(Opcode.allCases.map(\.rawValue) == Array(0x00...0x0d) + [0x20, 0x21, 0x22, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37])
         #expect(RelayProtocol.skeinVersion == "skein/1")
         #expect(ProtocolDialect(version: "skein/1") == .skein1)
         #expect(ProtocolDialect(version: "v1.0-draft2") == .iris)
@@ -92,6 +92,29 @@ struct SpecExampleTests {
         var encoded = ByteBuffer()
         ClientFrame.hpublish(topic: "t", headers: [Header("k", "v")], event: ByteBuffer(bytes: [0xff])).encode(into: &encoded)
         #expect(encoded == ByteBuffer(hex: "33 01 74 01 01 6b 01 76 01 ff"))
+    }
+
+    @Test("SURVEY, SURVEY ANSWER and SURVEY END as Docs/skein-2.md shows them")
+    func surveyExamples() throws {
+        let examples: [(String, RelayFrame)] = [
+            ("36 01 00 01 01 61", .surveyAnswer(id: 1, headers: [], outcome: .success(ByteBuffer(string: "a")))),
+            ("36 01 00 00 02 6e 6f", .surveyAnswer(id: 1, headers: [], outcome: .fault("no"))),
+            ("37 01 03 02 01 00", .surveyEnd(id: 1, tally: SurveyTally(asked: 3, answered: 2, faulted: 1, lost: 0))),
+        ]
+        var survey = ByteBuffer(hex: "35 01 03 69 6e 76 00 01 71 e8 07")
+        #expect(try ClientFrame.decode(from: &survey, limits: WireLimits()) == .survey(id: 1, cluster: "inv", headers: [], body: ByteBuffer(string: "q"), timeoutMillis: 1000))
+        for (hex, frame) in examples {
+            var bytes = ByteBuffer(hex: hex)
+            #expect(try RelayFrame.decode(from: &bytes, limits: WireLimits()) == frame)
+            var encoded = ByteBuffer()
+            frame.encode(into: &encoded)
+            #expect(encoded == ByteBuffer(hex: hex))
+        }
+        // Each travels one way only.
+        var backwards = ByteBuffer(hex: "35 01 03 69 6e 76 00 01 71 e8 07")
+        #expect(throws: WireError.unknownOpcode(0x35)) { try RelayFrame.decode(from: &backwards, limits: WireLimits()) }
+        var answer = ByteBuffer(hex: "37 01 03 02 01 00")
+        #expect(throws: WireError.unknownOpcode(0x37)) { try ClientFrame.decode(from: &answer, limits: WireLimits()) }
     }
 
     @Test("headers beyond their limits, or with an empty key, are refused before they are kept")

@@ -33,30 +33,35 @@ private func runSubscribers(_ f: Flags) async throws {
     let idle = try f.seconds("idle", 3)
     let timeout = try f.seconds("timeout", 60)
     let label = f.string("label", "")
+    // `-pattern P`: one skein/2 pattern subscription instead of the topic(s); `-alt-subj T`: a
+    // second topic the publisher alternates with (both subscribed, one count).
+    let pattern = f.string("pattern", "")
+    let alt = f.string("alt-subj", "")
 
     var connections: [SkeinConnection] = []
     var states: [SubscriberState] = []
     for i in 0..<ns {
         let connection = try await Skein.connect(to: urls[i % urls.count])
-        let subscription = try await connection.subscribe(topic: subj)
+        var subscriptions = [try await connection.subscribe(topic: pattern.isEmpty ? subj : pattern)]
+        if pattern.isEmpty, !alt.isEmpty { subscriptions.append(try await connection.subscribe(topic: alt)) }
         let state = SubscriberState()
         let id = ByteBuffer(string: "\(getpid())-\(i)")
         let readyTopic = f.string("ready", subj + ".ready")
-        Task {
-            var count = 0
-            do {
-                for try await event in subscription {
-                    if event.readableBytes == 0 {  // readiness probe
-                        try? await connection.publish(topic: readyTopic, id)
-                        continue
+        for subscription in subscriptions {
+            Task {
+                do {
+                    for try await event in subscription {
+                        if event.readableBytes == 0 {  // readiness probe
+                            try? await connection.publish(topic: readyTopic, id)
+                            continue
+                        }
+                        let count = state.count.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
+                        if count == 1 { state.firstNs.store(wallNs(), ordering: .relaxed) }
+                        if count == n { state.endNs.store(wallNs(), ordering: .relaxed) }
                     }
-                    count += 1
-                    if count == 1 { state.firstNs.store(wallNs(), ordering: .relaxed) }
-                    if count == n { state.endNs.store(wallNs(), ordering: .relaxed) }
-                    state.count.store(count, ordering: .releasing)
+                } catch {
+                    state.lost.store(true, ordering: .releasing)
                 }
-            } catch {
-                state.lost.store(true, ordering: .releasing)
             }
         }
         Task {
@@ -133,6 +138,12 @@ private func runPublishers(_ f: Flags) async throws {
     let prate = try f.double("prate", 0)
     let label = f.string("label", "")
     let payload = ByteBuffer(repeating: UInt8(ascii: "a"), count: size)
+    // `-alt-subj T`: every other event goes to T (so no relay's last-route cache holds). `-headers K`:
+    // each event carries K headers of a W3C traceparent's size (skein/2).
+    let alt = f.string("alt-subj", "")
+    let headerCount = try f.int("headers", 0)
+    var headers = Headers()
+    for i in 0..<headerCount { headers.add(i == 0 ? "traceparent" : "h\(i)", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") }
 
     var connections: [SkeinConnection] = []
     var flushSubscriptions: [(topic: String, subscription: Subscription)] = []
@@ -182,7 +193,16 @@ private func runPublishers(_ f: Flags) async throws {
             let count = per + (i == 0 ? n - per * np : 0)
             let rate = prate / Double(np)
             group.addTask {
-                if prate <= 0 {
+                if prate <= 0, !alt.isEmpty || !headers.isEmpty {
+                    for k in 0..<count {
+                        let topic = alt.isEmpty || k & 1 == 0 ? subj : alt
+                        if headers.isEmpty {
+                            try await connection.publish(topic: topic, payload)
+                        } else {
+                            try await connection.publish(topic: topic, payload, headers: headers)
+                        }
+                    }
+                } else if prate <= 0 {
                     for _ in 0..<count { try await connection.publish(topic: subj, payload) }
                 } else {
                     // paced: every 1 ms publish what is due (this publisher's share of the rate)
@@ -213,4 +233,38 @@ private func runPublishers(_ f: Flags) async throws {
             ("pub_start_ns", .int(pubStart)), ("pub_end_ns", .int(pubEnd)),
         ], label: label)
     for connection in connections { try? await connection.close() }
+}
+
+/// -mode subs: one connection holding `-literals N` topic subscriptions and `-patterns M`
+/// pattern subscriptions (skein/2), none of which match `bench.*` topics with one token after
+/// `bench` (a third of the patterns share the `bench` prefix, a third start with `*`): the
+/// load a publish's lookup must not feel. READY once the relay has them all; holds until killed.
+func runSubscriptionHolder(_ f: Flags) async throws {
+    let url = try f.endpoints("sub", "127.0.0.1:55555")[0]
+    let literals = try f.int("literals", 9000)
+    let patterns = try f.int("patterns", 1000)
+    let life = try f.seconds("life", 1800)
+    let connection = try await Skein.connect(to: url)
+    var held: [Subscription] = []
+    held.reserveCapacity(literals + patterns)
+    for i in 0..<literals { held.append(try await connection.subscribe(topic: "idle.\(i % 100).t\(i)")) }
+    for i in 0..<patterns {
+        let pattern: String
+        switch i % 3 {
+        case 0: pattern = "bench.p\(i).>"
+        case 1: pattern = "*.n\(i)"
+        default: pattern = "idle.\(i % 100).*.q\(i)"
+        }
+        held.append(try await connection.subscribe(topic: pattern))
+    }
+    // The relay takes one connection's frames in order: an event on a topic subscribed last,
+    // back here, means it holds every subscription before it.
+    let marker = "idle.marker.\(getpid())"
+    let check = try await connection.subscribe(topic: marker)
+    var iterator = check.makeAsyncIterator()
+    try await connection.publish(topic: marker, "ready")
+    guard try await iterator.next() != nil else { throw BenchError.failed("marker never came back") }
+    say("READY")
+    await sleepTask(seconds: life)
+    withExtendedLifetime(held) {}
 }

@@ -220,3 +220,44 @@ func runClosedLoop(_ f: Flags) async throws {
         ], label: label)
     for connection in connections { try? await connection.close() }
 }
+
+/// -mode survey: `-n` surveys of cluster `-subj`, one after another, each until its SURVEY END;
+/// latency from the call to the end (µs), and whether every one was answered by `-expect`
+/// members (a survey ends early only when every member answered).
+func runSurveys(_ f: Flags) async throws {
+    let url = try f.endpoints("pub", "127.0.0.1:55555")[0]
+    let n = try f.int("n", 10_000)
+    let expect = try f.int("expect", 1)
+    let cluster = f.string("subj", "svc")
+    let size = try f.int("size", 64)
+    let label = f.string("label", "")
+    let payload = ByteBuffer(repeating: UInt8(ascii: "a"), count: size)
+    let connection = try await Skein.connect(to: url)
+    // The members are routed once every one of them answers.
+    let ready = monoNs() + 15_000_000_000
+    while true {
+        let survey = try await connection.survey(cluster: cluster, payload, timeout: .seconds(2))
+        for try await _ in survey {}
+        if survey.tally?.answered == expect { break }
+        if monoNs() > ready { throw BenchError.failed("never \(expect) members: \(String(describing: survey.tally))") }
+        await sleepTask(seconds: 0.05)
+    }
+    var histogram = newHistogram()
+    var incomplete = 0
+    let t0 = monoNs()
+    for _ in 0..<n {
+        let start = monoNs()
+        let survey = try await connection.survey(cluster: cluster, payload, timeout: .seconds(5))
+        for try await _ in survey {}
+        histogram.recordNs(monoNs() - start)
+        if survey.tally?.answered != expect { incomplete += 1 }
+    }
+    let elapsed = Double(monoNs() - t0) / 1e9
+    emit(
+        [
+            ("mode", .string("survey")), ("n", .int(Int64(n))), ("expect", .int(Int64(expect))),
+            ("incomplete", .int(Int64(incomplete))), ("surveys_per_s", .number(Double(n) / elapsed)),
+            ("lat_us", percentiles(histogram)),
+        ], label: label)
+    try? await connection.close()
+}

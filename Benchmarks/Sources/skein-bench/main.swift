@@ -13,6 +13,9 @@
 //   tunrecv: -ns members of cluster -subj that accept tunnels and count what arrives
 //   tunsend: opens a tunnel to cluster -subj and sends -bytes in messages of -size (MiB/s)
 //   idle   : opens -conns connections and holds them (READY), for the relay's RSS
+//   subs   : one connection holding -literals N and -patterns M subscriptions that match no
+//            bench topic (READY), the load a publish's subject lookup must not feel
+//   survey : -n surveys of cluster -subj one after another (skein/2), latency to each end
 //   link   : relay-to-relay link throughput in one process: -variant raw|seal1|link (Link.swift)
 // Output: one JSON line on stdout (READY lines first for long-lived roles).
 import Foundation
@@ -32,7 +35,7 @@ do {
     let dur = try flags.seconds("dur", 10)
     let warm = try flags.seconds("warm", 0)
     let life = try flags.seconds("life", 1800)
-    armHardTimeout(seconds: ["resp", "tunrecv", "idle"].contains(mode) ? life + 5 : timeout + dur + warm + 30)
+    armHardTimeout(seconds: ["resp", "tunrecv", "idle", "subs"].contains(mode) ? life + 5 : timeout + dur + warm + 30)
     switch mode {
     case "pubsub": try await runPubSub(flags)
     case "resp": try await runResponders(flags)
@@ -41,6 +44,8 @@ do {
     case "tunrecv": try await runTunnelReceivers(flags)
     case "tunsend": try await runTunnelSender(flags)
     case "idle": try await runIdle(flags)
+    case "subs": try await runSubscriptionHolder(flags)
+    case "survey": try await runSurveys(flags)
     case "link": try await runLinkBench(flags)
     default: throw BenchError.usage("bad -mode \(mode)")
     }

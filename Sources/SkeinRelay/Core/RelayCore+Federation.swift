@@ -61,8 +61,12 @@ extension RelayCore {
             foreignRequest(
                 from: node, gateway, id: id, cluster: cluster, remainingMillis: remaining, flags: flags, body: body, headers: headers,
                 now: now, actions: &actions)
-        case .reply(let id, let outcome):
-            receivedPeer(.reply(id: id, outcome: outcome), headers: headers, from: node, now: now, actions: &actions)
+        case .reply, .surveyAnswer, .surveyEnd:
+            receivedPeer(frame, headers: headers, from: node, now: now, actions: &actions)
+        case .survey(let id, let cluster, let remaining, let body):
+            foreignSurvey(
+                from: node, gateway, id: id, cluster: cluster, remainingMillis: remaining, body: body, headers: headers, now: now,
+                actions: &actions)
         case .broadcast(let cluster, let body):
             guard admits(.broadcast, cluster, from: node, gateway, actions: &actions) else { return }
             broadcastHere(cluster: cluster, body: body, headers: headers, from: nil, actions: &actions)

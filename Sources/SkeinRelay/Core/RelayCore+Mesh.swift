@@ -48,6 +48,7 @@ extension RelayCore {
         // Nothing more will be sent there: whoever waited for its link or its holds goes on.
         relayWritabilityChanged(id, writable: true, actions: &actions)
         forgetHolds(of: id, actions: &actions)
+        if !surveys.isEmpty, !leaving { surveysLost(at: id, neverSent: neverSent, actions: &actions) }
         dropRelayTunnels(id, neverSent: neverSent, now: now, actions: &actions)
         let forwarded = requests.forwarded(to: id)
         guard neverSent else {
@@ -236,7 +237,17 @@ extension RelayCore {
                     actions: &actions)
             }
         case .reply(let id, let outcome):
-            remoteReply(from: relay, key: id, outcome: outcome, headers: headers, now: now, actions: &actions)
+            if surveys[id] != nil {
+                remoteSurveyRefused(from: relay, key: id, outcome, actions: &actions)
+            } else {
+                remoteReply(from: relay, key: id, outcome: outcome, headers: headers, now: now, actions: &actions)
+            }
+        case .survey(let id, let cluster, let remaining, let body):
+            remoteSurvey(from: relay, id: id, cluster: cluster, remainingMillis: remaining, body: body, headers: headers, now: now, actions: &actions)
+        case .surveyAnswer(let id, let outcome):
+            remoteSurveyAnswer(from: relay, key: id, outcome: outcome, headers: headers, actions: &actions)
+        case .surveyEnd(let id, let tally):
+            remoteSurveyEnd(from: relay, key: id, tally: tally, actions: &actions)
         case .broadcast(let cluster, let body):
             if FederatedName.isRemote(cluster, localNetwork: network) {
                 relayedRemoteSend(.broadcast, name: remoteName(cluster), body: body, headers: headers, actions: &actions)

@@ -161,6 +161,7 @@ extension RelayCore {
         guard let key = connections[member]!.assigned.removeValue(forKey: id),
             let request = requests.remove(key)
         else {
+            if surveyReply(from: member, id: id, outcome: outcome, headers: headers, actions: &actions) { return }
             // Late (after the deadline), or for a caller that left: dropped, as the spec says.
             actions.append(.report(.lateReplyDropped(member)))
             return

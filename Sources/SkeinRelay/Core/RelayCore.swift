@@ -62,6 +62,9 @@ public enum RelayEvent: Sendable, Equatable {
     case slowConsumer(ConnectionID, reason: String)
     /// A HOLD from this relay was ignored: it already holds `FlowHolds.maxGrantsPerRelay` streams here.
     case holdsRefused(NodeID)
+    /// A SURVEY from this relay (or gateway link) was not carried out: it already has
+    /// `maxPendingRequests` surveys here. It was answered at once, every member counted lost.
+    case surveyRefused(NodeID)
     case connectionClosed(ConnectionID, graceful: Bool)
     case requestTimedOut(cluster: String, handedToMember: Bool)
     case lateReplyDropped(ConnectionID)
@@ -80,8 +83,8 @@ public enum RelayEvent: Sendable, Equatable {
     /// This relay's clusters and topics do not fit in its membership metadata: the last good
     /// metadata stays advertised.
     case metadataRejected(reason: String)
-    /// Shutdown: no request is in flight any more, or the drain's time is up with `unanswered`
-    /// still pending.
+    /// Shutdown: no request or survey is in flight any more, or the drain's time is up with
+    /// `unanswered` still pending.
     case drained(unanswered: Int)
     /// Shutdown: the last client connection is gone.
     case allClosed
@@ -108,6 +111,10 @@ public struct RelayCore {
     var clusters: [String: ClusterDirectory] = [:]
     var topics = TopicIndex()
     var requests = RequestTable()
+    /// `skein/2` surveys this relay takes part in, by key (RelayCore+Surveys.swift).
+    var surveys: [UInt64: Survey] = [:]
+    /// Surveys here per relay (or gateway link) that sent them, for the bound on them.
+    var surveysFrom: [NodeID: Int] = [:]
     var builds: [UInt64: PendingBuild] = [:]
     var waitingBuilds = WaitingQueues()
     var tunnels: [UInt64: Tunnel] = [:]
@@ -143,6 +150,7 @@ public struct RelayCore {
 
     public var connectionCount: Int { connections.count }
     public var pendingRequestCount: Int { requests.count }
+    public var surveyCount: Int { surveys.count }
     public var tunnelCount: Int { tunnels.count }
     /// Names of clusters with at least one member, with member counts.
     public var clusterMembership: [String: Int] { clusters.mapValues(\.members.count) }
@@ -219,6 +227,9 @@ public struct RelayCore {
         for id in connections.keys.sorted() {
             closeWithReason(id, reason, actions: &actions)
         }
+        // Surveys other relays sent here end now, not at their deadline: nothing here answers
+        // them any more.
+        for key in surveys.keys.sorted() { expireSurvey(key, actions: &actions) }
     }
 
     // MARK: - Frames
@@ -271,7 +282,7 @@ public struct RelayCore {
             tunnelTransfer(from: id, tunnelID: tunnelID, sizeOrContinuation: size, chunk: chunk, actions: &actions)
         case .tunnelClose(let tunnelID):
             tunnelClose(from: id, tunnelID: tunnelID, actions: &actions)
-        case .hbroadcast, .hrequest, .hreply, .hpublish:
+        case .hbroadcast, .hrequest, .hreply, .hpublish, .survey:
             guard connections[id]!.dialect >= .skein2 else {
                 violation(id, "protocol violation: unknown opcode 0x\(String(frame.opcode.rawValue, radix: 16))", actions: &actions)
                 return
@@ -286,6 +297,8 @@ public struct RelayCore {
             case .hpublish(let topic, let headers, let event):
                 guard checkPublishable(id, topic: topic, actions: &actions) else { return }
                 publish(from: id, topic: topic, event: event, headers: headers, actions: &actions)
+            case .survey(let surveyID, let cluster, let headers, let body, let timeout):
+                survey(from: id, id: surveyID, cluster: cluster, body: body, headers: headers, timeoutMillis: timeout, now: now, actions: &actions)
             default:
                 break
             }
@@ -316,6 +329,8 @@ public struct RelayCore {
                 }
             case .request(let key):
                 expireRequest(key, now: now, actions: &actions)
+            case .survey(let key):
+                expireSurvey(key, actions: &actions)
             case .build(let key):
                 expireBuild(key, actions: &actions)
             case .slowConsumer(let id, let since):
@@ -409,7 +424,10 @@ public struct RelayCore {
         if !topics.removeAll(of: id).isEmpty { directoryVersion &+= 1 }
         // Requests this connection made: forget them; their members' late replies are dropped.
         for key in conn.outgoing {
-            guard let request = requests.remove(key) else { continue }
+            guard let request = requests.remove(key) else {
+                surveyCallerGone(key)
+                continue
+            }
             switch request.stage {
             case .handedOver(let member, let memberRequestID):
                 connections[member]?.assigned[memberRequestID] = nil
@@ -435,6 +453,7 @@ public struct RelayCore {
                 requests.move(key, to: .lost)
             }
         }
+        if !conn.surveyed.isEmpty { surveyedMemberGone(id, surveyed: conn.surveyed, actions: &actions) }
         for (_, key) in conn.memberBuilds {
             // The member never confirmed: the initiator's build fails now, not at its deadline.
             if let build = builds.removeValue(forKey: key) {
@@ -471,6 +490,7 @@ public struct RelayCore {
     enum TimerKind: Equatable {
         case handshake(ConnectionID)
         case request(UInt64)
+        case survey(UInt64)
         case build(UInt64)
         case slowConsumer(ConnectionID, since: NIODeadline)
         /// The lease of a hold granted to another relay ends (unless refreshed since).
@@ -495,7 +515,7 @@ public struct RelayCore {
         // Timers are discarded lazily, so an answered request's entry stays until its deadline:
         // with long timeouts and a high request rate those pile up (rate × timeout entries).
         // Once stale entries clearly outnumber live ones, drop them all (amortised O(1)).
-        let liveBound = requests.count + builds.count + 2 * connections.count + holds.grantCount
+        let liveBound = requests.count + surveys.count + builds.count + 2 * connections.count + holds.grantCount
         if timers.count > 2 * liveBound + 1024 {
             timers = Heap(timers.unordered.filter { isLive($0.timer) })
         }
@@ -508,6 +528,8 @@ public struct RelayCore {
             connections[id]?.phase == .awaitingInit
         case .request(let key):
             requests[key] != nil
+        case .survey(let key):
+            surveys[key] != nil
         case .build(let key):
             builds[key] != nil
         case .slowConsumer(let id, let since):
@@ -592,10 +614,13 @@ extension RelayCore {
         var detached = false
         /// The cluster this connection is a member of, if any.
         var cluster: String?
-        /// Keys of requests and tunnel builds this connection started and that are unanswered.
+        /// Keys of requests, surveys and tunnel builds this connection started and that are unanswered.
         var outgoing: Set<UInt64> = []
         /// Requests handed to this member: the relay's request id on this connection → key.
         var assigned: [UInt64: UInt64] = [:]
+        /// Surveys asked of this member: the relay's request id on this connection → survey key
+        /// (ids from the same counter as `assigned`).
+        var surveyed: [UInt64: UInt64] = [:]
         var nextAssignedID: UInt64 = 0
         /// Tunnel builds offered to this member: build id → key.
         var memberBuilds: [UInt64: UInt64] = [:]

@@ -244,7 +244,7 @@ public struct RelayLoop {
                 shutdown = .draining(until: until)
             } else {
                 // Already drained (or closing): the answer is now.
-                actions.append(.report(.drained(unanswered: core.pendingRequestCount)))
+                actions.append(.report(.drained(unanswered: core.pendingRequestCount + core.surveyCount)))
             }
         case .closeAll(let reason):
             core.closeAll(reason: reason, actions: &actions)
@@ -275,9 +275,9 @@ public struct RelayLoop {
     mutating func noteShutdown(now: NIODeadline, actions: inout [RelayAction]) {
         if case .serving = shutdown { return }
         switch shutdown {
-        case .draining(let until) where core.pendingRequestCount == 0 || now >= until:
+        case .draining(let until) where (core.pendingRequestCount == 0 && core.surveyCount == 0) || now >= until:
             shutdown = .drained
-            actions.append(.report(.drained(unanswered: core.pendingRequestCount)))
+            actions.append(.report(.drained(unanswered: core.pendingRequestCount + core.surveyCount)))
         case .closing where core.connectionCount == 0:
             shutdown = .closed
             actions.append(.report(.allClosed))

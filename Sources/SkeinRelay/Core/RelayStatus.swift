@@ -20,6 +20,7 @@ struct RelayStatus {
     struct Clients {
         var connections: Int
         var pendingRequests: Int
+        var surveys: Int
         var tunnels: Int
         var clusters: [String: Int]
         var topics: [String: Int]
@@ -28,6 +29,7 @@ struct RelayStatus {
         init(_ core: RelayCore) {
             connections = core.connectionCount
             pendingRequests = core.pendingRequestCount
+            surveys = core.surveyCount
             tunnels = core.tunnelCount
             clusters = core.clusterMembership
             topics = core.topicSubscriptions
@@ -74,6 +76,7 @@ struct RelayStatus {
             ("clients", .object([
                 ("connections", .int(Int64(clients.connections))),
                 ("pendingRequests", .int(Int64(clients.pendingRequests))),
+                ("surveys", .int(Int64(clients.surveys))),
                 ("tunnels", .int(Int64(clients.tunnels))),
                 ("clusters", Self.counts(clients.clusters)),
                 ("topics", Self.counts(clients.topics)),

@@ -417,6 +417,9 @@ public final class ClientServer: RelayInputSink, @unchecked Sendable {
         case .holdsRefused(let relay):
             // Per frame, so at debug level: a relay past the bound sends many.
             logger.debug("hold ignored: that relay already holds the most streams here", metadata: ["relay": "\(relay)"])
+        case .surveyRefused(let relay):
+            // Per frame, so at debug level, as for holds.
+            logger.debug("survey not carried out: that relay already has the most surveys here", metadata: ["relay": "\(relay)"])
         case .connectionClosed(let id, let graceful):
             logger.debug("client disconnected", metadata: ["connection": "\(id)", "graceful": "\(graceful)"])
         case .requestTimedOut:

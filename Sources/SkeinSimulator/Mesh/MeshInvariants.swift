@@ -176,7 +176,7 @@ struct MeshInvariants {
         case .event(let subscription, let topic, _, _):
             // The simulated clients speak v1.0-draft2 and skein/1: no pattern, no EVENT.
             violation("\(client.name): EVENT for \(subscription) on \(topic) on a \(client.dialect.version) connection", at: time)
-        case .hbroadcast, .hrequest, .hreply:
+        case .hbroadcast, .hrequest, .hreply, .surveyAnswer, .surveyEnd:
             // Nor headers.
             violation("\(client.name): \(frame.opcode), a skein/2 frame, on a \(client.dialect.version) connection", at: time)
         case .close(let reason):

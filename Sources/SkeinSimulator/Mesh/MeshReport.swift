@@ -97,6 +97,7 @@ package struct MeshReport: Sendable {
         case .requestRerouted: "request rerouted"
         case .slowConsumer: "slow consumer"
         case .holdsRefused: "hold refused"
+        case .surveyRefused: "survey refused"
         case .protocolViolation: "protocol violation"
         case .handshakeRejected: "handshake rejected"
         case .broadcastWithoutMembers: "broadcast without members"

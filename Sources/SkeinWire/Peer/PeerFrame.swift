@@ -114,9 +114,18 @@ public indirect enum PeerFrame: Sendable, Equatable {
     /// interest in it (federation, Docs/federation.md §5): on a gateway link, `topic` is bare; on
     /// a peer link, from a gateway to the relays of its network, it is `topic@network`.
     case event(topic: String, body: ByteBuffer)
-    /// A REQUEST, REPLY, BROADCAST, PUBLISH or EVENT with `skein/2` headers (Docs/skein-2.md):
-    /// what its headers travel in between relays. Only those five kinds are wrapped (`with`).
+    /// A REQUEST, REPLY, BROADCAST, PUBLISH, EVENT, SURVEY or SURVEY ANSWER with `skein/2`
+    /// headers (Docs/skein-2.md): what its headers travel in between relays. Only those kinds
+    /// are wrapped (`with`).
     case headed(headers: [Header], frame: PeerFrame)
+    /// `skein/2` (Docs/skein-2.md, "Surveys"): ask every member of `cluster` on the receiving
+    /// relay (or, sent to a gateway, in its network). Answers come back as SURVEY ANSWER, then
+    /// one SURVEY END; a survey that cannot go on is answered with a REPLY `refused`.
+    case survey(id: UInt64, cluster: String, remainingMillis: UInt64, body: ByteBuffer)
+    /// One member's answer to survey `id`.
+    case surveyAnswer(id: UInt64, outcome: ReplyOutcome)
+    /// Survey `id` is over at the sender: what became of the members it asked.
+    case surveyEnd(id: UInt64, tally: SurveyTally)
     case tunnelOpen(id: UInt64, cluster: String, remainingMillis: UInt64, flags: PeerRequestFlags)
     case tunnelConfirm(id: UInt64, outcome: PeerTunnelOutcome)
     case tunnelAllowance(id: UInt64, bytes: UInt64)
@@ -140,6 +149,9 @@ public indirect enum PeerFrame: Sendable, Equatable {
         case publish = 0x13
         case event = 0x14
         case headed = 0x15
+        case survey = 0x16
+        case surveyAnswer = 0x17
+        case surveyEnd = 0x18
         case tunnelOpen = 0x20
         case tunnelConfirm = 0x21
         case tunnelAllowance = 0x22
@@ -149,7 +161,8 @@ public indirect enum PeerFrame: Sendable, Equatable {
         public var trafficClass: PeerTrafficClass {
             switch self {
             case .hello, .ping, .pong, .goodbye, .membership, .gateway, .interest, .hold, .release: .control
-            case .request, .reply, .broadcast, .publish, .event, .headed, .tunnelOpen, .tunnelConfirm, .tunnelAllowance:
+            case .request, .reply, .broadcast, .publish, .event, .headed, .survey, .surveyAnswer, .surveyEnd, .tunnelOpen,
+                .tunnelConfirm, .tunnelAllowance:
                 .interactive
             // A close travels behind the tunnel's data, never ahead of it.
             case .tunnelData, .tunnelClose: .bulk
@@ -174,6 +187,9 @@ public indirect enum PeerFrame: Sendable, Equatable {
         case .publish: .publish
         case .event: .event
         case .headed: .headed
+        case .survey: .survey
+        case .surveyAnswer: .surveyAnswer
+        case .surveyEnd: .surveyEnd
         case .tunnelOpen: .tunnelOpen
         case .tunnelConfirm: .tunnelConfirm
         case .tunnelAllowance: .tunnelAllowance
@@ -218,6 +234,14 @@ public indirect enum PeerFrame: Sendable, Equatable {
             return fieldSize(name) + body.readableBytes
         case .headed(let headers, let frame):
             return headersSize(headers) + 1 + frame.payloadSize
+        case .survey(let id, let cluster, let remaining, let body):
+            return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + body.readableBytes
+        case .surveyAnswer(let id, .success(let body)):
+            return varintSize(id) + 1 + body.readableBytes
+        case .surveyAnswer(let id, .fault(let fault)):
+            return varintSize(id) + 1 + fieldSize(fault)
+        case .surveyEnd(let id, let tally):
+            return varintSize(id) + varintSize(tally.asked) + varintSize(tally.answered) + varintSize(tally.faulted) + varintSize(tally.lost)
         case .tunnelOpen(let id, let cluster, let remaining, _):
             return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + 1
         case .tunnelConfirm(let id, let outcome):
@@ -346,6 +370,27 @@ public indirect enum PeerFrame: Sendable, Equatable {
             buffer.writeHeaders(headers)
             buffer.writeInteger(frame.kind.rawValue)
             frame.encodePayload(into: &buffer)
+        case .survey(let id, let cluster, let remaining, let body):
+            buffer.writeVarint(id)
+            buffer.writeField(cluster)
+            buffer.writeVarint(remaining)
+            buffer.writeImmutableBuffer(body)
+        case .surveyAnswer(let id, let outcome):
+            buffer.writeVarint(id)
+            switch outcome {
+            case .success(let body):
+                buffer.writeInteger(UInt8(0))
+                buffer.writeImmutableBuffer(body)
+            case .fault(let fault):
+                buffer.writeInteger(UInt8(1))
+                buffer.writeField(fault)
+            }
+        case .surveyEnd(let id, let tally):
+            buffer.writeVarint(id)
+            buffer.writeVarint(tally.asked)
+            buffer.writeVarint(tally.answered)
+            buffer.writeVarint(tally.faulted)
+            buffer.writeVarint(tally.lost)
         case .tunnelOpen(let id, let cluster, let remaining, let flags):
             buffer.writeVarint(id)
             buffer.writeField(cluster)
@@ -473,6 +518,30 @@ public indirect enum PeerFrame: Sendable, Equatable {
                 } else {
                     frame = nil
                 }
+            case .survey:
+                if let id = try r.varint(), let cluster = try r.name("cluster", cache: &names), let remaining = try r.varint() {
+                    frame = .survey(id: id, cluster: cluster, remainingMillis: remaining, body: r.rest())
+                } else {
+                    frame = nil
+                }
+            case .surveyAnswer:
+                if let id = try r.varint(), let tag = r.byte() {
+                    switch tag {
+                    case 0: frame = .surveyAnswer(id: id, outcome: .success(r.rest()))
+                    case 1: frame = try r.string("fault").map { .surveyAnswer(id: id, outcome: .fault($0)) }
+                    default: throw PeerFrameError.malformed(kind, "unknown survey answer outcome \(tag)")
+                    }
+                } else {
+                    frame = nil
+                }
+            case .surveyEnd:
+                if let id = try r.varint(), let asked = try r.varint(), let answered = try r.varint(), let faulted = try r.varint(),
+                    let lost = try r.varint()
+                {
+                    frame = .surveyEnd(id: id, tally: SurveyTally(asked: asked, answered: answered, faulted: faulted, lost: lost))
+                } else {
+                    frame = nil
+                }
             case .tunnelOpen:
                 if let id = try r.varint(), let cluster = try r.string("cluster"), let remaining = try r.varint(), let flags = r.byte() {
                     frame = .tunnelOpen(id: id, cluster: cluster, remainingMillis: remaining, flags: PeerRequestFlags(rawValue: flags))
@@ -536,7 +605,7 @@ public indirect enum PeerFrame: Sendable, Equatable {
 
 extension PeerFrame {
     /// The kinds a HEADERS frame may wrap.
-    public static let headable: Set<Kind> = [.request, .reply, .broadcast, .publish, .event]
+    public static let headable: Set<Kind> = [.request, .reply, .broadcast, .publish, .event, .survey, .surveyAnswer]
 
     /// This frame with `headers`: itself when there are none.
     public func with(_ headers: [Header]) -> PeerFrame {
