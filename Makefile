@@ -8,13 +8,13 @@ SWIFT ?= swift
 
 .PHONY: deps test-deps build demo test release clean
 
-# libsodium (through pkg-config) is the only system library Skein needs. The tests that run
+# libsodium and OpenSSL's libcrypto (through pkg-config) are the system libraries Skein needs. The tests that run
 # relays in network namespaces need iproute2, nftables and python3 (the healing LAN's driver).
 deps:
-	@if ! pkg-config --exists libsodium 2>/dev/null; then \
-		echo "installing libsodium-dev and pkg-config"; \
+	@if ! pkg-config --exists libsodium libcrypto 2>/dev/null; then \
+		echo "installing libsodium-dev, libssl-dev and pkg-config"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libsodium-dev pkg-config >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libsodium-dev libssl-dev pkg-config >/dev/null; \
 	fi
 
 test-deps: deps
