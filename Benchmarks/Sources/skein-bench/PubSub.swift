@@ -142,8 +142,9 @@ private func runPublishers(_ f: Flags) async throws {
     // each event carries K headers of a W3C traceparent's size (skein/2).
     let alt = f.string("alt-subj", "")
     let headerCount = try f.int("headers", 0)
-    var headers = Headers()
-    for i in 0..<headerCount { headers.add(i == 0 ? "traceparent" : "h\(i)", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") }
+    var built = Headers()
+    for i in 0..<headerCount { built.add(i == 0 ? "traceparent" : "h\(i)", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") }
+    let headers = built
 
     var connections: [SkeinConnection] = []
     var flushSubscriptions: [(topic: String, subscription: Subscription)] = []

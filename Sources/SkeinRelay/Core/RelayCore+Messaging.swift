@@ -289,8 +289,12 @@ extension RelayCore {
     /// A `skein/2` publish names a concrete topic: one with a wildcard token is refused (and
     /// not carried). False if refused.
     mutating func checkPublishable(_ id: ConnectionID, topic: String, actions: inout [RelayAction]) -> Bool {
+        if let last = lastPublishable, last == topic { return true }
         guard TopicPattern.isPattern(FederatedName.isRemote(topic, localNetwork: network) ? FederatedName(topic, localNetwork: network).name : topic)
-        else { return true }
+        else {
+            lastPublishable = topic
+            return true
+        }
         actions.append(.send(id, .refused(
             opcode: Opcode.publish.rawValue, name: topic, reason: .invalidName,
             detail: "a published topic has no wildcard token ('*' or '>')")))
@@ -346,19 +350,33 @@ extension RelayCore {
     func publishRouteIsCached(_ topic: String) -> Bool { lastPublishRoute?.topic == topic }
 
     /// Where an event on `topic` goes: the remote relays with subscribers and the local
-    /// subscriptions. The last answer is kept until local subscriptions or routing change, so a
-    /// flood of events to one topic looks both up once (names from the decoders are interned, so
-    /// comparing the topic is cheap).
+    /// subscriptions. Answers are kept until local subscriptions or routing change: the last one
+    /// (a flood of events to one topic compares one interned name), and up to
+    /// `publishRouteLimit` recent ones by topic, so publishers that alternate among topics do
+    /// not pay the indexes (literal and pattern, here and remote) per event.
     mutating func publishRoute(_ topic: String) -> PublishRoute {
         if let last = lastPublishRoute, last.directoryVersion == directoryVersion, last.routingVersion == routing.version,
             last.topic == topic
         {
             return last
         }
+        if publishRoutesVersion != (directoryVersion, routing.version) {
+            publishRoutes.removeAll(keepingCapacity: true)
+            publishRoutesVersion = (directoryVersion, routing.version)
+        } else if let known = publishRoutes[topic] {
+            lastPublishRoute = known
+            return known
+        }
         let route = PublishRoute(
             topic: topic, directoryVersion: directoryVersion, routingVersion: routing.version,
             relays: routing.relays(subscribedTo: topic), subscribers: topics.subscribers(of: topic))
         lastPublishRoute = route
+        if publishRoutes.count >= Self.publishRouteLimit { publishRoutes.removeAll(keepingCapacity: true) }
+        publishRoutes[topic] = route
         return route
     }
+
+    /// The most publish routes kept by topic (a bound on memory: a publisher of ever new topics
+    /// clears them when it reaches it).
+    static let publishRouteLimit = 1024
 }

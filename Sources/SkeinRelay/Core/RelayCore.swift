@@ -123,8 +123,16 @@ public struct RelayCore {
     /// Inside `closeAll`: every connection is about to hear the shutdown's reason.
     var closingAll = false
     var lastPublishRoute: PublishRoute?
+    /// Recent publish routes by topic, valid for the versions beside them (`publishRoute`).
+    var publishRoutes: [String: PublishRoute] = [:]
+    var publishRoutesVersion: (UInt64, UInt64) = (.max, .max)
     /// The connection `received` last found open (`markClosed` and `connectionClosed` forget it).
     var lastOpen: ConnectionID?
+    /// `lastOpen`'s protocol version, read with it (a publish checks it per frame).
+    var lastOpenDialect = ProtocolDialect.iris
+    /// The last topic a `skein/2` publish was found publishable with (decoded names are
+    /// interned, so a flood to one topic compares one pointer instead of scanning it).
+    var lastPublishable: String?
     /// Connections whose output is blocked (not writable) now.
     var blockedConnections = 0
     /// Gateways of other networks this relay holds gateway links to (Docs/federation.md).
@@ -249,6 +257,7 @@ public struct RelayCore {
                 return
             }
             lastOpen = id
+            lastOpenDialect = Self.dialect(of: &connections[id])
         }
         switch frame {
         case .initialize:
@@ -270,7 +279,8 @@ public struct RelayCore {
         case .unsubscribe(let topic):
             unsubscribe(id, topic: topic, actions: &actions)
         case .publish(let topic, let event):
-            if connections[id]!.dialect >= .skein2, !checkPublishable(id, topic: topic, actions: &actions) { return }
+            // `lastOpen` is `id` here: its dialect without copying its record.
+            if lastOpenDialect >= .skein2, !checkPublishable(id, topic: topic, actions: &actions) { return }
             publish(from: id, topic: topic, event: event, actions: &actions)
         case .tunnelInit(let tunnelID, let cluster, let timeout):
             tunnelInit(from: id, tunnelID: tunnelID, cluster: cluster, timeoutMillis: timeout, now: now, actions: &actions)
@@ -307,6 +317,9 @@ public struct RelayCore {
 
     @inline(__always)
     private static func phase(of connection: inout Connection?) -> Phase? { connection?.phase }
+
+    @inline(__always)
+    private static func dialect(of connection: inout Connection?) -> ProtocolDialect { connection?.dialect ?? .iris }
 
     /// Every change of a connection's phase to closed goes through here, so `lastOpen` is never
     /// a closed (or gone) connection.
