@@ -405,7 +405,24 @@ extension FieldReader {
     }
 }
 
+extension FieldReader {
+    /// SURVEY END's counts, shared by the client frame and the peer frame.
+    mutating func surveyTally() throws(WireError) -> SurveyTally? {
+        guard let asked = try varint(), let answered = try varint(), let faulted = try varint(), let lost = try varint()
+        else { return nil }
+        return SurveyTally(asked: asked, answered: answered, faulted: faulted, lost: lost)
+    }
+}
+
 extension ByteBuffer {
+    /// SURVEY END's counts: four varints.
+    package mutating func writeSurveyTally(_ tally: SurveyTally) {
+        writeVarint(tally.asked)
+        writeVarint(tally.answered)
+        writeVarint(tally.faulted)
+        writeVarint(tally.lost)
+    }
+
     @inlinable
     package mutating func writeReplyOutcome(_ outcome: ReplyOutcome) {
         switch outcome {
@@ -658,10 +675,8 @@ extension RelayFrame {
             guard let id = try r.varint(), let headers = try r.headers(), let outcome = try r.replyOutcome() else { return nil }
             frame = .surveyAnswer(id: id, headers: headers, outcome: outcome)
         case .surveyEnd:
-            guard let id = try r.varint(), let asked = try r.varint(), let answered = try r.varint(), let faulted = try r.varint(),
-                let lost = try r.varint()
-            else { return nil }
-            frame = .surveyEnd(id: id, tally: SurveyTally(asked: asked, answered: answered, faulted: faulted, lost: lost))
+            guard let id = try r.varint(), let tally = try r.surveyTally() else { return nil }
+            frame = .surveyEnd(id: id, tally: tally)
         case .hbroadcast:
             guard let headers = try r.headers(), let message = try r.binary("broadcast message") else { return nil }
             frame = .hbroadcast(headers: headers, message: message)
@@ -830,10 +845,7 @@ extension RelayFrame {
             buffer.writeReplyOutcome(outcome)
         case .surveyEnd(let id, let tally):
             buffer.writeVarint(id)
-            buffer.writeVarint(tally.asked)
-            buffer.writeVarint(tally.answered)
-            buffer.writeVarint(tally.faulted)
-            buffer.writeVarint(tally.lost)
+            buffer.writeSurveyTally(tally)
         }
     }
 }

@@ -387,10 +387,7 @@ public indirect enum PeerFrame: Sendable, Equatable {
             }
         case .surveyEnd(let id, let tally):
             buffer.writeVarint(id)
-            buffer.writeVarint(tally.asked)
-            buffer.writeVarint(tally.answered)
-            buffer.writeVarint(tally.faulted)
-            buffer.writeVarint(tally.lost)
+            buffer.writeSurveyTally(tally)
         case .tunnelOpen(let id, let cluster, let remaining, let flags):
             buffer.writeVarint(id)
             buffer.writeField(cluster)
@@ -535,10 +532,8 @@ public indirect enum PeerFrame: Sendable, Equatable {
                     frame = nil
                 }
             case .surveyEnd:
-                if let id = try r.varint(), let asked = try r.varint(), let answered = try r.varint(), let faulted = try r.varint(),
-                    let lost = try r.varint()
-                {
-                    frame = .surveyEnd(id: id, tally: SurveyTally(asked: asked, answered: answered, faulted: faulted, lost: lost))
+                if let id = try r.varint(), let tally = try r.surveyTally() {
+                    frame = .surveyEnd(id: id, tally: tally)
                 } else {
                     frame = nil
                 }
