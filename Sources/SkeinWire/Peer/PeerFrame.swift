@@ -50,6 +50,16 @@ public enum PeerTrafficClass: Int, Sendable, CaseIterable {
 }
 
 /// How a request ended, as one relay tells another (the mesh, issue 5, uses these).
+extension PeerReplyOutcome {
+    /// A member's answer as one relay tells another (SURVEY ANSWER shares REPLY's outcomes 0 and 1).
+    init(_ answer: ReplyOutcome) {
+        switch answer {
+        case .success(let body): self = .success(body)
+        case .fault(let fault): self = .fault(fault)
+        }
+    }
+}
+
 public enum PeerReplyOutcome: Sendable, Equatable {
     case success(ByteBuffer)
     case fault(String)
@@ -236,10 +246,9 @@ public indirect enum PeerFrame: Sendable, Equatable {
             return headersSize(headers) + 1 + frame.payloadSize
         case .survey(let id, let cluster, let remaining, let body):
             return varintSize(id) + fieldSize(cluster) + varintSize(remaining) + body.readableBytes
-        case .surveyAnswer(let id, .success(let body)):
-            return varintSize(id) + 1 + body.readableBytes
-        case .surveyAnswer(let id, .fault(let fault)):
-            return varintSize(id) + 1 + fieldSize(fault)
+        case .surveyAnswer(let id, let outcome):
+            // REPLY's layout, outcomes 0 and 1 only.
+            return PeerFrame.reply(id: id, outcome: PeerReplyOutcome(outcome)).payloadSize
         case .surveyEnd(let id, let tally):
             return varintSize(id) + varintSize(tally.asked) + varintSize(tally.answered) + varintSize(tally.faulted) + varintSize(tally.lost)
         case .tunnelOpen(let id, let cluster, let remaining, _):
@@ -376,15 +385,7 @@ public indirect enum PeerFrame: Sendable, Equatable {
             buffer.writeVarint(remaining)
             buffer.writeImmutableBuffer(body)
         case .surveyAnswer(let id, let outcome):
-            buffer.writeVarint(id)
-            switch outcome {
-            case .success(let body):
-                buffer.writeInteger(UInt8(0))
-                buffer.writeImmutableBuffer(body)
-            case .fault(let fault):
-                buffer.writeInteger(UInt8(1))
-                buffer.writeField(fault)
-            }
+            PeerFrame.reply(id: id, outcome: PeerReplyOutcome(outcome)).encodeCold(into: &buffer)
         case .surveyEnd(let id, let tally):
             buffer.writeVarint(id)
             buffer.writeSurveyTally(tally)
